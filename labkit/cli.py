@@ -1,0 +1,154 @@
+"""``ottlab``: the lab's command line.
+
+    ottlab up [--target local|kube] [--layer monitoring ...]
+    ottlab status [--json]
+    ottlab logs COMPONENT [-n 100]
+    ottlab restart COMPONENT
+    ottlab down [--purge]
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from labkit.config import TARGETS, LabConfig
+from labkit.errors import ConfigError, LabError
+from labkit.monitoring import PROMETHEUS
+from labkit.prometheus import Prometheus
+from labkit.targets import ComponentStatus, Target, make_target
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _target_option(func: F) -> F:
+    return click.option(
+        "--target",
+        "target_name",
+        default=None,
+        metavar="|".join(TARGETS),
+        help="where the platform runs (default: $OTTLAB_TARGET or local)",
+    )(func)
+
+
+def _handle_errors(func: F) -> F:
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except LabError as exc:
+            click.echo(f"ottlab: error: {exc}", err=True)
+            sys.exit(2 if isinstance(exc, ConfigError) else 1)
+        except KeyboardInterrupt:
+            click.echo("ottlab: interrupted", err=True)
+            sys.exit(130)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _target(name: str | None) -> Target:
+    return make_target(LabConfig.from_env(), name)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Build, measure and break an OTT platform. Start with `ottlab up`."""
+
+
+@main.command()
+@_target_option
+@click.option("--layer", "layers", multiple=True, help="start only this layer (repeatable)")
+@_handle_errors
+def up(target_name: str | None, layers: tuple[str, ...]) -> None:
+    """Start the platform (idempotent) and wait until every component is ready."""
+    target = _target(target_name)
+    statuses = target.up(list(layers) or None)
+    _print_table(statuses)
+
+
+@main.command()
+@_target_option
+@click.option("--purge", is_flag=True, help="also delete the lab's state (media, data, logs)")
+@_handle_errors
+def down(target_name: str | None, purge: bool) -> None:
+    """Stop every component; nothing keeps running or listening."""
+    _target(target_name).down(purge=purge)
+    click.echo("platform stopped" + (" and its state removed" if purge else ""))
+
+
+@main.command()
+@_target_option
+@click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
+@_handle_errors
+def status(target_name: str | None, as_json: bool) -> None:
+    """Each component's state, health, pids and URLs; Prometheus' scrape targets."""
+    target = _target(target_name)
+    statuses = target.status()
+    scrape = _scrape_targets(target, statuses)
+    if as_json:
+        doc = {
+            "target": target.name,
+            "home": str(target.cfg.home),
+            "components": [s.as_dict() for s in statuses],
+            "scrape_targets": scrape,
+        }
+        click.echo(json.dumps(doc, indent=2))
+        return
+    _print_table(statuses)
+    if scrape:
+        up_count = sum(1 for t in scrape if t["health"] == "up")
+        click.echo(f"\nPrometheus scrapes {up_count}/{len(scrape)} targets up")
+        for t in scrape:
+            if t["health"] != "up":
+                click.echo(f"  {t['job']} {t['instance']}: {t['health']} {t['last_error']}")
+
+
+@main.command()
+@_target_option
+@click.argument("component")
+@click.option("-n", "--lines", default=100, show_default=True, help="how many lines")
+@_handle_errors
+def logs(target_name: str | None, component: str, lines: int) -> None:
+    """The last log lines of COMPONENT."""
+    click.echo(_target(target_name).logs(component, lines))
+
+
+@main.command()
+@_target_option
+@click.argument("component")
+@_handle_errors
+def restart(target_name: str | None, component: str) -> None:
+    """Restart COMPONENT and wait until it is ready."""
+    _print_table([_target(target_name).restart(component)])
+
+
+def _scrape_targets(target: Target, statuses: list[ComponentStatus]) -> list[dict[str, str]]:
+    prom = next((s for s in statuses if s.name == PROMETHEUS.name), None)
+    if prom is None or not prom.healthy:
+        return []
+    frame = Prometheus(target.endpoint(PROMETHEUS.name), timeout=5).targets()
+    return [{k: str(v) for k, v in row.items()} for row in frame.to_dict("records")]
+
+
+def _print_table(statuses: list[ComponentStatus]) -> None:
+    header = ("COMPONENT", "LAYER", "STATE", "HEALTHY", "PIDS", "URL")
+    rows = [
+        (s.name, s.layer, s.state, "yes" if s.healthy else "no", ",".join(map(str, s.pids)) or "-",
+         s.urls.get("http", next(iter(s.urls.values()), "")))
+        for s in statuses
+    ]
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        click.echo("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    for s in statuses:
+        if s.detail and not s.healthy:
+            click.echo(f"  {s.name}: {s.detail}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""A platform component, declared once: command, ports, environment, readiness, restarts, replicas.
+
+Both targets derive from this declaration. The local target turns it into a supervisord
+program; the kube target finds the Deployment of the same name in ``k8s/`` and a test
+checks that the manifest agrees with it (ports, probe path, replicas).
+
+Example::
+
+    >>> web = Component(
+    ...     name="web", layer="demo", binary="python3", package="python3",
+    ...     args=("-m", "http.server", "--bind", "{host}", "{port_http}"),
+    ...     ports=(Port("http", offset=1, container=8000),),
+    ...     readiness=Readiness(path="/"),
+    ... )
+    >>> web.port("http").offset
+    1
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+from labkit.config import MAX_PORT_OFFSET, LabConfig
+
+RestartPolicy = Literal["always", "on-failure", "never"]
+
+
+@dataclass(frozen=True)
+class Port:
+    """A named port: ``base_port + offset`` locally, ``container`` inside a pod."""
+
+    name: str
+    offset: int
+    container: int
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.offset <= MAX_PORT_OFFSET:
+            raise ValueError(f"port offset must be 0..{MAX_PORT_OFFSET}, got {self.offset}")
+
+
+@dataclass(frozen=True)
+class Readiness:
+    """An HTTP GET that answers ``status`` once the component is ready."""
+
+    path: str
+    port: str = "http"
+    status: int = 200
+    timeout: float = 2.0  # one probe; the overall wait is LabConfig.ready_timeout
+
+
+@dataclass(frozen=True)
+class Component:
+    """One process of the platform (``replicas`` copies of it)."""
+
+    name: str
+    layer: str
+    binary: str
+    package: str
+    args: tuple[str, ...]
+    ports: tuple[Port, ...]
+    readiness: Readiness
+    env: Mapping[str, str] = field(default_factory=dict)
+    restart: RestartPolicy = "always"
+    replicas: int = 1
+    max_replicas: int = 1
+    # Prometheus scrapes ``metrics_path`` on the "http" port when set.
+    metrics_path: str | None = None
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.name.replace("-", "").isalnum() or not self.name.islower():
+            raise ValueError(f"component name {self.name!r} must be lower-case letters, digits and '-'")
+        if not 1 <= self.replicas <= self.max_replicas:
+            raise ValueError(f"{self.name}: replicas must be 1..max_replicas ({self.max_replicas})")
+        names = [p.name for p in self.ports]
+        if len(set(names)) != len(names):
+            raise ValueError(f"{self.name}: duplicate port names {names}")
+        self.port(self.readiness.port)
+
+    def port(self, name: str) -> Port:
+        for p in self.ports:
+            if p.name == name:
+                return p
+        raise KeyError(f"{self.name} has no port named {name!r}")
+
+    def local_port(self, cfg: LabConfig, name: str = "http", replica: int = 0) -> int:
+        """The port replica ``replica`` listens on locally."""
+        return cfg.base_port + self.port(name).offset + replica
+
+    def local_ports(self, cfg: LabConfig) -> list[int]:
+        """Every local port this component may bind, over all its possible replicas."""
+        return [
+            cfg.base_port + p.offset + i for p in self.ports for i in range(self.max_replicas)
+        ]
+
+    def url(self, cfg: LabConfig, name: str = "http", replica: int = 0) -> str:
+        return f"http://{cfg.host}:{self.local_port(cfg, name, replica)}"
+
+    def command(self, cfg: LabConfig, replica: int = 0) -> list[str]:
+        """The argument list that starts replica ``replica`` on the local target."""
+        values = {
+            "host": cfg.host,
+            "home": str(cfg.home),
+            "conf": str(cfg.conf_dir),
+            "data": str(cfg.data_dir / self.name),
+            "log": str(cfg.log_dir),
+            "run": str(cfg.run_dir),
+            "replica": str(replica),
+        }
+        values.update({f"port_{p.name}": str(self.local_port(cfg, p.name, replica)) for p in self.ports})
+        return [self.binary, *(a.format(**values) for a in self.args)]
+

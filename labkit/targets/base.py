@@ -1,0 +1,112 @@
+"""The interface both targets implement, and the status record they report.
+
+A notebook or the CLI holds a :class:`Target` and never asks which kind it is::
+
+    target = labkit.target()          # local unless OTTLAB_TARGET / TARGET says kube
+    target.up()
+    print(target.status_frame())
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from labkit.component import Component
+from labkit.config import LabConfig
+from labkit.errors import UnknownComponentError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+
+@dataclass
+class ComponentStatus:
+    """What a target knows of one component right now."""
+
+    name: str
+    layer: str
+    state: str  # running | starting | stopped | failed | absent
+    healthy: bool
+    urls: dict[str, str] = field(default_factory=dict)
+    pids: list[int] = field(default_factory=list)
+    replicas: int = 0
+    detail: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Target(abc.ABC):
+    """Where the platform runs. Every method is bounded by a timeout."""
+
+    name: str
+
+    def __init__(self, cfg: LabConfig, components: Sequence[Component]) -> None:
+        self.cfg = cfg
+        self.components = list(components)
+
+    def component(self, name: str) -> Component:
+        for c in self.components:
+            if c.name == name:
+                return c
+        raise UnknownComponentError(name, [c.name for c in self.components])
+
+    def select(self, layers: Sequence[str] | None) -> list[Component]:
+        """The components of ``layers`` (all when None), in declaration order."""
+        if not layers:
+            return list(self.components)
+        known = {c.layer for c in self.components}
+        unknown = [layer for layer in layers if layer not in known]
+        if unknown:
+            raise UnknownComponentError(unknown[0], sorted(known))
+        return [c for c in self.components if c.layer in layers]
+
+    @abc.abstractmethod
+    def up(self, layers: Sequence[str] | None = None) -> list[ComponentStatus]:
+        """Start (or converge) the given layers and wait until every component is ready."""
+
+    @abc.abstractmethod
+    def down(self, *, purge: bool = False) -> None:
+        """Stop everything this target started; ``purge`` also removes its state."""
+
+    @abc.abstractmethod
+    def status(self) -> list[ComponentStatus]:
+        """One record per declared component, running or not."""
+
+    @abc.abstractmethod
+    def logs(self, component: str, lines: int = 100) -> str:
+        """The last ``lines`` log lines of a component."""
+
+    @abc.abstractmethod
+    def restart(self, component: str) -> ComponentStatus:
+        """Restart a component and wait until it is ready again."""
+
+    @abc.abstractmethod
+    def scale(self, component: str, replicas: int) -> ComponentStatus:
+        """Run ``replicas`` copies of a component (within its declared bounds)."""
+
+    @abc.abstractmethod
+    def kill(self, component: str) -> None:
+        """Kill a component abruptly (SIGKILL / pod delete), as a failure drill does."""
+
+    @abc.abstractmethod
+    def endpoint(self, component: str, port: str = "http") -> str:
+        """A base URL reachable from this machine (a port-forward on kube)."""
+
+    def status_frame(self) -> pd.DataFrame:
+        """:meth:`status` as a DataFrame, for a notebook table."""
+        import pandas as pd
+
+        rows = []
+        for s in self.status():
+            row = s.as_dict()
+            row["urls"] = " ".join(s.urls.values())
+            row["pids"] = " ".join(str(p) for p in s.pids)
+            rows.append(row)
+        return pd.DataFrame(rows, columns=["name", "layer", "state", "healthy", "replicas", "pids", "urls", "detail"])
+
+    def close(self) -> None:
+        """Release client resources (port-forwards, connections). The platform keeps running."""

@@ -1,0 +1,239 @@
+"""The local target: every component a real process on 127.0.0.1, owned by supervisord."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import time
+from collections.abc import Sequence
+
+from labkit import ports
+from labkit.component import Component
+from labkit.config import LabConfig
+from labkit.console import progress
+from labkit.errors import ComponentFailedError, ConfigError, MissingBinaryError, NotRunningError
+from labkit.labdir import LabDir
+from labkit.layer import Layer
+from labkit.readiness import probe
+from labkit.supervisor import Supervisor, log_tail, program_names
+from labkit.targets.base import ComponentStatus, Target
+
+# supervisord states in which a process will not come up without help.
+_DEAD = {"FATAL", "EXITED", "STOPPED", "UNKNOWN"}
+
+
+class LocalTarget(Target):
+    """Real processes on this machine under one lab directory.
+
+    Example::
+
+        target = LocalTarget(LabConfig.from_env(), platform.components(), platform.layers())
+        target.up()                    # idempotent
+        target.status_frame()
+        target.down(purge=True)
+    """
+
+    name = "local"
+
+    def __init__(self, cfg: LabConfig, components: Sequence[Component], layers: Sequence[Layer] = ()) -> None:
+        super().__init__(cfg, components)
+        self.layers = list(layers)
+        self.labdir = LabDir(cfg)
+        self.supervisor = Supervisor(cfg)
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def up(self, layers: Sequence[str] | None = None) -> list[ComponentStatus]:
+        selected = self.select(layers)
+        self._check_binaries(selected)
+        started = time.monotonic()
+        with self.labdir.lock():
+            self._write_layer_configs()
+            self.supervisor.write_config(self.components)
+            running = self._running_programs()
+            wanted_ports = [p for c in selected if not self._is_up(c, running) for p in self._ports_of(c)]
+            ports.ensure_free(wanted_ports, self.cfg.host)
+            if self.supervisor.is_running():
+                self.supervisor.reload()
+            else:
+                progress(f"starting the supervisor for {self.cfg.home}")
+                self.supervisor.start()
+            for comp in selected:
+                self._start(comp)
+            self._reload_prometheus()
+        progress(f"platform ready in {time.monotonic() - started:.1f} s")
+        return [s for s in self.status() if s.name in {c.name for c in selected}]
+
+    def down(self, *, purge: bool = False) -> None:
+        if not self.labdir.path.exists():
+            return
+        self.labdir.check()
+        if self.labdir.exists():
+            with self.labdir.lock():
+                if self.supervisor.pid() is not None:
+                    progress("stopping every component and the supervisor")
+                    self.supervisor.shutdown()
+                self._wait_ports_closed()
+        if purge:
+            progress(f"removing {self.labdir.path}")
+            self.labdir.purge()
+
+    def restart(self, component: str) -> ComponentStatus:
+        comp = self.component(component)
+        self._require_supervisor()
+        with self.labdir.lock():
+            for program in self._active_programs(comp):
+                self.supervisor.stop_program(program)
+            self._start(comp)
+        return self._status_of(comp, self.supervisor.all_info())
+
+    def scale(self, component: str, replicas: int) -> ComponentStatus:
+        comp = self.component(component)
+        if not 1 <= replicas <= comp.max_replicas:
+            raise ConfigError(
+                f"{component} can run 1 to {comp.max_replicas} replicas, not {replicas}",
+                hint=f"choose a count from 1 to {comp.max_replicas}",
+            )
+        self._require_supervisor()
+        with self.labdir.lock():
+            programs = program_names(comp)
+            for program in programs[replicas:]:
+                self.supervisor.stop_program(program)
+            self._start(comp, replicas)
+        return self._status_of(comp, self.supervisor.all_info())
+
+    def kill(self, component: str) -> None:
+        comp = self.component(component)
+        self._require_supervisor()
+        info = self.supervisor.all_info()
+        pids = [info[p]["pid"] for p in program_names(comp) if p in info and info[p]["pid"]]
+        if not pids:
+            raise NotRunningError(f"component {component!r}")
+        # SIGKILL like a crash: supervisord's autorestart brings it back per its restart policy.
+        os.kill(pids[0], signal.SIGKILL)
+
+    # -- observation ---------------------------------------------------------------------
+
+    def status(self) -> list[ComponentStatus]:
+        info = self.supervisor.all_info() if self.labdir.exists() else {}
+        return [self._status_of(c, info) for c in self.components]
+
+    def logs(self, component: str, lines: int = 100) -> str:
+        comp = self.component(component)
+        parts = []
+        for program in program_names(comp):
+            tail = log_tail(self.cfg.log_dir / f"{program}.log", lines)
+            if tail:
+                parts.append(tail if len(program_names(comp)) == 1 else f"==> {program} <==\n{tail}")
+        return "\n".join(parts)
+
+    def endpoint(self, component: str, port: str = "http") -> str:
+        return self.component(component).url(self.cfg, port)
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _check_binaries(self, comps: Sequence[Component]) -> None:
+        for comp in comps:
+            if shutil.which(comp.binary) is None:
+                raise MissingBinaryError(comp.binary, comp.package)
+
+    def _write_layer_configs(self) -> None:
+        for layer in self.layers:
+            for relative, text in layer.write_configs(self.cfg, self.components).items():
+                self.labdir.write_file(relative, text)
+
+    def _ports_of(self, comp: Component) -> list[int]:
+        return [comp.local_port(self.cfg, p.name, i) for p in comp.ports for i in range(comp.replicas)]
+
+    def _running_programs(self) -> dict[str, dict[str, object]]:
+        return self.supervisor.all_info() if self.supervisor.is_running() else {}
+
+    def _is_up(self, comp: Component, info: dict[str, dict[str, object]]) -> bool:
+        return all(info.get(p, {}).get("statename") == "RUNNING" for p in program_names(comp)[: comp.replicas])
+
+    def _active_programs(self, comp: Component) -> list[str]:
+        info = self.supervisor.all_info()
+        return [p for p in program_names(comp) if info.get(p, {}).get("statename") in ("RUNNING", "STARTING", "BACKOFF")]
+
+    def _start(self, comp: Component, replicas: int | None = None) -> None:
+        count = comp.replicas if replicas is None else replicas
+        for replica, program in enumerate(program_names(comp)[:count]):
+            state = self.supervisor.info(program)["statename"]
+            if state != "RUNNING":
+                progress(f"starting {program}")
+                self.supervisor.start_program(program)
+            self._wait_ready(comp, program, replica)
+
+    def _wait_ready(self, comp: Component, program: str, replica: int) -> None:
+        url = comp.url(self.cfg, comp.readiness.port, replica)
+        deadline = time.monotonic() + self.cfg.ready_timeout
+        reason = "no probe ran"
+        while time.monotonic() < deadline:
+            ready, reason = probe(url, comp.readiness)
+            state = self.supervisor.info(program)["statename"]
+            # Ready means answering *and* past supervisord's startsecs, so status agrees.
+            if ready and state == "RUNNING":
+                progress(f"  {program} ready at {url}")
+                return
+            if ready:
+                reason = f"answering, but supervisord still reports {state}"
+            if state in _DEAD:
+                reason = f"its process is {state}"
+                break
+            time.sleep(0.2)
+        else:
+            reason = f"{reason} (waited {self.cfg.ready_timeout:g} s)"
+        raise ComponentFailedError(comp.name, reason, log_tail(self.cfg.log_dir / f"{program}.log", 15))
+
+    def _status_of(self, comp: Component, info: dict[str, dict[str, object]]) -> ComponentStatus:
+        programs = [p for p in program_names(comp) if p in info]
+        states = [str(info[p]["statename"]) for p in programs]
+        running = [p for p in programs if info[p]["statename"] == "RUNNING"]
+        pids = [int(str(info[p]["pid"])) for p in running]
+        urls = {p.name: comp.url(self.cfg, p.name) for p in comp.ports}
+        if not programs:
+            return ComponentStatus(comp.name, comp.layer, "stopped", False, urls, detail="supervisor not running")
+        if running:
+            healthy_count = 0
+            detail = ""
+            for replica, program in enumerate(program_names(comp)):
+                if program in running:
+                    ok, why = probe(comp.url(self.cfg, comp.readiness.port, replica), comp.readiness)
+                    healthy_count += ok
+                    detail = detail or why
+            state = "running"
+            healthy = healthy_count == len(running)
+        else:
+            state = "failed" if "FATAL" in states or "BACKOFF" in states else "stopped"
+            if "STARTING" in states:
+                state = "starting"
+            healthy = False
+            detail = str(info[programs[0]].get("description", ""))
+        return ComponentStatus(comp.name, comp.layer, state, healthy, urls, pids, len(running), detail)
+
+    def _reload_prometheus(self) -> None:
+        # Prometheus re-reads its scrape targets when a layer was added after it started.
+        import httpx
+
+        for comp in self.components:
+            if comp.name == "prometheus" and self._is_up(comp, self._running_programs()):
+                try:
+                    httpx.post(comp.url(self.cfg) + "/-/reload", timeout=10)
+                except httpx.HTTPError as exc:
+                    progress(f"warning: Prometheus did not reload its configuration: {exc}")
+
+    def _require_supervisor(self) -> None:
+        if not self.supervisor.is_running():
+            raise NotRunningError(f"the local platform in {self.cfg.home}")
+
+    def _wait_ports_closed(self, timeout: float = 10.0) -> None:
+        all_ports = [p for c in self.components for p in c.local_ports(self.cfg)]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not ports.listening(all_ports, self.cfg.host):
+                return
+            time.sleep(0.2)
+        still = ports.listening(all_ports, self.cfg.host)
+        holders = ", ".join(f"{p}: {ports.holder(p) or 'unknown'}" for p in still)
+        progress(f"warning: ports still listening after down: {holders}")
