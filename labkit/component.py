@@ -18,6 +18,7 @@ Example::
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
@@ -68,6 +69,8 @@ class Component:
     # Prometheus scrapes ``metrics_path`` on the "http" port when set.
     metrics_path: str | None = None
     description: str = ""
+    # Other names the same program has elsewhere (upstream releases, conda-forge).
+    binary_aliases: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.name.replace("-", "").isalnum() or not self.name.islower():
@@ -98,6 +101,14 @@ class Component:
     def url(self, cfg: LabConfig, name: str = "http", replica: int = 0) -> str:
         return f"http://{cfg.host}:{self.local_port(cfg, name, replica)}"
 
+    def resolve_binary(self) -> str | None:
+        """The first of ``binary`` and its aliases found on PATH, as an absolute path."""
+        for name in (self.binary, *self.binary_aliases):
+            found = shutil.which(name)
+            if found:
+                return found
+        return None
+
     def command(self, cfg: LabConfig, replica: int = 0) -> list[str]:
         """The argument list that starts replica ``replica`` on the local target."""
         values = {
@@ -110,5 +121,5 @@ class Component:
             "replica": str(replica),
         }
         values.update({f"port_{p.name}": str(self.local_port(cfg, p.name, replica)) for p in self.ports})
-        return [self.binary, *(a.format(**values) for a in self.args)]
+        return [self.resolve_binary() or self.binary, *(a.format(**values) for a in self.args)]
 

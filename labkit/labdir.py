@@ -11,6 +11,7 @@ import fcntl
 import json
 import os
 import shutil
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -60,8 +61,16 @@ class LabDir:
             sub.mkdir(parents=True, exist_ok=True)
         if not self.marker.exists():
             tmp = self.marker.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"kind": KIND, "format": FORMAT}) + "\n")
+            marker = {"kind": KIND, "format": FORMAT, "id": uuid.uuid4().hex}
+            tmp.write_text(json.dumps(marker) + "\n")
             tmp.replace(self.marker)
+
+    def lab_id(self) -> str:
+        """This directory's unique id: every process the lab starts carries it as OTTLAB_LAB_ID."""
+        try:
+            return str(json.loads(self.marker.read_text()).get("id", ""))
+        except (OSError, ValueError):
+            return ""
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:

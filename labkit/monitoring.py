@@ -48,6 +48,7 @@ ALERTMANAGER = Component(
     layer="monitoring",
     binary="prometheus-alertmanager",
     package="prometheus-alertmanager",
+    binary_aliases=("alertmanager",),
     args=(
         "--config.file={conf}/alertmanager.yml",
         "--storage.path={data}",

@@ -78,8 +78,9 @@ def _quote(value: str) -> str:
 class Supervisor:
     """One supervisord daemon per lab directory."""
 
-    def __init__(self, cfg: LabConfig) -> None:
+    def __init__(self, cfg: LabConfig, lab_id: str = "") -> None:
         self.cfg = cfg
+        self.lab_id = lab_id
         self.conf_path = cfg.run_dir / "supervisord.conf"
         self.socket_path = cfg.run_dir / "supervisor.sock"
         self.pid_path = cfg.run_dir / "supervisord.pid"
@@ -114,7 +115,8 @@ class Supervisor:
         for comp in components:
             for replica, program in enumerate(program_names(comp)):
                 command = " ".join(_shell_quote(a) for a in comp.command(self.cfg, replica))
-                env = {**comp.env, "OTTLAB_COMPONENT": comp.name, "OTTLAB_REPLICA": str(replica)}
+                env = {**comp.env, "OTTLAB_COMPONENT": comp.name, "OTTLAB_REPLICA": str(replica),
+                       "OTTLAB_LAB_ID": self.lab_id}
                 env_line = ",".join(f'{k}="{_quote(v)}"' for k, v in sorted(env.items()))
                 log = self.cfg.log_dir / f"{program}.log"
                 lines += [

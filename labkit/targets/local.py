@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-import shutil
 import signal
 import time
 from collections.abc import Sequence
+
+import psutil
 
 from labkit import ports
 from labkit.component import Component
@@ -49,8 +51,11 @@ class LocalTarget(Target):
         self._check_binaries(selected)
         started = time.monotonic()
         with self.labdir.lock():
+            self.supervisor.lab_id = self.labdir.lab_id()
             self._write_layer_configs()
             self.supervisor.write_config(self.components)
+            if not self.supervisor.is_running():
+                self._reap_orphans()
             running = self._running_programs()
             wanted_ports = [p for c in selected if not self._is_up(c, running) for p in self._ports_of(c)]
             ports.ensure_free(wanted_ports, self.cfg.host)
@@ -74,6 +79,7 @@ class LocalTarget(Target):
                 if self.supervisor.pid() is not None:
                     progress("stopping every component and the supervisor")
                     self.supervisor.shutdown()
+                self._reap_orphans()
                 self._wait_ports_closed()
         if purge:
             progress(f"removing {self.labdir.path}")
@@ -135,7 +141,7 @@ class LocalTarget(Target):
 
     def _check_binaries(self, comps: Sequence[Component]) -> None:
         for comp in comps:
-            if shutil.which(comp.binary) is None:
+            if comp.resolve_binary() is None:
                 raise MissingBinaryError(comp.binary, comp.package)
 
     def _write_layer_configs(self) -> None:
@@ -222,6 +228,35 @@ class LocalTarget(Target):
                     httpx.post(comp.url(self.cfg) + "/-/reload", timeout=10)
                 except httpx.HTTPError as exc:
                     progress(f"warning: Prometheus did not reload its configuration: {exc}")
+
+    def _reap_orphans(self, timeout: float = 10.0) -> None:
+        """Stop processes this lab started whose supervisor died (killed, OOM, reboot of a kernel).
+
+        They are recognised by this lab directory's unique id in their environment, so a
+        process that some other lab or user started is never touched.
+        """
+        lab_id = self.labdir.lab_id()
+        if not lab_id:
+            return
+        orphans = []
+        for proc in psutil.process_iter():
+            try:
+                if proc.pid != os.getpid() and proc.environ().get("OTTLAB_LAB_ID") == lab_id:
+                    orphans.append(proc)
+            except (psutil.Error, OSError):
+                continue  # gone, or not ours to read: either way not one of our orphans
+        if not orphans:
+            return
+        progress("stopping processes left by a dead supervisor: " + ", ".join(
+            f"{p.name()} (pid {p.pid})" for p in orphans))
+        for proc in orphans:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.terminate()
+        _, alive = psutil.wait_procs(orphans, timeout=timeout)
+        for proc in alive:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.kill()
+        psutil.wait_procs(alive, timeout=5)
 
     def _require_supervisor(self) -> None:
         if not self.supervisor.is_running():

@@ -1,0 +1,50 @@
+# The two commands of the README: `make lab` and `make test`. Both bootstrap first.
+VENV := .venv
+BIN := $(VENV)/bin
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: lab test bootstrap lint typecheck pytest unit integration notebooks bench down clean help
+
+help:
+	@echo "make lab        bootstrap, start the local platform, open JupyterLab on notebooks/"
+	@echo "make test       bootstrap, then ruff, mypy and the whole test suite"
+	@echo "make bench      run the benchmarks in bench/"
+	@echo "make down       stop the platform (ottlab down)"
+
+bootstrap:
+	@bash scripts/bootstrap.sh
+
+lab: bootstrap
+	$(BIN)/ottlab up
+	$(BIN)/ottlab status
+	$(BIN)/jupyter lab --notebook-dir=notebooks --ServerApp.ip=127.0.0.1
+
+test: bootstrap lint typecheck pytest
+
+lint:
+	$(BIN)/ruff check labkit ott tests bench
+
+typecheck:
+	$(BIN)/mypy
+
+pytest:
+	$(BIN)/pytest
+
+unit: bootstrap
+	$(BIN)/pytest tests/unit
+
+integration: bootstrap
+	$(BIN)/pytest tests/integration
+
+notebooks: bootstrap
+	$(BIN)/pytest tests/notebooks
+
+bench: bootstrap
+	@for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+down:
+	$(BIN)/ottlab down
+
+clean: down
+	$(BIN)/ottlab down --purge
+	rm -rf reports .bootstrap

@@ -1,0 +1,166 @@
+"""The local target with real processes: supervisord, Prometheus, Alertmanager on loopback."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import httpx
+import pandas as pd
+import pytest
+
+from labkit import monitoring, platform
+from labkit.config import LabConfig
+from labkit.errors import ComponentFailedError, LabBusyError, MissingBinaryError, PortInUseError
+from labkit.labdir import LabDir
+from labkit.ports import listening
+from labkit.prometheus import Prometheus
+from labkit.targets.local import LocalTarget
+
+pytestmark = pytest.mark.integration
+
+
+def _all_ports(cfg: LabConfig) -> list[int]:
+    return [p for c in platform.components() for p in c.local_ports(cfg)]
+
+
+def test_up_status_and_down_leave_nothing_behind(local_lab: LocalTarget) -> None:
+    statuses = local_lab.up()
+    assert {s.name: (s.state, s.healthy) for s in statuses} == {
+        "prometheus": ("running", True), "alertmanager": ("running", True)}
+    pids = [pid for s in statuses for pid in s.pids]
+    supervisor_pid = local_lab.supervisor.pid()
+    assert supervisor_pid is not None
+
+    # Prometheus scrapes every component that exposes metrics.
+    prom = Prometheus(local_lab.endpoint("prometheus"))
+    targets = prom.wait_for_targets(["prometheus", "alertmanager"], timeout=30)
+    assert set(targets["job"]) == {"prometheus", "alertmanager"}
+    # ...and loaded the one rules file.
+    rules = httpx.get(local_lab.endpoint("prometheus") + "/api/v1/rules", timeout=5).json()
+    names = {r["name"] for g in rules["data"]["groups"] for r in g["rules"]}
+    assert "ComponentDown" in names
+
+    # A second up is idempotent: same processes, still healthy.
+    again = local_lab.up()
+    assert sorted(pid for s in again for pid in s.pids) == sorted(pids)
+
+    local_lab.down()
+    for pid in [*pids, supervisor_pid]:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    assert listening(_all_ports(local_lab.cfg)) == []
+    assert all(s.state == "stopped" for s in local_lab.status())
+    assert LabDir(local_lab.cfg).exists()  # down keeps state; purge removes it
+
+
+def test_platform_outlives_the_process_that_started_it(lab_cfg: LabConfig) -> None:
+    env = {**os.environ, "OTTLAB_HOME": str(lab_cfg.home), "OTTLAB_BASE_PORT": str(lab_cfg.base_port)}
+    ottlab = [sys.executable, "-m", "labkit.cli"]
+    try:
+        subprocess.run([*ottlab, "up"], env=env, check=True, timeout=120, capture_output=True)
+        # The `up` process has exited; its platform keeps serving, as a cluster would.
+        assert httpx.get(f"http://127.0.0.1:{lab_cfg.base_port + 90}/-/ready", timeout=5).status_code == 200
+        out = subprocess.run([*ottlab, "status", "--json"], env=env, check=True, timeout=60,
+                             capture_output=True, text=True).stdout
+        assert '"healthy": true' in out and '"scrape_targets"' in out
+    finally:
+        subprocess.run([*ottlab, "down", "--purge"], env=env, check=True, timeout=120)
+    assert not lab_cfg.home.exists()
+    assert listening(_all_ports(lab_cfg)) == []
+
+
+def test_killed_component_is_restarted_and_keeps_its_data(local_lab: LocalTarget) -> None:
+    local_lab.up()
+    prom = Prometheus(local_lab.endpoint("prometheus"))
+    prom.wait_for_targets(["prometheus"], timeout=30)
+    data_dir = local_lab.cfg.data_dir / "prometheus"
+    assert any(data_dir.iterdir())
+    old_pid = local_lab.status()[0].pids[0]
+    prom.wait_for_targets(["prometheus", "alertmanager"], timeout=30)
+    time.sleep(6)  # at least one scrape of both after they were up
+    killed_at = pd.Timestamp.now(tz="UTC")
+
+    local_lab.kill("prometheus")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        status = {s.name: s for s in local_lab.status()}["prometheus"]
+        if status.healthy and status.pids and status.pids[0] != old_pid:
+            break
+        time.sleep(0.5)
+    else:
+        pytest.fail(f"prometheus did not come back after SIGKILL: {status}")
+    # The TSDB written before the kill is still there: samples from before the restart answer.
+    frame = prom.query_range("up", minutes=2, step="1s")
+    before = frame[frame["timestamp"] < killed_at]
+    assert set(before["job"]) == {"prometheus", "alertmanager"}, frame
+
+
+def test_restart_gives_a_new_process(local_lab: LocalTarget) -> None:
+    local_lab.up()
+    before = {s.name: s.pids for s in local_lab.status()}["alertmanager"]
+    after = local_lab.restart("alertmanager")
+    assert after.healthy and after.pids != before
+
+
+def test_taken_port_names_its_holder(local_lab: LocalTarget) -> None:
+    port = monitoring.ALERTMANAGER.local_port(local_lab.cfg)
+    with socket.socket() as squatter:
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # earlier tests leave TIME_WAIT
+        squatter.bind(("127.0.0.1", port))
+        squatter.listen()
+        with pytest.raises(PortInUseError, match=rf"port {port} .* in use by \S+ \(pid {os.getpid()}\)") as info:
+            local_lab.up()
+    assert "OTTLAB_BASE_PORT" in str(info.value)
+    assert local_lab.supervisor.pid() is None  # nothing was started
+
+
+def test_second_up_while_one_is_running_is_refused(local_lab: LocalTarget) -> None:
+    with LabDir(local_lab.cfg).lock(), pytest.raises(LabBusyError, match="another ottlab command"):
+        local_lab.up()
+
+
+def test_missing_binary_is_named_with_its_package(lab_cfg: LabConfig) -> None:
+    broken = replace(monitoring.ALERTMANAGER, binary="ottlab-no-such-program", binary_aliases=())
+    target = LocalTarget(lab_cfg, [monitoring.PROMETHEUS, broken], platform.layers())
+    with pytest.raises(MissingBinaryError, match="'ottlab-no-such-program' is not installed") as info:
+        target.up()
+    assert "prometheus-alertmanager" in str(info.value) and "make bootstrap" in str(info.value)
+
+
+def test_failed_start_reports_the_last_log_lines(lab_cfg: LabConfig) -> None:
+    broken = replace(monitoring.PROMETHEUS, args=("--config.file=/nonexistent/prometheus.yml",
+                                                  "--web.listen-address={host}:{port_http}"))
+    target = LocalTarget(replace(lab_cfg, ready_timeout=20), [broken], ())
+    try:
+        with pytest.raises(ComponentFailedError, match="prometheus") as info:
+            target.up()
+        assert "nonexistent" in info.value.log_tail
+        assert "ottlab logs prometheus" in str(info.value)
+    finally:
+        target.down(purge=True)
+
+
+def test_down_refuses_a_foreign_directory(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("mine")
+    target = LocalTarget(LabConfig(home=tmp_path, base_port=28000), platform.components(), platform.layers())
+    with pytest.raises(Exception, match="not made by ottlab"):
+        target.down(purge=True)
+    assert (tmp_path / "notes.txt").exists()
+
+
+def test_orphan_free_after_supervisor_is_killed(local_lab: LocalTarget) -> None:
+    """If supervisord itself dies, `down` still stops the children it left (they are ours)."""
+    local_lab.up()
+    pid = local_lab.supervisor.pid()
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    time.sleep(0.5)
+    local_lab.down()
+    assert listening(_all_ports(local_lab.cfg)) == []
