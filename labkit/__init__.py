@@ -7,7 +7,10 @@ The curated public API: a notebook needs nothing else.
     >>> target.up()                              # doctest: +SKIP
 """
 
-from labkit import monitoring, platform
+import importlib
+from types import ModuleType
+
+from labkit import environment, monitoring, platform
 from labkit.config import LabConfig
 from labkit.errors import (
     ClusterUnreachableError,
@@ -24,6 +27,7 @@ from labkit.errors import (
     UnknownComponentError,
     UnknownTargetError,
 )
+from labkit.prometheus import Prometheus
 from labkit.targets import ComponentStatus, Target, make_target
 
 __version__ = "0.1.0"
@@ -40,12 +44,23 @@ __all__ = [
     "MissingBinaryError",
     "NotRunningError",
     "PortInUseError",
+    "Prometheus",
     "PrometheusError",
     "Target",
     "TimeoutExpired",
     "UnknownComponentError",
     "UnknownTargetError",
+    "environment",
     "make_target",
     "monitoring",
+    "panels",
     "platform",
+    "plots",
 ]
+
+
+def __getattr__(name: str) -> ModuleType:
+    # Widgets and matplotlib load only when a notebook asks for them, keeping `ottlab` quick.
+    if name in ("panels", "plots"):
+        return importlib.import_module(f"labkit.{name}")
+    raise AttributeError(f"module 'labkit' has no attribute {name!r}")

@@ -132,7 +132,7 @@ def _scrape_targets(target: Target, statuses: list[ComponentStatus]) -> list[dic
     if prom is None or not prom.healthy:
         return []
     frame = Prometheus(target.endpoint(PROMETHEUS.name), timeout=5).targets()
-    return [{k: str(v) for k, v in row.items()} for row in frame.to_dict("records")]
+    return [{str(k): str(v) for k, v in row.items()} for row in frame.to_dict("records")]
 
 
 def _print_table(statuses: list[ComponentStatus]) -> None:

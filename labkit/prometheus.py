@@ -16,7 +16,8 @@ from typing import Any
 
 import pandas as pd
 import requests
-from prometheus_api_client import PrometheusApiClientException, PrometheusConnect
+from prometheus_api_client import PrometheusConnect
+from prometheus_api_client.exceptions import PrometheusApiClientException
 
 from labkit.errors import PrometheusError, TimeoutExpired
 
@@ -36,7 +37,7 @@ class Prometheus:
         result = self._call(self._client.custom_query, promql)
         rows = []
         for series in result:
-            ts, value = series["value"] if "value" in series else (None, None)
+            ts, value = series["value"]
             rows.append({**series["metric"], "timestamp": _ts(ts), "value": float(value)})
         return pd.DataFrame(rows, columns=_columns(rows))
 
@@ -84,6 +85,22 @@ class Prometheus:
                 return frame
             time.sleep(0.5)
         raise TimeoutExpired(f"Prometheus targets {jobs} to be up (last seen:\n{frame.to_string()})", timeout)
+
+    def wait_for_samples(self, selector: str, *, by: str, count: int, minutes: float = 5.0,
+                         step: str = "5s", timeout: float = 60.0) -> pd.DataFrame:
+        """Wait until every series of ``selector`` (grouped by ``by``) holds ``count`` scraped samples.
+
+        Counts real samples with ``count_over_time``, not the points a range query would repeat
+        between scrapes; returns the range at ``step`` (the scrape interval by default).
+        """
+        deadline = time.monotonic() + timeout
+        counts = pd.DataFrame()
+        while time.monotonic() < deadline:
+            counts = self.query(f"count_over_time({selector}[{int(minutes * 60)}s])")
+            if not counts.empty and counts.groupby(by)["value"].min().min() >= count:
+                return self.query_range(selector, minutes=minutes, step=step)
+            time.sleep(1)
+        raise TimeoutExpired(f"{count} samples of {selector!r} per {by} (have:\n{counts.to_string()})", timeout)
 
     def _call(self, method: Any, *args: Any, **kwargs: Any) -> Any:
         try:

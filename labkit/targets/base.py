@@ -108,5 +108,5 @@ class Target(abc.ABC):
             rows.append(row)
         return pd.DataFrame(rows, columns=["name", "layer", "state", "healthy", "replicas", "pids", "urls", "detail"])
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook: most targets hold nothing to release
         """Release client resources (port-forwards, connections). The platform keeps running."""

@@ -160,7 +160,8 @@ class LocalTarget(Target):
 
     def _active_programs(self, comp: Component) -> list[str]:
         info = self.supervisor.all_info()
-        return [p for p in program_names(comp) if info.get(p, {}).get("statename") in ("RUNNING", "STARTING", "BACKOFF")]
+        active = ("RUNNING", "STARTING", "BACKOFF")
+        return [p for p in program_names(comp) if info.get(p, {}).get("statename") in active]
 
     def _start(self, comp: Component, replicas: int | None = None) -> None:
         count = comp.replicas if replicas is None else replicas

@@ -1,0 +1,73 @@
+"""The monitoring layer's files checked by the real tools, and the query helpers against a real Prometheus."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from labkit import monitoring, platform
+from labkit.config import LabConfig
+from labkit.errors import PrometheusError
+from labkit.labdir import LabDir
+from labkit.prometheus import Prometheus
+from labkit.targets.local import LocalTarget
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _run(*cmd: str) -> str:
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False, cwd=REPO)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout
+
+
+def test_rules_file_is_valid() -> None:
+    out = _run("promtool", "check", "rules", str(monitoring.rules_file()))
+    assert "SUCCESS: 4 rules found" in out
+
+
+def test_rules_unit_tests_pass() -> None:
+    assert "SUCCESS" in _run("promtool", "test", "rules", "tests/monitoring/alert-rules.test.yml")
+
+
+def test_generated_configs_are_valid(lab_cfg: LabConfig) -> None:
+    lab = LabDir(lab_cfg)
+    lab.ensure()
+    for relative, text in monitoring.write_configs(lab_cfg, platform.components()).items():
+        lab.write_file(relative, text)
+    out = _run("promtool", "check", "config", str(lab_cfg.conf_dir / "prometheus.yml"))
+    assert "SUCCESS" in out and "4 rules found" in out
+    _run("amtool", "check-config", str(lab_cfg.conf_dir / "alertmanager.yml"))
+
+
+def test_queries_return_dataframes(local_lab: LocalTarget) -> None:
+    local_lab.up()
+    prom = Prometheus(local_lab.endpoint("prometheus"), timeout=5)
+    prom.wait_for_targets(["prometheus", "alertmanager"], timeout=30)
+
+    instant = prom.query("up")
+    assert set(instant["job"]) == {"prometheus", "alertmanager"}
+    assert (instant["value"] == 1.0).all()
+    assert isinstance(instant["timestamp"].iloc[0], pd.Timestamp)
+
+    series = prom.query_range('up{job="prometheus"}', minutes=1, step="1s")
+    assert len(series) >= 1 and list(series.columns)[-2:] == ["timestamp", "value"]
+
+    with pytest.raises(PrometheusError, match="refused") as info:
+        prom.query("up{")
+    assert not info.value.retryable
+
+
+def test_a_down_prometheus_is_a_clear_retryable_error() -> None:
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with pytest.raises(PrometheusError, match="cannot connect: is it running") as info:
+        Prometheus(f"http://127.0.0.1:{port}", timeout=2).query("up")
+    assert info.value.retryable
+    assert "ottlab up" in str(info.value)

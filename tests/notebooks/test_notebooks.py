@@ -1,0 +1,104 @@
+"""Every numbered notebook, executed top to bottom with papermill, as a lab participant would.
+
+Executed copies are kept in reports/notebooks/ for reading after a failure; a failure names the
+notebook, the cell index and the error.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import papermill
+import pytest
+from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+from labkit import make_target
+from labkit.config import LabConfig
+from labkit.errors import LabError
+
+REPO = Path(__file__).resolve().parents[2]
+NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]-*.ipynb"))
+REPORTS = REPO / "reports" / "notebooks"
+KERNEL = "ottlab"
+CELL_TIMEOUT = int(os.environ.get("OTTLAB_CELL_TIMEOUT", "600"))
+# Notebooks get their own lab directory and ports: a developer's running lab is left alone.
+NOTEBOOK_BASE_PORT = 28200
+
+pytestmark = pytest.mark.notebook
+
+
+@pytest.fixture(scope="session")
+def notebook_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    home = tmp_path_factory.mktemp("notebook-lab") / "var"
+    yield home
+    # The series leaves its platform running for the next notebook; the suite cleans up after all.
+    cfg = LabConfig(home=home, base_port=NOTEBOOK_BASE_PORT)
+    make_target(cfg, "local").down(purge=True)
+
+
+@pytest.fixture
+def notebook_env(notebook_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTTLAB_HOME", str(notebook_home))
+    monkeypatch.setenv("OTTLAB_BASE_PORT", str(NOTEBOOK_BASE_PORT))
+
+
+def _kube_reachable() -> bool:
+    try:
+        make_target(LabConfig.from_env(), "kube").close()
+    except LabError:
+        return False
+    return True
+
+
+def test_kernel_is_installed() -> None:
+    try:
+        KernelSpecManager().get_kernel_spec(KERNEL)
+    except NoSuchKernel:
+        pytest.fail(f"the Jupyter kernel {KERNEL!r} is missing: run `make bootstrap`")
+
+
+@pytest.mark.parametrize("target", ["local", pytest.param("kube", marks=pytest.mark.kube)])
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook(notebook: Path, target: str, notebook_env: None) -> None:
+    if target == "kube" and not _kube_reachable():
+        pytest.skip("no Kubernetes cluster reachable through KUBECONFIG")
+    REPORTS.mkdir(parents=True, exist_ok=True)
+    executed = REPORTS / f"{notebook.stem}.{target}.ipynb"
+    try:
+        papermill.execute_notebook(
+            str(notebook),
+            str(executed),
+            parameters={"TARGET": target, "INTERACTIVE": False},
+            kernel_name=KERNEL,
+            execution_timeout=CELL_TIMEOUT,
+            cwd=str(notebook.parent),
+            progress_bar=False,
+            log_output=False,
+        )
+    except papermill.PapermillExecutionError as exc:
+        pytest.fail(
+            _failure(notebook, target, exc, executed),
+            pytrace=False,
+        )
+
+
+def _failure(notebook: Path, target: str, exc: papermill.PapermillExecutionError, executed: Path) -> str:
+    return (
+            f"{notebook.name} [{target}]: cell {exc.cell_index} (execution count {exc.exec_count}) "
+            f"raised {exc.ename}: {exc.evalue}\nexecuted copy: {executed}"
+    )
+
+
+def test_a_bad_parameter_fails_with_a_clear_error(notebook_env: None, tmp_path: Path) -> None:
+    """TARGET="mars" stops the setup notebook at the target cell, naming the valid targets."""
+    with pytest.raises(papermill.PapermillExecutionError) as info:
+        papermill.execute_notebook(
+            str(REPO / "notebooks" / "00-setup.ipynb"), str(tmp_path / "out.ipynb"),
+            parameters={"TARGET": "mars", "INTERACTIVE": False}, kernel_name=KERNEL,
+            execution_timeout=CELL_TIMEOUT, progress_bar=False,
+        )
+    message = _failure(REPO / "notebooks" / "00-setup.ipynb", "mars", info.value, tmp_path / "out.ipynb")
+    assert "raised UnknownTargetError" in message and "local, kube" in message
+    assert "cell " in message

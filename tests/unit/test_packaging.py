@@ -1,0 +1,82 @@
+"""The repository's own promises: pins in sync, README's two commands, CI's entry point, clean notebooks."""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _pyproject_pins() -> dict[str, str]:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    reqs = list(project["dependencies"])
+    for extra in project["optional-dependencies"].values():
+        reqs += [r for r in extra if not r.startswith("ottlab[")]
+    pins = {}
+    for req in reqs:
+        name, sep, version = req.partition("==")
+        assert sep, f"pyproject dependency {req!r} is not pinned with =="
+        pins[name.lower()] = version
+    return pins
+
+
+def test_environment_yml_pins_equal_pyproject() -> None:
+    env = yaml.safe_load((REPO / "environment.yml").read_text())
+    pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    conda_pins = {}
+    for req in pip_section:
+        if req.startswith("-"):
+            continue
+        name, _, version = req.partition("==")
+        conda_pins[name.lower()] = version
+    assert conda_pins == _pyproject_pins()
+
+
+def test_constraints_agree_with_pyproject() -> None:
+    lines = (REPO / "constraints.txt").read_text().splitlines()
+    constraints = {}
+    for line in lines:
+        name, sep, version = line.partition("==")
+        if sep:
+            constraints[re.sub(r"[-_.]+", "-", name).lower()] = version
+    for name, version in _pyproject_pins().items():
+        assert constraints.get(re.sub(r"[-_.]+", "-", name)) == version, f"constraints.txt disagrees on {name}"
+
+
+def test_readme_starts_with_the_two_commands() -> None:
+    text = (REPO / "README.md").read_text()
+    blocks = re.findall(r"```(?:sh|bash|console)?\n(.*?)```", text, flags=re.S)
+    assert blocks, "README.md has no command block"
+    assert blocks[0].split() == ["make", "lab"]
+    assert blocks[1].split() == ["make", "test"]
+
+
+def test_ci_runs_make_test() -> None:
+    assert "make test" in (REPO / ".ci" / "run").read_text()
+
+
+def test_notebooks_are_committed_without_outputs() -> None:
+    notebooks = sorted((REPO / "notebooks").glob("*.ipynb"))
+    assert notebooks, "no notebooks found"
+    for path in notebooks:
+        nb = json.loads(path.read_text())
+        for index, cell in enumerate(nb["cells"]):
+            if cell["cell_type"] == "code":
+                assert not cell.get("outputs"), f"{path.name} cell {index} has outputs"
+                assert cell.get("execution_count") is None, f"{path.name} cell {index} has an execution count"
+
+
+def test_notebooks_have_one_literal_parameters_cell() -> None:
+    for path in sorted((REPO / "notebooks").glob("[0-9][0-9]-*.ipynb")):
+        nb = json.loads(path.read_text())
+        tagged = [c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
+        assert len(tagged) == 1, f"{path.name} needs exactly one cell tagged 'parameters'"
+        source = "".join(tagged[0]["source"])
+        names = re.findall(r"^([A-Z_]+)\s*=", source, flags=re.M)
+        assert {"TARGET", "INTERACTIVE"} <= set(names), f"{path.name}: parameters lack TARGET/INTERACTIVE"
+        assert nb["metadata"]["kernelspec"]["name"] == "ottlab", f"{path.name} must pin the 'ottlab' kernel"
