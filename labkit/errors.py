@@ -138,10 +138,10 @@ class TimeoutExpired(LabError):
 
     retryable = True
 
-    def __init__(self, what: str, seconds: float) -> None:
+    def __init__(self, what: str, seconds: float, *, hint: str = "") -> None:
         self.what = what
         self.seconds = seconds
-        super().__init__(f"timed out after {seconds:g} s waiting for {what}")
+        super().__init__(f"timed out after {seconds:g} s waiting for {what}", hint=hint)
 
 
 class PrometheusError(LabError):

@@ -53,3 +53,32 @@ def test_status_of_a_lab_never_started(runner: CliRunner) -> None:
     result = runner.invoke(main, ["status", "--json"])
     assert result.exit_code == 0, result.output
     assert '"state": "stopped"' in result.output
+
+
+def test_kube_target_without_a_cluster(runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("KUBECONFIG", raising=False)
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.kube/config either
+    result = runner.invoke(main, ["up", "--target", "kube"])
+    assert result.exit_code == 1
+    assert "no reachable Kubernetes cluster" in result.output and "KUBECONFIG is not set" in result.output
+    assert "--target local" in result.output
+
+
+def test_kube_target_with_a_dead_cluster(runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    with socket.socket() as sock:  # a loopback port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: dead\n"
+        f"clusters: [{{name: dead, cluster: {{server: 'http://127.0.0.1:{port}'}}}}]\n"
+        "contexts: [{name: dead, context: {cluster: dead, user: nobody}}]\n"
+        "users: [{name: nobody, user: {}}]\n"
+    )
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    result = runner.invoke(main, ["status", "--target", "kube"])
+    assert result.exit_code == 1
+    assert "no reachable Kubernetes cluster" in result.output, result.output

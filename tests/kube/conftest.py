@@ -1,0 +1,41 @@
+"""The kube tier's gate: tests marked ``@pytest.mark.kube`` need a real cluster.
+
+They are skipped unless KUBECONFIG points at a cluster that answers within a few seconds
+(kind create cluster, minikube start ...). Everything else in tests/kube runs anywhere:
+the manifests are rendered and validated offline, and the kube target is tested against an
+in-process fake API server (kmock, see test_kube_target.py).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from labkit.errors import LabError
+from labkit.kube import cluster
+
+_reachable: dict[str, str] = {}
+
+
+def _real_cluster_problem() -> str:
+    """Why no real cluster can be used ("" when one answers); asked once per session."""
+    if "problem" not in _reachable:
+        try:
+            cluster.load_api_client(probe_timeout=3).close()  # type: ignore[no-untyped-call]
+            _reachable["problem"] = ""
+        except LabError as exc:
+            _reachable["problem"] = exc.message
+    return _reachable["problem"]
+
+
+@pytest.fixture(autouse=True)
+def _needs_a_real_cluster(request: pytest.FixtureRequest) -> None:
+    """Skip a ``@pytest.mark.kube`` test unless KUBECONFIG points at a cluster that answers."""
+    if request.node.get_closest_marker("kube") is None:
+        return
+    if not os.environ.get("KUBECONFIG"):
+        pytest.skip("needs a real cluster: set KUBECONFIG (kind create cluster, minikube start ...)")
+    problem = _real_cluster_problem()
+    if problem:
+        pytest.skip(f"needs a real cluster: {problem}")

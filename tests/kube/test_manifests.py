@@ -1,0 +1,243 @@
+"""The Kubernetes manifests, offline: they render, they validate, and they agree with labkit.
+
+- every overlay (and the base) renders with ``kubectl kustomize``;
+- every rendered object validates against the schemas of Kubernetes :data:`K8S_VERSION`
+  (``kubernetes-validate`` bundles them: no network), strictly: an unknown field is an error;
+- each declared component (``labkit.platform.components()``) has the Deployment and Service the
+  kube target expects, with the declared ports, readiness path and replicas;
+- the alert rules and Alertmanager's configuration are the very ones the local target loads;
+- every container runs locked down (non-root, read-only root, no privilege, no capability).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from labkit import monitoring, platform
+from labkit.component import Component
+from labkit.config import repo_root
+from labkit.kube import manifest
+
+# The Kubernetes version the manifests must be valid for: the kubectl of `make bootstrap`.
+K8S_VERSION = "1.32.0"
+NAMESPACE = "ottlab"
+CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition"}
+WORKLOADS = {"Deployment", "StatefulSet", "DaemonSet", "Job"}
+DIRECTORIES = ["base", *(f"overlays/{name}" for name in manifest.overlays())]
+
+
+@functools.cache
+def rendered(directory: str) -> tuple[dict[str, Any], ...]:
+    """The objects of ``k8s/<directory>``, rendered once per test session."""
+    return tuple(manifest.render(repo_root() / "k8s" / directory))
+
+
+def only(objects: tuple[dict[str, Any], ...], kind: str, name: str) -> dict[str, Any]:
+    found = [o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name]
+    assert len(found) == 1, f"expected one {kind} named {name!r}, found {len(found)}"
+    return found[0]
+
+
+def pod_spec(workload: dict[str, Any]) -> dict[str, Any]:
+    spec: dict[str, Any] = workload["spec"]["template"]["spec"]
+    return spec
+
+
+def containers(workload: dict[str, Any]) -> list[dict[str, Any]]:
+    spec = pod_spec(workload)
+    return [*spec.get("initContainers", []), *spec["containers"]]
+
+
+def test_the_default_overlay_and_minikube_exist() -> None:
+    assert manifest.DEFAULT_OVERLAY in manifest.overlays()
+    assert "minikube" in manifest.overlays()
+
+
+@pytest.mark.parametrize("directory", DIRECTORIES)
+def test_renders_with_kubectl_kustomize(directory: str) -> None:
+    objects = rendered(directory)
+    assert objects, f"k8s/{directory} rendered nothing"
+    for obj in objects:
+        assert obj.get("apiVersion") and obj.get("kind") and obj.get("metadata", {}).get("name"), obj
+    assert len({(o["kind"], o["metadata"]["name"]) for o in objects}) == len(objects), "duplicate objects"
+
+
+@pytest.mark.parametrize("directory", DIRECTORIES)
+def test_every_object_validates_strictly_against_the_kubernetes_schema(directory: str) -> None:
+    problems = []
+    for obj in rendered(directory):
+        try:
+            kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            where = ".".join(str(p) for p in exc.path)
+            problems.append(f"{manifest.ref(obj)}: {where}: {exc.message}")
+        except kubernetes_validate.SchemaNotFoundError as exc:
+            problems.append(f"{manifest.ref(obj)}: {exc.message}")
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("directory", DIRECTORIES)
+def test_every_object_is_labelled_for_labkit(directory: str) -> None:
+    layers = {layer.name for layer in platform.layers()}
+    for obj in rendered(directory):
+        labels = manifest.labels(obj)
+        assert labels.get(manifest.PART_OF_LABEL) == manifest.PART_OF, manifest.ref(obj)
+        if obj["kind"] == "Namespace":
+            assert obj["metadata"]["name"] == NAMESPACE
+            continue
+        assert labels.get(manifest.LAYER_LABEL) in layers, f"{manifest.ref(obj)} has no known layer label"
+        if obj["kind"] in CLUSTER_SCOPED:
+            assert "namespace" not in obj["metadata"], manifest.ref(obj)
+        else:
+            assert obj["metadata"].get("namespace") == NAMESPACE, manifest.ref(obj)
+        if obj["kind"] in WORKLOADS:
+            # `down` waits for the lab's pods by these labels.
+            template_labels = obj["spec"]["template"]["metadata"]["labels"]
+            assert template_labels.get(manifest.PART_OF_LABEL) == manifest.PART_OF, manifest.ref(obj)
+            assert template_labels.get(manifest.LAYER_LABEL) == labels[manifest.LAYER_LABEL], manifest.ref(obj)
+
+
+@pytest.mark.parametrize("overlay", manifest.overlays())
+def test_overlays_deploy_the_same_objects_as_the_base(overlay: str) -> None:
+    def names(objects: tuple[dict[str, Any], ...]) -> set[tuple[str, str]]:
+        # Generated ConfigMaps carry a hash of their content: compare them without it.
+        return {
+            (o["kind"], o["metadata"]["name"].rsplit("-", 1)[0] if o["kind"] == "ConfigMap" else o["metadata"]["name"])
+            for o in objects
+        }
+
+    assert names(rendered(f"overlays/{overlay}")) == names(rendered("base"))
+    assert rendered(f"overlays/{overlay}") != rendered("base"), f"overlay {overlay} changes nothing"
+
+
+# -- one source of truth: the component declarations ----------------------------------------
+
+
+@pytest.mark.parametrize("component", platform.components(), ids=lambda c: c.name)
+def test_the_deployment_agrees_with_the_component_declaration(component: Component) -> None:
+    deployment = only(rendered("base"), "Deployment", component.name)
+    assert manifest.labels(deployment).get(manifest.LAYER_LABEL) == component.layer
+    assert deployment["spec"]["replicas"] == component.replicas
+    template_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert template_labels[manifest.NAME_LABEL] == component.name
+    assert deployment["spec"]["selector"]["matchLabels"] == {manifest.NAME_LABEL: component.name}
+
+    (container,) = [c for c in pod_spec(deployment)["containers"] if c["name"] == component.name]
+    declared_ports = {p.name: p.container for p in component.ports}
+    assert {p["name"]: p["containerPort"] for p in container["ports"]} == declared_ports
+    readiness = container["readinessProbe"]["httpGet"]
+    assert (readiness["path"], readiness["port"]) == (component.readiness.path, component.readiness.port)
+    liveness = container["livenessProbe"]["httpGet"]
+    assert (liveness["path"], liveness["port"]) == (component.readiness.path, component.readiness.port)
+
+    annotations = deployment["spec"]["template"]["metadata"].get("annotations", {})
+    if component.metrics_path is None:
+        assert annotations.get("prometheus.io/scrape") != "true"
+    else:
+        assert annotations["prometheus.io/scrape"] == "true"
+        assert annotations["prometheus.io/path"] == component.metrics_path
+        assert annotations["prometheus.io/port"] == str(component.port("http").container)
+
+
+@pytest.mark.parametrize("component", platform.components(), ids=lambda c: c.name)
+def test_the_service_targets_the_http_port_of_the_components_pods(component: Component) -> None:
+    objects = rendered("base")
+    service = only(objects, "Service", component.name)
+    deployment = only(objects, "Deployment", component.name)
+    template_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    selector = service["spec"]["selector"]
+    assert selector and all(template_labels.get(k) == v for k, v in selector.items())
+    (http,) = [p for p in service["spec"]["ports"] if p["name"] == "http"]
+    assert http["targetPort"] == "http"
+    assert http["port"] == component.port("http").container
+
+
+def test_every_deployment_is_a_declared_component() -> None:
+    declared = {c.name for c in platform.components()}
+    deployments = {o["metadata"]["name"] for o in rendered("base") if o["kind"] == "Deployment"}
+    assert deployments == declared
+
+
+# -- one source of truth: configuration files ------------------------------------------------
+
+
+def config_map_with(key: str) -> dict[str, Any]:
+    (found,) = [o for o in rendered("base") if o["kind"] == "ConfigMap" and key in o.get("data", {})]
+    return found
+
+
+def mount_dir(deployment: dict[str, Any], config_map: str) -> str:
+    """Where the pod mounts the ConfigMap ``config_map``."""
+    (volume,) = [v["name"] for v in pod_spec(deployment)["volumes"] if v.get("configMap", {}).get("name") == config_map]
+    mounts = [m["mountPath"] for c in pod_spec(deployment)["containers"] for m in c.get("volumeMounts", [])]
+    (path,) = [
+        m["mountPath"]
+        for c in pod_spec(deployment)["containers"]
+        for m in c.get("volumeMounts", [])
+        if m["name"] == volume
+    ]
+    assert path in mounts
+    return str(path)
+
+
+def test_the_rules_config_map_is_the_rules_file_byte_for_byte() -> None:
+    rules = config_map_with("alert-rules.yml")
+    assert rules["data"]["alert-rules.yml"].encode() == monitoring.rules_file().read_bytes()
+
+
+def test_prometheus_loads_the_mounted_rules_and_alerts_the_alertmanager_service() -> None:
+    objects = rendered("base")
+    prometheus = only(objects, "Deployment", monitoring.PROMETHEUS.name)
+    config = yaml.safe_load(config_map_with("prometheus.yml")["data"]["prometheus.yml"])
+    rules_dir = mount_dir(prometheus, config_map_with("alert-rules.yml")["metadata"]["name"])
+    assert config["rule_files"] == [f"{rules_dir}/alert-rules.yml"]
+    config_dir = mount_dir(prometheus, config_map_with("prometheus.yml")["metadata"]["name"])
+    (container,) = pod_spec(prometheus)["containers"]
+    assert f"--config.file={config_dir}/prometheus.yml" in container["args"]
+    alertmanager_port = monitoring.ALERTMANAGER.port("http").container
+    (targets,) = [s["targets"] for a in config["alerting"]["alertmanagers"] for s in a["static_configs"]]
+    assert targets == [f"{monitoring.ALERTMANAGER.name}:{alertmanager_port}"]
+    (pods,) = [j for j in config["scrape_configs"] if j["job_name"] == "kubernetes-pods"]
+    assert pods["kubernetes_sd_configs"][0]["role"] == "pod"
+
+
+def test_alertmanager_runs_the_configuration_the_local_target_writes() -> None:
+    config = config_map_with("alertmanager.yml")
+    assert yaml.safe_load(config["data"]["alertmanager.yml"]) == monitoring.alertmanager_config()
+    alertmanager = only(rendered("base"), "Deployment", monitoring.ALERTMANAGER.name)
+    config_dir = mount_dir(alertmanager, config["metadata"]["name"])
+    (container,) = pod_spec(alertmanager)["containers"]
+    assert f"--config.file={config_dir}/alertmanager.yml" in container["args"]
+
+
+# -- locked-down pods ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("directory", DIRECTORIES)
+def test_every_container_runs_locked_down_with_bounded_resources(directory: str) -> None:
+    workloads = [o for o in rendered(directory) if o["kind"] in WORKLOADS]
+    assert workloads
+    for workload in workloads:
+        pod = pod_spec(workload).get("securityContext", {})
+        for container in containers(workload):
+            where = f"{manifest.ref(workload)} container {container['name']}"
+            security = container.get("securityContext")
+            assert security, f"{where} has no securityContext"
+            assert security.get("runAsNonRoot", pod.get("runAsNonRoot")) is True, where
+            assert security.get("readOnlyRootFilesystem") is True, where
+            assert security.get("allowPrivilegeEscalation") is False, where
+            assert "ALL" in security.get("capabilities", {}).get("drop", []), where
+            seccomp = security.get("seccompProfile", pod.get("seccompProfile", {}))
+            assert seccomp.get("type") == "RuntimeDefault", where
+            resources = container.get("resources", {})
+            for bound in ("requests", "limits"):
+                assert {"cpu", "memory"} <= set(resources.get(bound, {})), f"{where} has no {bound}"
+            assert container.get("readinessProbe") and container.get("livenessProbe"), where
+            # A read-only root filesystem needs its writable places declared as volumes.
+            volumes = {v["name"] for v in pod_spec(workload).get("volumes", [])}
+            assert {m["name"] for m in container.get("volumeMounts", [])} <= volumes, where
