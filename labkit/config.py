@@ -18,9 +18,10 @@ Example::
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TypeVar
 
 from labkit.errors import ConfigError, UnknownTargetError
 
@@ -29,6 +30,8 @@ HOST = "127.0.0.1"
 DEFAULT_BASE_PORT = 18000
 # The highest offset a component may use; keeps every port below 65536.
 MAX_PORT_OFFSET = 999
+
+T = TypeVar("T")
 
 
 def repo_root() -> Path:
@@ -103,16 +106,15 @@ class LabConfig:
 
 
 def _int(env: Mapping[str, str], name: str) -> int:
-    try:
-        return int(env[name])
-    except ValueError:
-        raise ConfigError(
-            f"{name}={env[name]!r} is not a whole number", hint=f"set {name} to a port, e.g. 18000"
-        ) from None
+    return _parse(env, name, int, "a whole number", "a port, e.g. 18000")
 
 
 def _float(env: Mapping[str, str], name: str) -> float:
+    return _parse(env, name, float, "a number", "seconds, e.g. 60")
+
+
+def _parse(env: Mapping[str, str], name: str, convert: Callable[[str], T], what: str, example: str) -> T:
     try:
-        return float(env[name])
+        return convert(env[name])
     except ValueError:
-        raise ConfigError(f"{name}={env[name]!r} is not a number", hint=f"set {name} to seconds, e.g. 60") from None
+        raise ConfigError(f"{name}={env[name]!r} is not {what}", hint=f"set {name} to {example}") from None
