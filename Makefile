@@ -2,6 +2,8 @@
 VENV := .venv
 BIN := $(VENV)/bin
 export PYTHONDONTWRITEBYTECODE := 1
+# Jupyter refuses to start as root unless told; containers and CI machines often are root.
+JUPYTER_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
 
 .PHONY: lab test bootstrap lint typecheck pytest unit integration notebooks bench down clean help
 
@@ -17,7 +19,7 @@ bootstrap:
 lab: bootstrap
 	$(BIN)/ottlab up
 	$(BIN)/ottlab status
-	$(BIN)/jupyter lab --notebook-dir=notebooks --ServerApp.ip=127.0.0.1
+	$(BIN)/jupyter lab --notebook-dir=notebooks --ServerApp.ip=127.0.0.1 $(JUPYTER_ROOT)
 
 test: bootstrap lint typecheck pytest
 

@@ -100,7 +100,11 @@ def status(target_name: str | None, as_json: bool) -> None:
         click.echo(json.dumps(doc, indent=2))
         return
     _print_table(statuses)
-    if scrape:
+    if scrape is None:
+        return
+    if not scrape:
+        click.echo("\nPrometheus has not discovered its scrape targets yet: ask again in a few seconds")
+    else:
         up_count = sum(1 for t in scrape if t["health"] == "up")
         click.echo(f"\nPrometheus scrapes {up_count}/{len(scrape)} targets up")
         for t in scrape:
@@ -127,10 +131,11 @@ def restart(target_name: str | None, component: str) -> None:
     _print_table([_target(target_name).restart(component)])
 
 
-def _scrape_targets(target: Target, statuses: list[ComponentStatus]) -> list[dict[str, str]]:
+def _scrape_targets(target: Target, statuses: list[ComponentStatus]) -> list[dict[str, str]] | None:
+    """Prometheus' scrape targets; None when Prometheus itself is not healthy."""
     prom = next((s for s in statuses if s.name == PROMETHEUS.name), None)
     if prom is None or not prom.healthy:
-        return []
+        return None
     frame = Prometheus(target.endpoint(PROMETHEUS.name), timeout=5).targets()
     return [{str(k): str(v) for k, v in row.items()} for row in frame.to_dict("records")]
 
