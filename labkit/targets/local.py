@@ -64,8 +64,10 @@ class LocalTarget(Target):
             else:
                 progress(f"starting the supervisor for {self.cfg.home}")
                 self.supervisor.start()
-            for comp in selected:
-                self._start(comp)
+            # A layer's components start together, then each is awaited: layers start in order,
+            # so a later layer can rely on an earlier one being ready.
+            for layer in dict.fromkeys(c.layer for c in selected):
+                self._start_all([c for c in selected if c.layer == layer])
             self._reload_prometheus()
         progress(f"platform ready in {time.monotonic() - started:.1f} s")
         return [s for s in self.status() if s.name in {c.name for c in selected}]
@@ -164,12 +166,20 @@ class LocalTarget(Target):
         return [p for p in program_names(comp) if info.get(p, {}).get("statename") in active]
 
     def _start(self, comp: Component, replicas: int | None = None) -> None:
-        count = comp.replicas if replicas is None else replicas
-        for replica, program in enumerate(program_names(comp)[:count]):
-            state = self.supervisor.info(program)["statename"]
-            if state != "RUNNING":
+        self._start_all([comp], replicas)
+
+    def _start_all(self, comps: Sequence[Component], replicas: int | None = None) -> None:
+        """Start every replica of ``comps`` at once, then wait for each to be ready."""
+        wanted = [
+            (comp, replica, program)
+            for comp in comps
+            for replica, program in enumerate(program_names(comp)[: comp.replicas if replicas is None else replicas])
+        ]
+        for _, _, program in wanted:
+            if self.supervisor.info(program)["statename"] != "RUNNING":
                 progress(f"starting {program}")
                 self.supervisor.start_program(program)
+        for comp, replica, program in wanted:
             self._wait_ready(comp, program, replica)
 
     def _wait_ready(self, comp: Component, program: str, replica: int) -> None:
