@@ -47,6 +47,10 @@ def test_up_status_and_down_leave_nothing_behind(local_lab: LocalTarget) -> None
     names = {r["name"] for g in rules["data"]["groups"] for r in g["rules"]}
     assert "ComponentDown" in names
 
+    # Each component's own log is one call away.
+    assert "Server is ready to receive web requests" in local_lab.logs("prometheus")
+    assert len(local_lab.logs("alertmanager", lines=3).splitlines()) <= 3
+
     # A second up is idempotent: same processes, still healthy.
     again = local_lab.up()
     assert sorted(pid for s in again for pid in s.pids) == sorted(pids)
