@@ -61,6 +61,6 @@ __all__ = [
 
 def __getattr__(name: str) -> ModuleType:
     # Widgets and matplotlib load only when a notebook asks for them, keeping `ottlab` quick.
-    if name in ("panels", "plots"):
+    if name in ("apis", "client", "panels", "plots", "seed"):
         return importlib.import_module(f"labkit.{name}")
     raise AttributeError(f"module 'labkit' has no attribute {name!r}")

@@ -131,6 +131,22 @@ def restart(target_name: str | None, component: str) -> None:
     _print_table([_target(target_name).restart(component)])
 
 
+@main.command()
+@_target_option
+@_handle_errors
+def seed(target_name: str | None) -> None:
+    """Create demo users, their plans and catalog titles (idempotent)."""
+    from labkit import apis
+    from labkit import seed as seeding
+
+    target = _target(target_name)
+    urls = {s.name: target.endpoint(s.name) for s in apis.SERVICES}
+    counts = seeding.seed(urls, target.service_token())
+    click.echo(f"seeded {counts['users']} users and {counts['titles']} titles")
+    for user in seeding.USERS:
+        click.echo(f"  {user.email:22} password {user.password:26} plan {user.plan or '-'}")
+
+
 def _scrape_targets(target: Target, statuses: list[ComponentStatus]) -> list[dict[str, str]] | None:
     """Prometheus' scrape targets; None when Prometheus itself is not healthy."""
     prom = next((s for s in statuses if s.name == PROMETHEUS.name), None)

@@ -19,7 +19,7 @@ Example::
 from __future__ import annotations
 
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -109,17 +109,35 @@ class Component:
                 return found
         return None
 
-    def command(self, cfg: LabConfig, replica: int = 0) -> list[str]:
-        """The argument list that starts replica ``replica`` on the local target."""
+    def _values(self, cfg: LabConfig, replica: int, links: Mapping[str, str]) -> dict[str, str]:
         values = {
             "host": cfg.host,
             "home": str(cfg.home),
             "conf": str(cfg.conf_dir),
             "data": str(cfg.data_dir / self.name),
+            "data_root": str(cfg.data_dir),
             "log": str(cfg.log_dir),
             "run": str(cfg.run_dir),
             "replica": str(replica),
         }
         values.update({f"port_{p.name}": str(self.local_port(cfg, p.name, replica)) for p in self.ports})
+        values.update({f"link_{name.replace('-', '_')}": url for name, url in links.items()})
+        return values
+
+    def command(self, cfg: LabConfig, replica: int = 0, links: Mapping[str, str] | None = None) -> list[str]:
+        """The argument list that starts replica ``replica`` on the local target.
+
+        ``links`` maps other components' names to their URLs, for ``{link_<name>}`` in templates.
+        """
+        values = self._values(cfg, replica, links or {})
         return [self.resolve_binary() or self.binary, *(a.format(**values) for a in self.args)]
 
+    def environment(self, cfg: LabConfig, replica: int = 0, links: Mapping[str, str] | None = None) -> dict[str, str]:
+        """The declared environment with its templates filled in, as for :meth:`command`."""
+        values = self._values(cfg, replica, links or {})
+        return {key: value.format(**values) for key, value in self.env.items()}
+
+
+def links(cfg: LabConfig, components: Sequence[Component]) -> dict[str, str]:
+    """Every component's base URL on the local target (replica 0), by name."""
+    return {c.name: c.url(cfg) for c in components}

@@ -31,7 +31,7 @@ from typing import Any, cast
 
 from supervisor.xmlrpc import SupervisorTransport
 
-from labkit.component import Component
+from labkit.component import Component, links
 from labkit.config import LabConfig
 from labkit.console import echo_command
 from labkit.errors import LabError, NotRunningError, TimeoutExpired
@@ -112,11 +112,12 @@ class Supervisor:
             f"serverurl=unix://{_quote(str(self.socket_path))}",
             "",
         ]
+        urls = links(self.cfg, components)
         for comp in components:
             for replica, program in enumerate(program_names(comp)):
-                command = " ".join(_shell_quote(a) for a in comp.command(self.cfg, replica))
-                env = {**comp.env, "OTTLAB_COMPONENT": comp.name, "OTTLAB_REPLICA": str(replica),
-                       "OTTLAB_LAB_ID": self.lab_id}
+                command = " ".join(_shell_quote(a) for a in comp.command(self.cfg, replica, urls))
+                env = {**comp.environment(self.cfg, replica, urls), "OTTLAB_COMPONENT": comp.name,
+                       "OTTLAB_REPLICA": str(replica), "OTTLAB_LAB_ID": self.lab_id}
                 env_line = ",".join(f'{k}="{_quote(v)}"' for k, v in sorted(env.items()))
                 log = self.cfg.log_dir / f"{program}.log"
                 lines += [

@@ -69,6 +69,7 @@ NAMESPACES = ResourceType("v1", "Namespace", "namespaces", namespaced=False)
 PODS = ResourceType("v1", "Pod", "pods", namespaced=True)
 SERVICES = ResourceType("v1", "Service", "services", namespaced=True)
 PVCS = ResourceType("v1", "PersistentVolumeClaim", "persistentvolumeclaims", namespaced=True)
+SECRETS = ResourceType("v1", "Secret", "secrets", namespaced=True)
 DEPLOYMENTS = ResourceType("apps/v1", "Deployment", "deployments", namespaced=True)
 
 
@@ -222,6 +223,13 @@ class Cluster:
             content_type=APPLY_PATCH,
         )
         return applied
+
+    def create(self, rtype: ResourceType, obj: KubeObject, namespace: str | None = None) -> KubeObject:
+        """Create ``obj`` (a POST): a :class:`KubeError` when it already exists, never an overwrite."""
+        created: KubeObject = self.request(
+            "POST", rtype.path(namespace), query={"fieldManager": FIELD_MANAGER}, body=obj
+        )
+        return created
 
     def patch(
         self,

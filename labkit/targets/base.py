@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from labkit.component import Component
 from labkit.config import LabConfig
-from labkit.errors import UnknownComponentError
+from labkit.errors import LabError, UnknownComponentError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -95,6 +95,10 @@ class Target(abc.ABC):
     @abc.abstractmethod
     def endpoint(self, component: str, port: str = "http") -> str:
         """A base URL reachable from this machine (a port-forward on kube)."""
+
+    def service_token(self) -> str:
+        """The lab's service-to-service secret, for admin calls such as seeding."""
+        raise LabError(f"the {self.name} target cannot read the lab's service token")
 
     def status_frame(self) -> pd.DataFrame:
         """:meth:`status` as a DataFrame, for a notebook table."""

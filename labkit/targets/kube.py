@@ -30,8 +30,8 @@ from labkit.component import Component
 from labkit.config import LabConfig
 from labkit.console import progress
 from labkit.errors import ConfigError, KubeError, NotRunningError, TimeoutExpired
-from labkit.kube import cluster, manifest, rollout
-from labkit.kube.cluster import DEPLOYMENTS, NAMESPACES, PODS, PVCS, SERVICES, Cluster
+from labkit.kube import cluster, manifest, rollout, secrets
+from labkit.kube.cluster import DEPLOYMENTS, NAMESPACES, PODS, PVCS, SECRETS, SERVICES, Cluster
 from labkit.kube.manifest import KubeObject
 from labkit.kube.portforward import PortForward, Stream
 from labkit.targets.base import ComponentStatus, Target
@@ -42,6 +42,8 @@ if TYPE_CHECKING:
 # kubectl's own annotation for `kubectl rollout restart`, so kubectl shows ours the same way.
 RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"
 LAB_SELECTOR = f"{manifest.PART_OF_LABEL}={manifest.PART_OF}"
+# Kinds that hold the lab's state: the database volume and the per-lab keys.
+_STATE_KINDS = frozenset({"PersistentVolumeClaim", "Secret"})
 
 
 class KubeTarget(Target):
@@ -78,14 +80,23 @@ class KubeTarget(Target):
     # -- the Target interface ------------------------------------------------------------
 
     def up(self, layers: Sequence[str] | None = None) -> list[ComponentStatus]:
-        """Server-side apply the objects of ``layers`` (all when None) and wait for their rollouts."""
+        """Server-side apply the objects of ``layers`` (all when None) and wait for their rollouts.
+
+        With the apis layer, its per-lab Secrets are created first when missing (:mod:`labkit.kube.secrets`).
+        """
         chosen = self.select(layers)
         objects = manifest.in_apply_order(manifest.of_layers(self._manifests(), layers or None))
         which = ", ".join(layers) if layers else "every layer"
         progress(f"applying {len(objects)} objects ({which}) to namespace {self.namespace} at {self._cluster.host}")
+        wants_secrets = secrets.needed_by(objects)
         for obj in objects:
             self._cluster.apply(obj, namespace=self.namespace)
             progress(f"  applied {manifest.ref(obj)}")
+            # The Namespace comes first; the APIs' pods mount the per-lab Secrets, made here
+            # (when missing, never overwritten) so that they exist before those pods do.
+            if wants_secrets and obj.get("kind") == "Namespace":
+                for created in secrets.ensure(self._cluster, self.namespace):
+                    progress(f"  created secret/{created} (generated for this lab)")
         deployments = [manifest.name(obj) for obj in objects if obj.get("kind") == "Deployment"]
         for component in chosen:
             if component.name not in deployments:
@@ -96,12 +107,16 @@ class KubeTarget(Target):
     def down(self, *, purge: bool = False) -> None:
         """Delete every object labkit applied (by its ``part-of: ottlab`` label) and wait for the pods.
 
-        ``purge`` also deletes the namespace's volume claims and the namespace itself.
+        The database volume claim and the per-lab Secrets stay, as the local target keeps its
+        lab directory; ``purge`` deletes them, and the namespace itself.
         """
         self._close_forwards()
         # Each kind once, dependents first: workloads before the ConfigMaps and accounts they use.
         applied = manifest.in_apply_order(o for o in self._manifests() if o.get("kind") != "Namespace")
-        kinds = list(dict.fromkeys((str(o.get("apiVersion")), str(o.get("kind"))) for o in applied))
+        # No manifest holds the Secrets labkit generates (labkit.kube.secrets): their kind first
+        # here, so they are deleted last, after the pods that mount them.
+        manifest_kinds = [(str(o.get("apiVersion")), str(o.get("kind"))) for o in applied]
+        kinds = list(dict.fromkeys([(SECRETS.api_version, SECRETS.kind), *manifest_kinds]))
         namespace_exists = self._cluster.get(NAMESPACES, self.namespace) is not None
         progress(
             f"deleting the lab's objects (label {LAB_SELECTOR}) in namespace {self.namespace} at {self._cluster.host}"
@@ -113,6 +128,8 @@ class KubeTarget(Target):
                 continue  # the cluster does not even serve this kind: nothing of it to delete
             if rtype.namespaced and not namespace_exists:
                 continue
+            if rtype.kind in _STATE_KINDS and not purge:
+                continue  # like the local target: data and keys outlive `down`, only purge removes them
             namespace = self.namespace if rtype.namespaced else None
             for obj in self._cluster.list(rtype, namespace, label_selector=LAB_SELECTOR):
                 if self._cluster.delete(rtype, manifest.name(obj), namespace):
@@ -201,6 +218,15 @@ class KubeTarget(Target):
         victim = manifest.name(pods[0])
         self._cluster.delete(PODS, victim, self.namespace, grace_period_seconds=0)
         progress(f"killed pod/{victim} of {comp.name} (grace period 0)")
+
+    def service_token(self) -> str:
+        """The lab's service token, from the Secret ``labkit.kube.secrets`` created at ``up``."""
+        import base64
+
+        found = self._cluster.get(SECRETS, secrets.SERVICE_TOKEN, self.namespace)
+        if found is None:
+            raise NotRunningError(f"the apis layer in namespace {self.namespace} (no Secret {secrets.SERVICE_TOKEN})")
+        return base64.b64decode(found["data"][secrets.SERVICE_TOKEN_KEY]).decode().strip()
 
     def endpoint(self, component: str, port: str = "http") -> str:
         """``http://127.0.0.1:<port>``: a port-forward to the component's Service (kept open, reused)."""

@@ -139,6 +139,14 @@ class LocalTarget(Target):
     def endpoint(self, component: str, port: str = "http") -> str:
         return self.component(component).url(self.cfg, port)
 
+    def service_token(self) -> str:
+        from labkit.apis import SERVICE_TOKEN_FILE
+
+        path = self.cfg.conf_dir / SERVICE_TOKEN_FILE
+        if not path.exists():
+            raise NotRunningError("the APIs layer (it creates the lab's service token)")
+        return path.read_text().strip()
+
     # -- internals -----------------------------------------------------------------------
 
     def _check_binaries(self, comps: Sequence[Component]) -> None:

@@ -15,6 +15,7 @@ reaction (:func:`settle_deployments`), as a real cluster's deployment controller
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import re
 import socket
@@ -37,13 +38,22 @@ import kmock
 import pytest
 from kubernetes import client as k8s_client
 
-from labkit import platform
+from labkit import apis, platform
 from labkit.component import Component, Port, Readiness
 from labkit.config import LabConfig
-from labkit.errors import ClusterUnreachableError, ConfigError, NotRunningError, TimeoutExpired, UnknownComponentError
-from labkit.kube import manifest
+from labkit.errors import (
+    ClusterUnreachableError,
+    ConfigError,
+    KubeError,
+    NotRunningError,
+    TimeoutExpired,
+    UnknownComponentError,
+)
+from labkit.kube import manifest, secrets
+from labkit.kube.cluster import Cluster
 from labkit.kube.portforward import PortForward
 from labkit.targets.kube import KubeTarget
+from ott import tokens
 
 # -- the fake API server ---------------------------------------------------------------------
 
@@ -298,7 +308,7 @@ def test_up_applies_each_object_server_side_as_labkit(fake_cluster: FakeCluster,
         ("prometheus", "running", True, 1),
         ("alertmanager", "running", True, 1),
     ]
-    rendered = manifest.render(manifest.overlay_dir("kind"))
+    rendered = manifest.of_layers(manifest.render(manifest.overlay_dir("kind")), ["monitoring"])
     patches = fake_cluster.requests("PATCH")
     assert len(patches) == len(rendered)
     for request in patches:
@@ -313,6 +323,8 @@ def test_up_applies_each_object_server_side_as_labkit(fake_cluster: FakeCluster,
     kinds = [r.data["kind"] for r in patches]
     assert kinds.index("ConfigMap") < kinds.index("Deployment")
     assert fake_cluster.stored(DEPLOYMENTS, "prometheus") is not None
+    # The apis layer's Secrets are not monitoring's business.
+    assert fake_cluster.requests("POST") == []
 
 
 def test_up_times_out_naming_the_deployment_that_never_becomes_available(
@@ -365,6 +377,130 @@ def test_down_deletes_what_up_applied_and_purge_the_namespace(fake_cluster: Fake
     lists = [r for r in fake_cluster.requests("GET") if "labelSelector" in r.params]
     assert lists and all(r.params["labelSelector"] == "app.kubernetes.io/part-of=ottlab" for r in lists)
     assert fake_cluster.stored(DEPLOYMENTS, "prometheus") is None
+
+
+# -- the apis layer's Secrets ----------------------------------------------------------------
+
+SECRETS = "v1/secrets"
+
+
+def apis_target(fake: FakeCluster, lab_cfg: LabConfig) -> KubeTarget:
+    """A target that knows the apis layer, whether or not labkit.platform registers it yet."""
+    components = [*platform.components()]
+    components += [c for c in apis.LAYER.components if c.name not in {d.name for d in components}]
+    return KubeTarget(lab_cfg.with_(ready_timeout=5.0), components, api_client=fake.api_client, overlay="kind")
+
+
+def secret_data(fake: FakeCluster, name: str) -> dict[str, bytes]:
+    stored = fake.stored(SECRETS, name)
+    assert stored is not None, f"no secret/{name}"
+    return {key: base64.b64decode(value) for key, value in stored["data"].items()}
+
+
+def test_up_apis_creates_the_lab_secrets_before_the_pods_that_mount_them(
+    fake_cluster: FakeCluster, lab_cfg: LabConfig, tmp_path: Path
+) -> None:
+    settle_deployments(fake_cluster)
+    target = apis_target(fake_cluster, lab_cfg)
+
+    statuses = target.up(["apis"])
+
+    assert all(s.healthy for s in statuses) and {s.name for s in statuses} == {c.name for c in apis.LAYER.components}
+    posts = fake_cluster.requests("POST")
+    assert [r.url.path for r in posts] == [f"/api/v1/namespaces/{NAMESPACE}/secrets"] * 2
+    assert {r.data["metadata"]["name"] for r in posts} == {"ott-signing-key", "ott-service-token"}
+    # Created after the namespace, before any Deployment (a pod must find its Secret volumes).
+    order = fake_cluster.requests()
+    first_deployment = next(i for i, r in enumerate(order) if r.method == "PATCH" and r.data["kind"] == "Deployment")
+    namespace = next(i for i, r in enumerate(order) if r.url.path == f"/api/v1/namespaces/{NAMESPACE}")
+    assert all(namespace < order.index(p) < first_deployment for p in posts)
+    # Nothing but the rendered objects of the layer went through apply: no Secret in k8s/.
+    assert "Secret" not in {r.data["kind"] for r in fake_cluster.requests("PATCH")}
+
+    for name in ("ott-signing-key", "ott-service-token"):
+        labels = fake_cluster.stored(SECRETS, name)["metadata"]["labels"]  # type: ignore[index]
+        assert labels[manifest.PART_OF_LABEL] == manifest.PART_OF and labels[manifest.LAYER_LABEL] == "apis"
+    # auth loads the PEM as its own key, as if it had written it itself.
+    pem = secret_data(fake_cluster, "ott-signing-key")[tokens.KEY_FILE]
+    (tmp_path / tokens.KEY_FILE).write_bytes(pem)
+    key = tokens.SigningKey.load_or_create(tmp_path)
+    assert key.private_key.curve.name == "secp256r1" and pem.startswith(b"-----BEGIN PRIVATE KEY-----")
+    token = secret_data(fake_cluster, "ott-service-token")["token"].decode()
+    assert len(token) >= 43 and re.fullmatch(r"[A-Za-z0-9_-]+", token)
+
+
+def test_up_apis_never_overwrites_existing_secrets(fake_cluster: FakeCluster, lab_cfg: LabConfig) -> None:
+    settle_deployments(fake_cluster)
+    labels = {manifest.PART_OF_LABEL: manifest.PART_OF, manifest.LAYER_LABEL: "apis"}
+    mine = {
+        "ott-signing-key": {tokens.KEY_FILE: b"-----BEGIN PRIVATE KEY-----\nkept\n-----END PRIVATE KEY-----\n"},
+        "ott-service-token": {"token": b"the-token-the-services-already-use"},
+    }
+    for name, data in mine.items():
+        encoded = {k: base64.b64encode(v).decode() for k, v in data.items()}
+        fake_cluster.put(SECRETS, name, {"apiVersion": "v1", "kind": "Secret", "metadata": {"labels": labels},
+                                         "data": encoded})  # fmt: skip
+    target = apis_target(fake_cluster, lab_cfg)
+
+    target.up(["apis"])
+    target.up(["apis"])  # and again: a second `up` changes nothing either
+
+    assert fake_cluster.requests("POST") == []
+    assert not [r for r in fake_cluster.requests() if "/secrets/" in r.url.path and r.method != "GET"]
+    for name, data in mine.items():
+        assert secret_data(fake_cluster, name) == data
+
+
+def test_down_keeps_the_lab_keys_and_purge_deletes_them(fake_cluster: FakeCluster, lab_cfg: LabConfig) -> None:
+    settle_deployments(fake_cluster)
+    target = apis_target(fake_cluster, lab_cfg)
+    target.up(["apis"])
+    first = secret_data(fake_cluster, "ott-service-token")
+    assert target.service_token() == first["token"].decode()
+
+    # Like the local target's lab directory, keys survive `down`: tokens stay valid across restarts.
+    target.down()
+    assert fake_cluster.stored(SECRETS, "ott-signing-key") is not None
+    target.up(["apis"])
+    assert secret_data(fake_cluster, "ott-service-token") == first
+
+    target.down(purge=True)
+    assert fake_cluster.stored(SECRETS, "ott-signing-key") is None
+    assert fake_cluster.stored(SECRETS, "ott-service-token") is None
+    deleted = [r.url.path for r in fake_cluster.requests("DELETE")]
+    secret_paths = sorted(f"/api/v1/namespaces/{NAMESPACE}/secrets/{name}" for name in secrets.NAMES)
+    assert sorted(p for p in deleted if "/secrets/" in p) == secret_paths
+    # After the Deployments whose pods mount them.
+    last_deployment = max(i for i, p in enumerate(deleted) if "/deployments/" in p)
+    assert min(i for i, p in enumerate(deleted) if "/secrets/" in p) > last_deployment
+
+
+class RacingCluster:
+    """Stands in for the API server when another `up` creates each Secret between our GET and POST."""
+
+    def __init__(self, *, refuse: bool = False) -> None:
+        self.refuse = refuse
+        self.stored: dict[str, dict[str, Any]] = {}
+
+    def get(self, rtype: Any, name: str, namespace: str | None = None) -> dict[str, Any] | None:
+        return self.stored.get(name)
+
+    def create(self, rtype: Any, obj: dict[str, Any], namespace: str | None = None) -> dict[str, Any]:
+        if self.refuse:
+            raise KubeError("POST /api/v1/namespaces/ottlab/secrets failed with HTTP 403: forbidden")
+        self.stored[obj["metadata"]["name"]] = {"theirs": True}
+        raise KubeError("POST /api/v1/namespaces/ottlab/secrets failed with HTTP 409: already exists")
+
+
+def test_ensure_keeps_the_secret_another_up_created_meanwhile() -> None:
+    racing = RacingCluster()
+    assert secrets.ensure(cast(Cluster, racing), NAMESPACE) == []
+    assert racing.stored == {name: {"theirs": True} for name in secrets.NAMES}
+
+
+def test_ensure_reports_a_refused_create() -> None:
+    with pytest.raises(KubeError, match="403"):
+        secrets.ensure(cast(Cluster, RacingCluster(refuse=True)), NAMESPACE)
 
 
 # -- status, scale, restart, kill, logs -----------------------------------------------------

@@ -3,10 +3,15 @@
 - every overlay (and the base) renders with ``kubectl kustomize``;
 - every rendered object validates against the schemas of Kubernetes :data:`K8S_VERSION`
   (``kubernetes-validate`` bundles them: no network), strictly: an unknown field is an error;
-- each declared component (``labkit.platform.components()``) has the Deployment and Service the
-  kube target expects, with the declared ports, readiness path and replicas;
+- each declared component (``labkit.platform.components()``, and the apis layer's) has the
+  Deployment and Service the kube target expects, with the declared ports, readiness path and
+  replicas;
 - the alert rules and Alertmanager's configuration are the very ones the local target loads;
-- every container runs locked down (non-root, read-only root, no privilege, no capability).
+- every container runs locked down (non-root, read-only root, no privilege, no capability);
+- no Secret is committed: the lab's Secrets are generated per lab (labkit.kube.secrets).
+
+The apis layer's own checks (environment, mounts, the gateway's config, the Dockerfile) are in
+test_apis_manifests.py.
 """
 
 from __future__ import annotations
@@ -18,10 +23,11 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from labkit import monitoring, platform
+from labkit import apis, monitoring, platform
 from labkit.component import Component
 from labkit.config import repo_root
 from labkit.kube import manifest
+from labkit.layer import Layer
 
 # The Kubernetes version the manifests must be valid for: the kubectl of `make bootstrap`.
 K8S_VERSION = "1.32.0"
@@ -29,6 +35,20 @@ NAMESPACE = "ottlab"
 CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition"}
 WORKLOADS = {"Deployment", "StatefulSet", "DaemonSet", "Job"}
 DIRECTORIES = ["base", *(f"overlays/{name}" for name in manifest.overlays())]
+
+
+def declared_layers() -> list[Layer]:
+    """The platform's layers, with the apis layer even before labkit.platform registers it."""
+    layers = platform.layers()
+    if apis.LAYER.name not in {layer.name for layer in layers}:
+        layers.append(apis.LAYER)
+    return layers
+
+
+COMPONENTS = [c for layer in declared_layers() for c in layer.components]
+# What a liveness probe may ask besides the readiness path: every ott service and the gateway
+# answer /healthz while the process is alive, whatever their dependencies (a database) say.
+LIVENESS_PATHS = {"/healthz"}
 
 
 @functools.cache
@@ -83,7 +103,7 @@ def test_every_object_validates_strictly_against_the_kubernetes_schema(directory
 
 @pytest.mark.parametrize("directory", DIRECTORIES)
 def test_every_object_is_labelled_for_labkit(directory: str) -> None:
-    layers = {layer.name for layer in platform.layers()}
+    layers = {layer.name for layer in declared_layers()}
     for obj in rendered(directory):
         labels = manifest.labels(obj)
         assert labels.get(manifest.PART_OF_LABEL) == manifest.PART_OF, manifest.ref(obj)
@@ -118,7 +138,7 @@ def test_overlays_deploy_the_same_objects_as_the_base(overlay: str) -> None:
 # -- one source of truth: the component declarations ----------------------------------------
 
 
-@pytest.mark.parametrize("component", platform.components(), ids=lambda c: c.name)
+@pytest.mark.parametrize("component", COMPONENTS, ids=lambda c: c.name)
 def test_the_deployment_agrees_with_the_component_declaration(component: Component) -> None:
     deployment = only(rendered("base"), "Deployment", component.name)
     assert manifest.labels(deployment).get(manifest.LAYER_LABEL) == component.layer
@@ -133,7 +153,8 @@ def test_the_deployment_agrees_with_the_component_declaration(component: Compone
     readiness = container["readinessProbe"]["httpGet"]
     assert (readiness["path"], readiness["port"]) == (component.readiness.path, component.readiness.port)
     liveness = container["livenessProbe"]["httpGet"]
-    assert (liveness["path"], liveness["port"]) == (component.readiness.path, component.readiness.port)
+    assert liveness["path"] in {component.readiness.path, *LIVENESS_PATHS}
+    assert liveness["port"] == component.readiness.port
 
     annotations = deployment["spec"]["template"]["metadata"].get("annotations", {})
     if component.metrics_path is None:
@@ -144,7 +165,7 @@ def test_the_deployment_agrees_with_the_component_declaration(component: Compone
         assert annotations["prometheus.io/port"] == str(component.port("http").container)
 
 
-@pytest.mark.parametrize("component", platform.components(), ids=lambda c: c.name)
+@pytest.mark.parametrize("component", COMPONENTS, ids=lambda c: c.name)
 def test_the_service_targets_the_http_port_of_the_components_pods(component: Component) -> None:
     objects = rendered("base")
     service = only(objects, "Service", component.name)
@@ -158,7 +179,7 @@ def test_the_service_targets_the_http_port_of_the_components_pods(component: Com
 
 
 def test_every_deployment_is_a_declared_component() -> None:
-    declared = {c.name for c in platform.components()}
+    declared = {c.name for c in COMPONENTS}
     deployments = {o["metadata"]["name"] for o in rendered("base") if o["kind"] == "Deployment"}
     assert deployments == declared
 
@@ -241,3 +262,15 @@ def test_every_container_runs_locked_down_with_bounded_resources(directory: str)
             # A read-only root filesystem needs its writable places declared as volumes.
             volumes = {v["name"] for v in pod_spec(workload).get("volumes", [])}
             assert {m["name"] for m in container.get("volumeMounts", [])} <= volumes, where
+
+
+# -- no committed secret ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("directory", DIRECTORIES)
+def test_no_secret_is_in_the_manifests(directory: str) -> None:
+    # Secrets are generated per lab by the kube target (labkit.kube.secrets), never kept in git.
+    objects = rendered(directory)
+    assert [manifest.ref(o) for o in objects if o["kind"] == "Secret"] == []
+    text = yaml.safe_dump_all(objects)
+    assert "PRIVATE KEY" not in text

@@ -1,0 +1,32 @@
+# The OTT services image, ottlab/ott-services:<version of pyproject.toml>: every API service of
+# k8s/base/apis runs from it as `python -m ott.<service>` (the Deployments set the command).
+#
+#   docker build -t ottlab/ott-services:0.1.0 .
+#   kind load docker-image ottlab/ott-services:0.1.0      # or: minikube image load ...
+#
+# tests/kube/test_apis_manifests.py checks this file: pinned base, the pinned dependency set,
+# no dev tools, a non-root user.
+FROM python:3.11-slim
+
+# No .pyc files (the pods' root filesystem is read-only); logs leave at once, not buffered.
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
+
+WORKDIR /src
+# What `pip install .` needs: the project metadata (its readme included), the pins, the packages.
+COPY pyproject.toml constraints.txt README.md ./
+COPY ott/ ott/
+COPY labkit/ labkit/
+# The same pins as the lab's virtualenv (constraints.txt), without the dev extra.
+RUN pip install --no-cache-dir -c constraints.txt . \
+    && groupadd --gid 10001 ott \
+    && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin ott
+
+# `python -m` puts the working directory first on sys.path: an empty, root-owned one, so the
+# installed packages are what runs.
+WORKDIR /app
+# Numeric, so the kubelet can check runAsNonRoot without reading /etc/passwd.
+USER 10001:10001
+
+# Harmless default: the Deployments choose the service.
+CMD ["python", "-c", "print('ottlab/ott-services: run a service with python -m ott.<auth|catalog|subscription|license|cas>')"]

@@ -1,0 +1,100 @@
+"""The APIs layer: auth, catalog, subscription, license and cas, each a FastAPI service,
+behind an nginx gateway that verifies tokens, retries idempotent requests and rate-limits login.
+
+Every service runs as ``python -m ott.<name>`` and reads ``OTT_*`` variables; they share one
+SQLite database (WAL) under the lab directory and find each other through ``OTT_<NAME>_URL``.
+"""
+
+from __future__ import annotations
+
+import secrets
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from labkit import gateway
+from labkit.component import Component, Port, Readiness
+from labkit.config import LabConfig
+from labkit.layer import Layer
+from labkit.routes import MAX_BODY_BYTES, SERVICE_CONTAINER_PORT
+
+SERVICE_TOKEN_FILE = "service-token"
+
+_OFFSETS = {"auth": 10, "catalog": 20, "subscription": 30, "license": 40, "cas": 50}
+_DESCRIPTIONS = {
+    "auth": "users, password login, short-lived ES256 tokens, JWKS",
+    "catalog": "titles, their tier and playback locations; search and pagination",
+    "subscription": "plans, subscriptions, entitlement checks",
+    "license": "playback authorisations and content keys (HLS AES-128 key URI)",
+    "cas": "conditional access: concurrent streams, devices, time window",
+}
+
+
+def _service(name: str) -> Component:
+    env = {
+        "OTT_HOST": "{host}",
+        "OTT_PORT": "{port_http}",
+        "OTT_DATABASE_URL": "sqlite:///{data_root}/ott/ott.db",
+        "OTT_KEYS_DIR": "{data_root}/ott/keys",
+        "OTT_SERVICE_TOKEN_FILE": "{conf}/" + SERVICE_TOKEN_FILE,
+        "OTT_MAX_BODY": str(MAX_BODY_BYTES),
+        **{f"OTT_{other.upper()}_URL": "{link_" + other + "}" for other in _OFFSETS},
+    }
+    return Component(
+        name=name,
+        layer="apis",
+        # The lab's own interpreter: the one with ott installed.
+        binary=sys.executable,
+        package="python3",
+        args=("-m", f"ott.{name}"),
+        ports=(Port("http", offset=_OFFSETS[name], container=SERVICE_CONTAINER_PORT),),
+        readiness=Readiness(path="/readyz"),
+        env=env,
+        replicas=1,
+        max_replicas=3,
+        metrics_path="/metrics",
+        description=_DESCRIPTIONS[name],
+    )
+
+
+AUTH, CATALOG, SUBSCRIPTION, LICENSE, CAS = (_service(n) for n in _OFFSETS)
+SERVICES = (AUTH, CATALOG, SUBSCRIPTION, LICENSE, CAS)
+
+GATEWAY = Component(
+    name="gateway",
+    layer="apis",
+    binary="nginx",
+    package="nginx",
+    args=("-p", "{run}/gateway", "-c", "{conf}/gateway/nginx.conf", "-e", "stderr", "-g", "daemon off;"),
+    ports=(Port("http", offset=0, container=gateway.CONTAINER_PORT),),
+    readiness=Readiness(path="/healthz"),
+    description="nginx in front of the APIs: routes, JWT check, retries, login rate limit",
+)
+
+
+def service_token(cfg: LabConfig) -> str:
+    """The lab's secret for service-to-service and admin calls, created once per lab directory."""
+    path = cfg.conf_dir / SERVICE_TOKEN_FILE
+    if path.exists():
+        return path.read_text().strip()
+    return secrets.token_urlsafe(32)
+
+
+def write_configs(cfg: LabConfig, platform: Sequence[Component]) -> Mapping[str, str]:
+    upstreams = {s.name: [f"{cfg.host}:{s.local_port(cfg, 'http', i)}" for i in range(s.replicas)] for s in SERVICES}
+    run = Path(cfg.run_dir) / "gateway"
+    run.mkdir(parents=True, exist_ok=True)
+    return {
+        SERVICE_TOKEN_FILE: service_token(cfg) + "\n",
+        "gateway/nginx.conf": gateway.render(
+            listen=f"{cfg.host}:{GATEWAY.local_port(cfg)}", upstreams=upstreams, temp_dir=str(run)
+        ),
+    }
+
+
+LAYER = Layer(
+    name="apis",
+    components=(*SERVICES, GATEWAY),
+    write_configs=write_configs,
+    description="the OTT business APIs behind a gateway",
+)

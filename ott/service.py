@@ -1,0 +1,222 @@
+"""What every OTT service shares: the app factory, metrics, JSON logs, JSON errors, limits.
+
+A service module builds its routes and calls :func:`create_app`; ``python -m ott.<name>``
+runs it with :func:`serve`. Every app has ``/healthz`` (alive), ``/readyz`` (its database
+answers), ``/metrics`` (Prometheus) and ``/openapi.json``.
+
+Example::
+
+    router = APIRouter()
+
+    @router.get("/hello")
+    def hello() -> dict[str, str]:
+        return {"hello": "world"}
+
+    app = create_app("demo", [router], Settings.from_env())
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import uvicorn
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from pythonjsonlogger.json import JsonFormatter
+from sqlalchemy import Engine
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ott import db
+from ott.errors import ApiError, error_body
+from ott.settings import Settings
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+_HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+               405: "method_not_allowed", 409: "conflict", 413: "body_too_large", 415: "unsupported_media_type",
+               422: "invalid_request", 429: "too_many_requests"}
+
+
+def configure_logging(service: str, level: str = "INFO") -> logging.Logger:
+    """JSON lines on stdout, one object per event, with the service's name in each."""
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(JsonFormatter("{asctime}{levelname}{name}{message}", style="{",
+                                       rename_fields={"asctime": "time", "levelname": "level"},
+                                       static_fields={"service": service}))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    return logging.getLogger(f"ott.{service}")
+
+
+class BodyLimit:
+    """Refuses request bodies over ``limit`` bytes with 413, before the app reads them."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers", [])).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
+            await self._refuse(send)
+            return
+        received = 0
+
+        async def limited() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.limit:
+                raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, limited, send)
+        except _TooLarge:
+            await self._refuse(send)
+
+    async def _refuse(self, send: Send) -> None:
+        response = JSONResponse(
+            error_body(413, "body_too_large", f"request bodies are limited to {self.limit} bytes"), status_code=413
+        )
+        await response({"type": "http"}, _no_receive, send)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _no_receive() -> Message:
+    return {"type": "http.disconnect"}
+
+
+class Service:
+    """A running service's shared parts, reachable from handlers as ``request.app.state.service``."""
+
+    def __init__(self, name: str, settings: Settings) -> None:
+        self.name = name
+        self.settings = settings
+        self.log = configure_logging(name, settings.log_level)
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "ott_http_requests_total", "HTTP requests by route and status",
+            ["service", "route", "method", "status"], registry=self.registry,
+        )
+        self.latency = Histogram(
+            "ott_http_request_duration_seconds", "HTTP request latency by route",
+            ["service", "route", "method"], buckets=LATENCY_BUCKETS, registry=self.registry,
+        )
+        self.engine: Engine = db.connect(settings.database_url)
+        # Set by ott.security on first use (auth sets its own, key-based, at startup).
+        self.verifier: Any = None
+
+
+def create_app(
+    name: str,
+    routers: Sequence[APIRouter],
+    settings: Settings,
+    *,
+    description: str = "",
+    on_startup: Callable[[Service], None] | None = None,
+) -> FastAPI:
+    """A FastAPI app with the shared middleware, error handlers and endpoints."""
+    service = Service(name, settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> Any:
+        db.create_tables(service.engine)
+        if on_startup is not None:
+            on_startup(service)
+        service.log.info("started", extra={"port": settings.port})
+        yield
+        service.engine.dispose()
+
+    app = FastAPI(title=f"ott {name}", description=description, version="0.1.0", lifespan=lifespan)
+    app.state.service = service
+    for router in routers:
+        app.include_router(router)
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz() -> dict[str, str]:
+        return {"status": "alive"}
+
+    @app.get("/readyz", include_in_schema=False)
+    def readyz() -> JSONResponse:
+        try:
+            db.ping(service.engine)
+        except Exception as exc:  # noqa: BLE001 - any failure of the database means not ready
+            return JSONResponse(error_body(503, "not_ready", f"database: {exc}"), status_code=503)
+        return JSONResponse({"status": "ready"})
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics() -> Response:
+        return Response(generate_latest(service.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.middleware("http")
+    async def observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        started = time.perf_counter()
+        status = 500
+        try:
+            response = await call_next(request)
+            status = response.status_code
+            return response
+        finally:
+            elapsed = time.perf_counter() - started
+            route_obj = request.scope.get("route")
+            route = getattr(route_obj, "path", "<unmatched>")
+            if route not in ("/metrics", "/healthz", "/readyz"):
+                service.requests.labels(name, route, request.method, str(status)).inc()
+                service.latency.labels(name, route, request.method).observe(elapsed)
+                service.log.info("request", extra={"method": request.method, "path": request.url.path,
+                                                   "route": route, "status": status,
+                                                   "duration_ms": round(elapsed * 1000, 2)})
+
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [{"where": ".".join(str(p) for p in e.get("loc", ())), "problem": e.get("msg", "")}
+                  for e in exc.errors()]
+        if any(e.get("type") == "json_invalid" for e in exc.errors()):
+            return JSONResponse(error_body(400, "malformed_json", "the request body is not valid JSON", errors),
+                                status_code=400)
+        return JSONResponse(error_body(422, "invalid_request", "the request does not match the API", errors),
+                            status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = _HTTP_CODES.get(exc.status_code, "error")
+        return JSONResponse(error_body(exc.status_code, code, str(exc.detail)), status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def crash(_: Request, exc: Exception) -> JSONResponse:
+        service.log.exception("unhandled error")
+        return JSONResponse(error_body(500, "internal", "the service failed; see its log"), status_code=500)
+
+    app.add_middleware(BodyLimit, limit=settings.max_body)
+    return app
+
+
+def service_of(request: Request) -> Service:
+    svc: Service = request.app.state.service
+    return svc
+
+
+def serve(app: FastAPI, settings: Settings) -> None:
+    """Run ``app`` on uvicorn at the settings' host and port (what ``python -m ott.<name>`` does)."""
+    uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, access_log=False,
+                timeout_graceful_shutdown=5)

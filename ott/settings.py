@@ -1,0 +1,69 @@
+"""A service's settings, from ``OTT_*`` environment variables (what a container would be given).
+
+| variable | default | meaning |
+|---|---|---|
+| ``OTT_HOST`` / ``OTT_PORT`` | ``127.0.0.1`` / ``8000`` | where the service listens |
+| ``OTT_DATABASE_URL`` | ``sqlite:///ott.db`` | the data layer's database (SQLAlchemy URL) |
+| ``OTT_AUTH_URL`` etc. | ``http://127.0.0.1:8010`` ... | the other services, for service-to-service calls |
+| ``OTT_KEYS_DIR`` | ``keys`` | where auth keeps its signing key (generated on first start) |
+| ``OTT_SERVICE_TOKEN_FILE`` | none | the lab's service-to-service secret (``ott.internal``) |
+| ``OTT_ACCESS_TTL`` | ``900`` | access token lifetime, seconds |
+| ``OTT_REFRESH_TTL`` | ``86400`` | refresh token lifetime, seconds |
+| ``OTT_PLAYBACK_TTL`` | ``60`` | playback authorisation lifetime, seconds |
+| ``OTT_STREAM_LIMIT`` | ``2`` | concurrent streams per account (CAS) |
+| ``OTT_DEVICE_LIMIT`` | ``4`` | distinct devices per account (CAS) |
+| ``OTT_HEARTBEAT_TIMEOUT`` | ``30`` | seconds without heartbeat before a stream session expires |
+| ``OTT_MAX_BODY`` | ``65536`` | the largest request body accepted, bytes |
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+
+class SettingsError(ValueError):
+    """An ``OTT_*`` variable has a value the service cannot use."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    database_url: str = "sqlite:///ott.db"
+    auth_url: str = "http://127.0.0.1:8010"
+    catalog_url: str = "http://127.0.0.1:8020"
+    subscription_url: str = "http://127.0.0.1:8030"
+    license_url: str = "http://127.0.0.1:8040"
+    cas_url: str = "http://127.0.0.1:8050"
+    keys_dir: Path = Path("keys")
+    service_token_file: str = ""
+    access_ttl: int = 900
+    refresh_ttl: int = 86400
+    playback_ttl: int = 60
+    stream_limit: int = 2
+    device_limit: int = 4
+    heartbeat_timeout: int = 30
+    max_body: int = 65536
+    # Timeout of every call a service makes to another one, seconds.
+    call_timeout: float = 5.0
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for field in fields(cls):
+            raw = env.get(f"OTT_{field.name.upper()}")
+            if raw is None or raw == "":
+                continue
+            kind = type(getattr(cls, field.name))
+            try:
+                values[field.name] = kind(raw)
+            except ValueError:
+                raise SettingsError(
+                    f"OTT_{field.name.upper()}={raw!r} is not a valid {kind.__name__}"
+                ) from None
+        return cls(**values)  # type: ignore[arg-type]
