@@ -1,0 +1,389 @@
+"""License: a title's content key, released only to an authenticated, entitled stream session.
+
+A player gets a key in two steps:
+
+1. ``POST /authorizations {title_id, device_id}`` with its access token. License asks
+   subscription whether the account is entitled to the title, then asks CAS to open a stream
+   session (stream, device and time-window limits), forwarding the caller's token to both.
+   On success it answers a short-lived, opaque *playback authorisation* (``OTT_PLAYBACK_TTL``)
+   and the key URI; only the authorisation's SHA-256 is stored.
+2. ``GET /keys/{title_id}`` with ``Authorization: Bearer <playback authorisation>`` (or
+   ``?authorization=`` for players that cannot set headers on key requests) answers the
+   16 raw bytes of the title's AES-128 key, the ``#EXT-X-KEY`` URI of its HLS playlists.
+
+Keys are created by the transcoder through the internal ``/admin/keys/{title_id}`` routes.
+Every grant and denial is counted in ``ott_license_decisions_total{decision, reason}`` and
+logged with its reason; keys and tokens are never logged.
+
+Run it with ``python -m ott.license``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import httpx
+from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import Counter
+from pydantic import BaseModel, Field, ValidationError
+from sqlalchemy import Column, Float, Index, LargeBinary, String, Table, delete, insert, select
+
+from ott.calls import call
+from ott.db import metadata
+from ott.errors import ApiError
+from ott.internal import ServiceCaller
+from ott.security import CurrentUser, bearer_token
+from ott.service import Service, create_app, serve
+from ott.settings import Settings
+
+TITLE_ID = r"^[a-z0-9][a-z0-9-]{0,62}$"
+DEVICE_ID = r"^[A-Za-z0-9._-]{1,64}$"
+KEY_BYTES = 16
+GRANT_REASONS = ("authorized", "key_delivered")
+# The usual denials (CAS's reasons pass through; a failing dependency adds its own code).
+DENIAL_REASONS = ("not_entitled", "unknown_title", "stream_limit", "device_limit", "outside_window",
+                  "missing_authorization", "unknown_authorization", "authorization_expired", "wrong_title", "no_key")
+# An expired authorisation answers "expired" (not "unknown") for this long, then it is deleted.
+_KEEP_EXPIRED_S = 86400
+# CAS refusals passed through to the player as they are (anything else from CAS is a 502).
+_CAS_REFUSALS = (401, 403)
+
+license_keys = Table(
+    "license_keys", metadata,
+    Column("title_id", String(63), primary_key=True),
+    # The raw AES-128 key: the lab keeps it in the shared database; a production system would
+    # keep it in a KMS/HSM and store only a wrapped copy here.
+    Column("key", LargeBinary(KEY_BYTES), nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
+license_authorizations = Table(
+    "license_authorizations", metadata,
+    # SHA-256 of the authorisation: a leaked database does not hand out working authorisations.
+    Column("token_sha256", String(64), primary_key=True),
+    Column("user_id", String(255), nullable=False),
+    Column("title_id", String(63), nullable=False),
+    Column("device_id", String(64), nullable=False),
+    Column("session_id", String(64), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+    Index("ix_license_authorizations_expires", "expires_at"),
+)
+
+
+def now() -> float:
+    """The license clock, UTC epoch seconds (one place, so tests can move time)."""
+    return time.time()
+
+
+# -- the API's bodies ---------------------------------------------------------------------
+
+
+class AuthorizationRequest(BaseModel):
+    title_id: str = Field(pattern=TITLE_ID, description="the title to play", examples=["big-buck-bunny"])
+    device_id: str = Field(pattern=DEVICE_ID, description="the player's stable device id", examples=["laptop"])
+
+
+class PlaybackAuthorization(BaseModel):
+    authorization: str = Field(description="send it as Authorization: Bearer <it> (or ?authorization=) to key_uri")
+    expires_at: datetime
+    session_id: str = Field(description="the CAS stream session: send heartbeats to keep it alive")
+    key_uri: str
+
+
+class TitleKey(BaseModel):
+    title_id: str
+    key_hex: str = Field(description="the 16-byte AES-128 key, hex (what ffmpeg's key file holds, as bytes)")
+    key_uri: str = Field(description="the #EXT-X-KEY URI to write into the title's playlists")
+    created_at: datetime
+
+
+class ErrorDetail(BaseModel):
+    status: int
+    code: str
+    message: str
+    details: Any = None
+
+
+class ErrorBody(BaseModel):
+    """Every error of the service: ``{"error": {"status", "code", "message", "details"}}``."""
+
+    error: ErrorDetail
+
+
+class _Entitlement(BaseModel):
+    """The part of subscription's ``GET /entitlements/{title_id}`` answer license relies on."""
+
+    entitled: bool
+    reason: str | None = None
+
+
+class _CasSession(BaseModel):
+    session_id: str
+
+
+_ERROR_DESCRIPTIONS = {
+    400: "the body is not valid JSON",
+    401: "no valid token (access token, or playback authorisation for keys)",
+    403: "denied: see error.code",
+    404: "unknown title, or no key for it",
+    413: "the body is too large",
+    422: "the request does not match the API",
+    503: "a service license depends on is unreachable, or the service token file is not configured",
+    502: "a service license depends on answered something unexpected",
+    504: "a service license depends on did not answer in time",
+}
+
+
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI documentation of the JSON errors a route answers with."""
+    return {status: {"model": ErrorBody, "description": _ERROR_DESCRIPTIONS[status]} for status in statuses}
+
+
+# -- the service's state ----------------------------------------------------------------------
+
+
+class License:
+    """What the handlers share: the service and its decision counter."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        self.decisions = Counter(
+            "ott_license_decisions", "License decisions (authorisations and key deliveries), by decision and reason",
+            ["decision", "reason"], registry=service.registry,
+        )
+        # Every known series exists from the start at 0, so rate() and dashboards see the first one.
+        for decision, reasons in (("grant", GRANT_REASONS), ("deny", DENIAL_REASONS)):
+            for reason in reasons:
+                self.decisions.labels(decision, reason)
+
+    def decide(self, decision: str, reason: str, **context: Any) -> None:
+        """Count and log one grant or denial (never with a key or a token in ``context``)."""
+        self.decisions.labels(decision, reason).inc()
+        self.service.log.info("license decision", extra={"event": "license_decision", "decision": decision,
+                                                         "reason": reason, **context})
+
+    def key_uri(self, title_id: str) -> str:
+        return f"{self.service.settings.license_url}/keys/{title_id}"
+
+
+def _license(request: Request) -> License:
+    found: License = request.app.state.license
+    return found
+
+
+LicenseState = Annotated[License, Depends(_license)]
+
+
+def _iso(epoch: float) -> datetime:
+    return datetime.fromtimestamp(epoch, tz=UTC)
+
+
+def _digest(authorization: str) -> str:
+    return hashlib.sha256(authorization.encode()).hexdigest()
+
+
+def _error_of(response: httpx.Response) -> tuple[str | None, str | None, Any]:
+    """``(code, message, details)`` of another service's JSON error body, as far as it has them."""
+    try:
+        error = response.json().get("error", {})
+        return error.get("code"), error.get("message"), error.get("details")
+    except (ValueError, AttributeError):
+        return None, None, None
+
+
+def _unexpected(who: str, response: httpx.Response) -> ApiError:
+    return ApiError(502, "dependency_failed", f"{who} answered {response.status_code} unexpectedly",
+                    {"service": who, "status": response.status_code})
+
+
+def _check_entitlement(lic: License, title_id: str, token: str) -> None:
+    """Raise unless subscription says the caller is entitled to ``title_id``."""
+    settings = lic.service.settings
+    response = call(lic.service, "GET", f"{settings.subscription_url}/entitlements/{title_id}",
+                    headers={"Authorization": f"Bearer {token}"})
+    if response.status_code == 404:
+        raise ApiError(404, "unknown_title", f"there is no title {title_id!r}")
+    if response.status_code == 401:
+        _, message, _ = _error_of(response)
+        raise ApiError(401, "unauthorized", message or "subscription refused the access token")
+    if response.status_code != 200:
+        raise _unexpected("subscription", response)
+    try:
+        entitlement = _Entitlement.model_validate(response.json())
+    except (ValueError, ValidationError):
+        raise _unexpected("subscription", response) from None
+    if not entitlement.entitled:
+        reason = entitlement.reason or "not_entitled"
+        raise ApiError(403, "not_entitled", f"this account is not entitled to {title_id!r}: {reason}",
+                       {"reason": reason})
+
+
+def _open_session(lic: License, body: AuthorizationRequest, token: str) -> str:
+    """A CAS stream session for the caller, or CAS's refusal passed through with its code."""
+    response = call(lic.service, "POST", f"{lic.service.settings.cas_url}/sessions",
+                    headers={"Authorization": f"Bearer {token}"},
+                    json={"title_id": body.title_id, "device_id": body.device_id})
+    if response.status_code in _CAS_REFUSALS:
+        code, message, details = _error_of(response)
+        raise ApiError(response.status_code, code or "cas_denied", message or "conditional access refused", details)
+    if response.status_code != 201:
+        raise _unexpected("cas", response)
+    try:
+        return _CasSession.model_validate(response.json()).session_id
+    except (ValueError, ValidationError):
+        raise _unexpected("cas", response) from None
+
+
+# -- routes -----------------------------------------------------------------------------------
+
+router = APIRouter(tags=["license"])
+admin = APIRouter(prefix="/admin", tags=["license admin"])
+TitleId = Annotated[str, Path(pattern=TITLE_ID, description="a title id", examples=["big-buck-bunny"])]
+_playback = HTTPBearer(auto_error=False, scheme_name="PlaybackAuthorization",
+                       description="a playback authorisation from POST /authorizations")
+
+
+@router.post("/authorizations", status_code=201, response_model=PlaybackAuthorization,
+             responses=_errors(400, 401, 403, 404, 413, 422, 502, 503, 504))
+def authorize(
+    body: AuthorizationRequest, user: CurrentUser, token: Annotated[str, Depends(bearer_token)], lic: LicenseState
+) -> PlaybackAuthorization:
+    """Entitlement, then a CAS session, then a short-lived playback authorisation for the title's key."""
+    context = {"user_id": user.id, "title_id": body.title_id, "device_id": body.device_id}
+    try:
+        _check_entitlement(lic, body.title_id, token)
+        session_id = _open_session(lic, body, token)
+    except ApiError as refusal:
+        details = refusal.details if refusal.code == "not_entitled" else None
+        lic.decide("deny", refusal.code, status=refusal.status, details=details, **context)
+        raise
+    authorization = secrets.token_urlsafe(32)
+    at = now()
+    expires = at + lic.service.settings.playback_ttl
+    with lic.service.engine.begin() as conn:
+        conn.execute(insert(license_authorizations).values(
+            token_sha256=_digest(authorization), user_id=user.id, title_id=body.title_id,
+            device_id=body.device_id, session_id=session_id, created_at=at, expires_at=expires,
+        ))
+        conn.execute(delete(license_authorizations).where(license_authorizations.c.expires_at < at - _KEEP_EXPIRED_S))
+    lic.decide("grant", "authorized", session_id=session_id, **context)
+    return PlaybackAuthorization(authorization=authorization, expires_at=_iso(expires), session_id=session_id,
+                                 key_uri=lic.key_uri(body.title_id))
+
+
+@router.get(
+    "/keys/{title_id}", response_class=Response, responses={
+        200: {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+              "description": "the title's 16-byte AES-128 key"},
+        **_errors(401, 403, 404, 422),
+    },
+)
+def key(
+    title_id: TitleId,
+    lic: LicenseState,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_playback)],
+    authorization: Annotated[str | None, Query(max_length=512, description="the playback authorisation, for "
+                                                "players that cannot set headers on key requests")] = None,
+) -> Response:
+    """The title's AES-128 key, for a valid playback authorisation of that title."""
+    given = credentials.credentials if credentials is not None and credentials.credentials else authorization
+    try:
+        user_id = _authorised_user(lic, title_id, given)
+        with lic.service.engine.connect() as conn:
+            content_key = conn.execute(select(license_keys.c.key).where(license_keys.c.title_id == title_id)).scalar()
+        if content_key is None:
+            raise ApiError(404, "no_key", f"title {title_id!r} has no key (is it encrypted?)")
+    except ApiError as refusal:
+        lic.decide("deny", refusal.code, status=refusal.status, title_id=title_id)
+        raise
+    lic.decide("grant", "key_delivered", user_id=user_id, title_id=title_id)
+    # A key is never cached by anyone on the way: each player must show its own authorisation.
+    return Response(content=bytes(content_key), media_type="application/octet-stream",
+                    headers={"Cache-Control": "no-store"})
+
+
+def _authorised_user(lic: License, title_id: str, given: str | None) -> str:
+    """The user of a valid, unexpired playback authorisation for ``title_id``; 401/403 otherwise."""
+    if not given:
+        raise ApiError(401, "missing_authorization",
+                       "send the playback authorisation: Authorization: Bearer <it>, or ?authorization=<it>")
+    with lic.service.engine.connect() as conn:
+        grant = conn.execute(select(license_authorizations)
+                             .where(license_authorizations.c.token_sha256 == _digest(given))).first()
+    if grant is None:
+        raise ApiError(401, "unknown_authorization", "this playback authorisation is not known: get one from "
+                       "POST /authorizations")
+    if grant.expires_at <= now():
+        raise ApiError(401, "authorization_expired", "this playback authorisation has expired: get a new one from "
+                       "POST /authorizations")
+    if grant.title_id != title_id:
+        raise ApiError(403, "wrong_title", f"this playback authorisation is for another title, not {title_id!r}")
+    user_id: str = grant.user_id
+    return user_id
+
+
+# -- internal routes (the transcoder) ---------------------------------------------------------
+
+
+def _key_out(lic: License, title_id: str, content_key: bytes, created_at: float) -> TitleKey:
+    return TitleKey(title_id=title_id, key_hex=content_key.hex(), key_uri=lic.key_uri(title_id),
+                    created_at=_iso(created_at))
+
+
+@admin.post("/keys/{title_id}", status_code=201, response_model=TitleKey, responses=_errors(401, 403, 422, 503))
+def create_key(title_id: TitleId, _: ServiceCaller, lic: LicenseState) -> TitleKey:
+    """A fresh random key for the title, replacing any it had (old playlists stop decrypting)."""
+    content_key = secrets.token_bytes(KEY_BYTES)
+    at = now()
+    with lic.service.engine.begin() as conn:
+        conn.execute(delete(license_keys).where(license_keys.c.title_id == title_id))
+        conn.execute(insert(license_keys).values(title_id=title_id, key=content_key, created_at=at))
+    lic.service.log.info("key created", extra={"event": "key_created", "title_id": title_id})
+    return _key_out(lic, title_id, content_key, at)
+
+
+@admin.get("/keys/{title_id}", response_model=TitleKey, responses=_errors(401, 403, 404, 422, 503))
+def read_key(title_id: TitleId, _: ServiceCaller, lic: LicenseState) -> TitleKey:
+    """The title's key, for the transcoder's key info file."""
+    with lic.service.engine.connect() as conn:
+        row = conn.execute(select(license_keys).where(license_keys.c.title_id == title_id)).first()
+    if row is None:
+        raise ApiError(404, "no_key", f"title {title_id!r} has no key")
+    return _key_out(lic, title_id, bytes(row.key), row.created_at)
+
+
+@admin.delete("/keys/{title_id}", status_code=204, response_class=Response,
+              responses=_errors(401, 403, 404, 422, 503))
+def delete_key(title_id: TitleId, _: ServiceCaller, lic: LicenseState) -> Response:
+    """Forget the title's key: its encrypted segments can no longer be played."""
+    with lic.service.engine.begin() as conn:
+        removed = conn.execute(delete(license_keys).where(license_keys.c.title_id == title_id))
+    if removed.rowcount == 0:
+        raise ApiError(404, "no_key", f"title {title_id!r} has no key")
+    lic.service.log.info("key deleted", extra={"event": "key_deleted", "title_id": title_id})
+    return Response(status_code=204)
+
+
+def build_app(settings: Settings | None = None) -> FastAPI:
+    """The license app."""
+    settings = settings or Settings.from_env()
+    app = create_app("license", [router, admin], settings,
+                     description="Playback authorisations and AES-128 content keys (the HLS key URI).")
+    app.state.license = License(app.state.service)
+    return app
+
+
+def main() -> None:
+    """``python -m ott.license``: serve license with the ``OTT_*`` settings."""
+    settings = Settings.from_env()
+    serve(build_app(settings), settings)
+
+
+if __name__ == "__main__":
+    main()
