@@ -44,7 +44,24 @@ _HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "
                422: "invalid_request", 429: "too_many_requests"}
 
 
-def configure_logging(service: str, level: str = "INFO") -> logging.Logger:
+# Attributes every LogRecord has: an `extra` key among them makes logging raise KeyError.
+_RESERVED = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
+
+
+class EventLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """A logger whose ``extra`` fields never collide with LogRecord's own (``created``, ``name`` ...).
+
+    A colliding key is kept with a trailing underscore, so a log call can never fail a request.
+    """
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        extra = kwargs.get("extra")
+        if extra:
+            kwargs["extra"] = {(f"{k}_" if k in _RESERVED else k): v for k, v in extra.items()}
+        return msg, kwargs
+
+
+def configure_logging(service: str, level: str = "INFO") -> EventLogger:
     """JSON lines on stdout, one object per event, with the service's name in each."""
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(JsonFormatter("{asctime}{levelname}{name}{message}", style="{",
@@ -53,11 +70,16 @@ def configure_logging(service: str, level: str = "INFO") -> logging.Logger:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    return logging.getLogger(f"ott.{service}")
+    return EventLogger(logging.getLogger(f"ott.{service}"), {})
 
 
 class BodyLimit:
-    """Refuses request bodies over ``limit`` bytes with 413, before the app reads them."""
+    """Refuses request bodies over ``limit`` bytes with 413, before the app sees them.
+
+    A declared Content-Length is checked first; a streamed body is read up to the limit and
+    replayed to the app (the limit is small, so buffering costs little), because an error raised
+    from ``receive`` would be swallowed by the framework's body parsing as a 400.
+    """
 
     def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app = app
@@ -71,30 +93,30 @@ class BodyLimit:
         if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
             await self._refuse(send)
             return
+        messages: list[Message] = []
         received = 0
-
-        async def limited() -> Message:
-            nonlocal received
+        while True:
             message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request":
+                break
             received += len(message.get("body", b""))
             if received > self.limit:
-                raise _TooLarge
-            return message
+                await self._refuse(send)
+                return
+            if not message.get("more_body", False):
+                break
 
-        try:
-            await self.app(scope, limited, send)
-        except _TooLarge:
-            await self._refuse(send)
+        async def replay() -> Message:
+            return messages.pop(0) if messages else await receive()
+
+        await self.app(scope, replay, send)
 
     async def _refuse(self, send: Send) -> None:
         response = JSONResponse(
             error_body(413, "body_too_large", f"request bodies are limited to {self.limit} bytes"), status_code=413
         )
         await response({"type": "http"}, _no_receive, send)
-
-
-class _TooLarge(Exception):
-    pass
 
 
 async def _no_receive() -> Message:
