@@ -68,6 +68,7 @@ GATEWAY = Component(
     args=("-p", "{run}/gateway", "-c", "{conf}/gateway/nginx.conf", "-e", "stderr", "-g", "daemon off;"),
     ports=(Port("http", offset=0, container=gateway.CONTAINER_PORT),),
     readiness=Readiness(path="/healthz"),
+    pidfile="{run}/gateway/nginx.pid",
     description="nginx in front of the APIs: routes, JWT check, retries, login rate limit",
 )
 
@@ -81,7 +82,10 @@ def service_token(cfg: LabConfig) -> str:
 
 
 def write_configs(cfg: LabConfig, platform: Sequence[Component]) -> Mapping[str, str]:
-    upstreams = {s.name: [f"{cfg.host}:{s.local_port(cfg, 'http', i)}" for i in range(s.replicas)] for s in SERVICES}
+    # `platform` carries the running replica counts (after `scale`), not just the declared ones.
+    names = {s.name for s in SERVICES}
+    upstreams = {c.name: [f"{cfg.host}:{c.local_port(cfg, 'http', i)}" for i in range(c.replicas)]
+                 for c in platform if c.name in names}
     run = Path(cfg.run_dir) / "gateway"
     run.mkdir(parents=True, exist_ok=True)
     return {

@@ -71,6 +71,9 @@ class Component:
     description: str = ""
     # Other names the same program has elsewhere (upstream releases, conda-forge).
     binary_aliases: tuple[str, ...] = ()
+    # Where the program writes its pid (a template like args). Needed to find it after its
+    # supervisor died when it hides its environment, as nginx does (its process title overwrites it).
+    pidfile: str | None = None
 
     def __post_init__(self) -> None:
         if not self.name.replace("-", "").isalnum() or not self.name.islower():
@@ -131,6 +134,9 @@ class Component:
         """
         values = self._values(cfg, replica, links or {})
         return [self.resolve_binary() or self.binary, *(a.format(**values) for a in self.args)]
+
+    def pidfile_path(self, cfg: LabConfig, replica: int = 0) -> str | None:
+        return None if self.pidfile is None else self.pidfile.format(**self._values(cfg, replica, {}))
 
     def environment(self, cfg: LabConfig, replica: int = 0, links: Mapping[str, str] | None = None) -> dict[str, str]:
         """The declared environment with its templates filled in, as for :meth:`command`."""

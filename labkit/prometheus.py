@@ -11,6 +11,7 @@ Example::
 from __future__ import annotations
 
 import time
+from collections.abc import Collection
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -86,18 +87,20 @@ class Prometheus:
             time.sleep(0.5)
         raise TimeoutExpired(f"Prometheus targets {jobs} to be up (last seen:\n{frame.to_string()})", timeout)
 
-    def wait_for_samples(self, selector: str, *, by: str, count: int, minutes: float = 5.0,
-                         step: str = "5s", timeout: float = 60.0) -> pd.DataFrame:
+    def wait_for_samples(self, selector: str, *, by: str, count: int, groups: Collection[str] = (),
+                         minutes: float = 5.0, step: str = "5s", timeout: float = 60.0) -> pd.DataFrame:
         """Wait until every series of ``selector`` (grouped by ``by``) holds ``count`` scraped samples.
 
-        Counts real samples with ``count_over_time``, not the points a range query would repeat
-        between scrapes; returns the range at ``step`` (the scrape interval by default).
+        ``groups`` names the values of ``by`` that must all be there (a series that does not exist
+        yet has no samples to count). Counts real samples with ``count_over_time``, not the points
+        a range query would repeat between scrapes; returns the range at ``step``.
         """
         deadline = time.monotonic() + timeout
         counts = pd.DataFrame()
         while time.monotonic() < deadline:
             counts = self.query(f"count_over_time({selector}[{int(minutes * 60)}s])")
-            if not counts.empty and counts.groupby(by)["value"].min().min() >= count:
+            if (not counts.empty and set(groups) <= set(counts[by])
+                    and counts.groupby(by)["value"].min().min() >= count):
                 return self.query_range(selector, minutes=minutes, step=step)
             time.sleep(1)
         raise TimeoutExpired(f"{count} samples of {selector!r} per {by} (have:\n{counts.to_string()})", timeout)

@@ -35,7 +35,8 @@ class RateLimit:
 
 
 ROUTES: tuple[Route, ...] = (
-    Route("auth", protected=False),
+    # Password hashing (argon2) is slow on purpose: a login under load needs more time per try.
+    Route("auth", protected=False, per_try_timeout_s=5.0, timeout_s=15.0),
     Route("catalog", protected=False),
     Route("subscription", protected=True),
     # A license request fans out to subscription and cas: give it more time per try.

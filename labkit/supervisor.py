@@ -246,6 +246,10 @@ class Supervisor:
             if "ALREADY_STARTED" not in fault.faultString:
                 raise LabError(f"supervisord could not start {program}: {fault.faultString}") from None
 
+    def signal(self, program: str, signal_name: str) -> None:
+        """Send a signal (e.g. ``HUP``: nginx re-reads its configuration) to a running program."""
+        self._rpc().supervisor.signalProcess(program, signal_name)
+
     def stop_program(self, program: str) -> None:
         self._stop_quietly(program)
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import time
 from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
 
 import psutil
 
@@ -43,6 +46,10 @@ class LocalTarget(Target):
         self.layers = list(layers)
         self.labdir = LabDir(cfg)
         self.supervisor = Supervisor(cfg)
+        # Replica counts changed by `scale`, and the layers brought up, while the platform runs;
+        # `down` forgets both.
+        self._replicas_file = cfg.run_dir / "replicas.json"
+        self._layers_file = cfg.run_dir / "layers.json"
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -52,6 +59,8 @@ class LocalTarget(Target):
         started = time.monotonic()
         with self.labdir.lock():
             self.supervisor.lab_id = self.labdir.lab_id()
+            active = sorted(set(self._active_layers()) | {c.layer for c in selected})
+            self._layers_file.write_text(json.dumps(active))
             self._write_layer_configs()
             self.supervisor.write_config(self.components)
             if not self.supervisor.is_running():
@@ -81,6 +90,8 @@ class LocalTarget(Target):
                 if self.supervisor.pid() is not None:
                     progress("stopping every component and the supervisor")
                     self.supervisor.shutdown()
+                self._replicas_file.unlink(missing_ok=True)
+                self._layers_file.unlink(missing_ok=True)
                 self._reap_orphans()
                 self._wait_ports_closed()
         if purge:
@@ -106,9 +117,14 @@ class LocalTarget(Target):
         self._require_supervisor()
         with self.labdir.lock():
             programs = program_names(comp)
+            self._start(comp, replicas)
+            counts = self._replica_overrides()
+            counts[comp.name] = replicas
+            self._replicas_file.write_text(json.dumps(counts))
+            # New replicas join the gateway and Prometheus before old ones leave: no request is lost.
+            self._reload_configs()
             for program in programs[replicas:]:
                 self.supervisor.stop_program(program)
-            self._start(comp, replicas)
         return self._status_of(comp, self.supervisor.all_info())
 
     def kill(self, component: str) -> None:
@@ -155,9 +171,41 @@ class LocalTarget(Target):
                 raise MissingBinaryError(comp.binary, comp.package)
 
     def _write_layer_configs(self) -> None:
+        # Only the layers brought up: Prometheus must not scrape (and alert on) what was never started.
+        active = set(self._active_layers())
+        running = [c for c in self._scaled_components() if c.layer in active]
         for layer in self.layers:
-            for relative, text in layer.write_configs(self.cfg, self.components).items():
-                self.labdir.write_file(relative, text)
+            if layer.name in active:
+                for relative, text in layer.write_configs(self.cfg, running).items():
+                    self.labdir.write_file(relative, text)
+
+    def _active_layers(self) -> list[str]:
+        try:
+            return [str(name) for name in json.loads(self._layers_file.read_text())]
+        except (OSError, ValueError, TypeError):
+            return []
+
+    def _scaled_components(self) -> list[Component]:
+        """The declarations with the replica counts `scale` set (gateway upstreams, scrape targets)."""
+        counts = self._replica_overrides()
+        return [replace(c, replicas=counts[c.name]) if c.name in counts else c for c in self.components]
+
+    def _replica_overrides(self) -> dict[str, int]:
+        try:
+            return {str(k): int(v) for k, v in json.loads(self._replicas_file.read_text()).items()}
+        except (OSError, ValueError, AttributeError):
+            return {}
+
+    def _reload_configs(self) -> None:
+        """Rewrite generated configs and tell the running readers: nginx re-reads on HUP."""
+        self._write_layer_configs()
+        info = self.supervisor.all_info()
+        for comp in self.components:
+            if comp.binary == "nginx":
+                for program in program_names(comp):
+                    if info.get(program, {}).get("statename") == "RUNNING":
+                        _reload_nginx(self.supervisor, program, int(str(info[program]["pid"])))
+        self._reload_prometheus()
 
     def _ports_of(self, comp: Component) -> list[int]:
         return [comp.local_port(self.cfg, p.name, i) for p in comp.ports for i in range(comp.replicas)]
@@ -264,6 +312,7 @@ class LocalTarget(Target):
                     orphans.append(proc)
             except (psutil.Error, OSError):
                 continue  # gone, or not ours to read: either way not one of our orphans
+        orphans += [p for p in self._pidfile_processes() if p.pid not in {o.pid for o in orphans}]
         if not orphans:
             return
         progress("stopping processes left by a dead supervisor: " + ", ".join(
@@ -276,6 +325,23 @@ class LocalTarget(Target):
             with contextlib.suppress(psutil.NoSuchProcess):
                 proc.kill()
         psutil.wait_procs(alive, timeout=5)
+
+    def _pidfile_processes(self) -> list[psutil.Process]:
+        """Processes named in our components' pidfiles (in this lab directory) that still run them."""
+        found = []
+        for comp in self.components:
+            for replica in range(comp.max_replicas):
+                path = comp.pidfile_path(self.cfg, replica)
+                if path is None:
+                    continue
+                try:
+                    proc = psutil.Process(int(Path(path).read_text().strip()))
+                    # A recycled pid would run another program: only ours is stopped.
+                    if Path(comp.binary).name in proc.name():
+                        found.append(proc)
+                except (OSError, ValueError, psutil.Error):
+                    continue  # no pidfile, or its process is gone
+        return found
 
     def _require_supervisor(self) -> None:
         if not self.supervisor.is_running():
@@ -291,3 +357,27 @@ class LocalTarget(Target):
         still = ports.listening(all_ports, self.cfg.host)
         holders = ", ".join(f"{p}: {ports.holder(p) or 'unknown'}" for p in still)
         progress(f"warning: ports still listening after down: {holders}")
+
+
+def _reload_nginx(supervisor: Supervisor, program: str, master_pid: int, timeout: float = 10.0) -> None:
+    """HUP nginx and wait until every worker runs the new configuration.
+
+    nginx reloads asynchronously: new workers start, old ones finish their requests and exit.
+    Returning before the old workers are gone would let requests meet the old upstreams.
+    """
+    try:
+        master = psutil.Process(master_pid)
+        old_workers = {p.pid for p in master.children()}
+    except psutil.Error:
+        old_workers = set()
+    supervisor.signal(program, "HUP")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            workers = {p.pid for p in psutil.Process(master_pid).children()}
+        except psutil.Error:
+            return
+        if workers and not workers & old_workers:
+            return
+        time.sleep(0.05)
+    progress(f"warning: {program} still has workers with the old configuration after {timeout:g} s")

@@ -33,15 +33,16 @@ def _all_ports(cfg: LabConfig) -> list[int]:
 def test_up_status_and_down_leave_nothing_behind(local_lab: LocalTarget) -> None:
     statuses = local_lab.up()
     assert {s.name: (s.state, s.healthy) for s in statuses} == {
-        "prometheus": ("running", True), "alertmanager": ("running", True)}
+        c.name: ("running", True) for c in platform.components()}
     pids = [pid for s in statuses for pid in s.pids]
     supervisor_pid = local_lab.supervisor.pid()
     assert supervisor_pid is not None
 
     # Prometheus scrapes every component that exposes metrics.
     prom = Prometheus(local_lab.endpoint("prometheus"))
-    targets = prom.wait_for_targets(["prometheus", "alertmanager"], timeout=30)
-    assert set(targets["job"]) == {"prometheus", "alertmanager"}
+    jobs = {c.name for c in platform.components() if c.metrics_path}
+    targets = prom.wait_for_targets(sorted(jobs), timeout=60)
+    assert set(targets["job"]) == jobs
     # ...and loaded the one rules file.
     rules = httpx.get(local_lab.endpoint("prometheus") + "/api/v1/rules", timeout=5).json()
     names = {r["name"] for g in rules["data"]["groups"] for r in g["rules"]}
@@ -81,7 +82,7 @@ def test_platform_outlives_the_process_that_started_it(lab_cfg: LabConfig) -> No
 
 
 def test_killed_component_is_restarted_and_keeps_its_data(local_lab: LocalTarget) -> None:
-    local_lab.up()
+    local_lab.up(["monitoring"])
     prom = Prometheus(local_lab.endpoint("prometheus"))
     prom.wait_for_targets(["prometheus"], timeout=30)
     data_dir = local_lab.cfg.data_dir / "prometheus"
@@ -107,7 +108,7 @@ def test_killed_component_is_restarted_and_keeps_its_data(local_lab: LocalTarget
 
 
 def test_restart_gives_a_new_process(local_lab: LocalTarget) -> None:
-    local_lab.up()
+    local_lab.up(["monitoring"])
     before = {s.name: s.pids for s in local_lab.status()}["alertmanager"]
     after = local_lab.restart("alertmanager")
     assert after.healthy and after.pids != before

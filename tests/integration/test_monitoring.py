@@ -46,7 +46,7 @@ def test_generated_configs_are_valid(lab_cfg: LabConfig) -> None:
 
 
 def test_queries_return_dataframes(local_lab: LocalTarget) -> None:
-    local_lab.up()
+    local_lab.up(["monitoring"])
     prom = Prometheus(local_lab.endpoint("prometheus"), timeout=5)
     prom.wait_for_targets(["prometheus", "alertmanager"], timeout=30)
 
@@ -71,3 +71,13 @@ def test_a_down_prometheus_is_a_clear_retryable_error() -> None:
         Prometheus(f"http://127.0.0.1:{port}", timeout=2).query("up")
     assert info.value.retryable
     assert "ottlab up" in str(info.value)
+
+
+def test_prometheus_scrapes_only_the_layers_brought_up(local_lab: LocalTarget) -> None:
+    local_lab.up(["monitoring"])
+    prom = Prometheus(local_lab.endpoint("prometheus"), timeout=5)
+    assert set(prom.wait_for_targets(["prometheus", "alertmanager"], timeout=30)["job"]) == {
+        "prometheus", "alertmanager"}
+    local_lab.up(["apis"])  # a later layer joins the scrape config (Prometheus reloads it)
+    jobs = {c.name for c in platform.components() if c.metrics_path}
+    assert set(prom.wait_for_targets(sorted(jobs), timeout=60)["job"]) == jobs

@@ -1,0 +1,77 @@
+"""Property-based fuzzing of every OTT service through its own OpenAPI document.
+
+schemathesis generates valid and invalid requests for every operation; we send them to the
+real service processes with working credentials (so the handlers run, not just the token
+check) and with none, and require that no answer is a server error.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+
+from labkit import apis, platform, seed
+from labkit.config import LabConfig
+from labkit.targets.local import LocalTarget
+
+pytestmark = pytest.mark.integration
+
+# Fewer examples under CI keeps the suite inside its budget; the property checked is the same.
+EXAMPLES = int(os.environ.get("OTTLAB_FUZZ_EXAMPLES", "25" if os.environ.get("CI") else "60"))
+
+
+@pytest.fixture(scope="module")
+def apis_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalTarget, dict[str, str]]]:
+    cfg = LabConfig(home=tmp_path_factory.mktemp("fuzz") / "lab", base_port=28400, ready_timeout=60)
+    target = LocalTarget(cfg, platform.components(), platform.layers())
+    try:
+        target.up(["apis"])
+        seed.seed({s.name: target.endpoint(s.name) for s in apis.SERVICES}, target.service_token())
+        user = seed.USERS[0]
+        login = httpx.post(f"{target.endpoint('auth')}/login", json={"email": user.email, "password": user.password},
+                           timeout=10)
+        login.raise_for_status()
+        headers = {"Authorization": f"Bearer {login.json()['access_token']}", "X-Service-Token": target.service_token()}
+        yield target, headers
+    finally:
+        target.down(purge=True)
+
+
+def _fuzz(base_url: str, headers: dict[str, str] | None, tmp_path: Path) -> list[str]:
+    schema = schemathesis.openapi.from_url(f"{base_url}/openapi.json")
+    failures: list[str] = []
+    for result in schema.get_all_operations():
+        operation = result.ok()
+
+        @settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=True,
+                  suppress_health_check=list(HealthCheck))
+        @given(case=operation.as_strategy())
+        def check(case: schemathesis.Case) -> None:
+            response = case.call(base_url=base_url, headers=headers, timeout=15)
+            if response.status_code >= 500:
+                failures.append(f"{case.method} {case.formatted_path} -> {response.status_code}: {response.text[:300]}")
+
+        check()
+    return failures
+
+
+@pytest.mark.parametrize("service", [s.name for s in apis.SERVICES])
+def test_no_server_errors_with_credentials(apis_lab: tuple[LocalTarget, dict[str, str]], service: str,
+                                           tmp_path: Path) -> None:
+    target, headers = apis_lab
+    failures = _fuzz(target.endpoint(service), headers, tmp_path)
+    assert not failures, "\n".join(failures[:20])
+
+
+@pytest.mark.parametrize("service", [s.name for s in apis.SERVICES])
+def test_no_server_errors_without_credentials(apis_lab: tuple[LocalTarget, dict[str, str]], service: str,
+                                              tmp_path: Path) -> None:
+    target, _ = apis_lab
+    failures = _fuzz(target.endpoint(service), None, tmp_path)
+    assert not failures, "\n".join(failures[:20])

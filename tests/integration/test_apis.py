@@ -1,0 +1,134 @@
+"""The APIs behind the real nginx gateway, on loopback: routing, token checks, JSON errors,
+rate limiting, retries, and state that survives kill -9."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+from labkit import apis, platform, seed
+from labkit.client import ApiRefused, OttClient
+from labkit.config import LabConfig
+from labkit.routes import LOGIN_LIMIT
+from labkit.targets.local import LocalTarget
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalTarget]:
+    cfg = LabConfig(home=tmp_path_factory.mktemp("apis") / "lab", base_port=28600, ready_timeout=60)
+    target = LocalTarget(cfg, platform.components(), platform.layers())
+    try:
+        target.up(["apis"])
+        seed.seed({s.name: target.endpoint(s.name) for s in apis.SERVICES}, target.service_token())
+        yield target
+    finally:
+        target.down(purge=True)
+
+
+@pytest.fixture
+def alice(lab: LocalTarget) -> Iterator[OttClient]:
+    client = OttClient(lab.endpoint("gateway"))
+    client.login(seed.USERS[0].email, seed.USERS[0].password)
+    yield client
+    for session in client.sessions():
+        client.end_session(session["session_id"])
+    client.close()
+
+
+def test_a_viewer_journey_through_the_gateway(lab: LocalTarget, alice: OttClient) -> None:
+    assert alice.me()["email"] == seed.USERS[0].email
+    assert alice.entitlement("ocean-documentary")["entitled"] is True
+    key_hex = httpx.post(f"{lab.endpoint('license')}/admin/keys/ocean-documentary",
+                         headers={"X-Service-Token": lab.service_token()}, timeout=10).json()["key_hex"]
+    grant = alice.authorize("ocean-documentary", device_id="tv")
+    assert alice.key("ocean-documentary", grant["authorization"]).hex() == key_hex
+
+
+def test_the_gateway_checks_tokens_and_answers_json(lab: LocalTarget, alice: OttClient) -> None:
+    gateway = lab.endpoint("gateway")
+    for path in ("/api/subscription/plans", "/api/cas/sessions", "/api/license/authorizations"):
+        response = httpx.get(gateway + path, timeout=10)
+        assert response.status_code == 401, path
+        assert response.headers["content-type"].startswith("application/json")
+        assert response.json()["error"]["code"] == "unauthorized"
+    forged = alice.access_token[:-4] + ("AAAA" if not alice.access_token.endswith("AAAA") else "BBBB")  # type: ignore[index]
+    assert httpx.get(gateway + "/api/cas/sessions", headers={"Authorization": f"Bearer {forged}"},
+                     timeout=10).status_code == 401
+    # Public routes need no token; unknown routes and internal ones are 404 JSON.
+    assert httpx.get(gateway + "/api/catalog/titles", timeout=10).status_code == 200
+    for path in ("/nowhere", "/api/license/admin/keys/lab-clock", "/api/auth/admin/users"):
+        response = httpx.get(gateway + path, headers={"X-Service-Token": lab.service_token()}, timeout=10)
+        assert response.status_code == 404 and response.json()["error"]["code"] == "not_found", path
+    # Key requests carry a playback authorisation, not an access token: the gateway lets the license decide.
+    key_request = httpx.get(gateway + "/api/license/keys/lab-clock", timeout=10)
+    assert key_request.status_code == 401
+    assert key_request.json()["error"]["code"] == "missing_authorization"  # the license service's own answer
+    oversized = httpx.post(gateway + "/api/auth/login", content=b"x" * 70000, timeout=10)
+    assert oversized.status_code == 413 and oversized.json()["error"]["code"] == "body_too_large"
+
+
+def test_login_is_rate_limited_per_client(lab: LocalTarget) -> None:
+    gateway = lab.endpoint("gateway")
+    attempts = LOGIN_LIMIT.burst + 3 * LOGIN_LIMIT.requests_per_second
+
+    def guess(_: int) -> int:
+        # An empty body costs auth no password hash: the test measures the gateway's limiter, not argon2.
+        return httpx.post(gateway + "/api/auth/login", json={}, timeout=30).status_code
+
+    # A burst as an attacker would send it: many at once from one address.
+    with ThreadPoolExecutor(max_workers=attempts) as pool:
+        statuses = list(pool.map(guess, range(attempts)))
+    assert statuses.count(429) >= attempts - LOGIN_LIMIT.burst - 2 * LOGIN_LIMIT.requests_per_second, statuses
+    assert set(statuses) == {422, 429}, statuses  # the rest reached auth, which refused the empty body
+    time.sleep(1.5)  # the bucket refills
+    assert httpx.post(gateway + "/api/auth/login", json={"email": "x@example.com", "password": "wrong-pass"},
+                      timeout=10).status_code == 401
+    assert '"uri":"/api/auth/login","status":429' in lab.logs("gateway", lines=400)
+
+
+def test_idempotent_requests_are_retried_past_a_dead_replica(lab: LocalTarget) -> None:
+    lab.scale("catalog", 2)
+    try:
+        gateway = lab.endpoint("gateway")
+        info = lab.supervisor.all_info()
+        # Stop replica 0 for good (not a crash that supervisord would undo): its port refuses connections.
+        lab.supervisor.stop_program("catalog-0")
+        assert info["catalog-1"]["statename"] == "RUNNING"
+        with httpx.Client(base_url=gateway, timeout=10) as http:
+            statuses = [http.get("/api/catalog/titles").status_code for _ in range(20)]
+        assert statuses == [200] * 20
+        log = lab.logs("gateway", lines=60)
+        assert "upstream" in log and "catalog" in log
+    finally:
+        lab.scale("catalog", 1)
+
+
+def test_state_survives_kill_9_of_every_service(lab: LocalTarget) -> None:
+    gateway = lab.endpoint("gateway")
+    with OttClient(gateway) as client:
+        client.signup("durable@example.com", "durable-password-1")
+        client.login("durable@example.com", "durable-password-1")
+        client.subscribe("basic")
+        for service in apis.SERVICES:
+            lab.kill(service.name)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            states = {s.name: s.healthy for s in lab.status() if s.layer == "apis"}
+            if all(states.values()):
+                break
+            time.sleep(0.5)
+        else:
+            pytest.fail(f"services did not come back: {states}")
+        # A new login works (user and its password hash survived), and so does the subscription.
+        client.login("durable@example.com", "durable-password-1")
+        assert client.subscription()["plan"] == "basic"
+        assert client.title("lab-clock")["tier"] == "free"
+        with pytest.raises(ApiRefused) as refused:
+            client.signup("durable@example.com", "durable-password-1")
+        assert refused.value.code == "email_taken"
