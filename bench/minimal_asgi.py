@@ -1,0 +1,29 @@
+"""The baseline's upstream: the smallest ASGI app that answers every route of the journey.
+
+It does no work at all (no database, no hashing, no token checks), so the gateway in front of
+it measures what the gateway, uvicorn and the loopback cost on their own.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+_BODIES = {
+    "/login": {"access_token": "t", "refresh_token": "r", "token_type": "bearer", "expires_in": 900},
+    "/verify": {"sub": "u", "email": "e"},
+    "/titles": {"items": [], "page": 1, "per_page": 20, "total": 0},
+    "/authorizations": {"authorization": "a", "session_id": "0" * 32, "expires_at": "", "key_uri": ""},
+}
+
+
+async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] != "http":
+        return
+    while (await receive()).get("more_body"):
+        pass
+    body = json.dumps(_BODIES.get(scope["path"], {})).encode()
+    status = 204 if scope["method"] == "DELETE" else 200
+    headers = [(b"content-type", b"application/json"), (b"x-user-id", b"u")]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": b"" if status == 204 else body})
