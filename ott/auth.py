@@ -14,7 +14,7 @@ Run it with ``python -m ott.auth`` (settings from ``OTT_*`` variables, see :mod:
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any, Literal, cast
 
 from argon2 import PasswordHasher
@@ -24,11 +24,12 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstra
 from sqlalchemy import Column, DateTime, String, Table, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from ott.db import metadata
-from ott.errors import ApiError, not_found, unauthorized
+from ott.db import as_utc, from_epoch, metadata, utc_now
+from ott.errors import INTERNAL, MALFORMED, UNAUTHORIZED, ApiError, not_found, unauthorized
 from ott.internal import ServiceCaller
+from ott.models import USER_ID_PATTERN, valid_text
 from ott.security import CurrentUser
-from ott.service import Service, create_app, serve, service_of
+from ott.service import Service, Svc, create_app, run
 from ott.settings import Settings
 from ott.tokens import ACCESS_AUDIENCE, REFRESH_AUDIENCE, SigningKey, TokenVerifier
 
@@ -57,26 +58,14 @@ EMAIL_PATTERN = (
     r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
     r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
 )
-USER_ID_PATTERN = r"^[0-9a-f]{32}$"
-
-
-def _encodable(text: str) -> str:
-    # JSON may carry lone surrogates ("\ud800"); they are valid Python str but cannot be stored or
-    # hashed as UTF-8, so they are refused as bad input instead of failing deep in the database.
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError("must be valid Unicode text (no lone surrogates)") from None
-    return text
-
 
 Email = Annotated[str, StringConstraints(max_length=254, pattern=EMAIL_PATTERN, to_lower=True)]
 # Login takes any string: a malformed email is just an unknown one, answered like a wrong password.
 LoginEmail = Annotated[str, StringConstraints(min_length=1, max_length=254, to_lower=True),
-                       AfterValidator(_encodable)]
-Password = Annotated[str, StringConstraints(min_length=8, max_length=128), AfterValidator(_encodable)]
-LoginPassword = Annotated[str, StringConstraints(min_length=1, max_length=128), AfterValidator(_encodable)]
-DisplayName = Annotated[str, StringConstraints(min_length=1, max_length=64), AfterValidator(_encodable)]
+                       AfterValidator(valid_text)]
+Password = Annotated[str, StringConstraints(min_length=8, max_length=128), AfterValidator(valid_text)]
+LoginPassword = Annotated[str, StringConstraints(min_length=1, max_length=128), AfterValidator(valid_text)]
+DisplayName = Annotated[str, StringConstraints(min_length=1, max_length=64), AfterValidator(valid_text)]
 Token = Annotated[str, StringConstraints(min_length=1, max_length=4096)]
 
 
@@ -211,24 +200,8 @@ def _state(request: Request) -> AuthState:
 
 
 State = Annotated[AuthState, Depends(_state)]
-Svc = Annotated[Service, Depends(service_of)]
 
 router = APIRouter()
-
-_MALFORMED: dict[int | str, dict[str, Any]] = {400: {"description": "the body is not valid JSON"}}
-_UNAUTHORIZED: dict[int | str, dict[str, Any]] = {401: {"description": "missing, invalid or expired token"}}
-_INTERNAL: dict[int | str, dict[str, Any]] = {
-    401: {"description": "no X-Service-Token"}, 403: {"description": "wrong X-Service-Token"},
-}
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-def _aware(moment: datetime) -> datetime:
-    # SQLite hands back naive datetimes; every stored time is UTC.
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def _issue_pair(service: Service, key: SigningKey, user_id: str, email: str) -> TokenPair:
@@ -240,7 +213,7 @@ def _issue_pair(service: Service, key: SigningKey, user_id: str, email: str) -> 
     )
 
 
-@router.post("/signup", status_code=201, responses={**_MALFORMED, 409: {"description": "email_taken"}})
+@router.post("/signup", status_code=201, responses={**MALFORMED, 409: {"description": "email_taken"}})
 def signup(body: SignupRequest, service: Svc, state: State) -> UserOut:
     """Create an account; the password is stored only as an argon2id hash."""
     user_id = uuid.uuid4().hex
@@ -248,7 +221,7 @@ def signup(body: SignupRequest, service: Svc, state: State) -> UserOut:
     try:
         with service.engine.begin() as conn:
             conn.execute(insert(users).values(id=user_id, email=body.email, password_hash=password_hash,
-                                              display_name=body.display_name, created_at=_now()))
+                                              display_name=body.display_name, created_at=utc_now()))
     except IntegrityError:
         # The unique index decides, so two concurrent signups for one email cannot both win.
         service.log.info("signup refused", extra={"event": "signup_refused", "email": body.email,
@@ -258,7 +231,7 @@ def signup(body: SignupRequest, service: Svc, state: State) -> UserOut:
     return UserOut(id=user_id, email=body.email, display_name=body.display_name)
 
 
-@router.post("/login", responses={**_MALFORMED, 401: {"description": "bad_credentials"}})
+@router.post("/login", responses={**MALFORMED, 401: {"description": "bad_credentials"}})
 def login(body: LoginRequest, service: Svc, state: State) -> TokenPair:
     """Trade an email and password for an access and a refresh token."""
     key = state.key
@@ -281,7 +254,7 @@ def login(body: LoginRequest, service: Svc, state: State) -> TokenPair:
 
 
 @router.post("/refresh", responses={
-    **_MALFORMED, 401: {"description": "invalid, expired or already used refresh token"}})
+    **MALFORMED, 401: {"description": "invalid, expired or already used refresh token"}})
 def refresh(body: RefreshRequest, service: Svc, state: State) -> TokenPair:
     """Trade a refresh token for a new pair; the refresh token used is revoked (it works once)."""
     key = state.key
@@ -289,14 +262,14 @@ def refresh(body: RefreshRequest, service: Svc, state: State) -> TokenPair:
     user_id, jti = str(claims["sub"]), claims.get("jti")
     if not isinstance(jti, str) or not jti:
         raise unauthorized("the refresh token has no id (jti)")
-    now = _now()
+    now = utc_now()
     try:
         with service.engine.begin() as conn:
             conn.execute(delete(revoked_tokens).where(revoked_tokens.c.expires_at < now))
             # The primary key makes "use once" atomic: of two concurrent refreshes, one insert fails.
             conn.execute(insert(revoked_tokens).values(
                 jti=jti, user_id=user_id, revoked_at=now,
-                expires_at=datetime.fromtimestamp(int(claims["exp"]), UTC)))
+                expires_at=from_epoch(int(claims["exp"]))))
             row = conn.execute(select(users).where(users.c.id == user_id)).first()
             if row is None:
                 raise unauthorized("the account of this token no longer exists")
@@ -316,7 +289,7 @@ def jwks(state: State, response: Response) -> Jwks:
     return Jwks.model_validate(state.key.jwks())
 
 
-@router.get("/verify", responses=_UNAUTHORIZED)
+@router.get("/verify", responses=UNAUTHORIZED)
 def verify(user: CurrentUser, response: Response) -> Identity:
     """Check an access token for nginx ``auth_request``: 200 with the caller's identity, else 401."""
     response.headers["X-User-Id"] = user.id
@@ -324,18 +297,18 @@ def verify(user: CurrentUser, response: Response) -> Identity:
     return Identity(sub=user.id, email=user.email)
 
 
-@router.get("/me", responses={**_UNAUTHORIZED, 404: {"description": "the account no longer exists"}})
+@router.get("/me", responses={**UNAUTHORIZED, 404: {"description": "the account no longer exists"}})
 def me(user: CurrentUser, service: Svc) -> Me:
     """The caller's account."""
     with service.engine.connect() as conn:
         row = conn.execute(select(users).where(users.c.id == user.id)).first()
     if row is None:
         raise not_found("user", user.id)
-    return Me(id=row.id, email=row.email, display_name=row.display_name, created_at=_aware(row.created_at))
+    return Me(id=row.id, email=row.email, display_name=row.display_name, created_at=as_utc(row.created_at))
 
 
 @router.post("/admin/users", responses={
-    201: {"model": UserOut, "description": "created"}, **_MALFORMED, **_INTERNAL})
+    201: {"model": UserOut, "description": "created"}, **MALFORMED, **INTERNAL})
 def upsert_user(body: UpsertUserRequest, _: ServiceCaller, service: Svc, state: State,
                 response: Response) -> UserOut:
     """Internal: create the user (201) or bring it to the given password and name (200); for seeding."""
@@ -347,7 +320,7 @@ def upsert_user(body: UpsertUserRequest, _: ServiceCaller, service: Svc, state: 
             with service.engine.begin() as conn:
                 conn.execute(insert(users).values(id=user_id, email=body.email,
                                                   password_hash=state.passwords.hash(body.password),
-                                                  display_name=body.display_name, created_at=_now()))
+                                                  display_name=body.display_name, created_at=utc_now()))
         except IntegrityError:
             # A concurrent seed created it first: fall through to the update below.
             with service.engine.connect() as conn:
@@ -380,8 +353,7 @@ def build_app(settings: Settings | None = None, *, passwords: Passwords | None =
 
 def main() -> None:
     """``python -m ott.auth``: serve auth with settings from the environment."""
-    settings = Settings.from_env()
-    serve(build_app(settings), settings)
+    run(build_app)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ Run it with ``python -m ott.cas``.
 
 from __future__ import annotations
 
-import os
 import re
 import time
 import uuid
@@ -38,17 +37,16 @@ from pydantic import BaseModel, Field
 from sqlalchemy import Column, Connection, Float, Index, Integer, String, Table, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from ott.db import metadata
-from ott.errors import ApiError
+from ott.db import from_epoch, metadata, update_or_insert
+from ott.errors import CORE_ERRORS, ApiError, error_responses
+from ott.models import SESSION_ID_PATTERN, PlaybackRequest
 from ott.security import CurrentUser, User
-from ott.service import Service, create_app, serve, service_of
+from ott.service import Service, Svc, create_app, run
 from ott.settings import Settings, SettingsError
 
-TITLE_ID = r"^[a-z0-9][a-z0-9-]{0,62}$"
-DEVICE_ID = r"^[A-Za-z0-9._-]{1,64}$"
-SESSION_ID = r"^[0-9a-f]{32}$"
 # A device counts towards the limit for this long after it was last used.
 DEVICE_WINDOW_S = 30 * 86400
+# Where settings.cas_window comes from: a bad window's error names it, so the operator knows what to fix.
 WINDOW_ENV = "OTT_CAS_WINDOW"
 DENIAL_REASONS = ("outside_window", "device_limit", "stream_limit")
 # Writers that lose a race to create an account's guard row (not SQLite: it serialises writers) retry.
@@ -93,9 +91,8 @@ def now() -> float:
 # -- the API's bodies ---------------------------------------------------------------------
 
 
-class SessionRequest(BaseModel):
-    title_id: str = Field(pattern=TITLE_ID, description="the title to play", examples=["big-buck-bunny"])
-    device_id: str = Field(pattern=DEVICE_ID, description="the player's stable device id", examples=["laptop"])
+class SessionRequest(PlaybackRequest):
+    """A title about to play on a device: CAS checks the account's limits for it."""
 
 
 class StreamSession(BaseModel):
@@ -112,31 +109,12 @@ class HeartbeatResponse(BaseModel):
     expires_at: datetime
 
 
-class ErrorDetail(BaseModel):
-    status: int
-    code: str
-    message: str
-    details: Any = None
-
-
-class ErrorBody(BaseModel):
-    """Every error of the service: ``{"error": {"status", "code", "message", "details"}}``."""
-
-    error: ErrorDetail
-
-
-def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI documentation of the JSON errors a route answers with."""
-    return {status: {"model": ErrorBody, "description": _ERROR_DESCRIPTIONS[status]} for status in statuses}
-
-
-_ERROR_DESCRIPTIONS = {
-    400: "the body is not valid JSON",
+# What each error status of CAS's routes means (every body is an ott.errors.ErrorBody).
+_ERRORS = {
+    **CORE_ERRORS,
     401: "no valid access token",
     403: "denied: see error.code (stream_limit, device_limit, outside_window) or another account's session",
     404: "unknown or expired session",
-    413: "the body is too large",
-    422: "the request does not match the API",
 }
 
 
@@ -178,10 +156,9 @@ class Window:
         return minute >= self.start or minute < self.end
 
 
-def window_from_env(environ: dict[str, str] | None = None) -> Window | None:
-    """The window of ``OTT_CAS_WINDOW``, or None (no window) when unset or empty."""
-    raw = (os.environ if environ is None else environ).get(WINDOW_ENV, "")
-    return Window.parse(raw) if raw.strip() else None
+def window_of(settings: Settings) -> Window | None:
+    """The window of ``settings.cas_window`` (``OTT_CAS_WINDOW``), or None (no window) when it is empty."""
+    return Window.parse(settings.cas_window) if settings.cas_window.strip() else None
 
 
 # -- the service's state ----------------------------------------------------------------------
@@ -216,14 +193,10 @@ def _cas(request: Request) -> Cas:
     return cas
 
 
-def _iso(epoch: float) -> datetime:
-    return datetime.fromtimestamp(epoch, tz=UTC)
-
-
 def _session_out(row: Any, settings: Settings) -> StreamSession:
     return StreamSession(
-        session_id=row.id, title_id=row.title_id, device_id=row.device_id, started_at=_iso(row.started_at),
-        expires_at=_iso(row.expires_at), heartbeat_interval_s=round(settings.heartbeat_timeout / 3, 3),
+        session_id=row.id, title_id=row.title_id, device_id=row.device_id, started_at=from_epoch(row.started_at),
+        expires_at=from_epoch(row.expires_at), heartbeat_interval_s=round(settings.heartbeat_timeout / 3, 3),
     )
 
 
@@ -238,10 +211,8 @@ def _active(conn: Connection, user_id: str, at: float) -> list[Any]:
 
 def _lock_account(conn: Connection, user_id: str) -> None:
     """Write the account's guard row as the transaction's first statement (see ``cas_accounts``)."""
-    bumped = conn.execute(update(cas_accounts).where(cas_accounts.c.user_id == user_id)
-                          .values(decisions=cas_accounts.c.decisions + 1))
-    if bumped.rowcount == 0:
-        conn.execute(insert(cas_accounts).values(user_id=user_id, decisions=1))
+    update_or_insert(conn, cas_accounts, {"user_id": user_id},
+                     updates={"decisions": cas_accounts.c.decisions + 1}, inserts={"decisions": 1})
 
 
 def _start(cas: Cas, user: User, body: SessionRequest) -> Any:
@@ -282,11 +253,8 @@ def _start(cas: Cas, user: User, body: SessionRequest) -> Any:
 
 
 def _touch_device(conn: Connection, user_id: str, device_id: str, at: float) -> None:
-    seen = conn.execute(update(cas_devices)
-                        .where(cas_devices.c.user_id == user_id, cas_devices.c.device_id == device_id)
-                        .values(last_seen=at))
-    if seen.rowcount == 0:
-        conn.execute(insert(cas_devices).values(user_id=user_id, device_id=device_id, first_seen=at, last_seen=at))
+    update_or_insert(conn, cas_devices, {"user_id": user_id, "device_id": device_id},
+                     updates={"last_seen": at}, inserts={"first_seen": at, "last_seen": at})
 
 
 def _owner_check(conn: Connection, session_id: str, user: User) -> None:
@@ -301,15 +269,16 @@ def _owner_check(conn: Connection, session_id: str, user: User) -> None:
 # -- routes -----------------------------------------------------------------------------------
 
 router = APIRouter(tags=["cas"])
-SessionId = Annotated[str, Path(pattern=SESSION_ID, description="a session id from POST /sessions")]
+SessionId = Annotated[str, Path(pattern=SESSION_ID_PATTERN, description="a session id from POST /sessions")]
 
 
-@router.post("/sessions", status_code=201, response_model=StreamSession, responses=_errors(400, 401, 403, 413, 422))
+@router.post("/sessions", status_code=201, response_model=StreamSession,
+             responses=error_responses(_ERRORS, 400, 401, 403, 413, 422))
 def start_session(body: SessionRequest, user: CurrentUser, request: Request) -> StreamSession:
     """Start a stream session if the account's policies allow it; 403 with the reason otherwise."""
     cas = _cas(request)
     try:
-        if cas.window is not None and not cas.window.contains(_iso(now())):
+        if cas.window is not None and not cas.window.contains(from_epoch(now())):
             raise ApiError(403, "outside_window", f"playback is allowed between {cas.window.text} UTC only",
                            {"window": cas.window.text, "timezone": "UTC"})
         for attempt in range(_ATTEMPTS):
@@ -327,10 +296,9 @@ def start_session(body: SessionRequest, user: CurrentUser, request: Request) -> 
 
 
 @router.post("/sessions/{session_id}/heartbeat", response_model=HeartbeatResponse,
-             responses=_errors(401, 403, 404, 422))
-def heartbeat(session_id: SessionId, user: CurrentUser, request: Request) -> HeartbeatResponse:
+             responses=error_responses(_ERRORS, 401, 403, 404, 422))
+def heartbeat(session_id: SessionId, user: CurrentUser, service: Svc) -> HeartbeatResponse:
     """Keep a session alive for another heartbeat timeout."""
-    service = service_of(request)
     at = now()
     expires = at + service.settings.heartbeat_timeout
     with service.engine.begin() as conn:
@@ -345,14 +313,13 @@ def heartbeat(session_id: SessionId, user: CurrentUser, request: Request) -> Hea
                            f"stream session {session_id!r} has ended or expired: start a new one")
         device = conn.execute(select(cas_sessions.c.device_id).where(cas_sessions.c.id == session_id)).scalar_one()
         _touch_device(conn, user.id, device, at)
-    return HeartbeatResponse(session_id=session_id, expires_at=_iso(expires))
+    return HeartbeatResponse(session_id=session_id, expires_at=from_epoch(expires))
 
 
 @router.delete("/sessions/{session_id}", status_code=204, response_class=Response,
-               responses=_errors(401, 403, 404, 422))
-def end_session(session_id: SessionId, user: CurrentUser, request: Request) -> Response:
+               responses=error_responses(_ERRORS, 401, 403, 404, 422))
+def end_session(session_id: SessionId, user: CurrentUser, service: Svc) -> Response:
     """End a session now (idempotent for its owner: ending an ended session is a 204 too)."""
-    service = service_of(request)
     at = now()
     with service.engine.begin() as conn:
         ended = conn.execute(update(cas_sessions)
@@ -367,19 +334,18 @@ def end_session(session_id: SessionId, user: CurrentUser, request: Request) -> R
     return Response(status_code=204)
 
 
-@router.get("/sessions", response_model=list[StreamSession], responses=_errors(401))
-def list_sessions(user: CurrentUser, request: Request) -> list[StreamSession]:
+@router.get("/sessions", response_model=list[StreamSession], responses=error_responses(_ERRORS, 401))
+def list_sessions(user: CurrentUser, service: Svc) -> list[StreamSession]:
     """The caller's active stream sessions, oldest first."""
-    service = service_of(request)
     with service.engine.connect() as conn:
         rows = _active(conn, user.id, now())
     return [_session_out(r, service.settings) for r in rows]
 
 
 def build_app(settings: Settings | None = None) -> FastAPI:
-    """The CAS app; the viewing window comes from ``OTT_CAS_WINDOW`` (a bad value fails here)."""
+    """The CAS app; the viewing window is ``settings.cas_window`` (a bad one fails here, naming ``OTT_CAS_WINDOW``)."""
     settings = settings or Settings.from_env()
-    window = window_from_env()
+    window = window_of(settings)
     app = create_app("cas", [router], settings,
                      description="Conditional access: concurrent streams, devices and viewing window per account.")
     app.state.cas = Cas(app.state.service, window)
@@ -388,8 +354,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
 
 def main() -> None:
     """``python -m ott.cas``: serve CAS with the ``OTT_*`` settings."""
-    settings = Settings.from_env()
-    serve(build_app(settings), settings)
+    run(build_app)
 
 
 if __name__ == "__main__":

@@ -10,10 +10,10 @@ Run it with ``python -m ott.catalog`` (settings from ``OTT_*`` variables, see :m
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, FastAPI, Path, Query, Response
+from fastapi import APIRouter, FastAPI, Path, Query, Response
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 from sqlalchemy import (
     JSON,
@@ -26,20 +26,18 @@ from sqlalchemy import (
     Text,
     delete,
     func,
-    insert,
     or_,
     select,
     update,
 )
-from sqlalchemy.exc import IntegrityError
 
-from ott.db import metadata
-from ott.errors import not_found
+from ott.db import as_utc, metadata, upsert, utc_now
+from ott.errors import INTERNAL, MALFORMED, Responses, not_found
 from ott.internal import ServiceCaller
-from ott.service import Service, create_app, serve, service_of
+from ott.models import TITLE_ID_PATTERN, valid_text
+from ott.service import Svc, create_app, run
 from ott.settings import Settings
 
-TITLE_ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
 MAX_DURATION_S = 10_000_000  # ~115 days: far above any real title, far below a database integer's limit
 MAX_PAGE = 1_000_000
 
@@ -58,15 +56,6 @@ titles = Table(
 Tier = Literal["free", "basic", "premium"]
 
 
-def _encodable(text: str) -> str:
-    # JSON may carry lone surrogates ("\ud800"); they cannot be stored as UTF-8, so refuse them here.
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError("must be valid Unicode text (no lone surrogates)") from None
-    return text
-
-
 def _whole_number(value: Any) -> Any:
     # JSON Schema's "integer" includes 596.0; strict validation would refuse it, so whole floats become ints
     # (1.5, "596" and true are still refused).
@@ -75,12 +64,12 @@ def _whole_number(value: Any) -> Any:
     return value
 
 
-Name = Annotated[str, StringConstraints(min_length=1, max_length=200), AfterValidator(_encodable)]
-Description = Annotated[str, StringConstraints(max_length=5000), AfterValidator(_encodable)]
+Name = Annotated[str, StringConstraints(min_length=1, max_length=200), AfterValidator(valid_text)]
+Description = Annotated[str, StringConstraints(max_length=5000), AfterValidator(valid_text)]
 # Playback URLs may be absolute or origin-relative ("/vod/..."). A URL is printable ASCII (anything else
 # is percent-encoded), which is also a pattern every regex engine, and so every client, reads alike.
 Url = Annotated[str, StringConstraints(min_length=1, max_length=2048, pattern=r"^[!-~]+$")]
-Pop = Annotated[str, StringConstraints(min_length=1, max_length=64), AfterValidator(_encodable)]
+Pop = Annotated[str, StringConstraints(min_length=1, max_length=64), AfterValidator(valid_text)]
 TitleId = Annotated[str, Path(pattern=TITLE_ID_PATTERN, description="lower-case letters, digits and dashes")]
 
 
@@ -129,33 +118,15 @@ class TitlePage(BaseModel):
     total: int
 
 
-Svc = Annotated[Service, Depends(service_of)]
 router = APIRouter()
 
-_MALFORMED: dict[int | str, dict[str, Any]] = {400: {"description": "the body is not valid JSON"}}
-_NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "no title with this id"}}
-_INTERNAL: dict[int | str, dict[str, Any]] = {
-    401: {"description": "no X-Service-Token"}, 403: {"description": "wrong X-Service-Token"},
-}
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-def _aware(moment: datetime | None) -> datetime | None:
-    # SQLite hands back naive datetimes; every stored time is UTC.
-    if moment is None or moment.tzinfo is not None:
-        return moment
-    return moment.replace(tzinfo=UTC)
+_NOT_FOUND: Responses = {404: {"description": "no title with this id"}}
 
 
 def _title(row: Any) -> Title:
-    updated = _aware(row.updated_at)
-    assert updated is not None  # the column is NOT NULL
     return Title(id=row.id, name=row.name, description=row.description, duration_s=row.duration_s,
                  tier=row.tier, renditions=[Rendition.model_validate(r) for r in row.renditions],
-                 published_at=_aware(row.published_at), updated_at=updated)
+                 published_at=as_utc(row.published_at), updated_at=as_utc(row.updated_at))
 
 
 def _load(engine: Engine, title_id: str) -> Title:
@@ -196,32 +167,23 @@ def get_title(title_id: TitleId, service: Svc) -> Title:
 
 
 @router.put("/titles/{title_id}",
-            responses={201: {"model": Title, "description": "created"}, **_MALFORMED, **_INTERNAL})
+            responses={201: {"model": Title, "description": "created"}, **MALFORMED, **INTERNAL})
 def put_title(title_id: TitleId, body: TitleMeta, _: ServiceCaller, service: Svc, response: Response) -> Title:
     """Internal: create (201) or update (200) a title's metadata; its playback locations are kept."""
-    values = {**body.model_dump(), "updated_at": _now()}
-    created = False
-    try:
-        with service.engine.begin() as conn:
-            changed = conn.execute(update(titles).where(titles.c.id == title_id).values(**values)).rowcount
-            if not changed:
-                conn.execute(insert(titles).values(id=title_id, renditions=[], published_at=None, **values))
-                created = True
-    except IntegrityError:
-        # A concurrent PUT inserted this id between our UPDATE and INSERT: it exists now, so update it.
-        with service.engine.begin() as conn:
-            conn.execute(update(titles).where(titles.c.id == title_id).values(**values))
-        created = False
+    values = {**body.model_dump(), "updated_at": utc_now()}
+    # A new title has no playback locations until the transcoder publishes it.
+    created = upsert(service.engine, titles, {"id": title_id}, values,
+                     insert_only={"renditions": [], "published_at": None})
     service.log.info("title saved", extra={"event": "title_saved", "title_id": title_id, "created": created})
     if created:
         response.status_code = 201
     return _load(service.engine, title_id)
 
 
-@router.put("/titles/{title_id}/playback", responses={**_MALFORMED, **_NOT_FOUND, **_INTERNAL})
+@router.put("/titles/{title_id}/playback", responses={**MALFORMED, **_NOT_FOUND, **INTERNAL})
 def put_playback(title_id: TitleId, body: Playback, _: ServiceCaller, service: Svc) -> Title:
     """Internal: set where a title plays from and mark it published now (after the transcoder's publish)."""
-    now = _now()
+    now = utc_now()
     renditions = [r.model_dump() for r in body.renditions]
     with service.engine.begin() as conn:
         changed = conn.execute(update(titles).where(titles.c.id == title_id)
@@ -233,7 +195,7 @@ def put_playback(title_id: TitleId, body: Playback, _: ServiceCaller, service: S
     return _load(service.engine, title_id)
 
 
-@router.delete("/titles/{title_id}", status_code=204, responses={**_NOT_FOUND, **_INTERNAL})
+@router.delete("/titles/{title_id}", status_code=204, responses={**_NOT_FOUND, **INTERNAL})
 def delete_title(title_id: TitleId, _: ServiceCaller, service: Svc) -> None:
     """Internal: remove a title from the catalog."""
     with service.engine.begin() as conn:
@@ -252,8 +214,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
 
 def main() -> None:
     """``python -m ott.catalog``: serve the catalog with settings from the environment."""
-    settings = Settings.from_env()
-    serve(build_app(settings), settings)
+    run(build_app)
 
 
 if __name__ == "__main__":

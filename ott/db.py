@@ -3,16 +3,22 @@
 SQLite is the default (WAL journal, full sync, a busy timeout) so that several service
 processes share one file and a ``kill -9`` loses no committed write. Any URL SQLAlchemy
 understands works: every query goes through SQLAlchemy Core.
+
+Every stored time is UTC: :func:`utc_now` writes it, :func:`as_utc` reads it back aware (SQLite
+forgets the zone), :func:`from_epoch` reads the epoch seconds license and CAS store. :func:`upsert`
+is the portable "create or update one row by key" every service's PUT needs.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
-from sqlalchemy import Engine, MetaData, create_engine, event, text
+from sqlalchemy import Connection, Engine, MetaData, Table, create_engine, event, insert, text, update
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 metadata = MetaData()
 
@@ -56,3 +62,60 @@ def create_tables(engine: Engine, attempts: int = 5) -> None:
 def ping(engine: Engine) -> None:
     with engine.connect() as conn:
         conn.execute(text("SELECT 1"))
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@overload
+def as_utc(moment: datetime) -> datetime: ...
+
+
+@overload
+def as_utc(moment: None) -> None: ...
+
+
+def as_utc(moment: datetime | None) -> datetime | None:
+    """``moment`` with its UTC zone back: SQLite hands back naive datetimes, and every stored time is UTC."""
+    if moment is None or moment.tzinfo is not None:
+        return moment
+    return moment.replace(tzinfo=UTC)
+
+
+def from_epoch(epoch: float) -> datetime:
+    """The aware UTC datetime of ``epoch`` seconds."""
+    return datetime.fromtimestamp(epoch, tz=UTC)
+
+
+def update_or_insert(conn: Connection, table: Table, key: Mapping[str, Any], *,
+                     updates: Mapping[str, Any], inserts: Mapping[str, Any]) -> bool:
+    """In ``conn``'s transaction: ``updates`` on the row with ``key``, or a new row ``key`` + ``inserts``.
+
+    True if the row was inserted. A concurrent insert of the same key makes the INSERT raise
+    IntegrityError: the caller decides whether to retry (see :func:`upsert`) or fail.
+    """
+    if conn.execute(update(table).where(*_matching(table, key)).values(**updates)).rowcount:
+        return False
+    conn.execute(insert(table).values(**key, **inserts))
+    return True
+
+
+def upsert(engine: Engine, table: Table, key: Mapping[str, Any], values: Mapping[str, Any], *,
+           insert_only: Mapping[str, Any] | None = None) -> bool:
+    """Set ``values`` on the row with ``key``, creating it (with ``insert_only`` too) if missing; True if created.
+
+    UPDATE then INSERT works on every database (no dialect's ON CONFLICT). Of two concurrent
+    creators, the loser's INSERT hits the primary key: the row exists by then, so it is updated.
+    """
+    try:
+        with engine.begin() as conn:
+            return update_or_insert(conn, table, key, updates=values, inserts={**values, **(insert_only or {})})
+    except IntegrityError:
+        with engine.begin() as conn:
+            conn.execute(update(table).where(*_matching(table, key)).values(**values))
+        return False
+
+
+def _matching(table: Table, key: Mapping[str, Any]) -> list[Any]:
+    return [table.c[column] == value for column, value in key.items()]

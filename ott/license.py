@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any
 
 import httpx
@@ -34,15 +34,14 @@ from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy import Column, Float, Index, LargeBinary, String, Table, delete, insert, select
 
 from ott.calls import call
-from ott.db import metadata
-from ott.errors import ApiError
+from ott.db import from_epoch, metadata
+from ott.errors import CORE_ERRORS, INTERNAL, ApiError, error_responses
 from ott.internal import ServiceCaller
+from ott.models import TITLE_ID_PATTERN, PlaybackRequest
 from ott.security import CurrentUser, bearer_token
-from ott.service import Service, create_app, serve
+from ott.service import Service, create_app, run
 from ott.settings import Settings
 
-TITLE_ID = r"^[a-z0-9][a-z0-9-]{0,62}$"
-DEVICE_ID = r"^[A-Za-z0-9._-]{1,64}$"
 KEY_BYTES = 16
 GRANT_REASONS = ("authorized", "key_delivered")
 # The usual denials (CAS's reasons pass through; a failing dependency adds its own code).
@@ -84,9 +83,8 @@ def now() -> float:
 # -- the API's bodies ---------------------------------------------------------------------
 
 
-class AuthorizationRequest(BaseModel):
-    title_id: str = Field(pattern=TITLE_ID, description="the title to play", examples=["big-buck-bunny"])
-    device_id: str = Field(pattern=DEVICE_ID, description="the player's stable device id", examples=["laptop"])
+class AuthorizationRequest(PlaybackRequest):
+    """A title to play on a device; license passes both to CAS to open the stream session."""
 
 
 class PlaybackAuthorization(BaseModel):
@@ -103,19 +101,6 @@ class TitleKey(BaseModel):
     created_at: datetime
 
 
-class ErrorDetail(BaseModel):
-    status: int
-    code: str
-    message: str
-    details: Any = None
-
-
-class ErrorBody(BaseModel):
-    """Every error of the service: ``{"error": {"status", "code", "message", "details"}}``."""
-
-    error: ErrorDetail
-
-
 class _Entitlement(BaseModel):
     """The part of subscription's ``GET /entitlements/{title_id}`` answer license relies on."""
 
@@ -127,22 +112,16 @@ class _CasSession(BaseModel):
     session_id: str
 
 
-_ERROR_DESCRIPTIONS = {
-    400: "the body is not valid JSON",
+# What each error status of license's routes means (every body is an ott.errors.ErrorBody).
+_ERRORS = {
+    **CORE_ERRORS,
     401: "no valid token (access token, or playback authorisation for keys)",
     403: "denied: see error.code",
     404: "unknown title, or no key for it",
-    413: "the body is too large",
-    422: "the request does not match the API",
     503: "a service license depends on is unreachable, or the service token file is not configured",
     502: "a service license depends on answered something unexpected",
     504: "a service license depends on did not answer in time",
 }
-
-
-def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI documentation of the JSON errors a route answers with."""
-    return {status: {"model": ErrorBody, "description": _ERROR_DESCRIPTIONS[status]} for status in statuses}
 
 
 # -- the service's state ----------------------------------------------------------------------
@@ -178,10 +157,6 @@ def _license(request: Request) -> License:
 
 
 LicenseState = Annotated[License, Depends(_license)]
-
-
-def _iso(epoch: float) -> datetime:
-    return datetime.fromtimestamp(epoch, tz=UTC)
 
 
 def _digest(authorization: str) -> str:
@@ -244,13 +219,13 @@ def _open_session(lic: License, body: AuthorizationRequest, token: str) -> str:
 
 router = APIRouter(tags=["license"])
 admin = APIRouter(prefix="/admin", tags=["license admin"])
-TitleId = Annotated[str, Path(pattern=TITLE_ID, description="a title id", examples=["big-buck-bunny"])]
+TitleId = Annotated[str, Path(pattern=TITLE_ID_PATTERN, description="a title id", examples=["big-buck-bunny"])]
 _playback = HTTPBearer(auto_error=False, scheme_name="PlaybackAuthorization",
                        description="a playback authorisation from POST /authorizations")
 
 
 @router.post("/authorizations", status_code=201, response_model=PlaybackAuthorization,
-             responses=_errors(400, 401, 403, 404, 413, 422, 502, 503, 504))
+             responses=error_responses(_ERRORS, 400, 401, 403, 404, 413, 422, 502, 503, 504))
 def authorize(
     body: AuthorizationRequest, user: CurrentUser, token: Annotated[str, Depends(bearer_token)], lic: LicenseState
 ) -> PlaybackAuthorization:
@@ -273,7 +248,7 @@ def authorize(
         ))
         conn.execute(delete(license_authorizations).where(license_authorizations.c.expires_at < at - _KEEP_EXPIRED_S))
     lic.decide("grant", "authorized", session_id=session_id, **context)
-    return PlaybackAuthorization(authorization=authorization, expires_at=_iso(expires), session_id=session_id,
+    return PlaybackAuthorization(authorization=authorization, expires_at=from_epoch(expires), session_id=session_id,
                                  key_uri=lic.key_uri(body.title_id))
 
 
@@ -281,7 +256,7 @@ def authorize(
     "/keys/{title_id}", response_class=Response, responses={
         200: {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
               "description": "the title's 16-byte AES-128 key"},
-        **_errors(401, 403, 404, 422),
+        **error_responses(_ERRORS, 401, 403, 404, 422),
     },
 )
 def key(
@@ -329,14 +304,16 @@ def _authorised_user(lic: License, title_id: str, given: str | None) -> str:
 
 
 # -- internal routes (the transcoder) ---------------------------------------------------------
+# They take the lab's service token, not a player's: their 401 and 403 are the shared INTERNAL ones.
 
 
 def _key_out(lic: License, title_id: str, content_key: bytes, created_at: float) -> TitleKey:
     return TitleKey(title_id=title_id, key_hex=content_key.hex(), key_uri=lic.key_uri(title_id),
-                    created_at=_iso(created_at))
+                    created_at=from_epoch(created_at))
 
 
-@admin.post("/keys/{title_id}", status_code=201, response_model=TitleKey, responses=_errors(401, 403, 422, 503))
+@admin.post("/keys/{title_id}", status_code=201, response_model=TitleKey,
+            responses={**INTERNAL, **error_responses(_ERRORS, 422, 503)})
 def create_key(title_id: TitleId, _: ServiceCaller, lic: LicenseState) -> TitleKey:
     """A fresh random key for the title, replacing any it had (old playlists stop decrypting)."""
     content_key = secrets.token_bytes(KEY_BYTES)
@@ -348,7 +325,8 @@ def create_key(title_id: TitleId, _: ServiceCaller, lic: LicenseState) -> TitleK
     return _key_out(lic, title_id, content_key, at)
 
 
-@admin.get("/keys/{title_id}", response_model=TitleKey, responses=_errors(401, 403, 404, 422, 503))
+@admin.get("/keys/{title_id}", response_model=TitleKey,
+           responses={**INTERNAL, **error_responses(_ERRORS, 404, 422, 503)})
 def read_key(title_id: TitleId, _: ServiceCaller, lic: LicenseState) -> TitleKey:
     """The title's key, for the transcoder's key info file."""
     with lic.service.engine.connect() as conn:
@@ -359,7 +337,7 @@ def read_key(title_id: TitleId, _: ServiceCaller, lic: LicenseState) -> TitleKey
 
 
 @admin.delete("/keys/{title_id}", status_code=204, response_class=Response,
-              responses=_errors(401, 403, 404, 422, 503))
+              responses={**INTERNAL, **error_responses(_ERRORS, 404, 422, 503)})
 def delete_key(title_id: TitleId, _: ServiceCaller, lic: LicenseState) -> Response:
     """Forget the title's key: its encrypted segments can no longer be played."""
     with lic.service.engine.begin() as conn:
@@ -381,8 +359,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
 
 def main() -> None:
     """``python -m ott.license``: serve license with the ``OTT_*`` settings."""
-    settings = Settings.from_env()
-    serve(build_app(settings), settings)
+    run(build_app)
 
 
 if __name__ == "__main__":

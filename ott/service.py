@@ -1,16 +1,17 @@
 """What every OTT service shares: the app factory, metrics, JSON logs, JSON errors, limits.
 
 A service module builds its routes and calls :func:`create_app`; ``python -m ott.<name>``
-runs it with :func:`serve`. Every app has ``/healthz`` (alive), ``/readyz`` (its database
-answers), ``/metrics`` (Prometheus) and ``/openapi.json``.
+runs it with :func:`run`. Every app has ``/healthz`` (alive), ``/readyz`` (its database
+answers), ``/metrics`` (Prometheus) and ``/openapi.json``, whose 4xx/5xx answers are all
+described by :class:`ott.errors.ErrorBody`. Handlers reach the :class:`Service` as ``Svc``.
 
 Example::
 
     router = APIRouter()
 
     @router.get("/hello")
-    def hello() -> dict[str, str]:
-        return {"hello": "world"}
+    def hello(service: Svc) -> dict[str, str]:
+        return {"hello": service.name}
 
     app = create_app("demo", [router], Settings.from_env())
 """
@@ -22,26 +23,29 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Annotated, Any
 
 import uvicorn
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from pythonjsonlogger.json import JsonFormatter
 from sqlalchemy import Engine
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ott import db
-from ott.errors import ApiError, error_body
+from ott.errors import ApiError, document_error_bodies, error_body
 from ott.settings import Settings
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 _HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
                405: "method_not_allowed", 409: "conflict", 413: "body_too_large", 415: "unsupported_media_type",
                422: "invalid_request", 429: "too_many_requests"}
+# The methods a 405's Allow may name (RFC 9110 and PATCH), in the order it names them.
+_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
 
 
 # Attributes every LogRecord has: an `extra` key among them makes logging raise KeyError.
@@ -144,6 +148,34 @@ class Service:
         self.verifier: Any = None
 
 
+class _App(FastAPI):
+    """FastAPI whose OpenAPI document describes every error answer with :class:`ott.errors.ErrorBody`."""
+
+    def openapi(self) -> dict[str, Any]:
+        cached = self.openapi_schema
+        schema = super().openapi()
+        # FastAPI rebuilds the document when routes change; only a new one needs the error bodies.
+        if schema is not cached:
+            document_error_bodies(schema)
+        return schema
+
+
+def allowed_methods(app: FastAPI, scope: Scope) -> list[str]:
+    """Every method ``app`` serves on the path of ``scope``, across all the routes that match it.
+
+    Each standard method is tried against the app's routes as the router itself would match it:
+    FastAPI keeps included routers' routes behind its own route objects, so asking routes for their
+    ``methods`` would miss them.
+    """
+    allowed = []
+    for method in _METHODS:
+        probe: Scope = {"type": "http", "path": scope["path"], "root_path": scope.get("root_path", ""),
+                        "method": method, "headers": scope.get("headers", [])}
+        if any(route.matches(probe)[0] is Match.FULL for route in app.routes):
+            allowed.append(method)
+    return allowed
+
+
 def create_app(
     name: str,
     routers: Sequence[APIRouter],
@@ -164,7 +196,7 @@ def create_app(
         yield
         service.engine.dispose()
 
-    app = FastAPI(title=f"ott {name}", description=description, version="0.1.0", lifespan=lifespan)
+    app = _App(title=f"ott {name}", description=description, version="0.1.0", lifespan=lifespan)
     app.state.service = service
     for router in routers:
         app.include_router(router)
@@ -219,10 +251,17 @@ def create_app(
                             status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = _HTTP_CODES.get(exc.status_code, "error")
+        headers = dict(getattr(exc, "headers", None) or {})
+        if exc.status_code == 405:
+            # Starlette's Allow names the methods of the first route on the path only; with GET, PUT and
+            # DELETE as separate routes a client would never learn PUT and DELETE exist (RFC 9110 §15.5.6).
+            methods = allowed_methods(app, request.scope)
+            if methods:
+                headers["Allow"] = ", ".join(methods)
         return JSONResponse(error_body(exc.status_code, code, str(exc.detail)), status_code=exc.status_code,
-                            headers=getattr(exc, "headers", None))
+                            headers=headers or None)
 
     @app.exception_handler(Exception)
     async def crash(_: Request, exc: Exception) -> JSONResponse:
@@ -238,7 +277,17 @@ def service_of(request: Request) -> Service:
     return svc
 
 
+# A handler's parameter ``service: Svc`` is the app's Service.
+Svc = Annotated[Service, Depends(service_of)]
+
+
 def serve(app: FastAPI, settings: Settings) -> None:
-    """Run ``app`` on uvicorn at the settings' host and port (what ``python -m ott.<name>`` does)."""
+    """Run ``app`` on uvicorn at the settings' host and port until it is stopped."""
     uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, access_log=False,
                 timeout_graceful_shutdown=5)
+
+
+def run(build_app: Callable[[Settings], FastAPI]) -> None:
+    """What ``python -m ott.<name>`` does: build the app from the ``OTT_*`` settings and serve it."""
+    settings = Settings.from_env()
+    serve(build_app(settings), settings)

@@ -13,6 +13,7 @@
 | ``OTT_STREAM_LIMIT`` | ``2`` | concurrent streams per account (CAS) |
 | ``OTT_DEVICE_LIMIT`` | ``4`` | distinct devices per account (CAS) |
 | ``OTT_HEARTBEAT_TIMEOUT`` | ``30`` | seconds without heartbeat before a stream session expires |
+| ``OTT_CAS_WINDOW`` | none | daily viewing window ``HH:MM-HH:MM`` in UTC, may wrap midnight (CAS; bad: no start) |
 | ``OTT_MAX_BODY`` | ``65536`` | the largest request body accepted, bytes |
 """
 
@@ -46,6 +47,8 @@ class Settings:
     stream_limit: int = 2
     device_limit: int = 4
     heartbeat_timeout: int = 30
+    # Kept as text here: ott.cas parses it at startup, so a bad window fails CAS, not every service.
+    cas_window: str = ""
     max_body: int = 65536
     # Timeout of every call a service makes to another one, seconds.
     call_timeout: float = 5.0

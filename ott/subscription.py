@@ -10,25 +10,22 @@ Run it with ``python -m ott.subscription`` (settings from ``OTT_*`` variables, s
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal, cast
 
-from fastapi import APIRouter, Depends, FastAPI, Path, Request, Response
+from fastapi import APIRouter, FastAPI, Path, Request, Response
 from prometheus_client import Counter
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy import Column, DateTime, Engine, String, Table, insert, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Column, DateTime, Engine, String, Table, select, update
 
 from ott.calls import call
-from ott.db import metadata
-from ott.errors import ApiError
+from ott.db import as_utc, metadata, upsert, utc_now
+from ott.errors import INTERNAL, MALFORMED, UNAUTHORIZED, ApiError, Responses
 from ott.internal import ServiceCaller
+from ott.models import TITLE_ID_PATTERN, USER_ID_PATTERN
 from ott.security import CurrentUser
-from ott.service import Service, create_app, serve, service_of
+from ott.service import Service, Svc, create_app, run
 from ott.settings import Settings
-
-USER_ID_PATTERN = r"^[0-9a-f]{32}$"
-TITLE_ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
 
 Tier = Literal["free", "basic", "premium"]
 PlanId = Literal["free", "basic", "premium"]
@@ -86,25 +83,10 @@ class Entitlement(BaseModel):
 
 UserId = Annotated[str, Path(pattern=USER_ID_PATTERN, description="an auth user id (32 hex digits)")]
 TitleId = Annotated[str, Path(pattern=TITLE_ID_PATTERN, description="a catalog title id")]
-Svc = Annotated[Service, Depends(service_of)]
 
 router = APIRouter()
 
-_UNAUTHORIZED: dict[int | str, dict[str, Any]] = {401: {"description": "missing, invalid or expired token"}}
-_MALFORMED: dict[int | str, dict[str, Any]] = {400: {"description": "the body is not valid JSON"}}
-_NO_SUBSCRIPTION: dict[int | str, dict[str, Any]] = {404: {"description": "no_subscription"}}
-_INTERNAL: dict[int | str, dict[str, Any]] = {
-    401: {"description": "no X-Service-Token"}, 403: {"description": "wrong X-Service-Token"},
-}
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-def _aware(moment: datetime) -> datetime:
-    # SQLite hands back naive datetimes; every stored time is UTC.
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+_NO_SUBSCRIPTION: Responses = {404: {"description": "no_subscription"}}
 
 
 def status_at(expires_at: datetime, cancelled_at: datetime | None, now: datetime) -> Status:
@@ -115,10 +97,10 @@ def status_at(expires_at: datetime, cancelled_at: datetime | None, now: datetime
 
 
 def _subscription(row: Any, now: datetime) -> Subscription:
-    expires_at = _aware(row.expires_at)
-    cancelled_at = _aware(row.cancelled_at) if row.cancelled_at is not None else None
+    expires_at = as_utc(row.expires_at)
+    cancelled_at = as_utc(row.cancelled_at)
     return Subscription(user_id=row.user_id, plan=row.plan, status=status_at(expires_at, cancelled_at, now),
-                        started_at=_aware(row.started_at), expires_at=expires_at, cancelled_at=cancelled_at)
+                        started_at=as_utc(row.started_at), expires_at=expires_at, cancelled_at=cancelled_at)
 
 
 def _find(engine: Engine, user_id: str) -> Any:
@@ -130,27 +112,15 @@ def _load(engine: Engine, user_id: str) -> Subscription:
     row = _find(engine, user_id)
     if row is None:
         raise ApiError(404, "no_subscription", "this account has no subscription")
-    return _subscription(row, _now())
+    return _subscription(row, utc_now())
 
 
 def _subscribe(service: Service, user_id: str, plan_id: str) -> tuple[Subscription, bool]:
     """Start ``plan_id`` for ``user_id`` now, replacing any subscription; also whether it is the first."""
-    now = _now()
+    now = utc_now()
     values = {"plan": plan_id, "started_at": now, "expires_at": now + timedelta(days=PLANS[plan_id].period_days),
               "cancelled_at": None}
-    created = False
-    try:
-        with service.engine.begin() as conn:
-            changed = conn.execute(update(subscriptions).where(subscriptions.c.user_id == user_id)
-                                   .values(**values)).rowcount
-            if not changed:
-                conn.execute(insert(subscriptions).values(user_id=user_id, **values))
-                created = True
-    except IntegrityError:
-        # A concurrent request inserted this user's row between our UPDATE and INSERT: replace it.
-        with service.engine.begin() as conn:
-            conn.execute(update(subscriptions).where(subscriptions.c.user_id == user_id).values(**values))
-        created = False
+    created = upsert(service.engine, subscriptions, {"user_id": user_id}, values)
     service.log.info("subscribed", extra={"event": "subscribed", "user_id": user_id, "plan": plan_id,
                                           "created": created})
     return _load(service.engine, user_id), created
@@ -166,27 +136,27 @@ def list_plans() -> list[Plan]:
     return list(PLANS.values())
 
 
-@router.post("/subscriptions", status_code=201, responses={**_MALFORMED, **_UNAUTHORIZED})
+@router.post("/subscriptions", status_code=201, responses={**MALFORMED, **UNAUTHORIZED})
 def subscribe(body: SubscribeRequest, user: CurrentUser, service: Svc) -> Subscription:
     """Subscribe the caller to a plan from now on, replacing the current subscription if any."""
     subscription, _ = _subscribe(service, user.id, body.plan)
     return subscription
 
 
-@router.get("/subscriptions/me", responses={**_UNAUTHORIZED, **_NO_SUBSCRIPTION})
+@router.get("/subscriptions/me", responses={**UNAUTHORIZED, **_NO_SUBSCRIPTION})
 def my_subscription(user: CurrentUser, service: Svc) -> Subscription:
     """The caller's subscription, with its status now."""
     return _load(service.engine, user.id)
 
 
-@router.delete("/subscriptions/me", responses={**_UNAUTHORIZED, **_NO_SUBSCRIPTION})
+@router.delete("/subscriptions/me", responses={**UNAUTHORIZED, **_NO_SUBSCRIPTION})
 def cancel(user: CurrentUser, service: Svc) -> Subscription:
     """Cancel the caller's subscription: it stays entitled until ``expires_at`` and is not renewed."""
     with service.engine.begin() as conn:
         # Cancelling twice keeps the first cancellation time (the statement is idempotent).
         changed = conn.execute(update(subscriptions)
                                .where(subscriptions.c.user_id == user.id, subscriptions.c.cancelled_at.is_(None))
-                               .values(cancelled_at=_now())).rowcount
+                               .values(cancelled_at=utc_now())).rowcount
     subscription = _load(service.engine, user.id)
     if changed:
         service.log.info("subscription cancelled", extra={"event": "cancelled", "user_id": user.id,
@@ -195,7 +165,7 @@ def cancel(user: CurrentUser, service: Svc) -> Subscription:
 
 
 @router.get("/entitlements/{title_id}", responses={
-    **_UNAUTHORIZED, 404: {"description": "unknown_title"},
+    **UNAUTHORIZED, 404: {"description": "unknown_title"},
     502: {"description": "the catalog answered unexpectedly"},
     503: {"description": "the catalog is unreachable"}, 504: {"description": "the catalog is too slow"},
 })
@@ -209,7 +179,7 @@ def entitlement(title_id: TitleId, user: CurrentUser, service: Svc, request: Req
         reason = "no_subscription"
     else:
         plan_id = cast(PlanId, row.plan)
-        if _subscription(row, _now()).status == "expired":
+        if _subscription(row, utc_now()).status == "expired":
             reason = "subscription_expired"
         elif required_tier not in PLANS[row.plan].tiers:
             reason = "tier_not_in_plan"
@@ -238,12 +208,12 @@ def _title_tier(service: Service, title_id: str) -> Tier:
     return cast(Tier, tier)
 
 
-@router.post("/admin/subscriptions/{user_id}/expire", responses={**_INTERNAL, **_NO_SUBSCRIPTION})
+@router.post("/admin/subscriptions/{user_id}/expire", responses={**INTERNAL, **_NO_SUBSCRIPTION})
 def expire(user_id: UserId, _: ServiceCaller, service: Svc) -> Subscription:
     """Internal: end ``user_id``'s subscription now (the lab's way to show what expiry does)."""
     with service.engine.begin() as conn:
         changed = conn.execute(update(subscriptions).where(subscriptions.c.user_id == user_id)
-                               .values(expires_at=_now())).rowcount
+                               .values(expires_at=utc_now())).rowcount
     if not changed:
         raise ApiError(404, "no_subscription", f"user {user_id!r} has no subscription")
     service.log.info("subscription expired by admin", extra={"event": "admin_expired", "user_id": user_id})
@@ -251,7 +221,7 @@ def expire(user_id: UserId, _: ServiceCaller, service: Svc) -> Subscription:
 
 
 @router.put("/admin/subscriptions/{user_id}",
-            responses={201: {"model": Subscription, "description": "created"}, **_MALFORMED, **_INTERNAL})
+            responses={201: {"model": Subscription, "description": "created"}, **MALFORMED, **INTERNAL})
 def put_subscription(user_id: UserId, body: SubscribeRequest, _: ServiceCaller, service: Svc,
                      response: Response) -> Subscription:
     """Internal: give ``user_id`` a fresh subscription to a plan (201 if it had none); for seeding."""
@@ -279,8 +249,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
 
 def main() -> None:
     """``python -m ott.subscription``: serve subscriptions with settings from the environment."""
-    settings = Settings.from_env()
-    serve(build_app(settings), settings)
+    run(build_app)
 
 
 if __name__ == "__main__":

@@ -5,15 +5,20 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi import APIRouter
 from fastapi.testclient import TestClient
 from pydantic import BaseModel
+from sqlalchemy import Column, Connection, Integer, MetaData, String, Table, insert, select
+from sqlalchemy.exc import IntegrityError
 
-from ott.errors import ApiError
-from ott.service import EventLogger, create_app
+from ott import db
+from ott.errors import ApiError, ErrorBody, not_found
+from ott.service import EventLogger, Svc, create_app
 from ott.settings import Settings, SettingsError
 
 
@@ -35,6 +40,24 @@ def create_item(item: Item) -> dict[str, object]:
 @router.get("/boom")
 def boom() -> None:
     raise RuntimeError("a bug")
+
+
+# One path, three routes (as the services declare them): a 405 must name all three methods.
+@router.get("/things/{thing_id}", responses={404: {"description": "no such thing"}})
+def get_thing(thing_id: str, service: Svc) -> dict[str, str]:
+    if thing_id == "missing":
+        raise not_found("thing", thing_id)
+    return {"id": thing_id, "service": service.name}
+
+
+@router.put("/things/{thing_id}")
+def put_thing(thing_id: str, item: Item) -> dict[str, str]:
+    return {"id": thing_id}
+
+
+@router.delete("/things/{thing_id}", status_code=204)
+def delete_thing(thing_id: str) -> None:
+    return None
 
 
 @pytest.fixture
@@ -109,3 +132,98 @@ def test_settings_from_environment() -> None:
     assert (settings.port, settings.stream_limit, settings.host) == (9000, 3, "127.0.0.1")
     with pytest.raises(SettingsError, match="OTT_PORT='http' is not a valid int"):
         Settings.from_env({"OTT_PORT": "http"})
+
+
+def test_405_allows_every_method_served_on_the_path(client: TestClient) -> None:
+    for method in ("PATCH", "POST"):
+        refused = client.request(method, "/things/t1")
+        assert refused.status_code == 405
+        # Starlette alone would answer "Allow: GET", the first route's methods only.
+        assert refused.headers["allow"] == "DELETE, GET, PUT"
+        assert refused.json()["error"]["code"] == "method_not_allowed"
+    assert client.get("/items").headers["allow"] == "POST"
+    assert client.get("/things/t1").json() == {"id": "t1", "service": "demo"}
+    assert client.delete("/things/t1").status_code == 204
+    assert "allow" not in client.get("/things/missing").headers
+
+
+def test_openapi_describes_every_error_with_error_body(client: TestClient) -> None:
+    document = client.get("/openapi.json").json()
+    schemas = document["components"]["schemas"]
+    # FastAPI's own 422 shape is never sent, so it is not documented either.
+    assert "HTTPValidationError" not in schemas and "ValidationError" not in schemas
+    assert schemas["ErrorBody"]["properties"]["error"] == {"$ref": "#/components/schemas/ErrorDetail"}
+    assert set(schemas["ErrorDetail"]["required"]) == {"status", "code", "message"}
+    errors = {(path, method, status): response
+              for path, operations in document["paths"].items() for method, operation in operations.items()
+              for status, response in operation["responses"].items() if status[0] in "45"}
+    assert {("/items", "post", "422"), ("/things/{thing_id}", "get", "404"),
+            ("/things/{thing_id}", "put", "422")} <= set(errors)
+    error_body = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+    for where, response in errors.items():
+        assert response["content"] == error_body, where
+    assert errors[("/things/{thing_id}", "get", "404")]["description"] == "no such thing"
+
+
+def test_every_error_the_core_sends_is_an_error_body(client: TestClient) -> None:
+    answers = [
+        client.post("/items", json={"name": "taken", "count": 1}),
+        client.post("/items", json={"name": "a", "count": "many"}),
+        client.post("/items", content=b"{", headers={"Content-Type": "application/json"}),
+        client.post("/items", content=b"x" * 2000, headers={"Content-Type": "application/json"}),
+        client.get("/things/missing"),
+        client.get("/nope"),
+        client.patch("/things/t1"),
+        client.get("/boom"),
+    ]
+    assert [a.status_code for a in answers] == [409, 422, 400, 413, 404, 404, 405, 500]
+    for answer in answers:
+        assert ErrorBody.model_validate(answer.json()).error.status == answer.status_code
+
+
+def test_utc_helpers_give_aware_utc_times() -> None:
+    naive = datetime(2030, 1, 1, 12, 0)  # what SQLite hands back
+    assert db.as_utc(naive) == datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
+    elsewhere = datetime(2030, 1, 1, 12, 0, tzinfo=timezone(timedelta(hours=2)))
+    assert db.as_utc(elsewhere) is elsewhere
+    assert db.as_utc(None) is None
+    assert db.from_epoch(0) == datetime(1970, 1, 1, tzinfo=UTC)
+    assert db.utc_now().tzinfo is UTC
+
+
+@pytest.fixture
+def things(tmp_path: Path) -> Iterator[tuple[Any, Table]]:
+    table = Table("things", MetaData(), Column("id", String(8), primary_key=True),
+                  Column("n", Integer, nullable=False), Column("born", Integer, nullable=False))
+    engine = db.connect(f"sqlite:///{tmp_path}/things.db")
+    table.metadata.create_all(engine)
+    yield engine, table
+    engine.dispose()
+
+
+def _rows(engine: Any, table: Table) -> list[tuple[Any, ...]]:
+    with engine.connect() as conn:
+        return [tuple(r) for r in conn.execute(select(table).order_by(table.c.id))]
+
+
+def test_upsert_creates_then_updates_keeping_insert_only_values(things: tuple[Any, Table]) -> None:
+    engine, table = things
+    assert db.upsert(engine, table, {"id": "a"}, {"n": 1}, insert_only={"born": 1}) is True
+    assert db.upsert(engine, table, {"id": "a"}, {"n": 2}, insert_only={"born": 2}) is False
+    assert _rows(engine, table) == [("a", 2, 1)]
+
+
+def test_upsert_that_loses_a_race_to_create_updates_the_winners_row(
+    things: tuple[Any, Table], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine, table = things
+
+    def lose_the_race(conn: Connection, *args: Any, **kwargs: Any) -> bool:
+        # Another writer commits the row between our UPDATE (no row yet) and our INSERT.
+        with engine.begin() as other:
+            other.execute(insert(table).values(id="a", n=0, born=0))
+        raise IntegrityError("INSERT INTO things", {}, Exception("UNIQUE constraint failed: things.id"))
+
+    monkeypatch.setattr(db, "update_or_insert", lose_the_race)
+    assert db.upsert(engine, table, {"id": "a"}, {"n": 5}, insert_only={"born": 5}) is False
+    assert _rows(engine, table) == [("a", 5, 0)]

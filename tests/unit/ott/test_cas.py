@@ -18,16 +18,11 @@ from _fixtures_playback import Tokens, error_code, make_settings, metric, runnin
 from fastapi.testclient import TestClient
 
 from ott import cas
-from ott.settings import SettingsError
+from ott.settings import Settings, SettingsError
 from ott.tokens import REFRESH_AUDIENCE, SigningKey
 
 T0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC).timestamp()
 DAY = 86400.0
-
-
-@pytest.fixture(autouse=True)
-def _no_window(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(cas.WINDOW_ENV, raising=False)
 
 
 @pytest.fixture
@@ -180,9 +175,8 @@ def test_device_limit_counts_devices_of_the_last_30_days(
 def test_the_viewing_window_is_enforced_in_utc(
     tmp_path: Path, tokens: Tokens, monkeypatch: pytest.MonkeyPatch, window: str, hour: float, granted: bool
 ) -> None:
-    monkeypatch.setenv(cas.WINDOW_ENV, window)
     Clock(monkeypatch, datetime(2030, 1, 1, tzinfo=UTC).timestamp() + hour * 3600)
-    with cas_client(tmp_path, tokens) as client:
+    with cas_client(tmp_path, tokens, cas_window=window) as client:
         response = start(client, tokens)
         if granted:
             assert response.status_code == 201, response.text
@@ -193,10 +187,21 @@ def test_the_viewing_window_is_enforced_in_utc(
 
 
 @pytest.mark.parametrize("window", ["8-10", "25:00-26:00", "10:00-10:00", "10:60-11:00", "24:30-01:00", "x"])
-def test_a_bad_window_fails_at_startup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, window: str) -> None:
-    monkeypatch.setenv(cas.WINDOW_ENV, window)
+def test_a_bad_window_fails_at_startup(tmp_path: Path, window: str) -> None:
     with pytest.raises(SettingsError, match=cas.WINDOW_ENV):
-        cas.build_app(make_settings(tmp_path))
+        cas.build_app(make_settings(tmp_path, cas_window=window))
+
+
+def test_the_window_comes_from_the_environment_like_every_setting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert Settings.from_env({"OTT_CAS_WINDOW": "22:00-06:00"}).cas_window == "22:00-06:00"
+    assert Settings.from_env({}).cas_window == ""
+    # What `python -m ott.cas` does: a bad OTT_CAS_WINDOW stops CAS before it serves anything.
+    monkeypatch.setenv("OTT_DATABASE_URL", f"sqlite:///{tmp_path}/ott.db")
+    monkeypatch.setenv("OTT_CAS_WINDOW", "25:00-26:00")
+    with pytest.raises(SettingsError, match="OTT_CAS_WINDOW='25:00-26:00'"):
+        cas.build_app()
 
 
 def test_concurrent_starts_never_exceed_the_stream_limit(tmp_path: Path, tokens: Tokens) -> None:
@@ -309,5 +314,6 @@ def test_window_contains_is_half_open() -> None:
     window = cas.Window.parse("08:00-10:00")
     assert window.contains(datetime(2030, 1, 1, 8, 0, tzinfo=UTC))
     assert not window.contains(datetime(2030, 1, 1, 10, 0, tzinfo=UTC))
-    assert cas.window_from_env({}) is None
-    assert cas.window_from_env({cas.WINDOW_ENV: "06:00-23:30"}) == cas.Window(360, 1410, "06:00-23:30")
+    assert cas.window_of(Settings()) is None
+    assert cas.window_of(Settings(cas_window=" ")) is None
+    assert cas.window_of(Settings(cas_window="06:00-23:30")) == cas.Window(360, 1410, "06:00-23:30")

@@ -36,11 +36,6 @@ ADMIN = {"X-Service-Token": SERVICE_TOKEN}
 DECISIONS = "ott_license_decisions_total"
 
 
-@pytest.fixture(autouse=True)
-def _no_window(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(cas.WINDOW_ENV, raising=False)
-
-
 @pytest.fixture
 def tokens(tmp_path: Path) -> Tokens:
     return Tokens.create(tmp_path)
@@ -187,8 +182,7 @@ def test_outside_window_from_cas_is_passed_through(
 ) -> None:
     noon = datetime(2030, 1, 1, 12, 0, tzinfo=UTC).timestamp()
     monkeypatch.setattr(cas, "now", lambda: noon)
-    monkeypatch.setenv(cas.WINDOW_ENV, "18:00-23:00")
-    with open_platform() as p:
+    with open_platform(cas_window="18:00-23:00") as p:
         denied = p.authorize()
         assert (denied.status_code, error_code(denied)) == (403, "outside_window")
         assert denied.json()["error"]["details"] == {"window": "18:00-23:00", "timezone": "UTC"}
