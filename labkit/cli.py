@@ -3,6 +3,8 @@
     ottlab up [--target local|kube] [--layer monitoring ...]
     ottlab status [--json]
     ottlab logs COMPONENT [-n 100]
+    ottlab seed
+    ottlab sample --seconds 30 --out clip.mp4
     ottlab restart COMPONENT
     ottlab down [--purge]
 """
@@ -13,6 +15,7 @@ import functools
 import json
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -22,6 +25,7 @@ from labkit.errors import ConfigError, LabError
 from labkit.monitoring import PROMETHEUS
 from labkit.prometheus import Prometheus
 from labkit.targets import ComponentStatus, Target, make_target
+from ott.media.errors import MediaError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -44,6 +48,14 @@ def _handle_errors(func: F) -> F:
         except LabError as exc:
             click.echo(f"ottlab: error: {exc}", err=True)
             sys.exit(2 if isinstance(exc, ConfigError) else 1)
+        except MediaError as exc:
+            # The platform's own errors (ott must not import labkit) read the same way.
+            click.echo(f"ottlab: error: {exc}", err=True)
+            sys.exit(1)
+        except OSError as exc:
+            where = f": {exc.filename}" if exc.filename else ""
+            click.echo(f"ottlab: error: {exc.strerror or exc}{where}", err=True)
+            sys.exit(1)
         except KeyboardInterrupt:
             click.echo("ottlab: interrupted", err=True)
             sys.exit(130)
@@ -129,6 +141,23 @@ def logs(target_name: str | None, component: str, lines: int) -> None:
 def restart(target_name: str | None, component: str) -> None:
     """Restart COMPONENT and wait until it is ready."""
     _print_table([_target(target_name).restart(component)])
+
+
+@main.command()
+@click.option("--seconds", type=click.FloatRange(min=0.5, max=3600), default=30, show_default=True,
+              help="length of the clip")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="the MP4 to write")
+@click.option("--width", type=click.IntRange(min=160, max=3840), default=1920, show_default=True)
+@click.option("--height", type=click.IntRange(min=90, max=2160), default=1080, show_default=True)
+@click.option("--fps", type=click.IntRange(min=10, max=60), default=25, show_default=True)
+@_handle_errors
+def sample(seconds: float, out: Path, width: int, height: int, fps: int) -> None:
+    """Make a deterministic test clip: burned-in clock and frame counter, a beep every second."""
+    from ott.media.sample import make_sample
+
+    if width % 2 or height % 2:
+        raise ConfigError(f"{width}x{height} has an odd side", hint="H.264 needs even width and height")
+    click.echo(str(make_sample(out, seconds, width=width, height=height, fps=fps)))
 
 
 @main.command()

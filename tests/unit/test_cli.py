@@ -82,3 +82,11 @@ def test_kube_target_with_a_dead_cluster(runner: CliRunner, tmp_path: Path, monk
     result = runner.invoke(main, ["status", "--target", "kube"])
     assert result.exit_code == 1
     assert "no reachable Kubernetes cluster" in result.output, result.output
+
+
+def test_sample_rejects_bad_sizes_before_running_ffmpeg(runner: CliRunner, tmp_path: Path) -> None:
+    result = runner.invoke(main, ["sample", "--out", str(tmp_path / "c.mp4"), "--width", "641", "--height", "360"])
+    assert result.exit_code == 2 and "odd side" in result.output
+    result = runner.invoke(main, ["sample", "--out", str(tmp_path / "c.mp4"), "--seconds", "0"])
+    assert result.exit_code == 2 and "--seconds" in result.output
+    assert not (tmp_path / "c.mp4").exists()
