@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -75,17 +74,18 @@ def test_the_gateway_checks_tokens_and_answers_json(lab: LocalTarget, alice: Ott
 
 def test_login_is_rate_limited_per_client(lab: LocalTarget) -> None:
     gateway = lab.endpoint("gateway")
-    attempts = LOGIN_LIMIT.burst + 3 * LOGIN_LIMIT.requests_per_second
-
-    def guess(_: int) -> int:
-        # An empty body costs auth no password hash: the test measures the gateway's limiter, not argon2.
-        return httpx.post(gateway + "/api/auth/login", json={}, timeout=30).status_code
-
-    # A burst as an attacker would send it: many at once from one address.
-    with ThreadPoolExecutor(max_workers=attempts) as pool:
-        statuses = list(pool.map(guess, range(attempts)))
-    assert statuses.count(429) >= attempts - LOGIN_LIMIT.burst - 2 * LOGIN_LIMIT.requests_per_second, statuses
-    assert set(statuses) == {422, 429}, statuses  # the rest reached auth, which refused the empty body
+    attempts = 200
+    statuses = []
+    # One keep-alive connection: refused requests come back in about a millisecond, so the burst
+    # outruns the limit even on a loaded machine. An empty body costs auth no password hash.
+    with httpx.Client(base_url=gateway, timeout=30) as http:
+        started = time.monotonic()
+        for _ in range(attempts):
+            statuses.append(http.post("/api/auth/login", json={}).status_code)
+        elapsed = time.monotonic() - started
+    assert set(statuses) == {422, 429}, statuses  # those let through reached auth, which refused the empty body
+    allowed = LOGIN_LIMIT.burst + LOGIN_LIMIT.requests_per_second * elapsed + 1
+    assert statuses.count(422) <= allowed, (statuses.count(422), elapsed)
     time.sleep(1.5)  # the bucket refills
     assert httpx.post(gateway + "/api/auth/login", json={"email": "x@example.com", "password": "wrong-pass"},
                       timeout=10).status_code == 401
