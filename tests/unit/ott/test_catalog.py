@@ -7,6 +7,7 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
+from _responses import expect_error
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
@@ -34,13 +35,6 @@ def _put(client: TestClient, internal: dict[str, str], title_id: str, **meta: An
     return body
 
 
-def _error(response: Any, status: int, code: str | None = None) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    error: dict[str, Any] = response.json()["error"]
-    assert error["status"] == status
-    if code is not None:
-        assert error["code"] == code
-    return error
 
 
 def _count(client: TestClient) -> int:
@@ -110,7 +104,7 @@ def test_metadata_update_keeps_the_playback_locations(client: TestClient, intern
     ],
 )
 def test_put_refuses_bad_metadata_with_422(client: TestClient, internal: dict[str, str], body: Any) -> None:
-    _error(client.put("/titles/big-buck", json=body, headers=internal), 422, "invalid_request")
+    expect_error(client.put("/titles/big-buck", json=body, headers=internal), 422, "invalid_request")
     assert _count(client) == 0
 
 
@@ -123,19 +117,19 @@ def test_put_accepts_a_whole_number_written_as_a_float(client: TestClient, inter
 
 def test_put_refuses_lone_surrogates(client: TestClient, internal: dict[str, str]) -> None:
     raw = b'{"name": "bad \\udc00 name", "duration_s": 1, "tier": "free"}'
-    _error(client.put("/titles/big-buck", content=raw, headers={"content-type": "application/json", **internal}),
+    expect_error(client.put("/titles/big-buck", content=raw, headers={"content-type": "application/json", **internal}),
            422)
 
 
 @pytest.mark.parametrize("path", ["/titles/big-buck", "/titles/big-buck/playback"])
 def test_malformed_json_is_400(client: TestClient, internal: dict[str, str], path: str) -> None:
     response = client.put(path, content=b'{"name": ', headers={"content-type": "application/json", **internal})
-    _error(response, 400, "malformed_json")
+    expect_error(response, 400, "malformed_json")
 
 
 def test_oversized_body_is_413(client: TestClient, internal: dict[str, str]) -> None:
     response = client.put("/titles/big-buck", json=_meta(description="x" * 70_000), headers=internal)
-    _error(response, 413, "body_too_large")
+    expect_error(response, 413, "body_too_large")
 
 
 # --- write: playback and delete -----------------------------------------------------------------
@@ -154,7 +148,7 @@ def test_playback_sets_renditions_and_publishes(client: TestClient, internal: di
 
 
 def test_playback_of_an_unknown_title_is_404(client: TestClient, internal: dict[str, str]) -> None:
-    _error(client.put("/titles/nope/playback", json={"renditions": [HLS]}, headers=internal), 404, "not_found")
+    expect_error(client.put("/titles/nope/playback", json={"renditions": [HLS]}, headers=internal), 404, "not_found")
     assert _count(client) == 0
 
 
@@ -176,7 +170,7 @@ def test_playback_of_an_unknown_title_is_404(client: TestClient, internal: dict[
 )
 def test_playback_refuses_bad_renditions_with_422(client: TestClient, internal: dict[str, str], body: Any) -> None:
     _put(client, internal, "big-buck")
-    _error(client.put("/titles/big-buck/playback", json=body, headers=internal), 422, "invalid_request")
+    expect_error(client.put("/titles/big-buck/playback", json=body, headers=internal), 422, "invalid_request")
     assert client.get("/titles/big-buck").json()["published_at"] is None
 
 
@@ -185,8 +179,8 @@ def test_delete_removes_a_title(client: TestClient, internal: dict[str, str]) ->
     response = client.delete("/titles/big-buck", headers=internal)
     assert response.status_code == 204
     assert response.content == b""
-    _error(client.get("/titles/big-buck"), 404, "not_found")
-    _error(client.delete("/titles/big-buck", headers=internal), 404, "not_found")
+    expect_error(client.get("/titles/big-buck"), 404, "not_found")
+    expect_error(client.delete("/titles/big-buck", headers=internal), 404, "not_found")
 
 
 @pytest.mark.parametrize(
@@ -200,8 +194,8 @@ def test_delete_removes_a_title(client: TestClient, internal: dict[str, str]) ->
 def test_internal_routes_need_the_service_token(client: TestClient, internal: dict[str, str], method: str,
                                                 path: str, body: Any) -> None:
     _put(client, internal, "big-buck", name="Original")
-    _error(client.request(method, path, json=body), 401, "unauthorized")
-    _error(client.request(method, path, json=body, headers={"X-Service-Token": "wrong"}), 403, "forbidden")
+    expect_error(client.request(method, path, json=body), 401, "unauthorized")
+    expect_error(client.request(method, path, json=body, headers={"X-Service-Token": "wrong"}), 403, "forbidden")
     unchanged = client.get("/titles/big-buck").json()
     assert unchanged["name"] == "Original"
     assert unchanged["published_at"] is None
@@ -209,7 +203,8 @@ def test_internal_routes_need_the_service_token(client: TestClient, internal: di
 
 def test_internal_routes_without_a_configured_token_are_503(settings: Settings) -> None:
     with TestClient(catalog.build_app(replace(settings, service_token_file=""))) as client:
-        _error(client.put("/titles/x", json=_meta(), headers={"X-Service-Token": "anything"}), 503, "not_configured")
+        response = client.put("/titles/x", json=_meta(), headers={"X-Service-Token": "anything"})
+        expect_error(response, 503, "not_configured")
 
 
 # --- read ---------------------------------------------------------------------------------------
@@ -224,7 +219,7 @@ def test_get_title(seeded: TestClient) -> None:
 
 @pytest.mark.parametrize("title_id", ["nope", "sintel-2", "0"])
 def test_unknown_title_is_404(seeded: TestClient, title_id: str) -> None:
-    _error(seeded.get(f"/titles/{title_id}"), 404, "not_found")
+    expect_error(seeded.get(f"/titles/{title_id}"), 404, "not_found")
 
 
 @pytest.mark.parametrize(
@@ -233,9 +228,9 @@ def test_unknown_title_is_404(seeded: TestClient, title_id: str) -> None:
      "sintel%00", "%27%20OR%201%3D1"],
 )
 def test_ids_not_matching_the_pattern_are_422(seeded: TestClient, title_id: str, internal: dict[str, str]) -> None:
-    _error(seeded.get(f"/titles/{title_id}"), 422, "invalid_request")
-    _error(seeded.put(f"/titles/{title_id}", json=_meta(), headers=internal), 422, "invalid_request")
-    _error(seeded.delete(f"/titles/{title_id}", headers=internal), 422, "invalid_request")
+    expect_error(seeded.get(f"/titles/{title_id}"), 422, "invalid_request")
+    expect_error(seeded.put(f"/titles/{title_id}", json=_meta(), headers=internal), 422, "invalid_request")
+    expect_error(seeded.delete(f"/titles/{title_id}", headers=internal), 422, "invalid_request")
     assert _count(seeded) == 5
 
 
@@ -300,7 +295,7 @@ def test_sql_injection_in_q_is_just_a_search_string(seeded: TestClient, q: str) 
      {"tier": "gold"}, {"q": "x" * 201}, {"per_page": "1; DROP TABLE catalog_titles"}],
 )
 def test_list_refuses_bad_parameters_with_422(seeded: TestClient, params: dict[str, Any]) -> None:
-    _error(seeded.get("/titles", params=params), 422, "invalid_request")
+    expect_error(seeded.get("/titles", params=params), 422, "invalid_request")
 
 
 def test_titles_survive_a_restart(settings: Settings, internal: dict[str, str]) -> None:

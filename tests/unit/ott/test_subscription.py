@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
+from _responses import expect_error
 from fastapi.testclient import TestClient
 
 from ott import catalog, subscription
@@ -78,13 +79,6 @@ def tokens(test_key: SigningKey, make_tokens: Callable[[SigningKey], Any]) -> An
     return make_tokens(test_key)
 
 
-def _error(response: Any, status: int, code: str | None = None) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    error: dict[str, Any] = response.json()["error"]
-    assert error["status"] == status
-    if code is not None:
-        assert error["code"] == code
-    return error
 
 
 def _subscribe(client: TestClient, tokens: Any, plan: str, user: str = ALICE) -> dict[str, Any]:
@@ -143,22 +137,22 @@ def test_subscribing_again_replaces_the_subscription(client: TestClient, tokens:
 
 def test_subscriptions_are_per_user(client: TestClient, tokens: Any) -> None:
     _subscribe(client, tokens, "premium", user=ALICE)
-    _error(client.get("/subscriptions/me", headers=tokens.headers(BOB)), 404, "no_subscription")
-    _error(client.delete("/subscriptions/me", headers=tokens.headers(BOB)), 404, "no_subscription")
+    expect_error(client.get("/subscriptions/me", headers=tokens.headers(BOB)), 404, "no_subscription")
+    expect_error(client.delete("/subscriptions/me", headers=tokens.headers(BOB)), 404, "no_subscription")
     assert client.get("/subscriptions/me", headers=tokens.headers(ALICE)).json()["status"] == "active"
 
 
 @pytest.mark.parametrize("body", [{}, {"plan": "gold"}, {"plan": 1}, {"plan": None}, {"plan": "PREMIUM"},
                                   {"plan": "premium' OR '1'='1"}, ["premium"]])
 def test_subscribe_refuses_bad_bodies_with_422(client: TestClient, tokens: Any, body: Any) -> None:
-    _error(client.post("/subscriptions", json=body, headers=tokens.headers()), 422, "invalid_request")
-    _error(client.get("/subscriptions/me", headers=tokens.headers()), 404, "no_subscription")
+    expect_error(client.post("/subscriptions", json=body, headers=tokens.headers()), 422, "invalid_request")
+    expect_error(client.get("/subscriptions/me", headers=tokens.headers()), 404, "no_subscription")
 
 
 def test_subscribe_with_malformed_json_is_400(client: TestClient, tokens: Any) -> None:
     response = client.post("/subscriptions", content=b'{"plan": "basic"',
                            headers={"content-type": "application/json", **tokens.headers()})
-    _error(response, 400, "malformed_json")
+    expect_error(response, 400, "malformed_json")
 
 
 def test_cancel_keeps_the_entitlement_until_expiry(client: TestClient, tokens: Any) -> None:
@@ -226,7 +220,7 @@ def test_metrics_start_at_zero(client: TestClient) -> None:
 
 def test_unknown_title_is_404_and_not_counted(client: TestClient, tokens: Any) -> None:
     _subscribe(client, tokens, "premium")
-    _error(client.get("/entitlements/no-such-title", headers=tokens.headers()), 404, "unknown_title")
+    expect_error(client.get("/entitlements/no-such-title", headers=tokens.headers()), 404, "unknown_title")
     assert _metric(client, "allowed", "ok") == 0.0
 
 
@@ -238,7 +232,7 @@ def test_unknown_title_is_404_and_not_counted(client: TestClient, tokens: Any) -
 def test_title_ids_not_matching_the_pattern_are_refused_without_a_catalog_call(
     client: TestClient, tokens: Any, catalog_calls: list[str], title_id: str, status: int
 ) -> None:
-    _error(client.get(f"/entitlements/{title_id}", headers=tokens.headers()), status)
+    expect_error(client.get(f"/entitlements/{title_id}", headers=tokens.headers()), status)
     assert catalog_calls == []
 
 
@@ -264,7 +258,7 @@ def test_a_failing_catalog_is_a_clear_5xx_never_a_crash(client: TestClient, toke
 
     monkeypatch.setattr(httpx, "request", broken)
     _subscribe(client, tokens, "premium")
-    _error(client.get("/entitlements/tears", headers=tokens.headers()), status, code)
+    expect_error(client.get("/entitlements/tears", headers=tokens.headers()), status, code)
 
 
 # --- tokens -------------------------------------------------------------------------------------
@@ -282,9 +276,9 @@ def test_a_failing_catalog_is_a_clear_5xx_never_a_crash(client: TestClient, toke
 def test_user_routes_refuse_bad_tokens_with_401(client: TestClient, tokens: Any, bad_token_kind: str,
                                                 method: str, path: str, body: Any) -> None:
     headers = {"Authorization": f"Bearer {tokens.bad(bad_token_kind)}"}
-    _error(client.request(method, path, json=body, headers=headers), 401, "unauthorized")
-    _error(client.request(method, path, json=body), 401, "unauthorized")
-    _error(client.get("/subscriptions/me", headers=tokens.headers()), 404, "no_subscription")
+    expect_error(client.request(method, path, json=body, headers=headers), 401, "unauthorized")
+    expect_error(client.request(method, path, json=body), 401, "unauthorized")
+    expect_error(client.get("/subscriptions/me", headers=tokens.headers()), 404, "no_subscription")
 
 
 # --- internal routes ----------------------------------------------------------------------------
@@ -307,23 +301,23 @@ def test_admin_put_seeds_a_subscription(client: TestClient, tokens: Any, interna
 def test_admin_routes_need_the_service_token(client: TestClient, tokens: Any, method: str, path: str,
                                              body: Any) -> None:
     _subscribe(client, tokens, "basic", user=BOB)
-    _error(client.request(method, path, json=body), 401, "unauthorized")
-    _error(client.request(method, path, json=body, headers={"X-Service-Token": "wrong"}), 403, "forbidden")
+    expect_error(client.request(method, path, json=body), 401, "unauthorized")
+    expect_error(client.request(method, path, json=body, headers={"X-Service-Token": "wrong"}), 403, "forbidden")
     # A user's access token is not a service token either.
-    _error(client.request(method, path, json=body, headers=tokens.headers(BOB)), 401, "unauthorized")
+    expect_error(client.request(method, path, json=body, headers=tokens.headers(BOB)), 401, "unauthorized")
     unchanged = client.get("/subscriptions/me", headers=tokens.headers(BOB)).json()
     assert (unchanged["plan"], unchanged["status"]) == ("basic", "active")
 
 
 def test_admin_expire_of_a_user_without_subscription_is_404(client: TestClient, internal: dict[str, str]) -> None:
-    _error(client.post(f"/admin/subscriptions/{BOB}/expire", headers=internal), 404, "no_subscription")
+    expect_error(client.post(f"/admin/subscriptions/{BOB}/expire", headers=internal), 404, "no_subscription")
 
 
 @pytest.mark.parametrize("user_id", ["B" * 32, "b" * 31, "b" * 33, "' OR '1'='1", "x" * 32])
 def test_admin_user_ids_not_matching_the_pattern_are_422(client: TestClient, internal: dict[str, str],
                                                          user_id: str) -> None:
-    _error(client.post(f"/admin/subscriptions/{user_id}/expire", headers=internal), 422, "invalid_request")
-    _error(client.put(f"/admin/subscriptions/{user_id}", json={"plan": "free"}, headers=internal), 422)
+    expect_error(client.post(f"/admin/subscriptions/{user_id}/expire", headers=internal), 422, "invalid_request")
+    expect_error(client.put(f"/admin/subscriptions/{user_id}", json={"plan": "free"}, headers=internal), 422)
 
 
 @pytest.mark.parametrize("body", [b'{"plan": ', b'{"plan": "gold"}', b"[]"])
@@ -331,7 +325,7 @@ def test_admin_put_refuses_bad_bodies(client: TestClient, internal: dict[str, st
     response = client.put(f"/admin/subscriptions/{BOB}", content=body,
                           headers={"content-type": "application/json", **internal})
     assert response.status_code in (400, 422)
-    _error(response, 400 if body == b'{"plan": ' else 422)
+    expect_error(response, 400 if body == b'{"plan": ' else 422)
 
 
 # --- durability ---------------------------------------------------------------------------------
