@@ -53,8 +53,12 @@ _KEEP_EXPIRED_S = 86400
 _CAS_REFUSALS = (401, 403)
 
 license_keys = Table(
-    "license_keys", metadata,
+    # One row per key *version*: a re-transcode registers a new version before its encode and
+    # publishes playlists naming it, while the published playlists still name the old one; so
+    # a re-publish never leaves a player with a key its segments were not encrypted with.
+    "license_key_versions", metadata,
     Column("title_id", String(63), primary_key=True),
+    Column("kid", String(32), primary_key=True),
     # The raw AES-128 key: the lab keeps it in the shared database; a production system would
     # keep it in a KMS/HSM and store only a wrapped copy here.
     Column("key", LargeBinary(KEY_BYTES), nullable=False),
@@ -96,6 +100,7 @@ class PlaybackAuthorization(BaseModel):
 
 class TitleKey(BaseModel):
     title_id: str
+    kid: str = Field(description="the key version: a title's playlists name the version they were encrypted with")
     key_hex: str = Field(description="the 16-byte AES-128 key, hex (what ffmpeg's key file holds, as bytes)")
     key_uri: str = Field(description="the #EXT-X-KEY URI to write into the title's playlists")
     created_at: datetime
@@ -147,8 +152,11 @@ class License:
         self.service.log.info("license decision", extra={"event": "license_decision", "decision": decision,
                                                          "reason": reason, **context})
 
-    def key_uri(self, title_id: str) -> str:
-        return f"{self.service.settings.license_url}/keys/{title_id}"
+    def key_uri(self, title_id: str, kid: str | None = None) -> str:
+        """Where players fetch the key: through the gateway (``OTT_PUBLIC_URL``) when it is set."""
+        public = self.service.settings.public_url.rstrip("/")
+        base = f"{public}/api/license" if public else self.service.settings.license_url
+        return f"{base}/keys/{title_id}" + (f"/{kid}" if kid else "")
 
 
 def _license(request: Request) -> License:
@@ -220,6 +228,7 @@ def _open_session(lic: License, body: AuthorizationRequest, token: str) -> str:
 router = APIRouter(tags=["license"])
 admin = APIRouter(prefix="/admin", tags=["license admin"])
 TitleId = Annotated[str, Path(pattern=TITLE_ID_PATTERN, description="a title id", examples=["big-buck-bunny"])]
+Kid = Annotated[str, Path(pattern=r"^[0-9a-f]{16}$", description="a key version, as POST /admin/keys answers it")]
 _playback = HTTPBearer(auto_error=False, scheme_name="PlaybackAuthorization",
                        description="a playback authorisation from POST /authorizations")
 
@@ -252,35 +261,56 @@ def authorize(
                                  key_uri=lic.key_uri(body.title_id))
 
 
-@router.get(
-    "/keys/{title_id}", response_class=Response, responses={
-        200: {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
-              "description": "the title's 16-byte AES-128 key"},
-        **error_responses(_ERRORS, 401, 403, 404, 422),
-    },
-)
-def key(
-    title_id: TitleId,
-    lic: LicenseState,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_playback)],
-    authorization: Annotated[str | None, Query(max_length=512, description="the playback authorisation, for "
-                                                "players that cannot set headers on key requests")] = None,
-) -> Response:
-    """The title's AES-128 key, for a valid playback authorisation of that title."""
+_KEY_RESPONSES: Any = {
+    200: {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+          "description": "the title's 16-byte AES-128 key"},
+    **error_responses(_ERRORS, 401, 403, 404, 422),
+}
+_AuthorizationQuery = Annotated[str | None, Query(max_length=512, description="the playback authorisation, for "
+                                                  "players that cannot set headers on key requests")]
+_Playback = Annotated[HTTPAuthorizationCredentials | None, Depends(_playback)]
+
+
+@router.get("/keys/{title_id}", response_class=Response, responses=_KEY_RESPONSES)
+def key(title_id: TitleId, lic: LicenseState, credentials: _Playback,
+        authorization: _AuthorizationQuery = None) -> Response:
+    """The title's newest AES-128 key, for a valid playback authorisation of that title."""
+    return _deliver(lic, title_id, None, credentials, authorization)
+
+
+@router.get("/keys/{title_id}/{kid}", response_class=Response, responses=_KEY_RESPONSES)
+def key_version(title_id: TitleId, kid: Kid, lic: LicenseState, credentials: _Playback,
+                authorization: _AuthorizationQuery = None) -> Response:
+    """One version of the title's key (the URI its playlists name), for a valid playback authorisation."""
+    return _deliver(lic, title_id, kid, credentials, authorization)
+
+
+def _deliver(lic: License, title_id: str, kid: str | None, credentials: HTTPAuthorizationCredentials | None,
+             authorization: str | None) -> Response:
     given = credentials.credentials if credentials is not None and credentials.credentials else authorization
     try:
         user_id = _authorised_user(lic, title_id, given)
-        with lic.service.engine.connect() as conn:
-            content_key = conn.execute(select(license_keys.c.key).where(license_keys.c.title_id == title_id)).scalar()
-        if content_key is None:
-            raise ApiError(404, "no_key", f"title {title_id!r} has no key (is it encrypted?)")
+        row = _key_row(lic, title_id, kid)
+        if row is None:
+            version = f" version {kid!r}" if kid else ""
+            raise ApiError(404, "no_key", f"title {title_id!r} has no key{version} (is it encrypted? was it "
+                           "re-transcoded since this playlist was fetched?)")
     except ApiError as refusal:
         lic.decide("deny", refusal.code, status=refusal.status, title_id=title_id)
         raise
     lic.decide("grant", "key_delivered", user_id=user_id, title_id=title_id)
     # A key is never cached by anyone on the way: each player must show its own authorisation.
-    return Response(content=bytes(content_key), media_type="application/octet-stream",
+    return Response(content=bytes(row.key), media_type="application/octet-stream",
                     headers={"Cache-Control": "no-store"})
+
+
+def _key_row(lic: License, title_id: str, kid: str | None) -> Any:
+    """The title's key ``kid``, or its newest one; None if there is none."""
+    query = select(license_keys).where(license_keys.c.title_id == title_id)
+    if kid is not None:
+        query = query.where(license_keys.c.kid == kid)
+    with lic.service.engine.connect() as conn:
+        return conn.execute(query.order_by(license_keys.c.created_at.desc()).limit(1)).first()
 
 
 def _authorised_user(lic: License, title_id: str, given: str | None) -> str:
@@ -307,44 +337,70 @@ def _authorised_user(lic: License, title_id: str, given: str | None) -> str:
 # They take the lab's service token, not a player's: their 401 and 403 are the shared INTERNAL ones.
 
 
-def _key_out(lic: License, title_id: str, content_key: bytes, created_at: float) -> TitleKey:
-    return TitleKey(title_id=title_id, key_hex=content_key.hex(), key_uri=lic.key_uri(title_id),
-                    created_at=from_epoch(created_at))
+def _key_out(lic: License, row: Any) -> TitleKey:
+    return TitleKey(title_id=row.title_id, kid=row.kid, key_hex=bytes(row.key).hex(),
+                    key_uri=lic.key_uri(row.title_id, row.kid), created_at=from_epoch(row.created_at))
 
 
 @admin.post("/keys/{title_id}", status_code=201, response_model=TitleKey,
             responses={**INTERNAL, **error_responses(_ERRORS, 422, 503)})
 def create_key(title_id: TitleId, _: ServiceCaller, lic: LicenseState) -> TitleKey:
-    """A fresh random key for the title, replacing any it had (old playlists stop decrypting)."""
+    """A new random key version for the title; older versions stay valid for the playlists naming them."""
     content_key = secrets.token_bytes(KEY_BYTES)
+    kid = secrets.token_hex(8)
     at = now()
     with lic.service.engine.begin() as conn:
-        conn.execute(delete(license_keys).where(license_keys.c.title_id == title_id))
-        conn.execute(insert(license_keys).values(title_id=title_id, key=content_key, created_at=at))
-    lic.service.log.info("key created", extra={"event": "key_created", "title_id": title_id})
-    return _key_out(lic, title_id, content_key, at)
+        conn.execute(insert(license_keys).values(title_id=title_id, kid=kid, key=content_key, created_at=at))
+    lic.service.log.info("key created", extra={"event": "key_created", "title_id": title_id, "kid": kid})
+    return _key_out(lic, _key_row(lic, title_id, kid))
 
 
 @admin.get("/keys/{title_id}", response_model=TitleKey,
            responses={**INTERNAL, **error_responses(_ERRORS, 404, 422, 503)})
 def read_key(title_id: TitleId, _: ServiceCaller, lic: LicenseState) -> TitleKey:
-    """The title's key, for the transcoder's key info file."""
-    with lic.service.engine.connect() as conn:
-        row = conn.execute(select(license_keys).where(license_keys.c.title_id == title_id)).first()
-    if row is None:
-        raise ApiError(404, "no_key", f"title {title_id!r} has no key")
-    return _key_out(lic, title_id, bytes(row.key), row.created_at)
+    """The title's newest key version."""
+    return _key_out(lic, _existing(lic, title_id, None))
+
+
+@admin.get("/keys/{title_id}/{kid}", response_model=TitleKey,
+           responses={**INTERNAL, **error_responses(_ERRORS, 404, 422, 503)})
+def read_key_version(title_id: TitleId, kid: Kid, _: ServiceCaller, lic: LicenseState) -> TitleKey:
+    """One version of the title's key."""
+    return _key_out(lic, _existing(lic, title_id, kid))
 
 
 @admin.delete("/keys/{title_id}", status_code=204, response_class=Response,
               responses={**INTERNAL, **error_responses(_ERRORS, 404, 422, 503)})
 def delete_key(title_id: TitleId, _: ServiceCaller, lic: LicenseState) -> Response:
-    """Forget the title's key: its encrypted segments can no longer be played."""
+    """Forget every version of the title's key: its encrypted segments can no longer be played."""
+    return _delete(lic, title_id, None)
+
+
+@admin.delete("/keys/{title_id}/{kid}", status_code=204, response_class=Response,
+              responses={**INTERNAL, **error_responses(_ERRORS, 404, 422, 503)})
+def delete_key_version(title_id: TitleId, kid: Kid, _: ServiceCaller, lic: LicenseState) -> Response:
+    """Forget one key version (the transcoder does, when the encode it was made for fails)."""
+    return _delete(lic, title_id, kid)
+
+
+def _existing(lic: License, title_id: str, kid: str | None) -> Any:
+    row = _key_row(lic, title_id, kid)
+    if row is None:
+        version = f" version {kid!r}" if kid else ""
+        raise ApiError(404, "no_key", f"title {title_id!r} has no key{version}")
+    return row
+
+
+def _delete(lic: License, title_id: str, kid: str | None) -> Response:
+    query = delete(license_keys).where(license_keys.c.title_id == title_id)
+    if kid is not None:
+        query = query.where(license_keys.c.kid == kid)
     with lic.service.engine.begin() as conn:
-        removed = conn.execute(delete(license_keys).where(license_keys.c.title_id == title_id))
+        removed = conn.execute(query)
     if removed.rowcount == 0:
-        raise ApiError(404, "no_key", f"title {title_id!r} has no key")
-    lic.service.log.info("key deleted", extra={"event": "key_deleted", "title_id": title_id})
+        version = f" version {kid!r}" if kid else ""
+        raise ApiError(404, "no_key", f"title {title_id!r} has no key{version}")
+    lic.service.log.info("key deleted", extra={"event": "key_deleted", "title_id": title_id, "kid": kid or "all"})
     return Response(status_code=204)
 
 

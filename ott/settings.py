@@ -15,6 +15,10 @@
 | ``OTT_HEARTBEAT_TIMEOUT`` | ``30`` | seconds without heartbeat before a stream session expires |
 | ``OTT_CAS_WINDOW`` | none | daily viewing window ``HH:MM-HH:MM`` in UTC, may wrap midnight (CAS; bad: no start) |
 | ``OTT_MAX_BODY`` | ``65536`` | the largest request body accepted, bytes |
+| ``OTT_PUBLIC_URL`` | none | the gateway as players reach it; key URIs go through it when set |
+| ``OTT_MEDIA_ROOT`` | ``media`` | the origin's media root (transcoder) |
+| ``OTT_ORIGIN_URL`` | ``http://127.0.0.1:8060`` | the origin as players reach it, for the catalog's playback URLs (transcoder) |
+| ``OTT_METRICS_LINGER`` | ``0`` | seconds a one-shot transcode keeps serving ``/metrics`` after its job, for a last scrape |
 """
 
 from __future__ import annotations
@@ -50,6 +54,10 @@ class Settings:
     # Kept as text here: ott.cas parses it at startup, so a bad window fails CAS, not every service.
     cas_window: str = ""
     max_body: int = 65536
+    public_url: str = ""
+    media_root: Path = Path("media")
+    origin_url: str = "http://127.0.0.1:8060"
+    metrics_linger: float = 0.0
     # Timeout of every call a service makes to another one, seconds.
     call_timeout: float = 5.0
     log_level: str = "INFO"

@@ -248,16 +248,30 @@ def test_admin_key_routes_need_the_service_token(open_platform: PlatformFactory,
         created = p.license.post(f"/admin/keys/{TITLE}", headers=ADMIN)
         assert created.status_code == 201
         body = created.json()
-        assert set(body) == {"title_id", "key_hex", "key_uri", "created_at"}
-        assert (body["title_id"], body["key_uri"]) == (TITLE, f"{LICENSE_URL}/keys/{TITLE}")
+        assert set(body) == {"title_id", "kid", "key_hex", "key_uri", "created_at"}
+        kid = body["kid"]
+        assert (body["title_id"], body["key_uri"]) == (TITLE, f"{LICENSE_URL}/keys/{TITLE}/{kid}")
         assert len(bytes.fromhex(body["key_hex"])) == 16
         read = p.license.get(f"/admin/keys/{TITLE}", headers=ADMIN)
         assert (read.status_code, read.json()) == (200, body)
 
-        # A new key replaces the old one, for the players too.
+        # A new version becomes the newest; the old one stays valid for the playlists naming it.
         rotated = p.create_key()
         assert rotated.hex() != body["key_hex"]
-        assert p.fetch_key(p.authorize().json()["authorization"]).content == rotated
+        authorization = p.authorize().json()["authorization"]
+        assert p.fetch_key(authorization).content == rotated
+        bearer = {"Authorization": f"Bearer {authorization}"}
+        old = p.license.get(f"/keys/{TITLE}/{kid}", headers=bearer)
+        assert (old.status_code, old.content) == (200, bytes.fromhex(body["key_hex"]))
+        assert p.license.get(f"/admin/keys/{TITLE}/{kid}", headers=ADMIN).json() == body
+
+        # Deleting one version leaves the others; an unknown version is a clear 404.
+        assert p.license.delete(f"/admin/keys/{TITLE}/{kid}", headers=ADMIN).status_code == 204
+        gone = p.license.get(f"/keys/{TITLE}/{kid}", headers=bearer)
+        assert (gone.status_code, error_code(gone)) == (404, "no_key")
+        assert kid in gone.json()["error"]["message"]
+        assert p.license.get(f"/keys/{TITLE}/not-a-kid", headers=bearer).status_code == 422
+        assert p.fetch_key(authorization).content == rotated
 
         assert p.license.delete(f"/admin/keys/{TITLE}", headers=ADMIN).status_code == 204
         assert p.license.get(f"/admin/keys/{TITLE}", headers=ADMIN).status_code == 404
@@ -386,3 +400,10 @@ def test_an_unexpected_answer_from_subscription_is_502(open_platform: PlatformFa
         response = p.authorize()
         assert (response.status_code, error_code(response)) == (502, "dependency_failed")
         assert response.json()["error"]["details"] == {"service": "subscription", "status": 200}
+
+
+def test_key_uris_go_through_the_gateway_when_the_public_url_is_set(open_platform: PlatformFactory) -> None:
+    with open_platform(public_url="http://127.0.0.1:18000/") as p:
+        created = p.license.post(f"/admin/keys/{TITLE}", headers=ADMIN).json()
+        assert created["key_uri"] == f"http://127.0.0.1:18000/api/license/keys/{TITLE}/{created['kid']}"
+        assert p.authorize().json()["key_uri"] == f"http://127.0.0.1:18000/api/license/keys/{TITLE}"
