@@ -40,6 +40,9 @@ def _service(name: str) -> Component:
         "OTT_MAX_BODY": str(MAX_BODY_BYTES),
         **{f"OTT_{other.upper()}_URL": "{link_" + other + "}" for other in _OFFSETS},
     }
+    if name == "license":
+        # Key URIs in playlists point at the gateway (/api/license/keys/...), never at the service.
+        env["OTT_PUBLIC_URL"] = "{link_gateway}"
     return Component(
         name=name,
         layer="apis",

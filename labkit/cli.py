@@ -5,6 +5,7 @@
     ottlab logs COMPONENT [-n 100]
     ottlab seed
     ottlab sample --seconds 30 --out clip.mp4
+    ottlab transcode clip.mp4 --title lab-clock [--encrypt] [--ladder small]
     ottlab restart COMPONENT
     ottlab down [--purge]
 """
@@ -158,6 +159,35 @@ def sample(seconds: float, out: Path, width: int, height: int, fps: int) -> None
     if width % 2 or height % 2:
         raise ConfigError(f"{width}x{height} has an odd side", hint="H.264 needs even width and height")
     click.echo(str(make_sample(out, seconds, width=width, height=height, fps=fps)))
+
+
+@main.command()
+@click.argument("source", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--title", "title_id", required=True, help="the catalog title id (a-z, 0-9, '-'), e.g. lab-clock")
+@click.option("--encrypt", is_flag=True, help="AES-128 TS with a content key from license (default: clear fMP4)")
+@click.option("--ladder", default="default", show_default=True, help="a ladder of ott/media/ladder.yml")
+@click.option("--preset", default=None, help="an x264 preset instead of the ladder's, e.g. ultrafast")
+@click.option("--name", default=None, help="the title's name in the catalog (a new title: its id)")
+@click.option("--tier", type=click.Choice(["free", "basic", "premium"]), default=None,
+              help="which plans may play it (a new title: free)")
+@click.option("--json", "as_json", is_flag=True, help="print the whole finished job as JSON")
+@_target_option
+@_handle_errors
+def transcode(source: Path, title_id: str, encrypt: bool, ladder: str, preset: str | None, name: str | None,
+              tier: str | None, as_json: bool, target_name: str | None) -> None:
+    """Transcode SOURCE into an HLS ladder, publish it and list it in the catalog; prints the playlist URL."""
+    from labkit.transcoder import transcode as run
+
+    job = run(_target(target_name), source, title_id, encrypt=encrypt, ladder=ladder, preset=preset, name=name,
+              tier=tier)
+    assert job.result is not None
+    if as_json:
+        click.echo(job.model_dump_json(indent=2))
+        return
+    rungs = ", ".join(f"{r.name} {r.average_bps / 1000:.0f} kbit/s" for r in job.result.rungs)
+    click.echo(f"published {title_id} ({'AES-128' if job.result.encrypted else 'clear'}, "
+               f"{job.result.speed:.2f}x realtime): {rungs}", err=True)
+    click.echo(job.result.master_url)
 
 
 @main.command()

@@ -183,6 +183,7 @@ def create_app(
     *,
     description: str = "",
     on_startup: Callable[[Service], None] | None = None,
+    on_shutdown: Callable[[Service], None] | None = None,
 ) -> FastAPI:
     """A FastAPI app with the shared middleware, error handlers and endpoints."""
     service = Service(name, settings)
@@ -194,6 +195,8 @@ def create_app(
             on_startup(service)
         service.log.info("started", extra={"port": settings.port})
         yield
+        if on_shutdown is not None:
+            on_shutdown(service)
         service.engine.dispose()
 
     app = _App(title=f"ott {name}", description=description, version="0.1.0", lifespan=lifespan)

@@ -17,8 +17,8 @@
 | ``OTT_MAX_BODY`` | ``65536`` | the largest request body accepted, bytes |
 | ``OTT_PUBLIC_URL`` | none | the gateway as players reach it; key URIs go through it when set |
 | ``OTT_MEDIA_ROOT`` | ``media`` | the origin's media root (transcoder) |
-| ``OTT_ORIGIN_URL`` | ``http://127.0.0.1:8060`` | the origin as players reach it, for the catalog's playback URLs (transcoder) |
-| ``OTT_METRICS_LINGER`` | ``0`` | seconds a one-shot transcode keeps serving ``/metrics`` after its job, for a last scrape |
+| ``OTT_ORIGIN_URL`` | ``http://127.0.0.1:8060`` | the origin as players reach it: catalog playback URLs |
+| ``OTT_METRICS_LINGER`` | ``0`` | seconds a one-shot transcode serves ``/metrics`` after its job |
 """
 
 from __future__ import annotations

@@ -5,13 +5,40 @@ Long-running encodes use :class:`ott.media.transcode.Transcode`, which owns its 
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import shlex
 import shutil
+import signal
 import subprocess
 from collections.abc import Sequence
+from typing import Any
 
 FFMPEG = shutil.which("ffmpeg") or "ffmpeg"
 FFPROBE = shutil.which("ffprobe") or "ffprobe"
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _prctl() -> Any:
+    # Resolved once at import: find_library may run helper programs, which must not happen
+    # between fork and exec.
+    name = ctypes.util.find_library("c")
+    return None if name is None else getattr(ctypes.CDLL(name, use_errno=True), "prctl", None)
+
+
+_PRCTL = _prctl()
+
+
+def die_with_parent() -> None:
+    """``preexec_fn``: the child gets SIGKILL if the thread that started it dies (Linux; elsewhere a no-op).
+
+    A transcoder killed with ``kill -9`` then leaves no ffmpeg behind, still writing into staging.
+    Start children from a thread that outlives them (the thread, not the process, is the parent here).
+    """
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 def echo(args: Sequence[str]) -> None:

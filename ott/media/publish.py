@@ -138,11 +138,13 @@ class PublishResult:
 def pipeline(source: Path, media_root: Path, title_id: str, ladder: Ladder, *,
              encrypt_key: bytes | None = None, key_uri: str | None = None,
              on_progress: transcode.ProgressCallback | None = None,
-             timeout: float | None = None) -> PublishResult:
+             timeout: float | None = None, staging_prefix: str | None = None) -> PublishResult:
     """inspect → transcode (staging) → playlists → verify → publish. Nothing is published on failure.
 
     Clear output is fMP4; with ``encrypt_key`` (16 bytes, created per title and registered with the
     license service by the caller) and ``key_uri`` (the license service URL) it is AES-128 TS.
+    ``staging_prefix`` names the staging folder (default ``<title>-``), so a supervisor that died
+    mid-job can find and remove what its job left.
 
     >>> with transcode.progress_bar(title_id) as bar:                 # doctest: +SKIP
     ...     pipeline(src, root, "big-buck-bunny", ladder.load("small"), on_progress=bar)
@@ -155,7 +157,7 @@ def pipeline(source: Path, media_root: Path, title_id: str, ladder: Ladder, *,
     fitted = ladder.fitting(info.height, source)
     staging_root = media_root / STAGING_DIR
     staging_root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f"{title_id}-", dir=staging_root))
+    staging = Path(tempfile.mkdtemp(prefix=staging_prefix or f"{title_id}-", dir=staging_root))
     try:
         started = time.monotonic()
         command = transcode.transcode(info, fitted, staging, encryption=encryption, on_progress=on_progress,

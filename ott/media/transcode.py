@@ -219,7 +219,8 @@ class Transcode:
             raise RuntimeError("this Transcode was already started")
         process.echo(self.args)
         self._proc = subprocess.Popen(self.args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True, errors="replace")
+                                      stderr=subprocess.PIPE, text=True, errors="replace",
+                                      preexec_fn=process.die_with_parent)
         assert self._proc.stdout is not None and self._proc.stderr is not None
         # Both pipes are drained in threads: a full stderr pipe would otherwise stall ffmpeg.
         self._threads = [
