@@ -1,5 +1,7 @@
 # The OTT services image, ottlab/ott-services:<version of pyproject.toml>: every API service of
-# k8s/base/apis runs from it as `python -m ott.<service>` (the Deployments set the command).
+# k8s/base/apis runs from it as `python -m ott.<service>` (the Deployments set the command), and
+# so do the transcoder of k8s/base/media and its transcode-sample Job (`python -m ott.transcoder`),
+# which is why it carries ffmpeg, ffprobe and the sample clip's font (ott.media.sample.FONT).
 #
 #   docker build -t ottlab/ott-services:0.1.0 .
 #   kind load docker-image ottlab/ott-services:0.1.0      # or: minikube image load ...
@@ -11,6 +13,12 @@ FROM python:3.11-slim
 # No .pyc files (the pods' root filesystem is read-only); logs leave at once, not buffered.
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
+
+# The transcoder's tools: ffmpeg and ffprobe (Debian's ffmpeg package), and DejaVu Sans Mono,
+# the font the sample clip burns its clock in. No recommends (no X, no docs), no apt lists left.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ffmpeg fonts-dejavu-core \
+    && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /src
 # What `pip install .` needs: the project metadata (its readme included), the pins, the packages.
@@ -29,4 +37,4 @@ WORKDIR /app
 USER 10001:10001
 
 # Harmless default: the Deployments choose the service.
-CMD ["python", "-c", "print('ottlab/ott-services: run a service with python -m ott.<auth|catalog|subscription|license|cas>')"]
+CMD ["python", "-c", "print('ottlab/ott-services: run a service with python -m ott.<auth|catalog|subscription|license|cas|transcoder>')"]

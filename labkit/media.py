@@ -7,6 +7,8 @@ that folder. Transcodes are submitted with :func:`labkit.transcode.transcode` or
 
 from __future__ import annotations
 
+import os
+import pwd
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -60,6 +62,13 @@ def media_root(cfg: LabConfig) -> Path:
     return cfg.data_dir / MEDIA_DIR
 
 
+def _lab_user() -> str | None:
+    """The lab's user when it runs as root (see :func:`labkit.origin.render`), else None."""
+    if os.geteuid() != 0:
+        return None
+    return pwd.getpwuid(os.geteuid()).pw_name
+
+
 def write_configs(cfg: LabConfig, platform: Sequence[Component]) -> Mapping[str, str]:
     run = Path(cfg.run_dir) / "origin"
     run.mkdir(parents=True, exist_ok=True)
@@ -69,7 +78,8 @@ def write_configs(cfg: LabConfig, platform: Sequence[Component]) -> Mapping[str,
         # The transcoder calls license and catalog with the lab's service token (the APIs layer's file).
         SERVICE_TOKEN_FILE: service_token(cfg) + "\n",
         "origin/nginx.conf": origin.render(listen=f"{cfg.host}:{ORIGIN.local_port(cfg)}",
-                                           media_root=str(media_root(cfg)), temp_dir=str(run)),
+                                           media_root=str(media_root(cfg)), temp_dir=str(run),
+                                           user=_lab_user()),
     }
 
 

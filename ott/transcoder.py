@@ -175,9 +175,9 @@ class Cancelled(Exception):
     """Raised from the progress callback to stop ffmpeg when the transcoder shuts down."""
 
 
-def error_code(exc: MediaError) -> str:
-    """``TruncatedMedia`` → ``truncated_media``: the error class, as an API code."""
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", type(exc).__name__).lower()
+def error_code(kind: type[Exception]) -> str:
+    """``TruncatedMedia`` → ``truncated_media``: an error class, as an API code."""
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", kind.__name__).lower()
 
 
 class Metrics:
@@ -234,10 +234,10 @@ class Runner:
                             "published: submit the job again") from None
         except (SourceError, InvalidTitleId, LadderError) as exc:
             self._forget_key(spec.title_id, kid)
-            raise JobFailed("rejected", error_code(exc), str(exc)) from None
+            raise JobFailed("rejected", error_code(type(exc)), str(exc)) from None
         except MediaError as exc:
             self._forget_key(spec.title_id, kid)
-            raise JobFailed("failed", error_code(exc), str(exc)) from None
+            raise JobFailed("failed", error_code(type(exc)), str(exc)) from None
         except ApiError as exc:  # license refused or unreachable: nothing was encoded
             raise JobFailed("failed", exc.code, f"license: {exc.message}") from None
         except Exception as exc:

@@ -1,7 +1,8 @@
 """The apis layer on Kubernetes, offline: k8s/base/apis agrees with labkit/apis.py and ott/.
 
 - each API service's environment is its declared one, translated for the cluster: every
-  ``OTT_<OTHER>_URL`` names the other's Service, and each path variable is a mounted volume
+  ``OTT_<OTHER>_URL`` names the other's Service (license's ``OTT_PUBLIC_URL`` the gateway's),
+  and each path variable is a mounted volume
   (the database claim, the service token Secret, auth's signing key Secret);
 - the gateway's ConfigMap is ``labkit.gateway.render_kube()`` byte for byte, and so is the
   committed ``k8s/base/apis/gateway/nginx.conf`` (a stale file fails here);
@@ -22,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from labkit import apis, gateway
+from labkit import apis, gateway, platform
 from labkit.component import Component
 from labkit.config import repo_root
 from labkit.kube import manifest, secrets
@@ -75,20 +76,42 @@ def volume_at(component: Component, path: str) -> tuple[dict[str, Any], dict[str
     return volume, mount
 
 
-def cluster_env(component: Component) -> dict[str, str]:
-    """The component's declared environment as it must read on the cluster."""
+def cluster_links() -> dict[str, str]:
+    """``{link_<name>}`` on the cluster: the Service named after the component, on its http port.
+
+    The gateway (``link_gateway``, license's OTT_PUBLIC_URL) as much as the API services; later
+    layers link to their own components the same way (test_media_manifests.py reuses this).
+    """
+    declared = {c.name: c for c in (*platform.components(), *apis.LAYER.components)}
+    return {
+        f"link_{c.name}": f"http://{c.name}:{port.container}"
+        for c in declared.values()
+        for port in c.ports
+        if port.name == "http"
+    }
+
+
+# The lab-directory paths the apis layer's pods find at their mounts.
+CLUSTER_PATHS = {
+    "OTT_DATABASE_URL": f"sqlite:///{DB_DIR}/ott.db",
+    "OTT_KEYS_DIR": KEYS_DIR,
+    "OTT_SERVICE_TOKEN_FILE": TOKEN_FILE,
+}
+
+
+def cluster_env(component: Component, paths: dict[str, str] | None = None) -> dict[str, str]:
+    """The component's declared environment as it must read on the cluster.
+
+    ``paths``: more (or other) lab-directory variables and the mount paths they become.
+    """
     values = {
         "host": "0.0.0.0",  # every interface of the pod: the kubelet's probes and the Service
         "port_http": str(component.port("http").container),
-        **{f"link_{s.name}": f"http://{s.name}:{s.port('http').container}" for s in apis.SERVICES},
+        **cluster_links(),
     }
     # The lab-directory paths become the mounts of the Deployment.
-    paths = {
-        "OTT_DATABASE_URL": f"sqlite:///{DB_DIR}/ott.db",
-        "OTT_KEYS_DIR": KEYS_DIR,
-        "OTT_SERVICE_TOKEN_FILE": TOKEN_FILE,
-    }
-    return {key: paths.get(key) or template.format(**values) for key, template in component.env.items()}
+    mounted = {**CLUSTER_PATHS, **(paths or {})}
+    return {key: mounted.get(key) or template.format(**values) for key, template in component.env.items()}
 
 
 def project_version() -> str:
