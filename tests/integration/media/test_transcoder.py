@@ -238,16 +238,10 @@ def _start_long_job(lab: LocalTarget, long_clip: Path, title_id: str) -> tuple[T
     client = TranscoderClient(lab.endpoint("transcoder"))
     job = client.submit(JobSpec(source=str(long_clip), title_id=title_id, encrypt=True, ladder="default",
                                 preset="medium"))
-    _wait_for("the encode to make progress", lambda: (client.job(job.id).progress or _no_progress()).fraction > 0)
-    (transcoder_pid,) = [s for s in lab.status() if s.name == "transcoder"][0].pids
+    _wait_for("the encode to make progress", lambda: (p := client.job(job.id).progress) and p.fraction > 0)
+    (transcoder_pid,) = next(s for s in lab.status() if s.name == "transcoder").pids
     (ffmpeg_pid,) = [c for c in _children(transcoder_pid) if "ffmpeg" in Path(f"/proc/{c}/comm").read_text()]
     return client, job, ffmpeg_pid
-
-
-def _no_progress() -> object:
-    from ott.transcoder import Progress
-
-    return Progress(fraction=0, speed=0, eta_s=None)
 
 
 def _interrupted_cleanly(lab: LocalTarget, media_root: Path, client: TranscoderClient, job: Job,
@@ -269,7 +263,7 @@ def _interrupted_cleanly(lab: LocalTarget, media_root: Path, client: TranscoderC
 def test_a_transcoder_killed_mid_job_leaves_no_ffmpeg_no_staging_and_marks_the_job_interrupted(
         lab: LocalTarget, media_root: Path, long_clip: Path, sample_clip: Path) -> None:
     client, job, ffmpeg_pid = _start_long_job(lab, long_clip, "killed-clock")
-    (transcoder_pid,) = [s for s in lab.status() if s.name == "transcoder"][0].pids
+    (transcoder_pid,) = next(s for s in lab.status() if s.name == "transcoder").pids
     os.kill(transcoder_pid, signal.SIGKILL)
     # supervisord restarts it; on start it finds its interrupted job and cleans up after it.
     _interrupted_cleanly(lab, media_root, client, job, ffmpeg_pid, "killed-clock", sample_clip)
