@@ -7,13 +7,11 @@ that folder. Transcodes are submitted with :func:`labkit.transcode.transcode` or
 
 from __future__ import annotations
 
-import os
-import pwd
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from labkit import origin
+from labkit import nginx, origin
 from labkit.apis import SERVICE_TOKEN_FILE, service_token
 from labkit.component import Component, Port, Readiness
 from labkit.config import LabConfig
@@ -62,13 +60,6 @@ def media_root(cfg: LabConfig) -> Path:
     return cfg.data_dir / MEDIA_DIR
 
 
-def _lab_user() -> str | None:
-    """The lab's user when it runs as root (see :func:`labkit.origin.render`), else None."""
-    if os.geteuid() != 0:
-        return None
-    return pwd.getpwuid(os.geteuid()).pw_name
-
-
 def write_configs(cfg: LabConfig, platform: Sequence[Component]) -> Mapping[str, str]:
     run = Path(cfg.run_dir) / "origin"
     run.mkdir(parents=True, exist_ok=True)
@@ -79,7 +70,7 @@ def write_configs(cfg: LabConfig, platform: Sequence[Component]) -> Mapping[str,
         SERVICE_TOKEN_FILE: service_token(cfg) + "\n",
         "origin/nginx.conf": origin.render(listen=f"{cfg.host}:{ORIGIN.local_port(cfg)}",
                                            media_root=str(media_root(cfg)), temp_dir=str(run),
-                                           user=_lab_user()),
+                                           user=nginx.lab_user()),
     }
 
 

@@ -1,0 +1,43 @@
+"""What every nginx of the lab has in common: the top of its configuration, and who its workers run as.
+
+The gateway, the origin and the edges each render their own ``nginx.conf``; they start alike.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+
+
+def preamble(header: str, temp_dir: str, *, user: str | None = None) -> list[str]:
+    """The configuration's first lines, up to and including the temp paths inside ``http {``.
+
+    One worker, the pid file and every temp folder under ``temp_dir`` (nothing under /var),
+    errors to stderr (the supervisor's log), no version in headers.
+    """
+    return [
+        f"# {header}",
+        *([f"user {user};"] if user else []),
+        "worker_processes 1;",
+        f"pid {temp_dir}/nginx.pid;",
+        "error_log stderr warn;",
+        "events { worker_connections 1024; }",
+        "http {",
+        f"  client_body_temp_path {temp_dir}/client_body;",
+        f"  proxy_temp_path {temp_dir}/proxy;",
+        f"  fastcgi_temp_path {temp_dir}/fastcgi;",
+        f"  uwsgi_temp_path {temp_dir}/uwsgi;",
+        f"  scgi_temp_path {temp_dir}/scgi;",
+        "  server_tokens off;",
+    ]
+
+
+def lab_user() -> str | None:
+    """The lab's user when it runs as root, else None.
+
+    A root nginx master switches its workers to ``nobody``, who cannot read a private lab
+    directory (media, cache): nginx that reads files is told to keep the lab's user instead.
+    """
+    if os.geteuid() != 0:
+        return None
+    return pwd.getpwuid(os.geteuid()).pw_name
