@@ -25,6 +25,11 @@ KERNEL = "ottlab"
 CELL_TIMEOUT = int(os.environ.get("OTTLAB_CELL_TIMEOUT", "600"))
 # Notebooks get their own lab directory and ports: a developer's running lab is left alone.
 NOTEBOOK_BASE_PORT = 28200
+# Parameters a notebook gets on top of TARGET and INTERACTIVE, by notebook: sizes that keep the test
+# quick while every cell (and every assertion) still runs.
+NOTEBOOK_PARAMETERS: dict[str, dict[str, object]] = {
+    "02-transcode": {"SAMPLE_SECONDS": 6, "LADDER": "small", "PRESET": "ultrafast"},
+}
 
 pytestmark = pytest.mark.notebook
 
@@ -70,7 +75,7 @@ def test_notebook(notebook: Path, target: str, notebook_env: None) -> None:
         papermill.execute_notebook(
             str(notebook),
             str(executed),
-            parameters={"TARGET": target, "INTERACTIVE": False},
+            parameters={"TARGET": target, "INTERACTIVE": False, **NOTEBOOK_PARAMETERS.get(notebook.stem, {})},
             kernel_name=KERNEL,
             execution_timeout=CELL_TIMEOUT,
             cwd=str(notebook.parent),
@@ -89,6 +94,16 @@ def _failure(notebook: Path, target: str, exc: papermill.PapermillExecutionError
             f"{notebook.name} [{target}]: cell {exc.cell_index} (execution count {exc.exec_count}) "
             f"raised {exc.ename}: {exc.evalue}\nexecuted copy: {executed}"
     )
+
+
+def test_notebook_parameters_name_real_notebooks_and_parameters() -> None:
+    """A renamed notebook or parameter must not silently drop back to the slow defaults."""
+    stems = {p.stem: p for p in NOTEBOOKS}
+    for stem, parameters in NOTEBOOK_PARAMETERS.items():
+        assert stem in stems, f"NOTEBOOK_PARAMETERS names {stem!r}, which is not in notebooks/"
+        declared = papermill.inspect_notebook(str(stems[stem]))
+        unknown = set(parameters) - set(declared)
+        assert not unknown, f"{stem} has no parameters {sorted(unknown)} in its parameters cell"
 
 
 def test_a_bad_parameter_fails_with_a_clear_error(notebook_env: None, tmp_path: Path) -> None:
