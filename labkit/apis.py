@@ -12,7 +12,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from labkit import gateway
+from labkit import edge, gateway
 from labkit.component import Component, Port, Readiness
 from labkit.config import LabConfig
 from labkit.layer import Layer
@@ -43,6 +43,9 @@ def _service(name: str) -> Component:
     if name == "license":
         # Key URIs in playlists point at the gateway (/api/license/keys/...), never at the service.
         env["OTT_PUBLIC_URL"] = "{link_gateway}"
+        # Signed playback URLs, one per CDN PoP (labkit.edge writes both files).
+        env["OTT_SIGNING_SECRET_FILE"] = "{conf}/" + edge.SIGNING_SECRET_FILE
+        env["OTT_EDGES_FILE"] = "{conf}/" + edge.EDGES_FILE
     return Component(
         name=name,
         layer="apis",
@@ -93,6 +96,7 @@ def write_configs(cfg: LabConfig, platform: Sequence[Component]) -> Mapping[str,
     run.mkdir(parents=True, exist_ok=True)
     return {
         SERVICE_TOKEN_FILE: service_token(cfg) + "\n",
+        edge.SIGNING_SECRET_FILE: edge.signing_secret(cfg) + "\n",
         "gateway/nginx.conf": gateway.render(
             listen=f"{cfg.host}:{GATEWAY.local_port(cfg)}", upstreams=upstreams, temp_dir=str(run)
         ),

@@ -6,6 +6,7 @@
     ottlab seed
     ottlab sample --seconds 30 --out clip.mp4
     ottlab transcode clip.mp4 --title lab-clock [--encrypt] [--ladder small]
+    ottlab playback lab-clock --user alice
     ottlab restart COMPONENT
     ottlab down [--purge]
 """
@@ -188,6 +189,31 @@ def transcode(source: Path, title_id: str, encrypt: bool, ladder: str, preset: s
     click.echo(f"published {title_id} ({'AES-128' if job.result.encrypted else 'clear'}, "
                f"{job.result.speed:.2f}x realtime): {rungs}", err=True)
     click.echo(job.result.master_url)
+
+
+@main.command()
+@click.argument("title_id")
+@click.option("--user", "user_name", default="alice", show_default=True, help="a demo user (see `ottlab seed`)")
+@click.option("--device", default="cli", show_default=True, help="the device id CAS counts")
+@_target_option
+@_handle_errors
+def playback(title_id: str, user_name: str, device: str, target_name: str | None) -> None:
+    """Log in as USER and print TITLE's signed playback URLs (one per CDN PoP) and key URI as JSON.
+
+    This opens a CAS stream session for the user (it expires without heartbeats).
+    """
+    from labkit.client import OttClient
+    from labkit.seed import demo_user
+
+    user = demo_user(user_name)
+    with OttClient(_target(target_name).endpoint("gateway")) as client:
+        client.login(user.email, user.password)
+        grant = client.authorize(title_id, device_id=device)
+    if not grant.get("playback"):
+        raise ConfigError(f"{title_id!r} has no signed playback URL",
+                          hint=f"publish it first (`ottlab transcode FILE --title {title_id}`) and start the CDN "
+                          "layer (`ottlab up`)")
+    click.echo(json.dumps({"title_id": title_id, "user": user.email, **grant}, indent=2))
 
 
 @main.command()

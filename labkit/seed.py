@@ -49,6 +49,17 @@ TITLES = (
 )
 
 
+def demo_user(name: str) -> DemoUser:
+    """A seeded user by e-mail or by first name (``alice``); ConfigError naming the known ones otherwise."""
+    from labkit.errors import ConfigError
+
+    for user in USERS:
+        if name.lower() in (user.email, user.email.split("@")[0]):
+            return user
+    known = ", ".join(u.email.split("@")[0] for u in USERS)
+    raise ConfigError(f"no demo user {name!r}", hint=f"one of: {known} (created by `ottlab seed`)")
+
+
 def seed(urls: dict[str, str], service_token: str) -> dict[str, int]:
     """Create the demo users, subscriptions and titles through each service's URL in ``urls``."""
     headers = {"X-Service-Token": service_token}

@@ -21,10 +21,13 @@ Run it with ``python -m ott.license``.
 from __future__ import annotations
 
 import hashlib
+import json
 import secrets
 import time
 from datetime import datetime
+from pathlib import Path as PathLib
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 import httpx
 from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request, Response
@@ -33,6 +36,7 @@ from prometheus_client import Counter
 from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy import Column, Float, Index, LargeBinary, String, Table, delete, insert, select
 
+from ott import signing
 from ott.calls import call
 from ott.db import from_epoch, metadata
 from ott.errors import CORE_ERRORS, INTERNAL, ApiError, error_responses
@@ -91,11 +95,19 @@ class AuthorizationRequest(PlaybackRequest):
     """A title to play on a device; license passes both to CAS to open the stream session."""
 
 
+class SignedUrl(BaseModel):
+    pop: str = Field(description="the CDN point of presence serving this URL")
+    url: str = Field(description="the title's multivariant playlist, signed for this title until expires_at")
+    expires_at: datetime
+
+
 class PlaybackAuthorization(BaseModel):
     authorization: str = Field(description="send it as Authorization: Bearer <it> (or ?authorization=) to key_uri")
     expires_at: datetime
     session_id: str = Field(description="the CAS stream session: send heartbeats to keep it alive")
     key_uri: str
+    playback: list[SignedUrl] = Field(default_factory=list, description="one signed playlist URL per CDN PoP "
+                                      "(empty when the title is not published or no CDN is configured)")
 
 
 class TitleKey(BaseModel):
@@ -207,6 +219,53 @@ def _check_entitlement(lic: License, title_id: str, token: str) -> None:
                        {"reason": reason})
 
 
+def _edges(settings: Settings) -> dict[str, str]:
+    """The CDN's PoPs by id: the edges file when set (it follows `ottlab scale edge`), else OTT_EDGE_URLS."""
+    if settings.edges_file:
+        try:
+            found = json.loads(PathLib(settings.edges_file).read_text())
+        except (OSError, ValueError):
+            return {}
+        return {str(k): str(v) for k, v in found.items()} if isinstance(found, dict) else {}
+    pairs = (item.partition("=") for item in settings.edge_urls.split(",") if item.strip())
+    return {pop.strip(): url.strip() for pop, _, url in pairs if pop.strip() and url.strip()}
+
+
+def _signing_secret(settings: Settings) -> str | None:
+    if not settings.signing_secret_file:
+        return None
+    try:
+        return PathLib(settings.signing_secret_file).read_text().strip() or None
+    except OSError:
+        return None
+
+
+def _playback_urls(lic: License, title_id: str) -> list[SignedUrl]:
+    """The title's playlist signed for every PoP; none when there is no CDN or the title is unpublished."""
+    settings = lic.service.settings
+    edges, secret = _edges(settings), _signing_secret(settings)
+    if not edges or secret is None:
+        return []
+    response = call(lic.service, "GET", f"{settings.catalog_url}/titles/{title_id}")
+    if response.status_code == 404:
+        raise ApiError(404, "unknown_title", f"title {title_id!r} is not in the catalog")
+    if response.status_code != 200:
+        raise _unexpected("catalog", response)
+    try:
+        renditions = [r for r in response.json()["renditions"] if r.get("kind") == "hls"]
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise _unexpected("catalog", response) from None
+    prefix = f"/{title_id}/"
+    paths = [urlsplit(str(r.get("url", ""))).path for r in renditions]
+    paths = [p for p in paths if p.startswith(prefix)]
+    if not paths:
+        return []
+    expires = int(now()) + settings.signed_url_ttl
+    rest = paths[0][len(prefix) - 1:]
+    return [SignedUrl(pop=pop, url=url.rstrip("/") + signing.signed_path(secret, title_id, expires, rest),
+                      expires_at=from_epoch(expires)) for pop, url in sorted(edges.items())]
+
+
 def _open_session(lic: License, body: AuthorizationRequest, token: str) -> str:
     """A CAS stream session for the caller, or CAS's refusal passed through with its code."""
     response = call(lic.service, "POST", f"{lic.service.settings.cas_url}/sessions",
@@ -242,6 +301,7 @@ def authorize(
     context = {"user_id": user.id, "title_id": body.title_id, "device_id": body.device_id}
     try:
         _check_entitlement(lic, body.title_id, token)
+        playback = _playback_urls(lic, body.title_id)
         session_id = _open_session(lic, body, token)
     except ApiError as refusal:
         details = refusal.details if refusal.code == "not_entitled" else None
@@ -258,7 +318,7 @@ def authorize(
         conn.execute(delete(license_authorizations).where(license_authorizations.c.expires_at < at - _KEEP_EXPIRED_S))
     lic.decide("grant", "authorized", session_id=session_id, **context)
     return PlaybackAuthorization(authorization=authorization, expires_at=from_epoch(expires), session_id=session_id,
-                                 key_uri=lic.key_uri(body.title_id))
+                                 key_uri=lic.key_uri(body.title_id), playback=playback)
 
 
 _KEY_RESPONSES: Any = {

@@ -18,6 +18,10 @@
 | ``OTT_PUBLIC_URL`` | none | the gateway as players reach it; key URIs go through it when set |
 | ``OTT_MEDIA_ROOT`` | ``media`` | the origin's media root (transcoder) |
 | ``OTT_ORIGIN_URL`` | ``http://127.0.0.1:8060`` | the origin as players reach it: catalog playback URLs |
+| ``OTT_SIGNING_SECRET_FILE`` | none | the CDN's URL-signing secret (license signs playback URLs with it) |
+| ``OTT_EDGES_FILE`` | none | JSON ``{"<pop>": "<url>"}`` of the CDN's PoPs, re-read per request (license) |
+| ``OTT_EDGE_URLS`` | none | ``pop=url,pop=url``: the PoPs when there is no edges file (license) |
+| ``OTT_SIGNED_URL_TTL`` | ``14400`` | seconds a signed playback URL stays valid |
 | ``OTT_METRICS_LINGER`` | ``0`` | seconds a one-shot transcode serves ``/metrics`` after its job |
 """
 
@@ -58,6 +62,10 @@ class Settings:
     media_root: Path = Path("media")
     origin_url: str = "http://127.0.0.1:8060"
     metrics_linger: float = 0.0
+    signing_secret_file: str = ""
+    edges_file: str = ""
+    edge_urls: str = ""
+    signed_url_ttl: int = 14400
     # Timeout of every call a service makes to another one, seconds.
     call_timeout: float = 5.0
     log_level: str = "INFO"

@@ -1,18 +1,22 @@
-"""The APIs layer's two Secrets, generated per lab and never committed to ``k8s/``.
+"""The lab's Secrets, generated per lab and never committed to ``k8s/``, each for the layers that mount it.
 
-- ``ott-signing-key``: auth's EC P-256 private key, PKCS#8 PEM under the key
+- ``ott-signing-key`` (apis): auth's EC P-256 private key, PKCS#8 PEM under the key
   ``signing-key.pem`` (the file ``ott.tokens.SigningKey.load_or_create`` reads and writes);
-- ``ott-service-token``: the lab's service-to-service token under the key ``token``
-  (``ott.internal`` reads it from ``OTT_SERVICE_TOKEN_FILE``).
+- ``ott-service-token`` (apis): the lab's service-to-service token under the key ``token``
+  (``ott.internal`` reads it from ``OTT_SERVICE_TOKEN_FILE``);
+- ``ott-url-signing`` (cdn): the lab's URL-signing secret (:mod:`ott.signing`), under the key
+  ``secure-link.conf`` as the nginx line the edges include (``labkit.edge.secure_link_directive``)
+  and raw under the key ``secret``.
 
-The kube target creates them before it applies the layer's pods, and only when they are missing:
-a plain create (POST), never an apply, so an existing key survives every later ``up`` and the
-tokens it signed stay valid. They carry the lab's labels, so ``down`` deletes them with the rest.
+The kube target creates those of the layers it applies before it applies their pods, and only
+when they are missing: a plain create (POST), never an apply, so an existing key survives every
+later ``up`` and what it signed stays valid. They carry the lab's labels, so ``down --purge``
+deletes them with the rest (a plain ``down`` keeps them).
 
 Example::
 
-    created = ensure(cluster, "ottlab")   # ["ott-signing-key", "ott-service-token"] the first time
-    ensure(cluster, "ottlab")             # [] from then on
+    created = ensure(cluster, "ottlab", ["apis"])  # ["ott-signing-key", "ott-service-token"] the first time
+    ensure(cluster, "ottlab", ["apis"])            # [] from then on
 """
 
 from __future__ import annotations
@@ -20,22 +24,29 @@ from __future__ import annotations
 import base64
 import secrets
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from labkit import edge
 from labkit.errors import KubeError
 from labkit.kube import manifest
 from labkit.kube.cluster import SECRETS, Cluster
 from labkit.kube.manifest import KubeObject
 
-# The layer whose pods mount these Secrets.
+# The layer whose pods mount the signing key and the service token.
 LAYER = "apis"
 SIGNING_KEY = "ott-signing-key"
 # ott.tokens.KEY_FILE (a test checks they agree; labkit does not import the services).
 SIGNING_KEY_FILE = "signing-key.pem"
 SERVICE_TOKEN = "ott-service-token"
 SERVICE_TOKEN_KEY = "token"
+# The CDN layer's: its pods include URL_SIGNING_DIRECTIVE_KEY (labkit.edge.KUBE_SECRET_INCLUDE).
+CDN_LAYER = edge.LAYER.name
+URL_SIGNING = "ott-url-signing"
+URL_SIGNING_DIRECTIVE_KEY = "secure-link.conf"
+URL_SIGNING_SECRET_KEY = "secret"
 
 
 def signing_key_pem() -> bytes:
@@ -51,8 +62,41 @@ def service_token() -> str:
     return secrets.token_urlsafe(32)
 
 
-def secret(name: str, data: dict[str, bytes]) -> KubeObject:
-    """An Opaque Secret ``name`` holding ``data``, labelled as an object of the APIs layer."""
+def url_signing() -> dict[str, bytes]:
+    """A new URL-signing secret (32 random bytes, URL-safe base64), as the edges and the signer read it.
+
+    ``secure-link.conf`` is the nginx line the edges include; ``secret`` is the same secret raw,
+    for the license service, which will sign the playback URLs with it (:func:`ott.signing.token`).
+    """
+    secret_value = secrets.token_urlsafe(32)
+    return {
+        URL_SIGNING_DIRECTIVE_KEY: edge.secure_link_directive(secret_value).encode("ascii"),
+        URL_SIGNING_SECRET_KEY: secret_value.encode("ascii"),
+    }
+
+
+@dataclass(frozen=True)
+class LabSecret:
+    """A Secret labkit generates: its name, the layers whose pods need it, and what it holds."""
+
+    name: str
+    # The first one labels the Secret.
+    layers: tuple[str, ...]
+    make: Callable[[], dict[str, bytes]]
+
+
+# What each Secret holds, made only when the Secret has to be created.
+LAB_SECRETS: tuple[LabSecret, ...] = (
+    LabSecret(SIGNING_KEY, (LAYER,), lambda: {SIGNING_KEY_FILE: signing_key_pem()}),
+    LabSecret(SERVICE_TOKEN, (LAYER,), lambda: {SERVICE_TOKEN_KEY: service_token().encode("ascii")}),
+    # The edges check signed URLs with it, license (apis) signs them.
+    LabSecret(URL_SIGNING, (CDN_LAYER, LAYER), url_signing),
+)
+NAMES = tuple(s.name for s in LAB_SECRETS)
+
+
+def secret(name: str, data: dict[str, bytes], layer: str = LAYER) -> KubeObject:
+    """An Opaque Secret ``name`` holding ``data``, labelled as an object of ``layer``."""
     return {
         "apiVersion": "v1",
         "kind": "Secret",
@@ -60,7 +104,7 @@ def secret(name: str, data: dict[str, bytes]) -> KubeObject:
             "name": name,
             "labels": {
                 manifest.PART_OF_LABEL: manifest.PART_OF,
-                manifest.LAYER_LABEL: LAYER,
+                manifest.LAYER_LABEL: layer,
                 manifest.NAME_LABEL: name,
             },
             "annotations": {"ottlab.io/note": "generated by labkit for this lab; delete it to rotate"},
@@ -70,31 +114,33 @@ def secret(name: str, data: dict[str, bytes]) -> KubeObject:
     }
 
 
-# What each Secret holds, made only when the Secret has to be created.
-_MAKERS: dict[str, Callable[[], dict[str, bytes]]] = {
-    SIGNING_KEY: lambda: {SIGNING_KEY_FILE: signing_key_pem()},
-    SERVICE_TOKEN: lambda: {SERVICE_TOKEN_KEY: service_token().encode("ascii")},
-}
-NAMES = tuple(_MAKERS)
+def layers_of(objects: Iterable[KubeObject]) -> set[str]:
+    """The layers that ``objects`` belong to (by their layer label)."""
+    return {str(layer) for obj in objects if (layer := manifest.labels(obj).get(manifest.LAYER_LABEL))}
 
 
 def needed_by(objects: Iterable[KubeObject]) -> bool:
-    """Whether ``objects`` include the APIs layer, whose pods mount these Secrets."""
-    return any(manifest.labels(obj).get(manifest.LAYER_LABEL) == LAYER for obj in objects)
+    """Whether ``objects`` include a layer whose pods mount one of these Secrets."""
+    wanted = layers_of(objects)
+    return any(wanted.intersection(s.layers) for s in LAB_SECRETS)
 
 
-def ensure(cluster: Cluster, namespace: str) -> list[str]:
-    """Create each of the Secrets that ``namespace`` lacks; the names of those created.
+def ensure(cluster: Cluster, namespace: str, layers: Iterable[str] | None = None) -> list[str]:
+    """Create each Secret of ``layers`` (every one when None) that ``namespace`` lacks; the names of those created.
 
     An existing Secret is left as it is, whatever it holds. Two ``up`` racing are safe: the
     loser's create fails (409), finds the winner's Secret, and uses it.
     """
+    wanted = None if layers is None else set(layers)
     created = []
-    for name, make in _MAKERS.items():
+    for lab_secret in LAB_SECRETS:
+        if wanted is not None and not wanted.intersection(lab_secret.layers):
+            continue
+        name = lab_secret.name
         if cluster.get(SECRETS, name, namespace) is not None:
             continue
         try:
-            cluster.create(SECRETS, secret(name, make()), namespace)
+            cluster.create(SECRETS, secret(name, lab_secret.make(), lab_secret.layers[0]), namespace)
         except KubeError:
             if cluster.get(SECRETS, name, namespace) is None:
                 raise

@@ -34,6 +34,8 @@ class ComponentStatus:
     pids: list[int] = field(default_factory=list)
     replicas: int = 0
     detail: str = ""
+    # The http URL of each running replica, by program name (a CDN PoP is a replica of "edge").
+    replica_urls: dict[str, str] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -82,7 +82,7 @@ class KubeTarget(Target):
     def up(self, layers: Sequence[str] | None = None) -> list[ComponentStatus]:
         """Server-side apply the objects of ``layers`` (all when None) and wait for their rollouts.
 
-        With the apis layer, its per-lab Secrets are created first when missing (:mod:`labkit.kube.secrets`).
+        The per-lab Secrets of those layers are created first when missing (:mod:`labkit.kube.secrets`).
         """
         chosen = self.select(layers)
         objects = manifest.in_apply_order(manifest.of_layers(self._manifests(), layers or None))
@@ -92,10 +92,10 @@ class KubeTarget(Target):
         for obj in objects:
             self._cluster.apply(obj, namespace=self.namespace)
             progress(f"  applied {manifest.ref(obj)}")
-            # The Namespace comes first; the APIs' pods mount the per-lab Secrets, made here
+            # The Namespace comes first; the layers' pods mount their per-lab Secrets, made here
             # (when missing, never overwritten) so that they exist before those pods do.
             if wants_secrets and obj.get("kind") == "Namespace":
-                for created in secrets.ensure(self._cluster, self.namespace):
+                for created in secrets.ensure(self._cluster, self.namespace, secrets.layers_of(objects)):
                     progress(f"  created secret/{created} (generated for this lab)")
         deployments = [manifest.name(obj) for obj in objects if obj.get("kind") == "Deployment"]
         for component in chosen:

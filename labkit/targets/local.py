@@ -283,7 +283,9 @@ class LocalTarget(Target):
                 state = "starting"
             healthy = False
             detail = str(info[programs[0]].get("description", ""))
-        return ComponentStatus(comp.name, comp.layer, state, healthy, urls, pids, len(running), detail)
+        replica_urls = {program: comp.url(self.cfg, "http", replica)
+                        for replica, program in enumerate(program_names(comp)) if program in running}
+        return ComponentStatus(comp.name, comp.layer, state, healthy, urls, pids, len(running), detail, replica_urls)
 
     def _reload_prometheus(self) -> None:
         # Prometheus re-reads its scrape targets when a layer was added after it started.

@@ -96,6 +96,8 @@ CLUSTER_PATHS = {
     "OTT_DATABASE_URL": f"sqlite:///{DB_DIR}/ott.db",
     "OTT_KEYS_DIR": KEYS_DIR,
     "OTT_SERVICE_TOKEN_FILE": TOKEN_FILE,
+    "OTT_SIGNING_SECRET_FILE": "/var/run/ott/signing/secret",
+    "OTT_EDGES_FILE": "/etc/ott/edges/edges.json",
 }
 
 

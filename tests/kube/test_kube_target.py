@@ -27,7 +27,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, cast
 
 import aiohttp
@@ -38,7 +38,7 @@ import kmock
 import pytest
 from kubernetes import client as k8s_client
 
-from labkit import apis, platform
+from labkit import apis, edge, platform
 from labkit.component import Component, Port, Readiness
 from labkit.config import LabConfig
 from labkit.errors import (
@@ -382,6 +382,8 @@ def test_down_deletes_what_up_applied_and_purge_the_namespace(fake_cluster: Fake
 # -- the apis layer's Secrets ----------------------------------------------------------------
 
 SECRETS = "v1/secrets"
+# The Secrets the apis layer's pods mount (license signs playback URLs with the CDN's secret).
+APIS_SECRETS = ("ott-signing-key", "ott-service-token", "ott-url-signing")
 
 
 def apis_target(fake: FakeCluster, lab_cfg: LabConfig) -> KubeTarget:
@@ -407,8 +409,8 @@ def test_up_apis_creates_the_lab_secrets_before_the_pods_that_mount_them(
 
     assert all(s.healthy for s in statuses) and {s.name for s in statuses} == {c.name for c in apis.LAYER.components}
     posts = fake_cluster.requests("POST")
-    assert [r.url.path for r in posts] == [f"/api/v1/namespaces/{NAMESPACE}/secrets"] * 2
-    assert {r.data["metadata"]["name"] for r in posts} == {"ott-signing-key", "ott-service-token"}
+    assert [r.url.path for r in posts] == [f"/api/v1/namespaces/{NAMESPACE}/secrets"] * len(APIS_SECRETS)
+    assert {r.data["metadata"]["name"] for r in posts} == set(APIS_SECRETS)
     # Created after the namespace, before any Deployment (a pod must find its Secret volumes).
     order = fake_cluster.requests()
     first_deployment = next(i for i, r in enumerate(order) if r.method == "PATCH" and r.data["kind"] == "Deployment")
@@ -435,6 +437,7 @@ def test_up_apis_never_overwrites_existing_secrets(fake_cluster: FakeCluster, la
     mine = {
         "ott-signing-key": {tokens.KEY_FILE: b"-----BEGIN PRIVATE KEY-----\nkept\n-----END PRIVATE KEY-----\n"},
         "ott-service-token": {"token": b"the-token-the-services-already-use"},
+        "ott-url-signing": {"secret": b"kept", "secure-link.conf": b'secure_link_md5 "kept";'},
     }
     for name, data in mine.items():
         encoded = {k: base64.b64encode(v).decode() for k, v in data.items()}
@@ -468,11 +471,108 @@ def test_down_keeps_the_lab_keys_and_purge_deletes_them(fake_cluster: FakeCluste
     assert fake_cluster.stored(SECRETS, "ott-signing-key") is None
     assert fake_cluster.stored(SECRETS, "ott-service-token") is None
     deleted = [r.url.path for r in fake_cluster.requests("DELETE")]
-    secret_paths = sorted(f"/api/v1/namespaces/{NAMESPACE}/secrets/{name}" for name in secrets.NAMES)
+    secret_paths = sorted(f"/api/v1/namespaces/{NAMESPACE}/secrets/{name}" for name in APIS_SECRETS)
     assert sorted(p for p in deleted if "/secrets/" in p) == secret_paths
     # After the Deployments whose pods mount them.
     last_deployment = max(i for i, p in enumerate(deleted) if "/deployments/" in p)
     assert min(i for i, p in enumerate(deleted) if "/secrets/" in p) > last_deployment
+
+
+# -- the cdn layer's Secret ------------------------------------------------------------------
+
+URL_SIGNING = "ott-url-signing"
+
+
+def test_up_cdn_creates_the_url_signing_secret_before_the_edges(fake_cluster: FakeCluster, lab_cfg: LabConfig) -> None:
+    settle_deployments(fake_cluster)
+    target = apis_target(fake_cluster, lab_cfg)
+
+    target.up(["cdn"])
+
+    # Only the cdn layer's Secret: the apis layer's are not the edges' business.
+    posts = fake_cluster.requests("POST")
+    assert [(r.url.path, r.data["metadata"]["name"]) for r in posts] == [
+        (f"/api/v1/namespaces/{NAMESPACE}/secrets", URL_SIGNING)
+    ]
+    order = fake_cluster.requests()
+    edge_deployment = next(
+        i for i, r in enumerate(order) if r.method == "PATCH" and r.data["kind"] == "Deployment" and r.name == "edge"
+    )
+    namespace = next(i for i, r in enumerate(order) if r.url.path == f"/api/v1/namespaces/{NAMESPACE}")
+    assert namespace < order.index(posts[0]) < edge_deployment
+    assert "Secret" not in {r.data["kind"] for r in fake_cluster.requests("PATCH")}
+
+    labels = fake_cluster.stored(SECRETS, URL_SIGNING)["metadata"]["labels"]  # type: ignore[index]
+    assert labels[manifest.PART_OF_LABEL] == manifest.PART_OF and labels[manifest.LAYER_LABEL] == "cdn"
+    data = secret_data(fake_cluster, URL_SIGNING)
+    assert set(data) == {"secure-link.conf", "secret"}
+    raw = data["secret"].decode()
+    assert len(raw) >= 43 and re.fullmatch(r"[A-Za-z0-9_-]+", raw)
+    # The file the edges include is the directive for that very secret, the one license will sign with.
+    assert data["secure-link.conf"].decode() == edge.secure_link_directive(raw)
+    assert PurePosixPath(edge.KUBE_SECRET_INCLUDE).name == "secure-link.conf"
+    # A fresh secret per lab.
+    assert secrets.url_signing()["secret"] != data["secret"]
+
+
+def test_up_cdn_never_overwrites_the_url_signing_secret(fake_cluster: FakeCluster, lab_cfg: LabConfig) -> None:
+    settle_deployments(fake_cluster)
+    labels = {manifest.PART_OF_LABEL: manifest.PART_OF, manifest.LAYER_LABEL: "cdn"}
+    mine = {"secure-link.conf": edge.secure_link_directive("kept").encode(), "secret": b"kept"}
+    encoded = {k: base64.b64encode(v).decode() for k, v in mine.items()}
+    fake_cluster.put(SECRETS, URL_SIGNING, {"apiVersion": "v1", "kind": "Secret", "metadata": {"labels": labels},
+                                            "data": encoded})  # fmt: skip
+    target = apis_target(fake_cluster, lab_cfg)
+
+    target.up(["cdn"])
+    target.up(["cdn"])
+
+    assert fake_cluster.requests("POST") == []
+    assert not [r for r in fake_cluster.requests() if "/secrets/" in r.url.path and r.method != "GET"]
+    assert secret_data(fake_cluster, URL_SIGNING) == mine
+
+
+def test_down_keeps_the_url_signing_secret_and_purge_deletes_it(fake_cluster: FakeCluster, lab_cfg: LabConfig) -> None:
+    settle_deployments(fake_cluster)
+    target = apis_target(fake_cluster, lab_cfg)
+    target.up(["cdn"])
+    first = secret_data(fake_cluster, URL_SIGNING)
+
+    target.down()
+    assert fake_cluster.stored(DEPLOYMENTS, "edge") is None
+    target.up(["cdn"])
+    assert secret_data(fake_cluster, URL_SIGNING) == first
+
+    target.down(purge=True)
+    assert fake_cluster.stored(SECRETS, URL_SIGNING) is None
+    deleted = [r.url.path for r in fake_cluster.requests("DELETE")]
+    assert [p for p in deleted if "/secrets/" in p] == [f"/api/v1/namespaces/{NAMESPACE}/secrets/{URL_SIGNING}"]
+    last_deployment = max(i for i, p in enumerate(deleted) if "/deployments/" in p)
+    assert deleted.index(f"/api/v1/namespaces/{NAMESPACE}/secrets/{URL_SIGNING}") > last_deployment
+
+
+class SecretStore:
+    """Stands in for the API server's Secrets: get and create, nothing else."""
+
+    def __init__(self) -> None:
+        self.stored: dict[str, dict[str, Any]] = {}
+
+    def get(self, rtype: Any, name: str, namespace: str | None = None) -> dict[str, Any] | None:
+        return self.stored.get(name)
+
+    def create(self, rtype: Any, obj: dict[str, Any], namespace: str | None = None) -> dict[str, Any]:
+        self.stored[obj["metadata"]["name"]] = obj
+        return obj
+
+
+def test_ensure_creates_only_the_secrets_of_the_given_layers() -> None:
+    store = SecretStore()
+    assert secrets.ensure(cast(Cluster, store), NAMESPACE, ["monitoring", "media"]) == []
+    assert secrets.ensure(cast(Cluster, store), NAMESPACE, ["cdn"]) == [URL_SIGNING]
+    assert secrets.ensure(cast(Cluster, store), NAMESPACE, ["apis", "cdn"]) == [
+        s for s in APIS_SECRETS if s != URL_SIGNING]
+    assert secrets.ensure(cast(Cluster, store), NAMESPACE) == []
+    assert set(store.stored) == set(secrets.NAMES)
 
 
 class RacingCluster:

@@ -5,6 +5,7 @@ Everything is real: supervised transcoder and APIs, ffmpeg, nginx origin and gat
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -307,3 +308,27 @@ def test_the_cli_prints_the_playlist_url_and_fails_clearly(lab: LocalTarget, sam
     hostile = subprocess.run([*cli, str(sample_clip), "--title", "../../etc"], env=env, capture_output=True,
                              text=True, timeout=60, check=False)
     assert hostile.returncode != 0 and "path traversal" in hostile.stderr
+
+
+def test_a_published_title_plays_end_to_end_through_every_pop_with_signed_urls(
+        lab: LocalTarget, sample_clip: Path, viewer: OttClient) -> None:
+    # `viewer` is alice too: its teardown ends the stream session `ottlab playback` opens.
+    transcode(lab, sample_clip, "edge-clock", encrypt=True, progress=False, **FAST)
+    env = {**os.environ, "OTTLAB_HOME": str(lab.cfg.home), "OTTLAB_BASE_PORT": str(lab.cfg.base_port)}
+    done = subprocess.run([sys.executable, "-m", "labkit.cli", "playback", "edge-clock", "--user", "alice"], env=env,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    grant = json.loads(done.stdout)
+    assert [u["pop"] for u in grant["playback"]] == ["edge-0", "edge-1"]
+    for entry in grant["playback"]:
+        # ffmpeg plays the signed URL through the PoP, fetching the key with the playback authorisation.
+        decoded = subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-headers",
+                                  f"Authorization: Bearer {grant['authorization']}\r\n", "-i", entry["url"],
+                                  "-f", "null", "-"], capture_output=True, text=True, timeout=120, check=False)
+        assert decoded.returncode == 0 and decoded.stderr == "", decoded.stderr
+        assert httpx.get(entry["url"], timeout=10).headers["x-cache-status"] == "HIT"
+    forged = grant["playback"][0]["url"].replace("/edge-clock/", "/clear-clock/")
+    assert httpx.get(forged, timeout=10).status_code == 403
+    unknown = subprocess.run([sys.executable, "-m", "labkit.cli", "playback", "edge-clock", "--user", "mallory"],
+                             env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert unknown.returncode == 2 and "no demo user 'mallory'" in unknown.stderr

@@ -20,6 +20,7 @@ SERVICE_TOKEN = "test-service-token"
 SUBSCRIPTION_URL = "http://subscription.test"
 CAS_URL = "http://cas.test"
 LICENSE_URL = "http://license.test"
+CATALOG_URL = "http://catalog.test"
 
 
 def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
@@ -32,6 +33,7 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
         "subscription_url": SUBSCRIPTION_URL,
         "cas_url": CAS_URL,
         "license_url": LICENSE_URL,
+        "catalog_url": CATALOG_URL,
         "keys_dir": tmp_path / "keys",
         "log_level": "INFO",
         **overrides,
@@ -94,6 +96,8 @@ class Upstreams:
 
     cas: TestClient | None = None
     entitlements: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # The catalog's answer per title id (absent: 404).
+    titles: dict[str, dict[str, Any]] = field(default_factory=dict)
     calls: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)
     fail: Callable[[str], None] | None = None
 
@@ -113,6 +117,11 @@ class Upstreams:
             if title_id not in self.entitlements:
                 return httpx.Response(404, json={"error": {"status": 404, "code": "not_found", "message": "x"}})
             return httpx.Response(200, json=self.entitlements[title_id])
+        if url.startswith(f"{CATALOG_URL}/titles/"):
+            title_id = url.rsplit("/", 1)[1]
+            if title_id not in self.titles:
+                return httpx.Response(404, json={"error": {"status": 404, "code": "not_found", "message": "x"}})
+            return httpx.Response(200, json=self.titles[title_id])
         if url.startswith(CAS_URL) and self.cas is not None:
             answer: httpx.Response = self.cas.request(method, url[len(CAS_URL):], headers=headers, json=json)
             return answer

@@ -92,7 +92,7 @@ def test_an_entitled_session_gets_the_titles_key(open_platform: PlatformFactory,
         response = p.authorize()
         assert response.status_code == 201, response.text
         grant = response.json()
-        assert set(grant) == {"authorization", "expires_at", "session_id", "key_uri"}
+        assert set(grant) == {"authorization", "expires_at", "session_id", "key_uri", "playback"}
         assert grant["key_uri"] == f"{LICENSE_URL}/keys/{TITLE}"
         assert datetime.fromisoformat(grant["expires_at"]).timestamp() == pytest.approx(before + 60, abs=5)
 
@@ -407,3 +407,63 @@ def test_key_uris_go_through_the_gateway_when_the_public_url_is_set(open_platfor
         created = p.license.post(f"/admin/keys/{TITLE}", headers=ADMIN).json()
         assert created["key_uri"] == f"http://127.0.0.1:18000/api/license/keys/{TITLE}/{created['kid']}"
         assert p.authorize().json()["key_uri"] == f"http://127.0.0.1:18000/api/license/keys/{TITLE}"
+
+
+def _cdn(tmp_path: Path) -> dict[str, Any]:
+    """Settings of a license that signs for two PoPs."""
+    (tmp_path / "secret").write_text("lab-secret\n")
+    (tmp_path / "edges.json").write_text(json.dumps({"edge-1": "http://127.0.0.1:9101", "edge-0": "http://127.0.0.1:9100/"}))
+    return {"signing_secret_file": str(tmp_path / "secret"), "edges_file": str(tmp_path / "edges.json"),
+            "signed_url_ttl": 600}
+
+
+def _published(p: Platform, path: str = f"/{TITLE}/master.m3u8") -> None:
+    p.upstreams.titles[TITLE] = {"id": TITLE, "renditions": [
+        {"kind": "hls", "url": f"http://127.0.0.1:8060{path}", "encrypted": True, "pop": None}]}
+
+
+def test_playback_urls_are_signed_for_every_pop(open_platform: PlatformFactory, tmp_path: Path) -> None:
+    from ott import signing
+
+    with open_platform(**_cdn(tmp_path)) as p:
+        _published(p)
+        before = time.time()
+        grant = p.authorize().json()
+    urls = grant["playback"]
+    assert [u["pop"] for u in urls] == ["edge-0", "edge-1"]
+    expires = int(datetime.fromisoformat(urls[0]["expires_at"]).timestamp())
+    assert expires == pytest.approx(before + 600, abs=5)
+    for entry, base in zip(urls, ("http://127.0.0.1:9100", "http://127.0.0.1:9101"), strict=True):
+        assert entry["url"] == base + signing.signed_path("lab-secret", TITLE, expires, "/master.m3u8")
+        match = signing.SIGNED_PATH.match(httpx.URL(entry["url"]).path)
+        assert match and match["token"] == signing.token("lab-secret", TITLE, expires)
+        assert match["token"] != signing.token("other-secret", TITLE, expires)
+
+
+def test_no_playback_urls_without_a_cdn_or_a_published_title(open_platform: PlatformFactory, tmp_path: Path) -> None:
+    with open_platform() as p:  # no CDN configured: the catalog is not even asked
+        _published(p)
+        assert p.authorize().json()["playback"] == []
+        assert not [c for c in p.upstreams.calls if c[1].startswith("http://catalog.test")]
+    with open_platform(**_cdn(tmp_path), stream_limit=10) as p:
+        p.upstreams.titles[TITLE] = {"id": TITLE, "renditions": []}
+        assert p.authorize().json()["playback"] == []
+        # A rendition outside the title's folder is never signed.
+        _published(p, "/other-title/master.m3u8")
+        assert p.authorize().json()["playback"] == []
+
+
+def test_a_title_missing_from_the_catalog_or_a_dead_catalog_is_a_clear_error(open_platform: PlatformFactory,
+                                                                              tmp_path: Path) -> None:
+    with open_platform(**_cdn(tmp_path)) as p:
+        missing = p.authorize()
+        assert (missing.status_code, error_code(missing)) == (404, "unknown_title")
+        assert p.cas.get("/sessions", headers=p.tokens.headers("ana")).json() == []  # no stream session was opened
+
+        def down(url: str) -> None:
+            if url.startswith("http://catalog.test"):
+                raise httpx.ConnectError("connection refused")
+
+        p.upstreams.fail = down
+        dead = p.authorize()
+        assert (dead.status_code, error_code(dead)) == (503, "dependency_unavailable")

@@ -1,0 +1,190 @@
+"""The CDN edge on loopback: real nginx PoPs in front of the real origin nginx.
+
+The title is written straight into the media root (no transcode needed to test caching).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from labkit import edge, media, platform
+from labkit.config import LabConfig
+from labkit.targets.local import LocalTarget
+from ott import signing
+
+pytestmark = pytest.mark.integration
+SEGMENT_BYTES = 650 * 1024
+# nginx keeps validity in whole seconds from the second the entry was stored: a 2 s TTL ends
+# 2 to 3 s later, so wait past the latest end.
+LIVE_EXPIRY_S = edge.OBJECT_TYPES[0].ttl_s + 1.2
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalTarget]:
+    cfg = LabConfig(home=tmp_path_factory.mktemp("edge") / "lab", base_port=28800, ready_timeout=60)
+    target = LocalTarget(cfg, platform.components(), platform.layers())
+    try:
+        target.up(["media", "cdn"])
+        root = media.media_root(cfg)
+        for title in ("vod-title", "other-title"):
+            (root / title / "720p").mkdir(parents=True)
+            (root / title / "master.m3u8").write_text("#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=1000\n720p/index.m3u8\n")
+            (root / title / "720p" / "seg_00000.m4s").write_bytes(os.urandom(SEGMENT_BYTES))
+        (root / "live" / "channel").mkdir(parents=True)
+        (root / "live" / "channel" / "index.m3u8").write_text("#EXTM3U\n#EXT-X-MEDIA-SEQUENCE:1\n")
+        yield target
+    finally:
+        target.down(purge=True)
+
+
+def signed(lab: LocalTarget, title: str, rest: str, *, pop: int = 0, ttl: int = 600) -> str:
+    secret = (lab.cfg.conf_dir / edge.SIGNING_SECRET_FILE).read_text().strip()
+    return edge.EDGE.url(lab.cfg, "http", pop) + signing.signed_path(secret, title, int(time.time()) + ttl, rest)
+
+
+def origin_fetches(lab: LocalTarget, path: str) -> int:
+    """Requests for ``path`` in the origin's JSON access log."""
+    lines = (lab.cfg.log_dir / "origin.log").read_text().splitlines()
+    return sum(1 for line in lines if line.startswith("{") and json.loads(line).get("uri") == path)
+
+
+def test_every_pop_is_listed_with_its_url(lab: LocalTarget) -> None:
+    (status,) = [s for s in lab.status() if s.name == "edge"]
+    assert status.healthy and status.replicas == edge.DEFAULT_POPS
+    assert status.replica_urls == {f"edge-{i}": edge.EDGE.url(lab.cfg, "http", i) for i in range(edge.DEFAULT_POPS)}
+
+
+def test_a_signed_url_is_served_and_cached_per_pop(lab: LocalTarget) -> None:
+    first = httpx.get(signed(lab, "vod-title", "/720p/seg_00000.m4s"), timeout=10)
+    assert (first.status_code, first.headers["x-cache-status"], first.headers["x-pop"]) == (200, "MISS", "edge-0")
+    assert first.headers["content-type"] == "video/mp4" and len(first.content) == SEGMENT_BYTES
+    # Another viewer's token and CMCD arguments: the same cached object.
+    again = httpx.get(signed(lab, "vod-title", "/720p/seg_00000.m4s", ttl=900) + "?CMCD=br%3D3200%2Csid%3D%22x%22",
+                      timeout=10)
+    assert again.headers["x-cache-status"] == "HIT" and again.content == first.content
+    # The other PoP has its own cache.
+    other = httpx.get(signed(lab, "vod-title", "/720p/seg_00000.m4s", pop=1), timeout=10)
+    assert (other.headers["x-cache-status"], other.headers["x-pop"]) == ("MISS", "edge-1")
+    assert origin_fetches(lab, "/vod-title/720p/seg_00000.m4s") == 2
+
+
+def test_relative_uris_keep_the_signed_prefix(lab: LocalTarget) -> None:
+    master = signed(lab, "vod-title", "/master.m3u8")
+    response = httpx.get(master, timeout=10)
+    assert response.headers["content-type"] == "application/vnd.apple.mpegurl"
+    variant = httpx.URL(master).join(response.text.splitlines()[-1])
+    assert str(variant).startswith(master.rsplit("/", 1)[0])  # still under /s/<token>/<expires>/vod-title/
+
+
+@pytest.mark.parametrize(("mangle", "status"), [
+    (lambda url: url.replace("/s/", "/s/A", 1).replace("/", "/", 1), 404),   # token too long: no such path
+    (lambda url: url.replace(url.split("/")[4], "A" * 22), 403),            # forged token
+    (lambda url: url.replace("vod-title", "other-title"), 403),             # a token for another title
+])
+def test_a_bad_token_is_refused(lab: LocalTarget, mangle: object, status: int) -> None:
+    url = signed(lab, "vod-title", "/master.m3u8")
+    assert callable(mangle)
+    response = httpx.get(mangle(url), timeout=10)
+    assert response.status_code == status and "x-cache-status" not in response.headers
+
+
+def test_an_expired_link_is_gone_and_an_unsigned_path_unknown(lab: LocalTarget) -> None:
+    assert httpx.get(signed(lab, "vod-title", "/master.m3u8", ttl=-5), timeout=10).status_code == 410
+    assert httpx.get(edge.EDGE.url(lab.cfg) + "/vod-title/master.m3u8", timeout=10).status_code == 404
+
+
+@pytest.mark.parametrize("rest", ["/../other-title/master.m3u8", "/%2e%2e/%2e%2e/etc/passwd", "/..%2f..%2fetc%2fpasswd",
+                                  "/.staging/x.m4s", "/720p/missing.m4s", "/720p/notes.txt"])
+def test_path_tricks_get_a_4xx_and_nothing_is_cached(lab: LocalTarget, rest: str) -> None:
+    url = signed(lab, "vod-title", "/master.m3u8").removesuffix("/master.m3u8") + rest
+    response = httpx.get(url, timeout=10)
+    assert 400 <= response.status_code < 500
+    again = httpx.get(url, timeout=10)
+    assert again.headers.get("x-cache-status") != "HIT"
+
+
+def test_range_requests_are_served_from_the_cache(lab: LocalTarget) -> None:
+    url = signed(lab, "other-title", "/720p/seg_00000.m4s")
+    part = httpx.get(url, headers={"Range": "bytes=100-199"}, timeout=10)
+    assert (part.status_code, len(part.content), part.headers["content-range"]) == (
+        206, 100, f"bytes 100-199/{SEGMENT_BYTES}")
+    hit = httpx.get(url, headers={"Range": "bytes=-10"}, timeout=10)
+    assert (hit.status_code, hit.headers["x-cache-status"], len(hit.content)) == (206, "HIT", 10)
+    absurd = httpx.get(url, headers={"Range": f"bytes={SEGMENT_BYTES * 10}-"}, timeout=10)
+    assert absurd.status_code == 416
+    garbage = httpx.get(url, headers={"Range": "bytes=banana"}, timeout=10)
+    assert garbage.status_code == 416
+    # Many ranges at once: nginx answers them as multipart, never more bytes than the object has.
+    many = httpx.get(url, headers={"Range": "bytes=" + ",".join(f"{i}-{i}" for i in range(0, 2000, 2))}, timeout=10)
+    assert many.status_code in (206, 400, 416) and len(many.content) < 4 * SEGMENT_BYTES
+
+
+def test_oversized_headers_are_refused(lab: LocalTarget) -> None:
+    response = httpx.get(signed(lab, "vod-title", "/master.m3u8"), headers={"X-Junk": "x" * 20_000}, timeout=10)
+    assert response.status_code in (400, 431, 494)
+
+
+def test_a_herd_of_cold_requests_makes_one_origin_fetch(lab: LocalTarget) -> None:
+    (media.media_root(lab.cfg) / "vod-title" / "720p" / "seg_00001.m4s").write_bytes(os.urandom(SEGMENT_BYTES))
+    url = signed(lab, "vod-title", "/720p/seg_00001.m4s")
+    with httpx.Client(timeout=30, limits=httpx.Limits(max_connections=100)) as client, \
+            concurrent.futures.ThreadPoolExecutor(50) as pool:
+        statuses = list(pool.map(lambda _: client.get(url).status_code, range(100)))
+    assert statuses == [200] * 100
+    assert origin_fetches(lab, "/vod-title/720p/seg_00001.m4s") == 1
+
+
+def test_live_playlists_expire_and_the_edge_serves_stale_when_the_origin_is_down(lab: LocalTarget) -> None:
+    url = signed(lab, "live", "/channel/index.m3u8")
+    assert httpx.get(url, timeout=10).headers["x-cache-status"] == "MISS"
+    assert httpx.get(url, timeout=10).headers["x-cache-status"] == "HIT"
+    playlist = media.media_root(lab.cfg) / "live" / "channel" / "index.m3u8"
+    playlist.write_text("#EXTM3U\n#EXT-X-MEDIA-SEQUENCE:2\n")  # the live edge moved on
+    time.sleep(LIVE_EXPIRY_S)
+    # Expired: the viewer gets the stale copy at once while the PoP refreshes it in the background ...
+    expired = httpx.get(url, timeout=10)
+    assert expired.headers["x-cache-status"] in ("STALE", "UPDATING") and "SEQUENCE:1" in expired.text
+    # ... and the next viewer gets the new one.
+    fresh = _wait_for_text(url, "SEQUENCE:2")
+    assert fresh.headers["x-cache-status"] == "HIT"
+    # A VOD playlist is kept far longer.
+    vod = signed(lab, "vod-title", "/master.m3u8")
+    httpx.get(vod, timeout=10)
+    assert httpx.get(vod, timeout=10).headers["x-cache-status"] == "HIT"
+
+    lab.supervisor.stop_program("origin")
+    try:
+        time.sleep(LIVE_EXPIRY_S)
+        stale = httpx.get(url, timeout=10)
+        assert (stale.status_code, stale.headers["x-cache-status"]) == (200, "STALE")
+        never_cached = httpx.get(signed(lab, "vod-title", "/720p/seg_09999.m4s"), timeout=10)
+        assert never_cached.status_code == 502
+    finally:
+        lab.restart("origin")
+    assert httpx.get(url, timeout=10).status_code == 200
+
+
+def _wait_for_text(url: str, text: str, timeout: float = 5) -> httpx.Response:
+    deadline = time.monotonic() + timeout
+    while True:
+        response = httpx.get(url, timeout=10)
+        if text in response.text or time.monotonic() > deadline:
+            return response
+        time.sleep(0.05)
+
+
+def test_the_edge_writes_a_json_access_log_line_per_request(lab: LocalTarget) -> None:
+    httpx.get(signed(lab, "vod-title", "/master.m3u8") + "?CMCD=bl%3D2000", timeout=10)
+    log = Path(lab.cfg.run_dir) / "edge" / "0" / "access.log"
+    last = json.loads(log.read_text().splitlines()[-1])
+    assert (last["pop"], last["path"], last["status"], last["cmcd"]) == ("edge-0", "/vod-title/master.m3u8", 200,
+                                                                         "bl%3D2000")
+    assert last["cache"] in ("HIT", "MISS")
