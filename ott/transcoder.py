@@ -57,7 +57,7 @@ from sqlalchemy import JSON, Column, Float, Index, String, Table, insert, select
 from ott.db import metadata
 from ott.errors import CORE_ERRORS, ApiError, error_responses
 from ott.media import ladder as ladders
-from ott.media import publish, transcode
+from ott.media import publish
 from ott.media.errors import InvalidTitleId, LadderError, MediaError, SourceError
 from ott.models import TITLE_ID_PATTERN
 from ott.service import Service, create_app, serve
@@ -246,7 +246,9 @@ class Runner:
             raise JobFailed("failed", "internal_error", f"unexpected error: {exc!r}; see the transcoder's log") from exc
 
         rungs = [self._rung(result, r.name) for r in result.report.rungs]
-        master_url = f"{self.settings.origin_url.rstrip('/')}/{spec.title_id}/{transcode.MASTER}"
+        # The version folder is in the URL: everything under it is immutable, so CDNs cache it for long.
+        relative = result.master.relative_to(self.settings.media_root).as_posix()
+        master_url = f"{self.settings.origin_url.rstrip('/')}/{relative}"
         try:
             self._list_in_catalog(spec, result.source.duration, master_url, result.encrypted)
         except ApiError as exc:

@@ -1,8 +1,12 @@
 """Publishing a title into the origin's media root atomically, and the whole pipeline.
 
 Readers (the origin) only ever see a complete title: the encode happens in
-``media_root/.staging/<title>-XXXX`` (same filesystem, so the final move is one ``rename``), and a
-re-publish swaps the new folder with the old one in one ``renameat2(RENAME_EXCHANGE)`` call.
+``media_root/.staging/<title>-XXXX`` (same filesystem, so the final move is one ``rename``) and
+lands as a new *version* folder, ``media_root/<title>/<version>/``. A version never changes once
+published, so CDN caches may keep every object of it for as long as they like; a re-publish is a
+new version, and the catalog's playback URL (updated after the publish) is what moves players to
+it. The newest :data:`KEEP_VERSIONS` versions stay, so a player holding the previous playlist can
+finish; older ones are removed.
 
 Example::
 
@@ -10,17 +14,14 @@ Example::
     result = pipeline(Path("clip.mp4"), Path("var/media"), "big-buck-bunny",
                       ladder.load("small"))
     result.master
-    # -> PosixPath('var/media/big-buck-bunny/master.m3u8')
+    # -> PosixPath('var/media/big-buck-bunny/v20261124T222603-3f9a/master.m3u8')
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
-import errno
-import os
 import re
+import secrets
 import shutil
 import tempfile
 import time
@@ -32,6 +33,8 @@ from ott.media.errors import EncryptionError, InvalidTitleId, PublishError
 from ott.media.ladder import Ladder
 
 STAGING_DIR = ".staging"
+KEEP_VERSIONS = 2
+_VERSION = re.compile(r"v\d{8}T\d{6}-[0-9a-f]{4}")
 _TITLE_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 _SHELL_META = set("$`;&|<>()*?![]{}~'\"\\ \t\n\r#%=")
 
@@ -62,57 +65,44 @@ def validate_title_id(title_id: str) -> str:
     return title_id
 
 
-def publish(staging: Path, media_root: Path, title_id: str) -> Path:
-    """Move the finished ``staging`` folder to ``media_root/title_id`` in one rename; returns that path.
+def new_version() -> str:
+    """A version folder name: sortable by time, unique within a second (``v20261124T222603-3f9a``)."""
+    return time.strftime("v%Y%m%dT%H%M%S", time.gmtime()) + "-" + secrets.token_hex(2)
 
-    If the title exists, the two folders are exchanged atomically (Linux ``renameat2``), then the
-    old content (now at the staging path) is deleted: a reader sees the old or the new title, never
-    a missing or half one. Without ``renameat2`` (other OS or filesystem) we fall back to two
-    renames, which leaves a window of microseconds without the title.
+
+def versions(media_root: Path, title_id: str) -> list[Path]:
+    """The title's published versions, oldest first."""
+    folder = media_root / validate_title_id(title_id)
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.is_dir() and _VERSION.fullmatch(p.name))
+
+
+def publish(staging: Path, media_root: Path, title_id: str, *, keep: int = KEEP_VERSIONS) -> Path:
+    """Move the finished ``staging`` folder to a new version of ``title_id`` in one rename; returns it.
+
+    Then removes all but the newest ``keep`` versions. A reader sees a complete version or none.
     """
     validate_title_id(title_id)
     media_root.mkdir(parents=True, exist_ok=True)
-    final = media_root / title_id
     if staging.stat().st_dev != media_root.stat().st_dev:
         raise PublishError(f"staging {staging} is on another filesystem than {media_root}; a rename cannot be "
                            f"atomic there: stage under {media_root / STAGING_DIR}", path=staging)
+    title = media_root / title_id
+    title.mkdir(exist_ok=True)
+    title.chmod(0o755)
     staging.chmod(0o755)  # mkdtemp made it 0700; the origin's user must be able to read the title
+    final = title / new_version()
+    while final.exists():  # two publishes in the same second drew the same suffix
+        final = title / new_version()
     try:
-        staging.rename(final)  # fails if final already exists as a non-empty folder
-        return final
+        staging.rename(final)
     except OSError as exc:
-        if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.EISDIR):
-            raise PublishError(f"cannot move {staging} to {final}: {exc}", path=final) from exc
-    if _exchange(staging, final):
-        shutil.rmtree(staging)  # now holds the previous version
-        return final
-    old = staging.with_name(staging.name + ".old")
-    final.rename(old)
-    staging.rename(final)
-    shutil.rmtree(old)
+        raise PublishError(f"cannot move {staging} to {final}: {exc}", path=final) from exc
+    for old in versions(media_root, title_id)[:-keep]:
+        if old != final:
+            shutil.rmtree(old, ignore_errors=True)
     return final
-
-
-_RENAME_EXCHANGE = 2
-_AT_FDCWD = -100
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Atomically swap two paths with renameat2(RENAME_EXCHANGE); False if the system cannot."""
-    libc_name = ctypes.util.find_library("c")
-    if libc_name is None:
-        return False
-    libc = ctypes.CDLL(libc_name, use_errno=True)
-    renameat2 = getattr(libc, "renameat2", None)
-    if renameat2 is None:
-        return False
-    result = renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
-    if result == 0:
-        return True
-    err = ctypes.get_errno()
-    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
-        return False
-    raise PublishError(f"cannot swap {a} and {b}: {os.strerror(err)}", path=b)
 
 
 @dataclass(frozen=True)

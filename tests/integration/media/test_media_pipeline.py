@@ -13,7 +13,7 @@ import m3u8
 import pytest
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from ott.media import ladder, verify
+from ott.media import ladder, publish, verify
 from ott.media.errors import VerificationFailed
 from ott.media.publish import pipeline
 
@@ -53,7 +53,8 @@ def test_clear_fmp4_pipeline(sample_clip: Path, media_root: Path, small_ladder: 
     progress: list[tuple[float, float, float]] = []
     result = pipeline(sample_clip, media_root, "demo", small_ladder,
                       on_progress=lambda f, s, e: progress.append((f, s, e)))
-    assert result.path == media_root / "demo" and result.master.is_file()
+    assert result.path.parent == media_root / "demo" and result.master == result.path / "master.m3u8"
+    assert re.fullmatch(r"v\d{8}T\d{6}-[0-9a-f]{4}", result.path.name) and result.master.is_file()
     assert sorted(p.name for p in media_root.iterdir()) == ["demo"]  # no .staging leftovers
     assert progress[-1][0] == 1.0 and any(s > 0 for _, s, _ in progress)
 
@@ -68,15 +69,15 @@ def test_clear_fmp4_pipeline(sample_clip: Path, media_root: Path, small_ladder: 
     resolutions = {p.stream_info.resolution for p in master.playlists}
     assert resolutions == {(1280, 720), (854, 480), (640, 360)}
     for rung in ("720p", "480p", "360p"):
-        media = m3u8.load(str(media_root / "demo" / rung / "index.m3u8"))
+        media = m3u8.load(str(result.path / rung / "index.m3u8"))
         assert media.playlist_type == "vod" and media.is_endlist and media.segment_map
-        iframes = m3u8.load(str(media_root / "demo" / rung / "iframes.m3u8"))
+        iframes = m3u8.load(str(result.path / rung / "iframes.m3u8"))
         assert iframes.is_i_frames_only and all(s.byterange for s in iframes.segments)
         # Each range (moof → end of the keyframe sample) plus the init segment is exactly one keyframe.
-        init = (media_root / "demo" / rung / iframes.segment_map[0].uri).read_bytes()
+        init = (result.path / rung / iframes.segment_map[0].uri).read_bytes()
         for entry in iframes.segments:
             length, offset = (int(x) for x in entry.byterange.split("@"))
-            data = (media_root / "demo" / rung / entry.uri).read_bytes()[offset:offset + length]
+            data = (result.path / rung / entry.uri).read_bytes()[offset:offset + length]
             assert _keyframes_in(init + data, ".mp4", tmp_path)[0].startswith("K")
     # The published tree passes verification on its own (the pipeline ran it on staging).
     report = verify.verify(result.path)
@@ -141,18 +142,22 @@ def test_encrypted_ts_pipeline(sample_clip: Path, media_root: Path, small_ladder
         assert sum("K" in flags for flags in _keyframes_in(plain, ".ts", tmp_path)) == seen[entry.uri]
 
 
-def test_republish_replaces_atomically(sample_clip: Path, media_root: Path, small_ladder: ladder.Ladder) -> None:
-    first = pipeline(sample_clip, media_root, "again", small_ladder)
-    inode = first.path.stat().st_ino
+def test_republish_adds_a_version_and_keeps_only_the_newest_two(sample_clip: Path, media_root: Path,
+                                                                small_ladder: ladder.Ladder) -> None:
+    first = pipeline(sample_clip, media_root, "again", small_ladder.fitting(360))
     marker = first.path / "old-only.txt"
     marker.write_text("from the first version")
     second = pipeline(sample_clip, media_root, "again", small_ladder.fitting(480))
-    assert second.path == first.path
-    assert second.path.stat().st_ino != inode  # a different folder was swapped in
-    assert not marker.exists() and not (second.path / "720p").exists()
+    # A new folder: what a CDN cached of the first version stays true, and a player holding the
+    # first playlist can finish.
+    assert second.path != first.path and second.path.parent == first.path.parent
+    assert marker.exists() and not (first.path / "480p").exists()
     assert (second.path / "480p" / "index.m3u8").is_file()
+    assert publish.versions(media_root, "again") == [first.path, second.path]
+    third = pipeline(sample_clip, media_root, "again", small_ladder.fitting(360))
+    assert publish.versions(media_root, "again") == [second.path, third.path] and not first.path.exists()
     assert sorted(p.name for p in media_root.iterdir()) == ["again"]
-    verify.verify(second.path)
+    verify.verify(third.path)
 
 
 def test_failure_midway_publishes_nothing(sample_clip: Path, media_root: Path, small_ladder: ladder.Ladder,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -86,7 +87,9 @@ def test_a_clear_title_is_published_then_listed_and_served_by_the_origin(
     job = transcode(lab, sample_clip, "clear-clock", name="The lab clock", tier="basic", progress=False, **FAST)
     assert job.state == "published" and job.outcome == "published" and job.result is not None
     origin = lab.endpoint("origin")
-    assert job.result.master_url == f"{origin}/clear-clock/master.m3u8"
+    version = Path(job.result.path).name
+    assert Path(job.result.path) == media_root / "clear-clock" / version
+    assert job.result.master_url == f"{origin}/clear-clock/{version}/master.m3u8"
     assert [r.name for r in job.result.rungs] == ["720p", "480p", "360p"]
     assert all(r.bytes > 10_000 and r.segments >= 1 for r in job.result.rungs)
     assert job.result.speed > 0 and job.result.key_uri is None
@@ -101,13 +104,14 @@ def test_a_clear_title_is_published_then_listed_and_served_by_the_origin(
     assert master.headers["cache-control"] == "public, max-age=2"
     playlist = m3u8.loads(master.text)
     assert len(playlist.playlists) == 3 and len(playlist.iframe_playlists) == 3
-    media_playlist = m3u8.loads(httpx.get(f"{origin}/clear-clock/{playlist.playlists[0].uri}", timeout=10).text)
-    segment = httpx.get(f"{origin}/clear-clock/720p/{media_playlist.segments[0].uri}", timeout=10)
-    init = httpx.get(f"{origin}/clear-clock/720p/{media_playlist.segment_map[0].uri}", timeout=10)
+    base = f"{origin}/clear-clock/{version}"
+    media_playlist = m3u8.loads(httpx.get(f"{base}/{playlist.playlists[0].uri}", timeout=10).text)
+    segment = httpx.get(f"{base}/720p/{media_playlist.segments[0].uri}", timeout=10)
+    init = httpx.get(f"{base}/720p/{media_playlist.segment_map[0].uri}", timeout=10)
     assert segment.status_code == init.status_code == 200
     assert segment.headers["content-type"] == init.headers["content-type"] == "video/mp4"
     assert "immutable" in segment.headers["cache-control"]
-    assert segment.content == (media_root / "clear-clock" / "720p" / media_playlist.segments[0].uri).read_bytes()
+    assert segment.content == (Path(job.result.path) / "720p" / media_playlist.segments[0].uri).read_bytes()
     assert no_staging_left(media_root)
 
 
@@ -119,9 +123,9 @@ def test_an_encrypted_title_plays_with_the_key_license_delivers_through_the_gate
     # The key URI is the gateway's, naming the key version these segments were encrypted with.
     assert job.result.key_uri == registered["key_uri"]
     assert registered["key_uri"] == f"{lab.endpoint('gateway')}/api/license/keys/secret-clock/{registered['kid']}"
-    rung = media_root / "secret-clock" / "720p"
+    rung = Path(job.result.path) / "720p"
     assert f'URI="{registered["key_uri"]}"' in (rung / "index.m3u8").read_text()
-    assert httpx.get(f"{lab.endpoint('origin')}/secret-clock/720p/seg_00000.ts", timeout=10).headers[
+    assert httpx.get(job.result.master_url.replace("master.m3u8", "720p/seg_00000.ts"), timeout=10).headers[
         "content-type"] == "video/mp2t"
     # No key file anywhere in what the origin serves.
     key = bytes.fromhex(registered["key_hex"])
@@ -134,7 +138,7 @@ def test_an_encrypted_title_plays_with_the_key_license_delivers_through_the_gate
     assert (delivered.status_code, delivered.content) == (200, key)
     assert httpx.get(registered["key_uri"], timeout=10).status_code == 401
     # ... and with that key the published stream decodes end to end.
-    verify.verify(media_root / "secret-clock", key=delivered.content)
+    verify.verify(Path(job.result.path), key=delivered.content)
 
 
 def test_republishing_swaps_the_title_and_keeps_the_old_key_version_for_old_playlists(
@@ -144,7 +148,8 @@ def test_republishing_swaps_the_title_and_keeps_the_old_key_version_for_old_play
     second = transcode(lab, sample_clip, "again-clock", encrypt=True, progress=False, **FAST)
     new = key_versions(lab, "again-clock").json()
     assert first.result and second.result and new["kid"] != old["kid"]
-    assert new["key_uri"] in (media_root / "again-clock" / "720p" / "index.m3u8").read_text()
+    assert new["key_uri"] in (Path(second.result.path) / "720p" / "index.m3u8").read_text()
+    assert old["key_uri"] in (Path(first.result.path) / "720p" / "index.m3u8").read_text()  # kept, still valid
     grant = viewer.authorize("again-clock", device_id="laptop")
     bearer = {"Authorization": f"Bearer {grant['authorization']}"}
     for version in (old, new):
@@ -296,7 +301,8 @@ def test_the_cli_prints_the_playlist_url_and_fails_clearly(lab: LocalTarget, sam
     done = subprocess.run([*cli, str(sample_clip), "--title", "cli-clock", "--ladder", "small", "--preset",
                            "ultrafast"], env=env, capture_output=True, text=True, timeout=180, check=False)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip().splitlines()[-1] == f"{lab.endpoint('origin')}/cli-clock/master.m3u8"
+    assert re.fullmatch(rf"{lab.endpoint('origin')}/cli-clock/v[0-9T]+-[0-9a-f]{{4}}/master\.m3u8",
+                        done.stdout.strip().splitlines()[-1])
     assert "published cli-clock" in done.stderr
 
     empty = tmp_path / "empty.mp4"
