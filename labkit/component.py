@@ -74,6 +74,10 @@ class Component:
     # Where the program writes its pid (a template like args). Needed to find it after its
     # supervisor died when it hides its environment, as nginx does (its process title overwrites it).
     pidfile: str | None = None
+    # A helper process paired with each replica of another component (its name): it runs as many
+    # replicas (scaling that component scales this one) and, on Kubernetes, is a second container
+    # in that component's pods (a sidecar), not a Deployment of its own.
+    follows: str | None = None
 
     def __post_init__(self) -> None:
         if not self.name.replace("-", "").isalnum() or not self.name.islower():

@@ -18,6 +18,7 @@ base + 101, and so on (two by default; ``ottlab scale edge 3`` adds one). Each o
 from __future__ import annotations
 
 import secrets
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,6 +82,26 @@ EDGE = Component(
 )
 
 
+# Past this size the exporter empties the access log it has read (the log's only reader).
+ACCESS_LOG_MAX_BYTES = 64 * 1024 * 1024
+
+EXPORTER = Component(
+    name="edge-exporter",
+    layer="cdn",
+    binary=sys.executable,
+    package="python3",
+    args=("-m", "ott.edgelog", "--log", "{run}/edge/{replica}/access.log", "--pop", "edge-{replica}",
+          "--host", "{host}", "--port", "{port_http}", "--truncate-at", str(ACCESS_LOG_MAX_BYTES)),
+    ports=(Port("http", offset=110, container=9145),),
+    readiness=Readiness(path="/healthz"),
+    replicas=DEFAULT_POPS,
+    max_replicas=MAX_POPS,
+    metrics_path="/metrics",
+    follows=EDGE.name,
+    description="one per PoP: its JSON access log as Prometheus metrics (cache status, origin fetches, CMCD)",
+)
+
+
 def signing_secret(cfg: LabConfig) -> str:
     """The lab's URL-signing secret (shared by license, which signs, and the edges, which check)."""
     path = cfg.conf_dir / SIGNING_SECRET_FILE
@@ -101,11 +122,12 @@ def secure_link_directive(secret: str) -> str:
 
 def render(*, pop: str, listen: str, origin_peers: Sequence[str], cache_dir: str, temp_dir: str,
            access_log: str, secret: str | None = None, secret_include: str | None = None,
-           user: str | None = None, cache_size: str = "1g") -> str:
+           user: str | None = None, cache_size: str = "1g", cache_lock: bool = True) -> str:
     """nginx.conf of the PoP ``pop`` (``pop`` may be an nginx variable, like ``$hostname`` in a pod).
 
     The signing secret is either written in (``secret``: the local lab's private conf folder) or
     included from a file holding :func:`secure_link_directive` (``secret_include``: a mounted Secret).
+    ``cache_lock=False`` lets every concurrent miss go to the origin (for the thundering-herd drill).
     """
     if (secret is None) == (secret_include is None):
         raise ValueError("give exactly one of secret and secret_include")
@@ -128,7 +150,7 @@ def render(*, pop: str, listen: str, origin_peers: Sequence[str], cache_dir: str
         "proxy_pass http://origin$uri;",  # the unsigned path, without the query string
         f"proxy_cache {zone};",
         "proxy_cache_key $uri;",
-        "proxy_cache_lock on;",
+        f"proxy_cache_lock {'on' if cache_lock else 'off'};",
         f"proxy_cache_lock_timeout {CACHE_LOCK_TIMEOUT_S}s;",
         f"proxy_cache_lock_age {CACHE_LOCK_TIMEOUT_S}s;",
         "proxy_cache_use_stale error timeout updating http_500 http_502 http_503 http_504;",
@@ -229,7 +251,7 @@ def render_kube() -> str:
 
 LAYER = Layer(
     name="cdn",
-    components=(EDGE,),
+    components=(EDGE, EXPORTER),
     write_configs=write_configs,
     description="edge points of presence in front of the origin",
 )

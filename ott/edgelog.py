@@ -356,13 +356,18 @@ class Tailer:
     * Truncation (the file got shorter than what was read): reads again from the beginning.
     * Rotation (the path now names another inode): reads the new file from its beginning and keeps
       reading the old one for ``rotate_wait`` seconds, for what its writer wrote before reopening.
+    * ``truncate_at``: once it has read everything of a file this long, it empties it (the log's
+      only reader keeps it bounded; nginx appends with O_APPEND, so it goes on writing at the new
+      end). A line written between the last read and the truncation is lost: a small window.
     """
 
     def __init__(self, path: Path, on_line: Callable[[bytes], object], on_invalid: Callable[[str], None], *,
                  from_start: bool = False, poll_interval: float = POLL_INTERVAL_S, max_line: int = MAX_LINE_BYTES,
                  budget: int = READ_BUDGET_BYTES, rotate_wait: float = ROTATE_WAIT_S,
-                 clock: Callable[[], float] = time.monotonic, event: EventLog | None = None):
+                 clock: Callable[[], float] = time.monotonic, event: EventLog | None = None,
+                 truncate_at: int = 0):
         self.path = path
+        self._truncate_at = truncate_at
         self._on_line = on_line
         self._on_invalid = on_invalid
         self._from_start = from_start
@@ -421,6 +426,11 @@ class Tailer:
                 self._current = self._open()
                 if self._current is not None:
                     read += self._read(self._current, self._budget)
+            elif self._truncate_at and current.position >= self._truncate_at and not current.partial:
+                os.truncate(self.path, 0)
+                self._event("emptied", {"path": str(self.path), "bytes": current.position})
+                current.file.seek(0)
+                current.position = 0
         return read
 
     def close(self) -> None:
@@ -564,6 +574,8 @@ def parser() -> argparse.ArgumentParser:
                         help="seconds without a request before a CMCD session is dropped (default: 300)")
     parser.add_argument("--max-sessions", type=int, default=1000,
                         help="CMCD sessions kept at most; the least recently seen go first (default: 1000)")
+    parser.add_argument("--truncate-at", type=int, default=0, metavar="BYTES",
+                        help="empty the log once this much of it has been read (default: 0, never)")
     return parser
 
 
@@ -576,6 +588,7 @@ class Options:
     from_start: bool
     session_ttl: float
     max_sessions: int
+    truncate_at: int = 0
 
 
 def options(argv: list[str] | None = None, environ: Mapping[str, str] | None = None) -> Options:
@@ -591,11 +604,14 @@ def options(argv: list[str] | None = None, environ: Mapping[str, str] | None = N
         cli.error("--pop must not be empty")
     if not args.session_ttl > 0 or args.max_sessions < 1:
         cli.error("--session-ttl must be positive and --max-sessions at least 1")
+    if args.truncate_at < 0:
+        cli.error("--truncate-at must be 0 (never) or a size in bytes")
     port = settings.port if args.port is None else args.port
     if not 0 <= port <= 65535:
         cli.error(f"port {port} is out of range")
     return Options(log=args.log, pop=args.pop, host=args.host or settings.host, port=port,
-                   from_start=args.from_start, session_ttl=args.session_ttl, max_sessions=args.max_sessions)
+                   from_start=args.from_start, session_ttl=args.session_ttl, max_sessions=args.max_sessions,
+                   truncate_at=args.truncate_at)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -607,7 +623,8 @@ def main(argv: list[str] | None = None) -> int:
     def event(name: str, fields: Mapping[str, object]) -> None:
         log.info(name.replace("_", " "), extra={"event": name, **fields})
 
-    tailer = Tailer(opts.log, metrics.handle_line, metrics.invalid, from_start=opts.from_start, event=event)
+    tailer = Tailer(opts.log, metrics.handle_line, metrics.invalid, from_start=opts.from_start, event=event,
+                    truncate_at=opts.truncate_at)
     try:
         server = MetricsServer(opts.host, opts.port, registry)
     except OSError as exc:

@@ -99,10 +99,10 @@ class KubeTarget(Target):
                     progress(f"  created secret/{created} (generated for this lab)")
         deployments = [manifest.name(obj) for obj in objects if obj.get("kind") == "Deployment"]
         for component in chosen:
-            if component.name not in deployments:
+            if _workload(component) not in deployments:
                 progress(f"  note: {component.name} has no Deployment in k8s/overlays/{self.overlay}")
         rollout.wait_all(self._cluster, self.namespace, deployments, self.cfg.ready_timeout)
-        return [self._status_of(c, self._cluster.get(DEPLOYMENTS, c.name, self.namespace)) for c in chosen]
+        return [self._status_of(c, self._cluster.get(DEPLOYMENTS, _workload(c), self.namespace)) for c in chosen]
 
     def down(self, *, purge: bool = False) -> None:
         """Delete every object labkit applied (by its ``part-of: ottlab`` label) and wait for the pods.
@@ -155,7 +155,7 @@ class KubeTarget(Target):
         found = {
             manifest.name(d): d for d in self._cluster.list(DEPLOYMENTS, self.namespace, label_selector=LAB_SELECTOR)
         }
-        return [self._status_of(c, found.get(c.name)) for c in self.components]
+        return [self._status_of(c, found.get(_workload(c))) for c in self.components]
 
     def logs(self, component: str, lines: int = 100) -> str:
         """The last ``lines`` log lines of each of the component's pods."""
@@ -182,7 +182,7 @@ class KubeTarget(Target):
 
     def restart(self, component: str) -> ComponentStatus:
         """A rolling restart, as ``kubectl rollout restart`` does it; waits for the new pods."""
-        comp = self.component(component)
+        comp = self._not_a_sidecar(self.component(component), "restart")
         stamp = datetime.now(UTC).isoformat(timespec="microseconds")
         patch = {"spec": {"template": {"metadata": {"annotations": {RESTARTED_AT: stamp}}}}}
         patched = self._cluster.patch(
@@ -196,7 +196,7 @@ class KubeTarget(Target):
 
     def scale(self, component: str, replicas: int) -> ComponentStatus:
         """Set the Deployment's replicas (1..``max_replicas``) through its scale subresource; wait."""
-        comp = self.component(component)
+        comp = self._not_a_sidecar(self.component(component), "scale")
         if isinstance(replicas, bool) or not isinstance(replicas, int) or not 1 <= replicas <= comp.max_replicas:
             raise ConfigError(
                 f"{comp.name} can run 1 to {comp.max_replicas} replicas, not {replicas!r}",
@@ -231,6 +231,9 @@ class KubeTarget(Target):
     def endpoint(self, component: str, port: str = "http") -> str:
         """``http://127.0.0.1:<port>``: a port-forward to the component's Service (kept open, reused)."""
         comp = self.component(component)
+        if comp.follows is not None:
+            raise ConfigError(f"{comp.name} has no Service: it is a sidecar in each {comp.follows} pod",
+                              hint="Prometheus scrapes it in every pod: query its metrics with labkit.Prometheus")
         try:
             comp.port(port)
         except KeyError:
@@ -293,12 +296,18 @@ class KubeTarget(Target):
             comp.name, comp.layer, state, healthy, urls=urls, replicas=available, detail=rollout_status.describe()
         )
 
+    def _not_a_sidecar(self, comp: Component, action: str) -> Component:
+        if comp.follows is not None:
+            raise ConfigError(f"{comp.name} is a sidecar in the pods of {comp.follows}",
+                              hint=f"{action} {comp.follows} instead")
+        return comp
+
     def _no_deployment(self, comp: Component) -> NotRunningError:
         return NotRunningError(f"component {comp.name!r} (no deployment/{comp.name} in namespace {self.namespace})")
 
     def _pods(self, comp: Component) -> list[KubeObject]:
         """The component's pods, by name."""
-        pods = self._cluster.list(PODS, self.namespace, label_selector=f"{manifest.NAME_LABEL}={comp.name}")
+        pods = self._cluster.list(PODS, self.namespace, label_selector=f"{manifest.NAME_LABEL}={_workload(comp)}")
         return sorted(pods, key=manifest.name)
 
     def _backend(self, comp: Component, port: str) -> tuple[str, int]:
@@ -358,6 +367,11 @@ class KubeTarget(Target):
         for forward in self._forwards.values():
             forward.close()
         self._forwards.clear()
+
+
+def _workload(comp: Component) -> str:
+    """The Deployment a component runs in: its own, or, for a sidecar, the one it follows."""
+    return comp.follows or comp.name
 
 
 def _ready(pod: KubeObject) -> bool:

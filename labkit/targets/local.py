@@ -114,17 +114,24 @@ class LocalTarget(Target):
                 f"{component} can run 1 to {comp.max_replicas} replicas, not {replicas}",
                 hint=f"choose a count from 1 to {comp.max_replicas}",
             )
+        if comp.follows is not None:
+            raise ConfigError(f"{component} runs one replica per {comp.follows} replica",
+                              hint=f"scale {comp.follows} instead: `ottlab scale {comp.follows} {replicas}`")
         self._require_supervisor()
+        followers = [c for c in self.components if c.follows == comp.name]
         with self.labdir.lock():
-            programs = program_names(comp)
-            self._start(comp, replicas)
             counts = self._replica_overrides()
-            counts[comp.name] = replicas
+            for each in (comp, *followers):
+                counts[each.name] = replicas
             self._replicas_file.write_text(json.dumps(counts))
+            # The configs first (a new PoP needs its own), then the new replicas and their helpers.
+            self._write_layer_configs()
+            self._start_all([comp, *followers], replicas)
             # New replicas join the gateway and Prometheus before old ones leave: no request is lost.
             self._reload_configs()
-            for program in programs[replicas:]:
-                self.supervisor.stop_program(program)
+            for each in (comp, *followers):
+                for program in program_names(each)[replicas:]:
+                    self.supervisor.stop_program(program)
         return self._status_of(comp, self.supervisor.all_info())
 
     def kill(self, component: str) -> None:

@@ -17,6 +17,7 @@ import pytest
 
 from labkit import edge, media, platform
 from labkit.config import LabConfig
+from labkit.errors import ConfigError
 from labkit.targets.local import LocalTarget
 from ott import signing
 
@@ -188,3 +189,69 @@ def test_the_edge_writes_a_json_access_log_line_per_request(lab: LocalTarget) ->
     assert (last["pop"], last["path"], last["status"], last["cmcd"]) == ("edge-0", "/vod-title/master.m3u8", 200,
                                                                          "bl%3D2000")
     assert last["cache"] in ("HIT", "MISS")
+
+
+def _metrics(lab: LocalTarget, pop: int) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(edge.EXPORTER.url(lab.cfg, "http", pop) + "/metrics", timeout=10).text
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def _value(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str) -> float:
+    return sum(v for (n, ls), v in samples.items() if n == name and set(labels.items()) <= ls)
+
+
+def _eventually(check: object, timeout: float = 10) -> None:
+    assert callable(check)
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
+
+
+def test_each_pops_exporter_counts_its_requests_and_cmcd(lab: LocalTarget) -> None:
+    (media.media_root(lab.cfg) / "vod-title" / "720p" / "seg_00002.m4s").write_bytes(os.urandom(1000))
+    url = signed(lab, "vod-title", "/720p/seg_00002.m4s", pop=1)
+    before = _metrics(lab, 1)
+    cmcd = "br%3D3200%2Cbl%3D21300%2Cmtp%3D25400%2Cot%3Dv%2Csid%3D%22viewer-7%22%2Csu"
+    for query in (f"?CMCD={cmcd}", f"?CMCD={cmcd}", "?CMCD=%22garbage", ""):
+        assert httpx.get(url + query, timeout=10).status_code == 200
+
+    def counted() -> bool:
+        return _value(_metrics(lab, 1), "ott_edge_requests_total", object_type="segment") >= _value(
+            before, "ott_edge_requests_total", object_type="segment") + 4
+
+    _eventually(counted)
+    after = _metrics(lab, 1)
+    assert _value(after, "ott_edge_requests_total", pop="edge-1", cache="HIT", object_type="segment") - _value(
+        before, "ott_edge_requests_total", pop="edge-1", cache="HIT", object_type="segment") == 3
+    assert _value(after, "ott_edge_origin_fetches_total", object_type="segment") - _value(
+        before, "ott_edge_origin_fetches_total", object_type="segment") == 1
+    assert _value(after, "ott_edge_cmcd_requests_total", result="invalid") - _value(
+        before, "ott_edge_cmcd_requests_total", result="invalid") == 1
+    assert _value(after, "ott_edge_cmcd_session_bitrate_kbps", session="viewer-7") == 3200
+    assert _value(after, "ott_edge_cmcd_session_throughput_kbps", session="viewer-7") == 25400
+    assert _value(after, "ott_edge_cmcd_session_requests_total", session="viewer-7") == 2
+    # PoP 0's exporter saw none of it.
+    assert _value(_metrics(lab, 0), "ott_edge_cmcd_session_requests_total", session="viewer-7") == 0
+
+
+def test_scaling_the_edge_adds_a_pop_with_its_own_exporter(lab: LocalTarget) -> None:
+    with pytest.raises(ConfigError, match="scale edge instead"):
+        lab.scale("edge-exporter", 3)
+    lab.scale("edge", 3)
+    try:
+        (status,) = [s for s in lab.status() if s.name == "edge"]
+        assert list(status.replica_urls) == ["edge-0", "edge-1", "edge-2"]
+        third = httpx.get(signed(lab, "vod-title", "/master.m3u8", pop=2), timeout=10)
+        assert (third.status_code, third.headers["x-pop"]) == (200, "edge-2")
+        edges = json.loads((lab.cfg.conf_dir / edge.EDGES_FILE).read_text())
+        assert sorted(edges) == ["edge-0", "edge-1", "edge-2"]
+        _eventually(lambda: _value(_metrics(lab, 2), "ott_edge_requests_total", pop="edge-2") >= 1)
+    finally:
+        lab.scale("edge", 2)
+    assert [s.replicas for s in lab.status() if s.name in ("edge", "edge-exporter")] == [2, 2]
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(edge.EDGE.url(lab.cfg, "http", 2) + "/healthz", timeout=2)

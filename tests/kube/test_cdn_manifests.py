@@ -5,6 +5,9 @@
 - every path the config names is a volume of the pod: the URL-signing Secret's file where the
   config includes it, the cache, the temp folder and the access log's folder (writable);
 - one pod per PoP: the Deployment runs ``DEFAULT_POPS`` replicas, each its own cache;
+- each pod runs the PoP's exporter (``EXPORTER``) beside nginx: the declared command translated
+  for the pod (its log, the pod's name as the PoP's id), the log's folder shared read-write, as
+  the log's owner (it empties the log), and the pod scraped on the exporter's port;
 - the URL-signing secret is never in the manifests: labkit.kube.secrets creates it per lab;
 - the config is valid for nginx itself (``nginx -t``, marked integration).
 
@@ -21,9 +24,9 @@ from typing import Any
 
 import pytest
 import yaml
-from test_apis_manifests import base, only, pod_spec
+from test_apis_manifests import IMAGE, base, only, pod_spec, project_version
 from test_manifests import DIRECTORIES, rendered
-from test_media_manifests import main_container, mounted_at
+from test_media_manifests import main_container
 
 from labkit import edge, media, origin
 from labkit.component import Component
@@ -37,6 +40,27 @@ def deployment() -> dict[str, Any]:
     return only("Deployment", edge.EDGE.name)
 
 
+def container_named(name: str) -> dict[str, Any]:
+    (found,) = [c for c in pod_spec(deployment())["containers"] if c["name"] == name]
+    return dict(found)
+
+
+def edge_container() -> dict[str, Any]:
+    return container_named(edge.EDGE.name)
+
+
+def exporter_container() -> dict[str, Any]:
+    return container_named(edge.EXPORTER.name)
+
+
+def mounted_at(container: dict[str, Any], path: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The volume of the edge's pod mounted at ``path`` in ``container``, and its mount."""
+    mounts = [m for m in container.get("volumeMounts", []) if m["mountPath"] == path]
+    assert len(mounts) == 1, f"{container['name']}: expected one mount at {path}, found {len(mounts)}"
+    (volume,) = [v for v in pod_spec(deployment())["volumes"] if v["name"] == mounts[0]["name"]]
+    return volume, mounts[0]
+
+
 def edge_config_map() -> dict[str, Any]:
     (found,) = [o for o in base() if o["kind"] == "ConfigMap" and o["metadata"]["name"].startswith("edge-config-")]
     return found
@@ -48,8 +72,25 @@ def directive(name: str) -> str:
     return str(value)
 
 
-def writable_mounts() -> set[str]:
-    return {m["mountPath"] for m in main_container(deployment())["volumeMounts"] if not m.get("readOnly")}
+def access_log() -> PurePosixPath:
+    (path,) = re.findall(r"^\s*access_log (\S+) edge;", edge.render_kube(), flags=re.MULTILINE)
+    return PurePosixPath(path)
+
+
+def writable_mounts(container: dict[str, Any]) -> set[str]:
+    return {m["mountPath"] for m in container["volumeMounts"] if not m.get("readOnly")}
+
+
+def run_as(container: dict[str, Any]) -> tuple[int, int]:
+    """The user and group the container runs as: its own securityContext's, else the pod's."""
+    pod = pod_spec(deployment())["securityContext"]
+    own = container.get("securityContext", {})
+    return own.get("runAsUser", pod["runAsUser"]), own.get("runAsGroup", pod["runAsGroup"])
+
+
+def mebibytes(quantity: str) -> float:
+    units = {"Ki": 1 / 1024, "Mi": 1, "Gi": 1024}
+    return float(quantity[:-2]) * units[quantity[-2:]]
 
 
 # -- the config ------------------------------------------------------------------------------
@@ -65,13 +106,13 @@ def test_the_edge_config_map_is_render_kube_byte_for_byte() -> None:
 
 
 def test_the_edge_runs_the_mounted_config_as_non_root() -> None:
-    spec = main_container(deployment())
+    spec = edge_container()
     assert spec["name"] == edge.EDGE.name
     command = spec["command"]
     assert command[0] == "nginx" and command[-2:] == ["-g", "daemon off;"]
     assert "args" not in spec
     config = PurePosixPath(command[command.index("-c") + 1])
-    volume, mount = mounted_at(deployment(), str(config.parent))
+    volume, mount = mounted_at(spec, str(config.parent))
     assert volume["configMap"]["name"] == edge_config_map()["metadata"]["name"]
     assert mount["readOnly"] is True and config.name == "nginx.conf"
     # The gateway's and the origin's image: nginx without root (uid 101), at the release tested locally.
@@ -96,7 +137,7 @@ def test_the_edge_listens_where_its_service_sends_and_fetches_from_the_origin_se
 def test_the_url_signing_secret_is_mounted_where_the_config_includes_it() -> None:
     include = PurePosixPath(edge.KUBE_SECRET_INCLUDE)
     assert f"include {include};" in edge.render_kube()
-    volume, mount = mounted_at(deployment(), str(include.parent))
+    volume, mount = mounted_at(edge_container(), str(include.parent))
     assert mount["readOnly"] is True
     assert volume["secret"]["secretName"] == secrets.URL_SIGNING
     # Only the nginx line: the raw secret (for the signer) stays out of the edges' pods.
@@ -119,7 +160,7 @@ def test_the_url_signing_secret_is_made_for_the_cdn_layer() -> None:
 def test_each_pop_caches_in_its_own_empty_dir_at_the_configured_path() -> None:
     cache_dir = directive("proxy_cache_path")
     assert cache_dir == edge.KUBE_CACHE_DIR
-    volume, mount = mounted_at(deployment(), cache_dir)
+    volume, mount = mounted_at(edge_container(), cache_dir)
     assert volume["emptyDir"]["sizeLimit"] == "1Gi"
     assert not mount.get("readOnly", False)
     (max_size,) = re.findall(r"max_size=(\d+)m ", edge.render_kube())
@@ -127,24 +168,25 @@ def test_each_pop_caches_in_its_own_empty_dir_at_the_configured_path() -> None:
 
 
 def test_the_access_log_folder_is_a_writable_volume() -> None:
-    (access_log,) = re.findall(r"^\s*access_log (\S+) edge;", edge.render_kube(), flags=re.MULTILINE)
-    volume, mount = mounted_at(deployment(), str(PurePosixPath(access_log).parent))
+    volume, mount = mounted_at(edge_container(), str(access_log().parent))
     assert "emptyDir" in volume and not mount.get("readOnly", False)
+    # The exporter empties the log past ACCESS_LOG_MAX_BYTES: the kubelet's limit is well above.
+    assert mebibytes(volume["emptyDir"]["sizeLimit"]) >= 2 * edge.ACCESS_LOG_MAX_BYTES / 2**20
 
 
 def test_the_edge_writes_only_to_its_empty_dirs() -> None:
     pid = PurePosixPath(directive("pid"))
     temp_dir = str(pid.parent)
-    volume, _ = mounted_at(deployment(), temp_dir)
+    volume, _ = mounted_at(edge_container(), temp_dir)
     assert "emptyDir" in volume
     for path in re.findall(r"_temp_path (\S+);", edge.render_kube()):
         assert PurePosixPath(path).is_relative_to(temp_dir), path
-    (access_log,) = re.findall(r"^\s*access_log (\S+) edge;", edge.render_kube(), flags=re.MULTILINE)
-    assert writable_mounts() == {temp_dir, edge.KUBE_CACHE_DIR, str(PurePosixPath(access_log).parent)}
-    for name in writable_mounts():
-        volume, _ = mounted_at(deployment(), name)
+    writable = writable_mounts(edge_container())
+    assert writable == {temp_dir, edge.KUBE_CACHE_DIR, str(access_log().parent)}
+    for name in writable:
+        volume, _ = mounted_at(edge_container(), name)
         assert "emptyDir" in volume, name
-    assert main_container(deployment())["securityContext"]["readOnlyRootFilesystem"] is True
+    assert edge_container()["securityContext"]["readOnlyRootFilesystem"] is True
 
 
 # -- the PoPs --------------------------------------------------------------------------------
@@ -159,8 +201,82 @@ def test_one_pod_per_pop() -> None:
 
 @pytest.mark.parametrize("component", edge.LAYER.components, ids=lambda c: c.name)
 def test_every_object_of_the_layer_is_labelled_cdn(component: Component) -> None:
+    # A follower (the exporter) has no objects of its own: it lives in the pods it follows.
+    name = component.follows or component.name
     for kind in ("Deployment", "Service"):
-        assert manifest.labels(only(kind, component.name))[manifest.LAYER_LABEL] == LAYER
+        assert manifest.labels(only(kind, name))[manifest.LAYER_LABEL] == LAYER
+
+
+# -- the PoP's exporter ----------------------------------------------------------------------
+
+
+def test_the_exporter_is_a_sidecar_of_the_edge() -> None:
+    assert edge.EXPORTER.follows == edge.EDGE.name
+    assert [c["name"] for c in pod_spec(deployment())["containers"]] == [edge.EDGE.name, edge.EXPORTER.name]
+    assert "initContainers" not in pod_spec(deployment())
+
+
+def test_the_exporter_runs_the_declared_command_translated_for_the_pod() -> None:
+    spec = exporter_container()
+    # The API services' image: ott.edgelog is part of the ott package.
+    assert spec["image"] == f"{IMAGE}:{project_version()}"
+    assert "args" not in spec
+    # The declaration's templates as the pod reads them; every other argument as declared.
+    in_the_pod = {
+        "{run}/edge/{replica}/access.log": str(access_log()),
+        "edge-{replica}": "$(POD_NAME)",  # the PoP's id: the pod's name, nginx's $hostname
+        "{host}": "0.0.0.0",  # every interface: the kubelet's probes and Prometheus
+        "{port_http}": str(edge.EXPORTER.port("http").container),
+    }
+    assert spec["command"] == ["python", *(in_the_pod.get(a, a) for a in edge.EXPORTER.args)]
+    assert set(in_the_pod) <= set(edge.EXPORTER.args), "a template changed in the declaration"
+    command = spec["command"]
+    assert command[command.index("--truncate-at") + 1] == str(edge.ACCESS_LOG_MAX_BYTES)
+
+
+def test_the_exporters_pop_id_is_the_pod_name_nginx_logs() -> None:
+    env = {e["name"]: e for e in exporter_container()["env"]}
+    assert env["POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert env["PYTHONDONTWRITEBYTECODE"]["value"] == "1"
+    # nginx's $hostname is the pod's name as long as the pod sets no hostname of its own.
+    text = edge.render_kube()
+    assert '"pop":"$hostname"' in text and "X-PoP $hostname" in text
+    assert not {"hostname", "subdomain", "setHostnameAsFQDN"} & set(pod_spec(deployment()))
+
+
+def test_the_exporter_shares_the_log_folder_read_write_and_nothing_else() -> None:
+    folder = str(access_log().parent)
+    edge_volume, _ = mounted_at(edge_container(), folder)
+    volume, mount = mounted_at(exporter_container(), folder)
+    assert volume == edge_volume and "emptyDir" in volume
+    assert not mount.get("readOnly", False), "the exporter empties the log"
+    # No Secret, no cache: the log is all it reads.
+    assert [m["name"] for m in exporter_container()["volumeMounts"]] == [volume["name"]]
+    assert writable_mounts(exporter_container()) == {folder}
+
+
+def test_the_exporter_runs_as_the_logs_owner() -> None:
+    # nginx creates its access log with mode 0644: only its owner can empty it (the pod's group,
+    # fsGroup, may read it). So the exporter runs as nginx's user, not as the image's 10001.
+    assert run_as(exporter_container()) == run_as(edge_container())
+    assert run_as(exporter_container())[0] != 0
+    security = exporter_container()["securityContext"]
+    assert security["runAsNonRoot"] is True and security["readOnlyRootFilesystem"] is True
+
+
+def test_the_pods_are_scraped_on_the_exporters_port() -> None:
+    annotations = deployment()["spec"]["template"]["metadata"]["annotations"]
+    port = edge.EXPORTER.port("http").container
+    assert annotations == {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": str(port),
+        "prometheus.io/path": edge.EXPORTER.metrics_path,
+    }
+    (declared,) = [p for p in exporter_container()["ports"] if p["containerPort"] == port]
+    # "http" is nginx's port (the Service's target); port names are unique in a pod.
+    assert declared["name"] != "http"
+    (service_port,) = only("Service", edge.EDGE.name)["spec"]["ports"]
+    assert service_port["port"] == edge.EDGE.port("http").container
 
 
 def test_the_cdn_layer_follows_the_media_layer_in_the_base() -> None:

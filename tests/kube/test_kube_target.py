@@ -625,6 +625,22 @@ def test_status_reads_each_component_from_its_deployment(fake_cluster: FakeClust
     assert listing.params["labelSelector"] == "app.kubernetes.io/part-of=ottlab"
 
 
+def test_a_sidecar_reports_the_deployment_it_runs_in_and_cannot_be_scaled_alone(
+    fake_cluster: FakeCluster, lab_cfg: LabConfig
+) -> None:
+    fake_cluster.put(DEPLOYMENTS, "edge", deployment("edge", available=2, replicas=2))
+    target = make_target(fake_cluster, lab_cfg)
+
+    statuses = {s.name: s for s in target.status()}
+
+    assert (statuses["edge-exporter"].state, statuses["edge-exporter"].replicas) == ("running", 2)
+    for call in (lambda: target.scale("edge-exporter", 3), lambda: target.restart("edge-exporter"),
+                 lambda: target.endpoint("edge-exporter")):
+        with pytest.raises(ConfigError, match="sidecar"):
+            call()
+    assert not fake_cluster.requests("PATCH")
+
+
 def test_scale_patches_the_scale_subresource_and_waits(fake_cluster: FakeCluster, lab_cfg: LabConfig) -> None:
     fake_cluster.put(DEPLOYMENTS, "web", deployment("web", available=1))
     settle_deployments(fake_cluster)

@@ -5,7 +5,8 @@
   (``kubernetes-validate`` bundles them: no network), strictly: an unknown field is an error;
 - each declared component (``labkit.platform.components()``, and the apis layer's) has the
   Deployment and Service the kube target expects, with the declared ports, readiness path and
-  replicas;
+  replicas; a component that ``follows`` another is instead a sidecar container in the pods of
+  the one it follows, with its module, port, probe and metrics;
 - the alert rules and Alertmanager's configuration are the very ones the local target loads;
 - every container runs locked down (non-root, read-only root, no privilege, no capability);
 - no Secret is committed: the lab's Secrets are generated per lab (labkit.kube.secrets).
@@ -46,6 +47,9 @@ def declared_layers() -> list[Layer]:
 
 
 COMPONENTS = [c for layer in declared_layers() for c in layer.components]
+# A component that follows another is a second container in that one's pods: no Deployment, no Service.
+DEPLOYED = [c for c in COMPONENTS if c.follows is None]
+FOLLOWERS = [c for c in COMPONENTS if c.follows is not None]
 # What a liveness probe may ask besides the readiness path: every ott service and the gateway
 # answer /healthz while the process is alive, whatever their dependencies (a database) say.
 LIVENESS_PATHS = {"/healthz"}
@@ -71,6 +75,18 @@ def pod_spec(workload: dict[str, Any]) -> dict[str, Any]:
 def containers(workload: dict[str, Any]) -> list[dict[str, Any]]:
     spec = pod_spec(workload)
     return [*spec.get("initContainers", []), *spec["containers"]]
+
+
+def followers_of(component: Component) -> list[Component]:
+    return [c for c in FOLLOWERS if c.follows == component.name]
+
+
+def container_port(container: dict[str, Any], port: int | str) -> int:
+    """The number a probe's ``port`` stands for in ``container`` (a number, or one of its port names)."""
+    if isinstance(port, int):
+        return port
+    (number,) = [p["containerPort"] for p in container.get("ports", []) if p["name"] == port]
+    return int(number)
 
 
 def test_the_default_overlay_and_minikube_exist() -> None:
@@ -138,7 +154,7 @@ def test_overlays_deploy_the_same_objects_as_the_base(overlay: str) -> None:
 # -- one source of truth: the component declarations ----------------------------------------
 
 
-@pytest.mark.parametrize("component", COMPONENTS, ids=lambda c: c.name)
+@pytest.mark.parametrize("component", DEPLOYED, ids=lambda c: c.name)
 def test_the_deployment_agrees_with_the_component_declaration(component: Component) -> None:
     deployment = only(rendered("base"), "Deployment", component.name)
     assert manifest.labels(deployment).get(manifest.LAYER_LABEL) == component.layer
@@ -157,15 +173,21 @@ def test_the_deployment_agrees_with_the_component_declaration(component: Compone
     assert liveness["port"] == component.readiness.port
 
     annotations = deployment["spec"]["template"]["metadata"].get("annotations", {})
-    if component.metrics_path is None:
+    # One set of annotations per pod: at most one of its containers declares metrics.
+    scraped = [c for c in (component, *followers_of(component)) if c.metrics_path is not None]
+    assert len(scraped) <= 1, f"{[c.name for c in scraped]} share a pod: Prometheus scrapes one port of it"
+    if not scraped:
         assert annotations.get("prometheus.io/scrape") != "true"
+    elif component.metrics_path is None:
+        # The pod is scraped for its sidecar: test_a_follower_is_a_sidecar_of_the_pods_it_follows.
+        assert annotations["prometheus.io/port"] != str(component.port("http").container)
     else:
         assert annotations["prometheus.io/scrape"] == "true"
         assert annotations["prometheus.io/path"] == component.metrics_path
         assert annotations["prometheus.io/port"] == str(component.port("http").container)
 
 
-@pytest.mark.parametrize("component", COMPONENTS, ids=lambda c: c.name)
+@pytest.mark.parametrize("component", DEPLOYED, ids=lambda c: c.name)
 def test_the_service_targets_the_http_port_of_the_components_pods(component: Component) -> None:
     objects = rendered("base")
     service = only(objects, "Service", component.name)
@@ -179,9 +201,55 @@ def test_the_service_targets_the_http_port_of_the_components_pods(component: Com
 
 
 def test_every_deployment_is_a_declared_component() -> None:
-    declared = {c.name for c in COMPONENTS}
+    declared = {c.name for c in DEPLOYED}
     deployments = {o["metadata"]["name"] for o in rendered("base") if o["kind"] == "Deployment"}
     assert deployments == declared
+
+
+@pytest.mark.parametrize("follower", FOLLOWERS, ids=lambda c: c.name)
+def test_a_follower_is_a_sidecar_of_the_pods_it_follows(follower: Component) -> None:
+    objects = rendered("base")
+    (followed,) = [c for c in DEPLOYED if c.name == follower.follows]
+    assert follower.layer == followed.layer
+    # As many as the pods it follows: one per pod.
+    assert (follower.replicas, follower.max_replicas) == (followed.replicas, followed.max_replicas)
+    # Not a workload of its own, and nothing routes to it but Prometheus (by the pod's annotations).
+    assert not [manifest.ref(o) for o in objects if o["metadata"]["name"] == follower.name]
+    deployment = only(objects, "Deployment", followed.name)
+    (sidecar,) = [c for c in pod_spec(deployment)["containers"] if c["name"] == follower.name]
+
+    # The declared program: `python -m <module>` in the services' image, else the binary itself.
+    if follower.args[0] == "-m":
+        assert sidecar["command"][:3] == ["python", "-m", follower.args[1]]
+    else:
+        assert sidecar["command"][0] == follower.binary.rsplit("/", 1)[-1]
+    assert "args" not in sidecar
+
+    # Its declared ports by number: names are the pod's (unique in it; the followed one has "http").
+    numbers = [p["containerPort"] for p in sidecar["ports"]]
+    assert sorted(numbers) == sorted(p.container for p in follower.ports)
+    readiness = sidecar["readinessProbe"]["httpGet"]
+    assert readiness["path"] == follower.readiness.path
+    assert container_port(sidecar, readiness["port"]) == follower.port(follower.readiness.port).container
+    liveness = sidecar["livenessProbe"]["httpGet"]
+    assert liveness["path"] in {follower.readiness.path, *LIVENESS_PATHS}
+    assert container_port(sidecar, liveness["port"]) == follower.port(follower.readiness.port).container
+
+    annotations = deployment["spec"]["template"]["metadata"].get("annotations", {})
+    if follower.metrics_path is None:
+        assert annotations.get("prometheus.io/port") not in {str(n) for n in numbers}
+    else:
+        assert annotations["prometheus.io/scrape"] == "true"
+        assert annotations["prometheus.io/path"] == follower.metrics_path
+        assert annotations["prometheus.io/port"] == str(follower.port("http").container)
+
+
+@pytest.mark.parametrize("directory", DIRECTORIES)
+def test_port_names_are_unique_in_each_pod(directory: str) -> None:
+    # The API server refuses a pod whose containers repeat a port name; the schemas do not check it.
+    for workload in (o for o in rendered(directory) if o["kind"] in WORKLOADS):
+        names = [p["name"] for c in containers(workload) for p in c.get("ports", []) if "name" in p]
+        assert len(set(names)) == len(names), f"{manifest.ref(workload)}: port names {names}"
 
 
 # -- one source of truth: configuration files ------------------------------------------------

@@ -603,3 +603,19 @@ def test_metrics_server(registry: CollectorRegistry, metrics: EdgeMetrics) -> No
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
+
+
+def test_a_log_read_past_truncate_at_is_emptied_but_never_mid_line(log_file: Path, got: Collected) -> None:
+    for tailer in _tailer(log_file, got, from_start=True, truncate_at=10):
+        log_file.write_bytes(b"short\n")
+        tailer.poll()
+        assert log_file.stat().st_size == 6  # under the limit: kept
+        _append(log_file, b"a longer line\nhalf")
+        tailer.poll()
+        assert log_file.stat().st_size > 10  # a line is half written: not now
+        _append(log_file, b" done\n")
+        tailer.poll()
+        assert log_file.stat().st_size == 0
+        _append(log_file, b"after\n")  # the writer appends at the new end
+        tailer.poll()
+    assert got.lines == [b"short", b"a longer line", b"half done", b"after"]
