@@ -8,6 +8,7 @@
     ottlab transcode clip.mp4 --title lab-clock [--encrypt] [--ladder small]
     ottlab playback lab-clock --user alice
     ottlab restart COMPONENT
+    ottlab stop COMPONENT / ottlab start COMPONENT
     ottlab down [--purge]
 """
 
@@ -143,6 +144,24 @@ def logs(target_name: str | None, component: str, lines: int) -> None:
 def restart(target_name: str | None, component: str) -> None:
     """Restart COMPONENT and wait until it is ready."""
     _print_table([_target(target_name).restart(component)])
+
+
+@main.command()
+@_target_option
+@click.argument("component")
+@_handle_errors
+def stop(target_name: str | None, component: str) -> None:
+    """Stop COMPONENT (every replica) until `ottlab start`: an outage for a drill."""
+    _print_table([_target(target_name).stop(component)])
+
+
+@main.command()
+@_target_option
+@click.argument("component")
+@_handle_errors
+def start(target_name: str | None, component: str) -> None:
+    """Start a stopped COMPONENT again and wait until it is ready."""
+    _print_table([_target(target_name).start(component)])
 
 
 @main.command()

@@ -91,6 +91,14 @@ class Target(abc.ABC):
         """Run ``replicas`` copies of a component (within its declared bounds)."""
 
     @abc.abstractmethod
+    def stop(self, component: str) -> ComponentStatus:
+        """Stop every replica of a component until :meth:`start` (an outage a drill keeps going)."""
+
+    @abc.abstractmethod
+    def start(self, component: str) -> ComponentStatus:
+        """Start a stopped component again (its replicas as before) and wait until it is ready."""
+
+    @abc.abstractmethod
     def kill(self, component: str) -> None:
         """Kill a component abruptly (SIGKILL / pod delete), as a failure drill does."""
 

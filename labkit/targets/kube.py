@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 
 # kubectl's own annotation for `kubectl rollout restart`, so kubectl shows ours the same way.
 RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"
+STOPPED_REPLICAS = "ottlab.io/stopped-replicas"
 LAB_SELECTOR = f"{manifest.PART_OF_LABEL}={manifest.PART_OF}"
 # Kinds that hold the lab's state: the database volume and the per-lab keys.
 _STATE_KINDS = frozenset({"PersistentVolumeClaim", "Secret"})
@@ -208,6 +209,34 @@ class KubeTarget(Target):
         progress(f"scaling deployment/{comp.name} to {replicas} replica(s)")
         rollout.wait_all(self._cluster, self.namespace, [comp.name], self.cfg.ready_timeout)
         return self._status_of(comp, self._cluster.get(DEPLOYMENTS, comp.name, self.namespace))
+
+    def stop(self, component: str) -> ComponentStatus:
+        """Scale the Deployment to 0, remembering its replicas in an annotation for :meth:`start`."""
+        comp = self._not_a_sidecar(self.component(component), "stop")
+        current = self._cluster.get(DEPLOYMENTS, comp.name, self.namespace)
+        if current is None:
+            raise self._no_deployment(comp)
+        replicas = int((current.get("spec") or {}).get("replicas") or 0)
+        if replicas > 0:
+            remember = {"metadata": {"annotations": {STOPPED_REPLICAS: str(replicas)}}}
+            self._cluster.patch(DEPLOYMENTS, comp.name, self.namespace, remember,
+                                content_type=cluster.STRATEGIC_MERGE_PATCH)
+        self._cluster.patch(DEPLOYMENTS, comp.name, self.namespace, {"spec": {"replicas": 0}}, subresource="scale")
+        progress(f"stopped deployment/{comp.name} (0 replicas; `start` brings back {replicas or comp.replicas})")
+        return self._status_of(comp, self._cluster.get(DEPLOYMENTS, comp.name, self.namespace))
+
+    def start(self, component: str) -> ComponentStatus:
+        """Scale a stopped Deployment back to the replicas it had (its declared count if unknown); wait."""
+        comp = self._not_a_sidecar(self.component(component), "start")
+        current = self._cluster.get(DEPLOYMENTS, comp.name, self.namespace)
+        if current is None:
+            raise self._no_deployment(comp)
+        annotations = (current.get("metadata") or {}).get("annotations") or {}
+        try:
+            replicas = max(1, int(annotations.get(STOPPED_REPLICAS, comp.replicas)))
+        except ValueError:
+            replicas = comp.replicas
+        return self.scale(comp.name, min(replicas, comp.max_replicas))
 
     def kill(self, component: str) -> None:
         """Delete one of the component's pods at once (grace period 0); its Deployment replaces it."""

@@ -134,6 +134,22 @@ class LocalTarget(Target):
                     self.supervisor.stop_program(program)
         return self._status_of(comp, self.supervisor.all_info())
 
+    def stop(self, component: str) -> ComponentStatus:
+        comp = self.component(component)
+        self._require_supervisor()
+        with self.labdir.lock():
+            for program in self._active_programs(comp):
+                progress(f"stopping {program}")
+                self.supervisor.stop_program(program)
+        return self._status_of(comp, self.supervisor.all_info())
+
+    def start(self, component: str) -> ComponentStatus:
+        comp = next(c for c in self._scaled_components() if c.name == self.component(component).name)
+        self._require_supervisor()
+        with self.labdir.lock():
+            self._start(comp)
+        return self._status_of(comp, self.supervisor.all_info())
+
     def kill(self, component: str) -> None:
         comp = self.component(component)
         self._require_supervisor()

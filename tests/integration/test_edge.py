@@ -161,7 +161,7 @@ def test_live_playlists_expire_and_the_edge_serves_stale_when_the_origin_is_down
     httpx.get(vod, timeout=10)
     assert httpx.get(vod, timeout=10).headers["x-cache-status"] == "HIT"
 
-    lab.supervisor.stop_program("origin")
+    assert not lab.stop("origin").healthy
     try:
         time.sleep(LIVE_EXPIRY_S)
         stale = httpx.get(url, timeout=10)
@@ -169,7 +169,7 @@ def test_live_playlists_expire_and_the_edge_serves_stale_when_the_origin_is_down
         never_cached = httpx.get(signed(lab, "vod-title", "/720p/seg_09999.m4s"), timeout=10)
         assert never_cached.status_code == 502
     finally:
-        lab.restart("origin")
+        assert lab.start("origin").healthy
     assert httpx.get(url, timeout=10).status_code == 200
 
 

@@ -641,6 +641,25 @@ def test_a_sidecar_reports_the_deployment_it_runs_in_and_cannot_be_scaled_alone(
     assert not fake_cluster.requests("PATCH")
 
 
+def test_stop_scales_to_zero_and_start_brings_back_the_replicas_it_had(
+    fake_cluster: FakeCluster, lab_cfg: LabConfig
+) -> None:
+    fake_cluster.put(DEPLOYMENTS, "web", deployment("web", replicas=2, available=2))
+    settle_deployments(fake_cluster)
+    target = make_target(fake_cluster, lab_cfg, extra=True)
+
+    target.stop("web")
+
+    stored = fake_cluster.stored(DEPLOYMENTS, "web")
+    assert stored is not None and stored["spec"]["replicas"] == 0
+    assert stored["metadata"]["annotations"]["ottlab.io/stopped-replicas"] == "2"
+    status = target.start("web")
+    assert fake_cluster.stored(DEPLOYMENTS, "web")["spec"]["replicas"] == 2  # type: ignore[index]
+    assert status.healthy
+    with pytest.raises(ConfigError, match="sidecar"):
+        target.stop("edge-exporter")
+
+
 def test_scale_patches_the_scale_subresource_and_waits(fake_cluster: FakeCluster, lab_cfg: LabConfig) -> None:
     fake_cluster.put(DEPLOYMENTS, "web", deployment("web", available=1))
     settle_deployments(fake_cluster)
