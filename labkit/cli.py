@@ -271,6 +271,9 @@ def _print_table(statuses: list[ComponentStatus]) -> None:
     for row in [header, *rows]:
         click.echo("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
     for s in statuses:
+        if len(s.replica_urls) > 1:
+            click.echo(f"  {s.name} replicas: " + ", ".join(f"{name} {url}" for name, url in s.replica_urls.items()))
+    for s in statuses:
         if s.detail and not s.healthy:
             click.echo(f"  {s.name}: {s.detail}")
 
