@@ -19,6 +19,8 @@ def preamble(header: str, temp_dir: str, *, user: str | None = None) -> list[str
         f"# {header}",
         *([f"user {user};"] if user else []),
         "worker_processes 1;",
+        # Locations are regexes (signed paths, object types): compiled to machine code once.
+        "pcre_jit on;",
         f"pid {temp_dir}/nginx.pid;",
         "error_log stderr warn;",
         "events { worker_connections 1024; }",

@@ -29,6 +29,7 @@ PROGRAMS=(
   "node:nodejs"
   "npm:npm"
   "kubectl:kubernetes-client"
+  "wrk:wrk"
 )
 
 # ---- 1. system programs ------------------------------------------------------------------

@@ -185,6 +185,8 @@ def _wait_for_text(url: str, text: str, timeout: float = 5) -> httpx.Response:
 def test_the_edge_writes_a_json_access_log_line_per_request(lab: LocalTarget) -> None:
     httpx.get(signed(lab, "vod-title", "/master.m3u8") + "?CMCD=bl%3D2000", timeout=10)
     log = Path(lab.cfg.run_dir) / "edge" / "0" / "access.log"
+    # The log is buffered: the line lands within edge.LOG_FLUSH_S.
+    _eventually(lambda: log.exists() and '"cmcd":"bl%3D2000"' in log.read_text(), timeout=edge.LOG_FLUSH_S + 5)
     last = json.loads(log.read_text().splitlines()[-1])
     assert (last["pop"], last["path"], last["status"], last["cmcd"]) == ("edge-0", "/vod-title/master.m3u8", 200,
                                                                          "bl%3D2000")

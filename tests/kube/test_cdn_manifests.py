@@ -73,7 +73,7 @@ def directive(name: str) -> str:
 
 
 def access_log() -> PurePosixPath:
-    (path,) = re.findall(r"^\s*access_log (\S+) edge;", edge.render_kube(), flags=re.MULTILINE)
+    (path,) = re.findall(r"^\s*access_log (\S+) edge[ ;]", edge.render_kube(), flags=re.MULTILINE)
     return PurePosixPath(path)
 
 
@@ -303,7 +303,7 @@ def test_nginx_accepts_the_pods_config(tmp_path: Path) -> None:
     if nginx is None:
         pytest.skip("needs nginx")
     text = edge.render_kube()
-    (access_log,) = re.findall(r"^\s*access_log (\S+) edge;", text, flags=re.MULTILINE)
+    (access_log,) = re.findall(r"^\s*access_log (\S+) edge[ ;]", text, flags=re.MULTILINE)
     include = tmp_path / "signing" / PurePosixPath(edge.KUBE_SECRET_INCLUDE).name
     include.parent.mkdir()
     include.write_text(edge.secure_link_directive(secrets.url_signing()[secrets.URL_SIGNING_SECRET_KEY].decode()))

@@ -1,0 +1,99 @@
+"""The thundering herd on real nginx: scratch PoPs with and without the cache lock, in front of the lab's origin.
+
+On loopback the origin hands a whole segment over in a millisecond, so whether concurrent misses
+overlap is left to chance; the herd tests put a slow origin (the same media root behind nginx's
+``limit_rate``, as a distant origin would be) between the scratch PoPs and the files, so each miss
+lasts about a second and the whole herd arrives during it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from labkit import herd, media, platform
+from labkit.config import LabConfig
+from labkit.errors import ComponentFailedError
+from labkit.herd import ScratchNginx, ScratchPop, ScratchStatic
+from labkit.targets.local import LocalTarget
+
+pytestmark = pytest.mark.integration
+SEGMENT_BYTES = 650 * 1024
+TITLE = "herd-title"
+# nginx allows a second's worth at once: at 400 KB/s a 650 KB segment takes about a second.
+SLOW_ORIGIN_RATE = "400k"
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalTarget]:
+    cfg = LabConfig(home=tmp_path_factory.mktemp("herd") / "lab", base_port=29100, ready_timeout=60)
+    target = LocalTarget(cfg, platform.components(), platform.layers())
+    try:
+        target.up(["media", "cdn"])
+        folder = media.media_root(cfg) / TITLE / "720p"
+        folder.mkdir(parents=True)
+        (media.media_root(cfg) / TITLE / "master.m3u8").write_text(
+            "#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=1000\n720p/index.m3u8\n")
+        for i in range(4):
+            (folder / f"seg_{i:05d}.m4s").write_bytes(os.urandom(SEGMENT_BYTES))
+        yield target
+    finally:
+        target.down(purge=True)
+
+
+@pytest.fixture(scope="module")
+def slow_origin(lab: LocalTarget) -> Iterator[ScratchStatic]:
+    with ScratchStatic(media.media_root(lab.cfg), name="slow-origin", limit_rate=SLOW_ORIGIN_RATE) as origin:
+        yield origin
+
+
+def test_a_scratch_pop_serves_signed_urls_from_the_labs_origin_and_cleans_up(lab: LocalTarget) -> None:
+    with ScratchPop(lab.cfg) as pop:
+        workdir, pid = pop.workdir, pop.pid
+        url = pop.signed(TITLE, "/720p/seg_00000.m4s")
+        first, again = httpx.get(url, timeout=10), httpx.get(url, timeout=10)
+        assert (first.status_code, first.headers["x-cache-status"], first.headers["x-pop"]) == (
+            200, "MISS", "scratch-lock")
+        assert again.headers["x-cache-status"] == "HIT" and len(again.content) == SEGMENT_BYTES
+        forged = url.replace(url.split("/")[4], "A" * 22)
+        assert httpx.get(forged, timeout=10).status_code == 403
+        assert pop.origin_fetches(f"/{TITLE}/720p/seg_00000.m4s") == 1
+        assert [line["cache"] for line in pop.log_lines() if line["path"] != "/healthz"] == ["MISS", "HIT", ""]
+    assert not workdir.exists() and pid is not None
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(url, timeout=2)
+
+
+def test_a_scratch_nginx_that_cannot_start_says_why_and_leaves_nothing(tmp_path: Path) -> None:
+    class Broken(ScratchNginx):
+        def render(self, listen: str, workdir: Path) -> str:
+            return "events {}\nhttp { server { listen " + listen + "; no_such_directive on; } }\n"
+
+    broken = Broken("broken")
+    with pytest.raises(ComponentFailedError, match="no_such_directive"):
+        broken.start()
+    assert broken.pid is None
+    with pytest.raises(RuntimeError, match="not started"):
+        _ = broken.workdir
+
+
+def test_with_the_cache_lock_a_herd_makes_one_origin_fetch(lab: LocalTarget, slow_origin: ScratchStatic) -> None:
+    with ScratchPop(lab.cfg, cache_lock=True, origin_peers=[slow_origin.peer]) as pop:
+        result = herd.herd(pop.signed(TITLE, "/720p/seg_00001.m4s"), clients=100, timeout=30)
+        assert result.ok, set(result.errors)
+        assert result.bytes == [SEGMENT_BYTES] * 100
+        assert pop.origin_fetches(f"/{TITLE}/720p/seg_00001.m4s") == 1
+        assert result.cache.count("MISS") == 1
+
+
+def test_without_the_cache_lock_the_herd_reaches_the_origin(lab: LocalTarget, slow_origin: ScratchStatic) -> None:
+    with ScratchPop(lab.cfg, cache_lock=False, origin_peers=[slow_origin.peer]) as pop:
+        result = herd.herd(pop.signed(TITLE, "/720p/seg_00002.m4s"), clients=100, timeout=30)
+        assert result.ok, set(result.errors)
+        assert pop.origin_fetches(f"/{TITLE}/720p/seg_00002.m4s") > 1
+        # Every later viewer is served from the copy one of them stored.
+        assert httpx.get(pop.signed(TITLE, "/720p/seg_00002.m4s"), timeout=10).headers["x-cache-status"] == "HIT"
