@@ -9,6 +9,7 @@
     ottlab playback lab-clock --user alice
     ottlab restart COMPONENT
     ottlab stop COMPONENT / ottlab start COMPONENT
+    ottlab scale edge 3
     ottlab down [--purge]
 """
 
@@ -144,6 +145,16 @@ def logs(target_name: str | None, component: str, lines: int) -> None:
 def restart(target_name: str | None, component: str) -> None:
     """Restart COMPONENT and wait until it is ready."""
     _print_table([_target(target_name).restart(component)])
+
+
+@main.command()
+@_target_option
+@click.argument("component")
+@click.argument("replicas", type=int)
+@_handle_errors
+def scale(target_name: str | None, component: str, replicas: int) -> None:
+    """Run REPLICAS copies of COMPONENT (a CDN PoP per edge replica); waits until they are ready."""
+    _print_table([_target(target_name).scale(component, replicas)])
 
 
 @main.command()

@@ -1,7 +1,7 @@
 """The CDN layer: points of presence (PoPs), each its own nginx with its own cache, in front of the origin.
 
 A PoP is one replica of the ``edge`` component: ``edge-0`` listens on base + 100, ``edge-1`` on
-base + 101, and so on (two by default; ``ottlab scale edge 3`` adds one). Each one:
+base + 101, and so on (two by default; ``ottlab scale edge 3`` adds one, with its exporter). Each one:
 
 * serves only **signed** paths, ``/s/<token>/<expires>/<title>/...`` (:mod:`ott.signing`): a wrong
   token is 403, an expired one 410; the token is in a path prefix so the playlists' relative URIs

@@ -124,3 +124,91 @@ def ladder_chart(ladder: Ladder, title: Title | None = None, *, heading: str | N
     ax.legend(loc="upper left", fontsize="small")
     ax.grid(alpha=0.3)
     return fig
+
+
+def grouped_bars(
+    frame: pd.DataFrame,
+    *,
+    title: str,
+    ylabel: str,
+    xlabel: str = "",
+    log: bool = False,
+    annotate: bool = True,
+) -> Figure:
+    """One group of bars per row of ``frame`` (its index labels the groups), one bar per column.
+
+    For comparisons such as the latency of each request on a cold and on a warm cache (columns
+    ``cold`` and ``warm``, ``log=True``) or the origin fetches per segment with and without the
+    cache lock. ``annotate`` writes each bar's value above it (integers as such).
+
+    Example::
+
+        fig = grouped_bars(pd.DataFrame({"lock on": [1, 1], "lock off": [57, 61]}, index=["seg 0", "seg 1"]),
+                           title="Origin fetches per segment", ylabel="origin fetches")
+    """
+    fig = Figure(figsize=(8, 3.5), layout="constrained")
+    ax = fig.add_subplot()
+    if frame.empty or not len(frame.columns):
+        ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
+    else:
+        positions = list(range(len(frame.index)))
+        width = 0.8 / len(frame.columns)
+        for i, column in enumerate(frame.columns):
+            offsets = [p - 0.4 + width * (i + 0.5) for p in positions]
+            values = [float(v) for v in frame[column]]
+            bars = ax.bar(offsets, values, width=width, label=str(column))
+            if annotate:
+                labels = [f"{v:.0f}" if float(v).is_integer() else f"{v:.3g}" for v in values]
+                ax.bar_label(bars, labels=labels, fontsize="x-small", padding=1)
+        ax.set_xticks(positions, [str(i) for i in frame.index],
+                      rotation=30 if len(frame.index) > 6 else 0, ha="right" if len(frame.index) > 6 else "center",
+                      fontsize="small")
+        if log:
+            ax.set_yscale("log")
+        else:
+            ax.set_ylim(bottom=0)
+        ax.margins(y=0.15)
+        ax.legend(loc="best", fontsize="small")
+    ax.set_title(title)
+    ax.set_ylabel(ylabel)
+    ax.set_xlabel(xlabel)
+    ax.grid(alpha=0.3, axis="y")
+    return fig
+
+
+def cache_ratios(
+    hit_ratio: pd.DataFrame,
+    offload: pd.DataFrame,
+    *,
+    by: str = "pop",
+    offload_by: str = "measure",
+    heading: str = "CDN cache efficiency",
+) -> Figure:
+    """Two panels over time, as percentages: each PoP's hit ratio, and the origin offload.
+
+    Both frames are :meth:`Prometheus.query_range` results (``timestamp``, ``value`` from 0 to 1),
+    one line per distinct value of ``by`` (hit ratio) and ``offload_by`` (offload, e.g. counted in
+    requests and in bytes). The panels share the time axis.
+
+    Example::
+
+        ratio = prom.query_range('sum by (pop)(rate(ott_edge_requests_total{cache="HIT"}[30s]))'
+                                 ' / sum by (pop)(rate(ott_edge_requests_total[30s]))', minutes=3)
+        fig = cache_ratios(ratio, offload)
+    """
+    fig = Figure(figsize=(8, 5.5), layout="constrained")
+    top, bottom = fig.subplots(2, 1, sharex=True)
+    for ax, frame, key, name in ((top, hit_ratio, by, "hit ratio"), (bottom, offload, offload_by, "origin offload")):
+        if frame.empty or key not in frame.columns:
+            ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
+        else:
+            for label, group in frame.sort_values("timestamp").groupby(key):
+                ax.plot(group["timestamp"], group["value"] * 100, marker=".", label=str(label))
+            ax.legend(title=key, loc="lower right", fontsize="small")
+        ax.set_ylim(0, 105)
+        ax.set_ylabel(f"{name} (%)")
+        ax.grid(alpha=0.3)
+    top.set_title(heading)
+    bottom.set_xlabel("time (UTC)")
+    fig.autofmt_xdate()
+    return fig

@@ -29,6 +29,9 @@ NOTEBOOK_BASE_PORT = 28200
 # quick while every cell (and every assertion) still runs.
 NOTEBOOK_PARAMETERS: dict[str, dict[str, object]] = {
     "02-transcode": {"SAMPLE_SECONDS": 6, "LADDER": "small", "PRESET": "ultrafast"},
+    # 8 s: two full-length segments per rung, so the herd drill has more than one segment to hit.
+    "03-cdn-edge": {"SAMPLE_SECONDS": 8, "LADDER": "small", "PRESET": "ultrafast", "VIEWERS": 24,
+                    "WAVE_SECONDS": 30, "HERD_CLIENTS": 100},
 }
 
 pytestmark = pytest.mark.notebook
