@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import json
 import math
@@ -36,7 +35,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 import httpx
 
-from labkit import edge, media, nginx, origin
+from labkit import edge, eventloop, media, nginx, origin
 from labkit.component import Readiness
 from labkit.config import HOST, LabConfig
 from labkit.console import echo_command
@@ -397,10 +396,4 @@ def herd(url: str, clients: int = 200, timeout: float = 30.0, *, headers: dict[s
     waiting after ``timeout`` are cancelled and reported with status 0. Works inside a running event
     loop too (a notebook): it then runs in a thread of its own.
     """
-    job = herd_async(url, clients, timeout, headers=headers, warm_path=warm_path)
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(job)
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, job).result()
+    return eventloop.run(herd_async(url, clients, timeout, headers=headers, warm_path=warm_path))

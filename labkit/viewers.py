@@ -21,16 +21,16 @@ traffic, one connection per viewer::
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import time
 import uuid
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING
 
 import httpx
 import m3u8
 
+from labkit import eventloop
 from ott import cmcd, signing
 
 if TYPE_CHECKING:
@@ -38,7 +38,6 @@ if TYPE_CHECKING:
 
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_MAX_BUFFER_S = 12.0
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -200,16 +199,6 @@ async def play(http: httpx.AsyncClient, master_url: str, *, viewer: int = 0, run
     return fetches
 
 
-def _run(job: Coroutine[Any, Any, T]) -> T:
-    """Run ``job`` to completion; in a thread of its own when this thread already runs a loop (a notebook)."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(job)
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, job).result()
-
-
 def watch(master_url: str, *, rung: int | str = 0, session: str | None = None, content_id: str | None = None,
           send_cmcd: bool = True, max_buffer_s: float | None = None, timeout: float = DEFAULT_TIMEOUT,
           transport: httpx.AsyncBaseTransport | None = None) -> list[Fetch]:
@@ -223,7 +212,7 @@ def watch(master_url: str, *, rung: int | str = 0, session: str | None = None, c
             return await play(http, master_url, rung=rung, session=session, content_id=content_id,
                               send_cmcd=send_cmcd, max_buffer_s=max_buffer_s)
 
-    return _run(job())
+    return eventloop.run(job())
 
 
 async def wave_async(master_urls: Sequence[str], viewers: int, *, arrivals_s: float = 0.0,
@@ -261,7 +250,7 @@ def wave(master_urls: Sequence[str], viewers: int, *, arrivals_s: float = 0.0, c
     own. Viewers still playing after ``timeout`` seconds are cancelled (their finished requests are
     kept). Returns every request, in the order they started.
     """
-    return _run(wave_async(master_urls, viewers, arrivals_s=arrivals_s, content_id=content_id,
+    return eventloop.run(wave_async(master_urls, viewers, arrivals_s=arrivals_s, content_id=content_id,
                            max_buffer_s=max_buffer_s, timeout=timeout, transport=transport))
 
 
