@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+from _sessions import signed_in
 
 from labkit import apis, platform, seed
 from labkit.client import ApiRefused, OttClient
@@ -32,12 +33,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalTarget]:
 
 @pytest.fixture
 def alice(lab: LocalTarget) -> Iterator[OttClient]:
-    client = OttClient(lab.endpoint("gateway"))
-    client.login(seed.USERS[0].email, seed.USERS[0].password)
-    yield client
-    for session in client.sessions():
-        client.end_session(session["session_id"])
-    client.close()
+    with signed_in(lab.endpoint("gateway")) as client:
+        yield client
 
 
 def test_a_viewer_journey_through_the_gateway(lab: LocalTarget, alice: OttClient) -> None:

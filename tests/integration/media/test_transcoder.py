@@ -19,6 +19,7 @@ import httpx
 import m3u8
 import pytest
 from _bad_sources import BAD_INPUTS
+from _sessions import signed_in
 
 from labkit import apis, media, platform, seed
 from labkit.client import OttClient
@@ -56,12 +57,8 @@ def media_root(lab: LocalTarget) -> Path:
 @pytest.fixture
 def viewer(lab: LocalTarget) -> Iterator[OttClient]:
     """alice (premium): entitled to every tier."""
-    client = OttClient(lab.endpoint("gateway"))
-    client.login(seed.USERS[0].email, seed.USERS[0].password)
-    yield client
-    for session in client.sessions():
-        client.end_session(session["session_id"])
-    client.close()
+    with signed_in(lab.endpoint("gateway")) as client:
+        yield client
 
 
 def internal(lab: LocalTarget) -> dict[str, str]:
