@@ -12,7 +12,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from labkit import edge, gateway
+from labkit import edge, gateway, nginx
 from labkit.component import Component, Port, Readiness
 from labkit.config import LabConfig
 from labkit.layer import Layer
@@ -66,15 +66,8 @@ def _service(name: str) -> Component:
 AUTH, CATALOG, SUBSCRIPTION, LICENSE, CAS = (_service(n) for n in _OFFSETS)
 SERVICES = (AUTH, CATALOG, SUBSCRIPTION, LICENSE, CAS)
 
-GATEWAY = Component(
-    name="gateway",
-    layer="apis",
-    binary="nginx",
-    package="nginx",
-    args=("-p", "{run}/gateway", "-c", "{conf}/gateway/nginx.conf", "-e", "stderr", "-g", "daemon off;"),
-    ports=(Port("http", offset=0, container=gateway.CONTAINER_PORT),),
-    readiness=Readiness(path="/healthz"),
-    pidfile="{run}/gateway/nginx.pid",
+GATEWAY = nginx.component(
+    "gateway", "apis", offset=0, container_port=gateway.CONTAINER_PORT, folder="gateway",
     description="nginx in front of the APIs: routes, JWT check, retries, login rate limit",
 )
 

@@ -72,18 +72,9 @@ def pop_id(replica: int) -> str:
     return f"edge-{replica}"
 
 
-EDGE = Component(
-    name="edge",
-    layer="cdn",
-    binary="nginx",
-    package="nginx",
-    args=("-p", "{run}/edge/{replica}", "-c", "{conf}/edge/{replica}/nginx.conf", "-e", "stderr",
-          "-g", "daemon off;"),
-    ports=(Port("http", offset=100, container=CONTAINER_PORT),),
-    readiness=Readiness(path="/healthz"),
-    pidfile="{run}/edge/{replica}/nginx.pid",
-    replicas=DEFAULT_POPS,
-    max_replicas=MAX_POPS,
+EDGE = nginx.component(
+    "edge", "cdn", offset=100, container_port=CONTAINER_PORT, folder="edge/{replica}",
+    replicas=DEFAULT_POPS, max_replicas=MAX_POPS,
     description="CDN points of presence: signed URLs, cache lock, stale-if-error, TTLs per object type",
 )
 

@@ -20,15 +20,8 @@ from labkit.routes import SERVICE_CONTAINER_PORT
 
 MEDIA_DIR = "media"
 
-ORIGIN = Component(
-    name="origin",
-    layer="media",
-    binary="nginx",
-    package="nginx",
-    args=("-p", "{run}/origin", "-c", "{conf}/origin/nginx.conf", "-e", "stderr", "-g", "daemon off;"),
-    ports=(Port("http", offset=60, container=origin.CONTAINER_PORT),),
-    readiness=Readiness(path="/healthz"),
-    pidfile="{run}/origin/nginx.pid",
+ORIGIN = nginx.component(
+    "origin", "media", offset=60, container_port=origin.CONTAINER_PORT, folder="origin",
     description="nginx serving the published titles (HLS MIME types, cache headers, no dot-folders)",
 )
 

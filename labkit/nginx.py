@@ -1,4 +1,5 @@
-"""What every nginx of the lab has in common: the top of its configuration, and who its workers run as.
+"""What every nginx of the lab has in common: its declaration, the top of its configuration, and
+who its workers run as.
 
 The gateway, the origin and the edges each render their own ``nginx.conf``; they start alike.
 """
@@ -7,6 +8,30 @@ from __future__ import annotations
 
 import os
 import pwd
+from typing import Any
+
+from labkit.component import Component, Port, Readiness
+
+
+def component(name: str, layer: str, *, offset: int, container_port: int, folder: str, description: str,
+              **more: Any) -> Component:
+    """An nginx of the lab: config ``{conf}/<folder>/nginx.conf``, prefix and pid under ``{run}/<folder>``,
+    in the foreground with errors to stderr, ready when ``/healthz`` answers. ``folder`` may hold
+    ``{replica}`` (one config per replica, as the CDN's PoPs have)."""
+    return Component(
+        name=name,
+        layer=layer,
+        binary="nginx",
+        package="nginx",
+        args=("-p", f"{{run}}/{folder}", "-c", f"{{conf}}/{folder}/nginx.conf", "-e", "stderr",
+              "-g", "daemon off;"),
+        ports=(Port("http", offset=offset, container=container_port),),
+        readiness=Readiness(path="/healthz"),
+        # nginx overwrites its environment with its process title: found again by its pid file.
+        pidfile=f"{{run}}/{folder}/nginx.pid",
+        description=description,
+        **more,
+    )
 
 
 def preamble(header: str, temp_dir: str, *, user: str | None = None) -> list[str]:
