@@ -467,3 +467,13 @@ def test_a_title_missing_from_the_catalog_or_a_dead_catalog_is_a_clear_error(ope
         p.upstreams.fail = down
         dead = p.authorize()
         assert (dead.status_code, error_code(dead)) == (503, "dependency_unavailable")
+
+
+def test_a_pop_added_to_the_edges_file_is_signed_for_at_once(open_platform: PlatformFactory, tmp_path: Path) -> None:
+    settings = _cdn(tmp_path)
+    with open_platform(**settings, stream_limit=10) as p:
+        _published(p)
+        assert [u["pop"] for u in p.authorize().json()["playback"]] == ["edge-0", "edge-1"]
+        edges = json.loads(Path(settings["edges_file"]).read_text())
+        Path(settings["edges_file"]).write_text(json.dumps({**edges, "edge-2": "http://127.0.0.1:9102"}))
+        assert [u["pop"] for u in p.authorize().json()["playback"]] == ["edge-0", "edge-1", "edge-2"]
