@@ -165,6 +165,10 @@ def render(*, pop: str, listen: str, origin_peers: Sequence[str], cache_dir: str
         f"proxy_read_timeout {ORIGIN_READ_TIMEOUT_S}s;",
         "add_header X-Cache-Status $upstream_cache_status always;",
         f"add_header X-PoP {pop} always;",
+        # The PoP answers CORS itself: the origin's copies would double the header ("*, *"), which
+        # browsers refuse, so a web player could fetch nothing.
+        "proxy_hide_header Access-Control-Allow-Origin;",
+        "proxy_hide_header Access-Control-Expose-Headers;",
         "add_header Access-Control-Allow-Origin * always;",
         'add_header Access-Control-Expose-Headers "Content-Length, Content-Range, X-Cache-Status, X-PoP" always;',
     ]

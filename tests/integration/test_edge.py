@@ -67,6 +67,8 @@ def test_a_signed_url_is_served_and_cached_per_pop(lab: LocalTarget) -> None:
     first = httpx.get(signed(lab, "vod-title", "/720p/seg_00000.m4s"), timeout=10)
     assert (first.status_code, first.headers["x-cache-status"], first.headers["x-pop"]) == (200, "MISS", "edge-0")
     assert first.headers["content-type"] == "video/mp4" and len(first.content) == SEGMENT_BYTES
+    # One CORS header (the origin's copy is hidden): browsers refuse "*, *".
+    assert first.headers.get_list("access-control-allow-origin") == ["*"]
     # Another viewer's token and CMCD arguments: the same cached object.
     again = httpx.get(signed(lab, "vod-title", "/720p/seg_00000.m4s", ttl=900) + "?CMCD=br%3D3200%2Csid%3D%22x%22",
                       timeout=10)
