@@ -1,7 +1,8 @@
 # The OTT services image, ottlab/ott-services:<version of pyproject.toml>: every API service of
 # k8s/base/apis runs from it as `python -m ott.<service>` (the Deployments set the command), and
 # so do the transcoder of k8s/base/media and its transcode-sample Job (`python -m ott.transcoder`),
-# which is why it carries ffmpeg, ffprobe and the sample clip's font (ott.media.sample.FONT).
+# which is why it carries ffmpeg, ffprobe and the sample clip's font (ott.media.sample.FONT), and the
+# QoE collector of k8s/base/player (`python -m ott.qoe`), with the web player's files for its nginx.
 #
 #   docker build -t ottlab/ott-services:0.1.0 .
 #   kind load docker-image ottlab/ott-services:0.1.0      # or: minikube image load ...
@@ -30,6 +31,12 @@ RUN pip install --no-cache-dir -c constraints.txt . \
     && groupadd --gid 10001 ott \
     && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin ott
 
+# The web player's static files (labkit.player.KUBE_SITE): the player pod's init container copies
+# them for its nginx (k8s/base/player/player.yaml). hls.min.js is the npm package `make bootstrap`
+# installs (npm ci --prefix ott/player).
+COPY ott/player/www/ /srv/ott-player/www/
+COPY ott/player/node_modules/hls.js/dist/hls.min.js /srv/ott-player/vendor/hls.min.js
+
 # `python -m` puts the working directory first on sys.path: an empty, root-owned one, so the
 # installed packages are what runs.
 WORKDIR /app
@@ -37,4 +44,4 @@ WORKDIR /app
 USER 10001:10001
 
 # Harmless default: the Deployments choose the service.
-CMD ["python", "-c", "print('ottlab/ott-services: run a service with python -m ott.<auth|catalog|subscription|license|cas|transcoder>')"]
+CMD ["python", "-c", "print('ottlab/ott-services: run a service with python -m ott.<auth|catalog|subscription|license|cas|transcoder|qoe>')"]

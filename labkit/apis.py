@@ -12,11 +12,11 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from labkit import edge, gateway, nginx
+from labkit import edge, gateway, nginx, player
 from labkit.component import Component, Port, Readiness
 from labkit.config import LabConfig
 from labkit.layer import Layer
-from labkit.routes import MAX_BODY_BYTES, SERVICE_CONTAINER_PORT
+from labkit.routes import MAX_BODY_BYTES, ROUTES, SERVICE_CONTAINER_PORT
 
 SERVICE_TOKEN_FILE = "service-token"
 
@@ -81,10 +81,15 @@ def service_token(cfg: LabConfig) -> str:
 
 
 def write_configs(cfg: LabConfig, platform: Sequence[Component]) -> Mapping[str, str]:
-    # `platform` carries the running replica counts (after `scale`), not just the declared ones.
-    names = {s.name for s in SERVICES}
-    upstreams = {c.name: [f"{cfg.host}:{c.local_port(cfg, 'http', i)}" for i in range(c.replicas)]
-                 for c in platform if c.name in names}
+    # `platform` carries the running replica counts (after `scale`), not just the declared ones. A route
+    # to a layer not up (the player's) goes to its declared port: the gateway keeps one config, and the
+    # route answers 502 until that layer is brought up.
+    running = {c.name: c for c in platform}
+    declared = {c.name: c for c in (*SERVICES, *player.LAYER.components)}
+    upstreams = {}
+    for route in ROUTES:
+        comp = running.get(route.service, declared[route.service])
+        upstreams[route.service] = [f"{cfg.host}:{comp.local_port(cfg, 'http', i)}" for i in range(comp.replicas)]
     run = Path(cfg.run_dir) / "gateway"
     run.mkdir(parents=True, exist_ok=True)
     return {

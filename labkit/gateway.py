@@ -4,13 +4,14 @@ One renderer serves both targets: the local gateway gets 127.0.0.1 upstreams, an
 ``k8s/base/apis/gateway/nginx.conf`` is the same template with Kubernetes Service names
 (a test checks that file is current: regenerate it with ``python -m labkit.gateway``).
 
-What it does, route by route (``/api/<service>/...``):
+What it does, route by route (``/api/<service>/...``, and ``/player/``, the web player's page):
 
 * protected routes are checked by ``auth_request`` against auth's ``/verify``; the user id it
   returns travels on as ``X-User-Id``;
 * idempotent requests are retried on error, timeout, 502/503/504 (nginx never retries a POST
   that reached the upstream), each try bounded by the route's per-try timeout;
 * ``/api/auth/login`` is rate limited per client address;
+* ``/player/`` allows GET and HEAD only (403 otherwise) and passes its path on unchanged;
 * errors the gateway itself produces (401, 404, 413, 429, 502, 503, 504) are JSON like the
   services' own.
 """
@@ -22,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from labkit import nginx
-from labkit.routes import LOGIN_LIMIT, MAX_BODY_BYTES, ROUTES, SERVICE_CONTAINER_PORT, RateLimit, Route
+from labkit.routes import LOGIN_LIMIT, MAX_BODY_BYTES, ROUTES, RateLimit, Route
 
 CONTAINER_PORT = 8080
 KUBE_CONFIG = Path(__file__).resolve().parent.parent / "k8s" / "base" / "apis" / "gateway" / "nginx.conf"
@@ -34,7 +35,9 @@ UNPROTECTED_SUBPATHS: Mapping[str, tuple[str, ...]] = {"license": ("keys/",)}
 _ERRORS = {
     401: ("unauthorized", "a valid access token is required: Authorization: Bearer <token> (POST /api/auth/login)"),
     403: ("forbidden", "the gateway refused this request"),
-    404: ("not_found", "no such route: the APIs are under /api/<auth|catalog|subscription|license|cas>/"),
+    404: ("not_found", "no such route: the APIs are under /api/<"
+          + "|".join(r.service for r in ROUTES if not r.path) + ">/, the web player is at "
+          + ", ".join(r.path for r in ROUTES if r.path)),
     413: ("body_too_large", f"request bodies are limited to {MAX_BODY_BYTES} bytes"),
     429: ("too_many_requests", "too many requests from this address: slow down and retry"),
     502: ("bad_gateway", "the service behind this route failed; try again"),
@@ -56,7 +59,9 @@ def _peers(addresses: Sequence[str], route: Route) -> list[str]:
 
 def _proxy(route: Route, upstream_path: str) -> list[str]:
     per_try = f"{route.per_try_timeout_s:g}s"
+    allowed = [f"limit_except {' '.join(route.methods)} {{ deny all; }}"] if route.methods else []
     return [
+        *allowed,
         f"proxy_pass http://{route.service}{upstream_path};",
         f"proxy_connect_timeout {per_try};",
         f"proxy_send_timeout {per_try};",
@@ -132,8 +137,12 @@ def render(
         lines.append(f"    location {route.prefix} {{")
         if route.protected:
             lines += ["      " + d for d in _auth()]
-        lines += ["      " + d for d in _proxy(route, "/")]
+        lines += ["      " + d for d in _proxy(route, route.upstream_path)]
         lines.append("    }")
+        if route.path:
+            # "/player" without its slash: to the page (a relative Location, right behind any port-forward).
+            lines.append(f"    location = {route.path.rstrip('/')} {{ absolute_redirect off; "
+                         f"return 301 {route.path}; }}")
         for sub in UNPROTECTED_SUBPATHS.get(route.service, ()):
             lines.append(f"    location {route.prefix}{sub} {{")
             lines += ["      " + d for d in _proxy(route, f"/{sub}")]
@@ -153,7 +162,7 @@ def render_kube() -> str:
     """The gateway config shipped as a ConfigMap: Kubernetes Service names, one peer each."""
     return render(
         listen=f"0.0.0.0:{CONTAINER_PORT}",
-        upstreams={r.service: [f"{r.service}:{SERVICE_CONTAINER_PORT}"] for r in ROUTES},
+        upstreams={r.service: [f"{r.service}:{r.container_port}"] for r in ROUTES},
         temp_dir="/tmp/nginx",
     )
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from labkit import apis, edge, media, monitoring
+from labkit import apis, edge, media, monitoring, player
 from labkit.component import Component
 from labkit.errors import UnknownComponentError
 from labkit.layer import Layer
 
-LAYERS: tuple[Layer, ...] = (monitoring.LAYER, apis.LAYER, media.LAYER, edge.LAYER)
+LAYERS: tuple[Layer, ...] = (monitoring.LAYER, apis.LAYER, media.LAYER, edge.LAYER, player.LAYER)
 
 
 def layers() -> list[Layer]:

@@ -267,7 +267,8 @@ def test_the_gateway_listens_where_its_service_sends_and_writes_only_to_its_empt
 
 def test_the_gateway_proxies_to_services_that_exist_on_their_ports() -> None:
     peers = set(re.findall(r"^\s*server ([a-z-]+):(\d+)", gateway.render_kube(), flags=re.MULTILINE))
-    assert {name for name, _ in peers} == {s.name for s in apis.SERVICES}
+    # The APIs, and the player layer's components the viewer reaches through the gateway too.
+    assert {name for name, _ in peers} == {s.name for s in apis.SERVICES} | {"qoe", "player"}
     for name, port in peers:
         assert int(port) in {p["port"] for p in only("Service", name)["spec"]["ports"]}
 
@@ -332,5 +333,7 @@ def test_the_docker_build_context_leaves_out_the_labs_state_and_keeps_what_is_co
         for line in (repo_root() / ".dockerignore").read_text().splitlines()
         if line.strip() and not line.startswith("#")
     }
-    assert {".venv", "var", "reports", "node_modules", ".git", "tests", "notebooks"} <= ignored
+    assert {".venv", "var", "reports", "**/node_modules", ".git", "tests", "notebooks"} <= ignored
+    # Of the front-end packages, only the player's hls.js goes into the image.
+    assert [line for line in ignored if line.startswith("!")] == ["!ott/player/node_modules/hls.js/dist/hls.min.js"]
     assert not ignored & {"ott", "labkit", "pyproject.toml", "constraints.txt", "README.md", "*"}

@@ -18,13 +18,15 @@ test_apis_manifests.py.
 from __future__ import annotations
 
 import functools
+import re
+from pathlib import PurePosixPath
 from typing import Any
 
 import kubernetes_validate
 import pytest
 import yaml
 
-from labkit import apis, monitoring, platform
+from labkit import apis, edge, gateway, monitoring, origin, platform, player
 from labkit.component import Component
 from labkit.config import repo_root
 from labkit.kube import manifest
@@ -304,6 +306,43 @@ def test_alertmanager_runs_the_configuration_the_local_target_writes() -> None:
     assert f"--config.file={config_dir}/alertmanager.yml" in container["args"]
 
 
+# Each nginx of the lab and the module rendering its pod's config (``render_kube``).
+NGINX_CONFIGS = {"gateway": gateway, "origin": origin, "edge": edge, "player": player}
+
+
+@pytest.mark.parametrize("name", NGINX_CONFIGS)
+def test_each_nginx_runs_its_rendered_config_as_non_root(name: str) -> None:
+    objects = rendered("base")
+    component = next(c for c in COMPONENTS if c.name == name)
+    text = NGINX_CONFIGS[name].render_kube()
+    deployment = only(objects, "Deployment", name)
+    (spec,) = [c for c in pod_spec(deployment)["containers"] if c["name"] == name]
+    mounts = {m["mountPath"]: m for m in spec["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod_spec(deployment)["volumes"]}
+    # The generated ConfigMap holding render_kube(), mounted read-only where `nginx -c` reads it.
+    command = spec["command"]
+    assert command[0] == "nginx" and command[-2:] == ["-g", "daemon off;"]
+    config = PurePosixPath(command[command.index("-c") + 1])
+    mount = mounts[str(config.parent)]
+    (config_map,) = [o for o in objects if o["kind"] == "ConfigMap"
+                     and o["metadata"]["name"] == volumes[mount["name"]]["configMap"]["name"]]
+    assert config_map["data"][config.name].encode() == text.encode(), f"stale: run `python -m labkit.{name}`"
+    assert NGINX_CONFIGS[name].KUBE_CONFIG.read_bytes() == text.encode(), f"stale: run `python -m labkit.{name}`"
+    assert manifest.labels(config_map)[manifest.LAYER_LABEL] == component.layer
+    assert mount["readOnly"] is True
+    # It listens where its Service sends; its pid and temp files go to an emptyDir.
+    (listen,) = re.findall(r"^\s*listen \S+:(\d+);", text, flags=re.MULTILINE)
+    assert int(listen) == component.port("http").container
+    (pid,) = re.findall(r"^pid (\S+);", text, flags=re.MULTILINE)
+    temp_dir = PurePosixPath(pid).parent
+    assert "emptyDir" in volumes[mounts[str(temp_dir)]["name"]]
+    for path in re.findall(r"_temp_path (\S+);", text):
+        assert PurePosixPath(path).is_relative_to(temp_dir), path
+    # Without root (uid 101), at the nginx release tested locally.
+    assert spec["image"].startswith("docker.io/nginxinc/nginx-unprivileged:")
+    assert pod_spec(deployment)["securityContext"]["runAsUser"] != 0
+
+
 # -- locked-down pods ------------------------------------------------------------------------
 
 
@@ -329,6 +368,9 @@ def test_every_container_runs_locked_down_with_bounded_resources(directory: str)
             if workload["kind"] == "Job":
                 # Runs to completion, and nothing routes to it: bounded in time instead of probed.
                 assert workload["spec"].get("activeDeadlineSeconds"), f"{where} may run forever"
+            elif container in pod_spec(workload).get("initContainers", []):
+                # Runs to completion before the pod's containers start: the API server refuses probes on it.
+                assert not {"readinessProbe", "livenessProbe", "startupProbe"} & set(container), where
             else:
                 assert container.get("readinessProbe") and container.get("livenessProbe"), where
             # A read-only root filesystem needs its writable places declared as volumes.
