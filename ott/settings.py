@@ -12,7 +12,7 @@
 | ``OTT_PLAYBACK_TTL`` | ``60`` | playback authorisation lifetime, seconds |
 | ``OTT_STREAM_LIMIT`` | ``2`` | concurrent streams per account (CAS) |
 | ``OTT_DEVICE_LIMIT`` | ``4`` | distinct devices per account (CAS) |
-| ``OTT_QOE_MAX_TITLES`` | ``50`` | distinct titles the QoE collector keeps as labels; later ones are recorded as ``other`` |
+| ``OTT_QOE_MAX_TITLES`` | ``50`` | distinct titles the QoE collector labels; later ones count as ``other`` |
 | ``OTT_HEARTBEAT_TIMEOUT`` | ``30`` | seconds without heartbeat before a stream session expires |
 | ``OTT_CAS_WINDOW`` | none | daily viewing window ``HH:MM-HH:MM`` in UTC, may wrap midnight (CAS; bad: no start) |
 | ``OTT_MAX_BODY`` | ``65536`` | the largest request body accepted, bytes |
