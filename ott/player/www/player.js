@@ -1,0 +1,651 @@
+// OTT Lab web player: sign in, authorize a title, play it with hls.js from a CDN PoP, and report QoE.
+//
+// Everything but the media is same-origin with this page (the API gateway): sign-in, the playback
+// authorization, the AES-128 keys, the CAS stream session and the QoE beacons. Media comes from the
+// PoP the authorization signed a URL for (cross-origin; the edges allow it).
+//
+// Page URL: /player/?title=<id>&pop=<edge-N>&beacon_s=<seconds>
+//
+// Test hook: window.ottPlayer = {state, startupMs, failure, events, stop()}
+//   state     idle | authorizing | loading | playing | stalled | ended | failed
+//   startupMs from the Play click to the first presented frame with the playhead moving
+//   failure   {reason, message} of a fatal failure, or null
+//   events    every beacon event of the current session, as sent
+//   stop()    ends the session as a viewer leaving would (end beacon "exit", stream session closed)
+
+/* global Hls */
+
+const params = new URLSearchParams(location.search);
+const BEACON_URL = "/api/qoe/beacons";
+const BEACON_S = Math.max(1, Number(params.get("beacon_s")) || 10);
+const HEARTBEAT_S = 10; // CAS closes a stream session after 30 s without a heartbeat
+const STATS_MS = 250;
+const MAX_EVENTS_PER_BEACON = 200;
+const FRAG_ERROR_RETRY = { maxNumRetry: 3, retryDelayMs: 500, maxRetryDelayMs: 2000 };
+const TITLE_ID = /^[a-z0-9][a-z0-9-]{0,62}$/;
+
+const $ = (id) => document.getElementById(id);
+const video = $("video");
+
+// Readable messages for the API's refusal codes; the service's own message is appended.
+const DENIALS = {
+  not_entitled: () => "Your plan does not include this title. Upgrade your subscription to watch it.",
+  stream_limit: (error) => {
+    const screens = error.details?.active?.length ?? error.details?.limit;
+    return `You are already watching on ${screens ?? "too many"} screens. Stop one of them, then press Play again.`;
+  },
+  device_limit: (error) =>
+    `This account has reached its limit of ${error.details?.limit ?? "allowed"} devices. Play on one of them.`,
+  outside_window: (error) => `Playback is allowed between ${error.details?.window ?? "set hours"} UTC only.`,
+  unknown_title: () => "There is no such title in the catalog. Check its id.",
+  unauthorized: () => "Your sign-in has expired. Sign in again.",
+};
+
+// The beacon reasons (ott/qoe.py) for API refusal codes that differ from them.
+const REASON_OF_CODE = {
+  not_entitled: "not_entitled", stream_limit: "stream_limit", device_limit: "device_limit",
+  unknown_title: "unknown_title", not_found: "unknown_title", unauthorized: "unauthorized",
+  token_expired: "unauthorized", invalid_token: "unauthorized", outside_window: "other",
+};
+
+// ----------------------------------------------------------------------------------------------
+// Test hook and the little state every part shares
+
+const ottPlayer = (window.ottPlayer = {
+  state: "idle", startupMs: null, failure: null, events: [], stop: () => Promise.resolve(),
+});
+
+const auth = {
+  accessToken: sessionStorage.getItem("ottlab.access_token"),
+  email: sessionStorage.getItem("ottlab.email"),
+};
+
+/** A device id kept across visits: CAS counts devices per account. */
+function deviceId() {
+  let id = localStorage.getItem("ottlab.device_id");
+  if (!id) {
+    id = `browser-${crypto.randomUUID()}`;
+    localStorage.setItem("ottlab.device_id", id);
+  }
+  return id;
+}
+
+/** An error of the platform's APIs: status, stable code, message and details from the JSON body. */
+class ApiError extends Error {
+  constructor(status, body) {
+    const error = body?.error ?? {};
+    super(error.message || `HTTP ${status}`);
+    this.status = status;
+    this.code = error.code || (status === 401 ? "unauthorized" : "http_error");
+    this.details = error.details;
+  }
+}
+
+async function api(method, path, { body, token, keepalive = false } = {}) {
+  const headers = {};
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  if (token) headers.Authorization = `Bearer ${token}`;
+  const response = await fetch(path, {
+    method, headers, keepalive, body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const text = await response.text();
+  let json = null;
+  try {
+    json = text ? JSON.parse(text) : null;
+  } catch {
+    json = null; // an HTML error page of a proxy: the status says enough
+  }
+  if (!response.ok) throw new ApiError(response.status, json);
+  return json;
+}
+
+function setState(state) {
+  ottPlayer.state = state;
+  $("stat-state").textContent = state;
+}
+
+function showMessage(text) {
+  const box = $("message");
+  box.textContent = text;
+  box.hidden = !text;
+}
+
+// ----------------------------------------------------------------------------------------------
+// Sign-in
+
+function showSignedIn() {
+  $("who").textContent = auth.accessToken ? `Signed in as ${auth.email}` : "";
+}
+
+$("signin-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const email = $("email").value.trim();
+  $("signin").disabled = true;
+  try {
+    const tokens = await api("POST", "/api/auth/login", { body: { email, password: $("password").value } });
+    auth.accessToken = tokens.access_token;
+    auth.email = email;
+    sessionStorage.setItem("ottlab.access_token", auth.accessToken);
+    sessionStorage.setItem("ottlab.email", email);
+    showMessage("");
+  } catch (error) {
+    auth.accessToken = null;
+    sessionStorage.removeItem("ottlab.access_token");
+    showMessage(error instanceof ApiError && error.status === 401
+      ? "Sign-in failed: wrong e-mail or password."
+      : `Sign-in failed: ${error.message}`);
+  } finally {
+    $("signin").disabled = false;
+    showSignedIn();
+  }
+});
+
+// ----------------------------------------------------------------------------------------------
+// One playback session: from the Play click to its end beacon
+
+class Session {
+  constructor(title) {
+    this.t0 = performance.now(); // the Play click: startup is measured from here
+    this.title = title;
+    // The license session id once authorized (also CMCD's sid), a random one for a refused play.
+    this.id = crypto.randomUUID();
+    this.pop = "unknown";
+    this.grant = null; // the playback authorization: {authorization, session_id, playback: [...]}
+    this.triedPops = new Set();
+    this.reauthorized = false;
+    this.hls = null;
+    this.started = false;
+    this.over = false;
+    this.pending = [];
+    // Beacons wait for the authorization: then the session id is the license's, as in CMCD.
+    this.holding = true;
+    this.rung = null; // the level being played: {height, kbps}
+    this.stallSince = null;
+    this.stalls = 0;
+    this.mediaRecovered = false;
+    this.reported = new Set(); // non-fatal reasons already sent for this session
+    // Accounting for progress and end: time playing, time-weighted bitrate, stalled time, dropped frames.
+    this.playingSince = null;
+    this.playedMs = 0;
+    this.intervalPlayedMs = 0;
+    this.intervalKbitMs = 0;
+    this.stalledMs = 0;
+    this.droppedTotal = 0;
+    this.droppedReported = 0;
+    this.droppedBase = 0;
+    this.timers = [];
+    this.closing = Promise.resolve();
+    ottPlayer.events = [];
+    ottPlayer.startupMs = null;
+    ottPlayer.failure = null;
+  }
+
+  now() {
+    return Math.max(0, Math.round(performance.now() - this.t0));
+  }
+
+  // -- beacons ----------------------------------------------------------------------------------
+
+  emit(type, fields = {}) {
+    if (this.over && type !== "end") return;
+    const event = { type, t_ms: this.now(), ...fields };
+    ottPlayer.events.push(event);
+    this.pending.push(event);
+    // Events of the same turn (a final progress and the end) travel together.
+    if (this.pending.length === 1) queueMicrotask(() => this.flush());
+  }
+
+  beaconBody(events) {
+    return JSON.stringify({
+      v: 1, session: this.id, title: TITLE_ID.test(this.title) ? this.title : "unknown",
+      pop: this.pop, client: "browser", events,
+    });
+  }
+
+  /** Send the pending events; resolves when the collector has them (or refused them). */
+  flush({ unloading = false } = {}) {
+    if (this.holding && !unloading) return Promise.resolve();
+    const sent = [];
+    while (this.pending.length) {
+      const body = this.beaconBody(this.pending.splice(0, MAX_EVENTS_PER_BEACON));
+      // A page being hidden may not finish a fetch: sendBeacon is made for that (text/plain string).
+      if (unloading && navigator.sendBeacon(BEACON_URL, body)) continue;
+      sent.push(fetch(BEACON_URL, { method: "POST", headers: { "Content-Type": "application/json" }, body,
+        keepalive: true })
+        .then((response) => {
+          if (!response.ok) console.warn(`QoE beacon refused: HTTP ${response.status}`);
+        })
+        .catch((error) => console.warn("QoE beacon not sent:", error)));
+    }
+    return Promise.all(sent);
+  }
+
+  // -- time accounting --------------------------------------------------------------------------
+
+  /** Fold the time played since the last call into the totals (weighted by the rung then played). */
+  account() {
+    const now = performance.now();
+    if (this.playingSince !== null) {
+      const ms = now - this.playingSince;
+      this.playedMs += ms;
+      this.intervalPlayedMs += ms;
+      this.intervalKbitMs += ms * (this.rung?.kbps ?? 0);
+      this.playingSince = now;
+    }
+    const quality = video.getVideoPlaybackQuality?.();
+    if (quality) {
+      // A new media source (another PoP, a new authorization) restarts the element's counter.
+      if (quality.droppedVideoFrames < this.droppedBase) this.droppedBase = 0;
+      this.droppedTotal += quality.droppedVideoFrames - this.droppedBase;
+      this.droppedBase = quality.droppedVideoFrames;
+    }
+  }
+
+  setPlaying(playing) {
+    this.account();
+    this.playingSince = playing ? performance.now() : null;
+  }
+
+  progress() {
+    this.account();
+    if (!this.started || this.intervalPlayedMs < 1) return;
+    const kbps = Math.round(this.intervalKbitMs / this.intervalPlayedMs);
+    this.emit("progress", {
+      played_ms: Math.round(this.intervalPlayedMs), bitrate_kbps: kbps,
+      dropped_frames: Math.max(0, this.droppedTotal - this.droppedReported),
+    });
+    this.intervalPlayedMs = 0;
+    this.intervalKbitMs = 0;
+    this.droppedReported = this.droppedTotal;
+  }
+
+  // -- stalls -----------------------------------------------------------------------------------
+
+  stallBegins() {
+    if (!this.started || this.over || this.stallSince !== null) return;
+    this.setPlaying(false);
+    this.stallSince = performance.now();
+    setState("stalled");
+  }
+
+  stallEnds() {
+    if (this.stallSince === null) return;
+    const ms = performance.now() - this.stallSince;
+    this.stallSince = null;
+    this.stalls += 1;
+    this.stalledMs += ms;
+    this.emit("stall", { duration_ms: Math.round(ms) });
+  }
+
+  // -- the play flow ----------------------------------------------------------------------------
+
+  async play() {
+    this.emit("play");
+    setState("authorizing");
+    showMessage("");
+    if (!TITLE_ID.test(this.title)) {
+      this.fail("unknown_title", `"${this.title}" is not a title id: lower-case letters, digits and dashes.`);
+      return;
+    }
+    if (!auth.accessToken) {
+      this.fail("unauthorized", "Sign in first, then press Play.");
+      return;
+    }
+    try {
+      await this.authorize();
+      this.id = this.grant.session_id;
+    } catch (error) {
+      this.refused(error);
+      return;
+    } finally {
+      this.holding = false;
+      this.flush();
+    }
+    if (this.over) {
+      this.endStreamSession(); // the viewer left while the authorization was on its way
+      return;
+    }
+    const wanted = params.get("pop");
+    const first = this.grant.playback.find((p) => p.pop === wanted) ?? this.grant.playback[0];
+    if (!first) {
+      this.fail("pop_unreachable", "No CDN PoP is available for this title right now. Try again later.");
+      return;
+    }
+    this.timers.push(setInterval(() => this.progress(), BEACON_S * 1000));
+    this.timers.push(setInterval(() => this.heartbeat(), HEARTBEAT_S * 1000));
+    this.load(first, 0);
+  }
+
+  async authorize() {
+    this.grant = await api("POST", "/api/license/authorizations", {
+      body: { title_id: this.title, device_id: deviceId() }, token: auth.accessToken,
+    });
+  }
+
+  /** A refusal of the authorization (or a network failure reaching it): a video start failure. */
+  refused(error) {
+    if (!(error instanceof ApiError)) {
+      this.fail("network_error", `The platform could not be reached: ${error.message}`);
+      return;
+    }
+    const readable = DENIALS[error.code]?.(error) ?? "Playback was refused.";
+    const reason = REASON_OF_CODE[error.code] ?? (error.status === 401 ? "unauthorized" : "other");
+    if (reason === "unauthorized") {
+      auth.accessToken = null;
+      sessionStorage.removeItem("ottlab.access_token");
+      showSignedIn();
+    }
+    this.fail(reason, `${readable} (${error.message})`, error.code);
+  }
+
+  /** Start (or resume at ``position``) hls.js on one PoP's signed URL. */
+  load(entry, position) {
+    this.triedPops.add(entry.pop);
+    this.pop = entry.pop;
+    $("stat-pop").textContent = entry.pop;
+    if (!this.started) setState("loading");
+    const hls = new Hls({
+      startPosition: position > 0 ? position : -1,
+      // CTA-5004 data on every media request: the edge logs it by session and title.
+      cmcd: { sessionId: this.id, contentId: this.title },
+      // A missing segment is retried (on every rung) for a few seconds, not hls.js' default ~30 s:
+      // a viewer does not wait that long in front of a frozen picture.
+      fragLoadPolicy: { default: { ...Hls.DefaultConfig.fragLoadPolicy.default, errorRetry: FRAG_ERROR_RETRY } },
+      // The key URI is same-origin (the gateway): only those requests get the playback authorization.
+      xhrSetup: (xhr, url) => {
+        xhr.open("GET", url, true);
+        if (isKeyUrl(url)) xhr.setRequestHeader("Authorization", `Bearer ${this.grant.authorization}`);
+      },
+    });
+    this.hls = hls;
+    hls.on(Hls.Events.MANIFEST_PARSED, () => this.startVideo());
+    hls.on(Hls.Events.FRAG_CHANGED, (_, data) => this.rungChanged(hls, data.frag.level));
+    hls.on(Hls.Events.FRAG_BUFFERED, (_, data) => {
+      // Until playback enters a fragment (FRAG_CHANGED), the first buffered one is the rung.
+      if (this.rung === null && data.frag.type === "main") this.rungChanged(hls, data.frag.level);
+    });
+    hls.on(Hls.Events.ERROR, (_, data) => this.hlsError(hls, data));
+    hls.loadSource(entry.url);
+    hls.attachMedia(video);
+  }
+
+  startVideo() {
+    video.play().catch((error) => {
+      // Without a user gesture and autoplay permission, only muted playback may start.
+      if (error.name === "NotAllowedError" && !video.muted) {
+        video.muted = true;
+        this.startVideo();
+      }
+    });
+    if (!this.started) this.watchFirstFrame();
+  }
+
+  /** Startup: the first presented frame once the playhead moves past the first frame seen. */
+  watchFirstFrame() {
+    if (!("requestVideoFrameCallback" in HTMLVideoElement.prototype)) {
+      const onTime = () => {
+        if (video.currentTime > 0 && !video.paused) {
+          video.removeEventListener("timeupdate", onTime);
+          this.started || this.start(performance.now());
+        }
+      };
+      video.addEventListener("timeupdate", onTime);
+      return;
+    }
+    let firstMediaTime = null;
+    const onFrame = (now, metadata) => {
+      if (this.over || this.started) return;
+      if (firstMediaTime === null) firstMediaTime = metadata.mediaTime;
+      if (!video.paused && metadata.mediaTime > firstMediaTime) {
+        this.start(metadata.presentationTime || now);
+      } else {
+        video.requestVideoFrameCallback(onFrame);
+      }
+    };
+    video.requestVideoFrameCallback(onFrame);
+  }
+
+  start(at) {
+    this.started = true;
+    ottPlayer.startupMs = Math.max(0, Math.round(at - this.t0));
+    $("stat-startup").textContent = `${ottPlayer.startupMs} ms`;
+    this.emit("start", { startup_ms: ottPlayer.startupMs, bitrate_kbps: this.rung?.kbps ?? 1 });
+    setState("playing");
+    this.setPlaying(true);
+  }
+
+  rungChanged(hls, levelIndex) {
+    const level = hls.levels[levelIndex];
+    if (!level) return;
+    const rung = { height: level.height, kbps: Math.max(1, Math.round(level.bitrate / 1000)) };
+    const before = this.rung;
+    if (before && before.kbps === rung.kbps) return;
+    this.account(); // the time until now was played at the old rung
+    this.rung = rung;
+    if (before) this.emit("switch", { from_kbps: before.kbps, to_kbps: rung.kbps });
+  }
+
+  // -- faults -----------------------------------------------------------------------------------
+
+  hlsError(hls, data) {
+    if (hls !== this.hls || this.over) return; // a late event of a player already replaced
+    const status = data.response?.code;
+    const details = data.details;
+    console.info(`hls.js error: ${details} fatal=${data.fatal} status=${status} t=${this.now()} ms`);
+    const E = Hls.ErrorDetails;
+    const timeout = [E.MANIFEST_LOAD_TIMEOUT, E.LEVEL_LOAD_TIMEOUT, E.FRAG_LOAD_TIMEOUT].includes(details);
+    const media = timeout || [E.MANIFEST_LOAD_ERROR, E.LEVEL_LOAD_ERROR, E.FRAG_LOAD_ERROR].includes(details);
+    const keyError = [E.KEY_LOAD_ERROR, E.KEY_LOAD_TIMEOUT].includes(details);
+    if (media && (status === 403 || status === 410)) {
+      // The edge refuses the signed URL (expired or no longer valid): one fresh authorization.
+      this.afterThisEvent(() => this.reauthorize(status));
+    } else if (media && (timeout || !status)) {
+      // No answer from the PoP: another PoP of the authorization serves the same title.
+      this.afterThisEvent(() => this.nextPop(details));
+    } else if (keyError && data.fatal) {
+      this.fail("key_unavailable", `The title's decryption key could not be fetched (HTTP ${status ?? "error"}).`,
+        details);
+    } else if (details === E.FRAG_LOAD_ERROR && status === 404) {
+      if (data.fatal) {
+        this.fail("segment_not_found", "A part of this title is missing on the CDN: playback stopped.",
+          `404 ${shortUrl(data.frag?.url)}`);
+      } else {
+        this.recovered("segment_not_found", `404 ${shortUrl(data.frag?.url)}; hls.js tries another rung`);
+      }
+    } else if (data.fatal && data.type === Hls.ErrorTypes.MEDIA_ERROR && !this.mediaRecovered) {
+      this.mediaRecovered = true;
+      this.recovered("media_error", details);
+      hls.recoverMediaError();
+    } else if (data.fatal) {
+      const reason = data.type === Hls.ErrorTypes.MEDIA_ERROR ? "media_error"
+        : /^(manifest|level)/.test(details) ? "manifest_error" : "network_error";
+      this.fail(reason, `Playback failed (${details}${status ? `, HTTP ${status}` : ""}).`, details);
+    }
+  }
+
+  /** Replace hls.js outside its own event dispatch. */
+  afterThisEvent(action) {
+    const old = this.hls;
+    this.hls = null; // ignore whatever else the old instance reports
+    setTimeout(() => {
+      old?.destroy();
+      if (!this.over) action();
+    }, 0);
+  }
+
+  position() {
+    return video.currentTime || 0;
+  }
+
+  nextPop(details) {
+    const next = this.grant.playback.find((p) => !this.triedPops.has(p.pop));
+    if (!next) {
+      this.fail("pop_unreachable", "No CDN PoP answers for this title: playback stopped. Try again later.",
+        `${details} on every PoP`);
+      return;
+    }
+    this.recovered("pop_unreachable", `${this.pop} did not answer (${details}); switching to ${next.pop}`);
+    this.stallBegins();
+    this.load(next, this.position());
+  }
+
+  async reauthorize(status) {
+    if (this.reauthorized) {
+      this.fail("token_expired", "The CDN refuses this title's link even after a new authorization.",
+        `HTTP ${status} after re-authorizing`);
+      return;
+    }
+    this.reauthorized = true;
+    this.recovered("token_expired", `HTTP ${status} from ${this.pop}: re-authorizing`);
+    this.stallBegins();
+    const position = this.position();
+    const pop = this.pop;
+    // The old stream session ends before the new one opens: the account's stream limit counts both.
+    await this.endStreamSession();
+    try {
+      await this.authorize();
+    } catch (error) {
+      this.refused(error);
+      return;
+    }
+    if (this.over) {
+      this.endStreamSession();
+      return;
+    }
+    this.triedPops.clear();
+    this.load(this.grant.playback.find((p) => p.pop === pop) ?? this.grant.playback[0], position);
+  }
+
+  /** A non-fatal error, reported once per reason and session. */
+  recovered(reason, detail) {
+    if (this.reported.has(reason)) return;
+    this.reported.add(reason);
+    this.emit("error", { reason, fatal: false, detail: String(detail).slice(0, 200) });
+  }
+
+  /** A fatal failure: before start a video start failure, after it a playback failure. */
+  fail(reason, message, detail) {
+    if (this.over) return;
+    ottPlayer.failure = { reason, message };
+    showMessage(message);
+    const event = { reason, fatal: true };
+    if (detail) event.detail = String(detail).slice(0, 200);
+    this.emit("error", event);
+    this.finish("error", "failed");
+  }
+
+  // -- the end ----------------------------------------------------------------------------------
+
+  /** The end beacon, the stream session closed, hls.js stopped; once. */
+  finish(reason, state, { unloading = false } = {}) {
+    if (this.over) return this.closing;
+    this.stallEnds();
+    this.progress();
+    this.setPlaying(false);
+    this.emit("end", {
+      reason, started: this.started, played_ms: Math.round(this.playedMs), stalled_ms: Math.round(this.stalledMs),
+    });
+    this.over = true;
+    this.holding = false;
+    const beacons = this.flush({ unloading });
+    this.timers.forEach(clearInterval);
+    this.hls?.destroy();
+    this.hls = null;
+    setState(state);
+    this.closing = Promise.all([beacons, this.endStreamSession()]);
+    return this.closing;
+  }
+
+  async endStreamSession() {
+    const grant = this.grant;
+    if (!grant?.session_id || grant.ended || !auth.accessToken) return;
+    grant.ended = true;
+    try {
+      // keepalive: the request outlives a page being closed.
+      await api("DELETE", `/api/cas/sessions/${grant.session_id}`, { token: auth.accessToken, keepalive: true });
+    } catch (error) {
+      console.warn("could not end the stream session:", error);
+    }
+  }
+
+  async heartbeat() {
+    const grant = this.grant;
+    if (this.over || !grant?.session_id || grant.ended) return;
+    try {
+      await api("POST", `/api/cas/sessions/${grant.session_id}/heartbeat`, { token: auth.accessToken });
+    } catch (error) {
+      console.warn("stream session heartbeat failed:", error);
+    }
+  }
+}
+
+function isKeyUrl(url) {
+  const parsed = new URL(url, location.href);
+  return parsed.origin === location.origin && parsed.pathname.startsWith("/api/license/keys/");
+}
+
+/** A media URL without its signed prefix, for error details (no tokens in beacons). */
+function shortUrl(url) {
+  if (!url) return "";
+  const path = new URL(url).pathname;
+  return path.replace(/^\/s\/[^/]+\/[0-9]+/, "");
+}
+
+// ----------------------------------------------------------------------------------------------
+// The video element's events drive the session's state
+
+let session = null;
+
+video.addEventListener("waiting", () => {
+  if (session && !video.seeking) session.stallBegins();
+});
+video.addEventListener("playing", () => {
+  if (!session || session.over || !session.started) return;
+  session.stallEnds();
+  session.setPlaying(true);
+  setState("playing");
+});
+video.addEventListener("pause", () => {
+  if (session && session.started && !session.over && !video.ended) session.setPlaying(false);
+});
+video.addEventListener("ended", () => session?.finish("ended", "ended"));
+
+// Closing the tab, navigating away or a phone locking: the viewer left.
+window.addEventListener("pagehide", () => session?.finish("exit", "ended", { unloading: true }));
+
+ottPlayer.stop = () => (session ? session.finish("exit", "ended") : Promise.resolve());
+
+// ----------------------------------------------------------------------------------------------
+// Play
+
+$("title").value = params.get("title") ?? "";
+showSignedIn();
+
+$("play-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  session?.finish("exit", "ended"); // a new play ends the one before
+  session = new Session($("title").value.trim());
+  session.play();
+});
+
+// The overlay: what the player sees, about four times a second.
+setInterval(() => {
+  if (!session) return;
+  const hls = session.hls;
+  const rung = session.rung;
+  $("stat-rung").textContent = rung ? `${rung.height}p ${rung.kbps} kbps` : "–";
+  $("stat-buffer").textContent = `${bufferAhead().toFixed(1)} s`;
+  $("stat-throughput").textContent = hls ? `${Math.round(hls.bandwidthEstimate / 1000)} kbps` : "–";
+  $("stat-stalls").textContent = `${session.stalls}${session.stallSince !== null ? " (stalled)" : ""}`;
+  const quality = video.getVideoPlaybackQuality?.();
+  $("stat-dropped").textContent = quality ? `${quality.droppedVideoFrames} / ${quality.totalVideoFrames}` : "–";
+}, STATS_MS);
+
+/** Seconds of media buffered ahead of the playhead. */
+function bufferAhead() {
+  const t = video.currentTime;
+  for (let i = 0; i < video.buffered.length; i++) {
+    if (video.buffered.start(i) <= t + 0.1 && t <= video.buffered.end(i)) return video.buffered.end(i) - t;
+  }
+  return 0;
+}
