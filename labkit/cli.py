@@ -7,6 +7,7 @@
     ottlab sample --seconds 30 --out clip.mp4
     ottlab transcode clip.mp4 --title lab-clock [--encrypt] [--ladder small]
     ottlab playback lab-clock --user alice
+    ottlab viewers --count 20 --seconds 60 --title lab-clock [--abr bola] [--kbps 800 | --trace commute]
     ottlab restart COMPONENT
     ottlab stop COMPONENT / ottlab start COMPONENT
     ottlab scale edge 3
@@ -244,6 +245,50 @@ def playback(title_id: str, user_name: str, device: str, target_name: str | None
                           hint=f"publish it first (`ottlab transcode FILE --title {title_id}`) and start the CDN "
                           "layer (`ottlab up`)")
     click.echo(json.dumps({"title_id": title_id, "user": user.email, **grant}, indent=2))
+
+
+@main.command()
+@click.option("--count", type=click.IntRange(min=1, max=10_000), required=True, help="how many viewers")
+@click.option("--seconds", type=click.FloatRange(min=1, max=86_400), required=True,
+              help="how long the run lasts; viewers leave then (or when the title ends)")
+@click.option("--title", "title_id", required=True, help="the catalog title id, e.g. lab-clock")
+@click.option("--user", "user_name", default="alice", show_default=True, help="the demo user whose grant they share")
+@click.option("--abr", "rule", type=click.Choice(["ewma", "bola"]), default="ewma", show_default=True,
+              help="ABR rule: hls.js' EWMA throughput rule or BOLA")
+@click.option("--kbps", type=float, default=None, help="limit each viewer's bandwidth to this many kbit/s")
+@click.option("--trace", "trace_name", default=None,
+              help="limit each viewer's bandwidth by a trace: a shipped name (commute, stairs) or a CSV file")
+@click.option("--seed", "seed_value", type=int, default=0, show_default=True, help="seed of arrivals, PoPs, ids")
+@click.option("--pop", "pops", multiple=True, help="start viewers on this PoP, e.g. edge-0 (repeatable)")
+@click.option("--arrivals", "arrivals_s", type=click.FloatRange(min=0), default=None,
+              help="spread arrivals over this many seconds (default: a quarter of --seconds, at most 10)")
+@click.option("--no-beacons", is_flag=True, help="send no QoE beacons")
+@_target_option
+@_handle_errors
+def viewers(count: int, seconds: float, title_id: str, user_name: str, rule: str, kbps: float | None,
+            trace_name: str | None, seed_value: int, pops: tuple[str, ...], arrivals_s: float | None,
+            no_beacons: bool, target_name: str | None) -> None:
+    """Simulate COUNT viewers of a title (headless players with ABR and CMCD); prints the QoE summary as JSON."""
+    from labkit import audience
+    from labkit.bandwidth import Fixed, Limit, Trace
+
+    if kbps is not None and trace_name is not None:
+        raise ConfigError("--kbps and --trace both limit the bandwidth", hint="give one of them")
+    limit: Limit | None = None
+    if kbps is not None:
+        limit = Fixed(kbps)
+    elif trace_name is not None:
+        limit = Trace.from_csv(trace_name) if trace_name.endswith(".csv") else Trace.named(trace_name)
+    result = audience.run(_target(target_name).endpoint("gateway"), title_id, count, seconds, user=user_name,
+                          abr=rule, bandwidth=limit, pops=list(pops) or None, arrivals_s=arrivals_s, seed=seed_value,
+                          beacons=not no_beacons)
+    summary = result.summary()
+    click.echo(json.dumps(summary, indent=2))
+    if not summary["started"]:
+        reasons = ", ".join(f"{reason} ({n})" for reason, n in summary["failures"].items()) or "the run ended first"
+        raise LabError(f"no viewer started: {reasons}",
+                       hint="is the platform up (`ottlab status`) and the title published? try `ottlab playback "
+                            f"{title_id}`")
 
 
 @main.command()

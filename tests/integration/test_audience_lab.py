@@ -1,0 +1,128 @@
+"""The viewer simulator against the real platform: gateway, license, edge PoPs, origin and the QoE collector."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from collections.abc import Iterator
+from urllib.parse import unquote
+
+import httpx
+import pytest
+
+from labkit import apis, audience, cdn, edge, platform, seed, transcoder
+from labkit.bandwidth import Fixed
+from labkit.config import LabConfig
+from labkit.targets.local import LocalTarget
+from ott import cmcd
+from ott.media.sample import make_sample
+
+pytestmark = pytest.mark.integration
+TITLE = "sim-clock"
+CLIP_S = 8
+VIEWERS = 3 if os.environ.get("CI") else 5
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalTarget]:
+    home = tmp_path_factory.mktemp("audience")
+    cfg = LabConfig(home=home / "lab", base_port=30900, ready_timeout=60)
+    target = LocalTarget(cfg, platform.components(), platform.layers())
+    try:
+        target.up(["apis", "media", "cdn", "player"])
+        seed.seed({s.name: target.endpoint(s.name) for s in apis.SERVICES}, target.service_token())
+        clip = make_sample(home / "clip.mp4", CLIP_S, width=1280, height=720)
+        transcoder.transcode(target, clip, TITLE, ladder="small", preset="ultrafast", tier="free", progress=False)
+        yield target
+    finally:
+        target.down(purge=True)
+
+
+def _eventually(check: object, timeout: float) -> bool:
+    assert callable(check)
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.3)
+    return True
+
+
+def test_viewers_start_without_stalls_and_the_edge_logs_their_cmcd(lab: LocalTarget) -> None:
+    result = audience.run(lab.endpoint("gateway"), TITLE, VIEWERS, 12, arrivals_s=2, pops=["edge-0"], seed=1)
+    summary = result.summary()
+    assert summary["started"] == VIEWERS and summary["stalls"] == 0, summary
+    assert summary["video_start_failures"] == summary["http_errors"] == 0
+    assert 0 < summary["startup_p95_s"] < 3
+    assert set(result.sessions["exit"]) == {"ended"}          # the 8 s title ends before the run
+    assert (result.sessions["played_s"] > CLIP_S - 0.5).all()
+    # The edge saw each viewer's session id in the CMCD of its requests.
+    sessions = set(result.sessions["session"])
+
+    def logged() -> set[str]:
+        lines = cdn.access_log(lab, 0) or []
+        sids = {cmcd.parse(unquote(line["cmcd"])).sid for line in lines if line.get("cmcd") not in (None, "", "-")}
+        return sessions & sids
+
+    assert _eventually(lambda: logged() == sessions, timeout=15), logged()
+
+
+def test_a_low_limit_keeps_the_lower_rungs_without_stalls(lab: LocalTarget) -> None:
+    result = audience.run(lab.endpoint("gateway"), TITLE, 2, 14, arrivals_s=1, bandwidth=Fixed(900), seed=2,
+                          beacons=False)
+    segments = result.requests[result.requests["kind"] == "segment"]
+    top = result.requests["cmcd"].map(lambda c: cmcd.parse(c).tb).max()
+    assert len(segments) and segments["bitrate_kbps"].max() < top   # never the 720p rung at 900 kbit/s
+    assert result.summary()["stalls"] == 0 and result.summary()["started"] == 2
+    # The downloads ran at the limit: a measured throughput close to 900 kbit/s, never far above.
+    rates = segments["bytes"] * 8 / 1000 / segments["seconds"]
+    assert rates.max() < 900 * 1.15 and rates.median() > 900 * 0.6
+
+
+def test_a_dead_pop_fails_over(lab: LocalTarget) -> None:
+    # A PoP license still lists but nothing answers at (crashed, not yet removed from the edges file).
+    edges_file = lab.cfg.conf_dir / edge.EDGES_FILE
+    edges = json.loads(edges_file.read_text())
+    dead_port = lab.cfg.base_port + 129
+    with socket.socket() as probe:
+        assert probe.connect_ex(("127.0.0.1", dead_port)) != 0
+    edges_file.write_text(json.dumps({**edges, "edge-8": f"http://127.0.0.1:{dead_port}"}))
+    try:
+        result = audience.run(lab.endpoint("gateway"), TITLE, 2, 10, arrivals_s=0, pops=["edge-8"], seed=3,
+                              beacons=False)
+    finally:
+        edges_file.write_text(json.dumps(edges))
+    # With every PoP down, each viewer tries them all and fails to start.
+    lab.stop("edge")
+    try:
+        stranded = audience.run(lab.endpoint("gateway"), TITLE, 2, 5, arrivals_s=0, seed=3, beacons=False)
+    finally:
+        lab.start("edge")
+    assert result.sessions["started"].all() and set(result.sessions["pop"]) == {"edge-0"}
+    errors = result.events[result.events["type"] == "error"]
+    assert set(errors["reason"]) == {"pop_unreachable"} and errors["fatal"].eq(False).all() and len(errors) == 2
+    assert set(stranded.sessions["failure"]) == {"pop_unreachable"}
+    assert stranded.summary()["video_start_failures"] == 2
+    tried = stranded.events[(stranded.events["type"] == "error") & stranded.events["fatal"].eq(False)]
+    assert len(tried) == 2 * (len(edges) - 1)   # every PoP of the grant was tried before giving up
+
+
+def test_an_unknown_title_is_a_video_start_failure(lab: LocalTarget) -> None:
+    result = audience.run(lab.endpoint("gateway"), "no-such-title", 2, 3, arrivals_s=0, beacons=False)
+    assert set(result.sessions["failure"]) == {"unknown_title"} and result.requests.empty
+    assert result.summary()["video_start_failures"] == 2
+
+
+def test_beacons_reach_the_collector(lab: LocalTarget) -> None:
+    result = audience.run(lab.endpoint("gateway"), TITLE, 2, 12, arrivals_s=0, seed=4)
+    assert result.beacons_sent >= 2 and result.beacons_failed == 0
+    metrics = lab.endpoint("qoe") + "/metrics"
+
+    def counted() -> bool:
+        text = httpx.get(metrics, timeout=5).text
+        return any(line.startswith("ott_qoe_beacons_total") and 'client="simulator"' in line
+                   and float(line.rsplit(" ", 1)[1]) >= result.beacons_sent for line in text.splitlines())
+
+    assert _eventually(counted, timeout=10)
