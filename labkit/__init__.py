@@ -50,17 +50,21 @@ __all__ = [
     "TimeoutExpired",
     "UnknownComponentError",
     "UnknownTargetError",
+    "audience",
+    "bandwidth",
+    "browser",
     "environment",
     "make_target",
     "monitoring",
     "panels",
     "platform",
     "plots",
+    "qoe",
 ]
 
 
 def __getattr__(name: str) -> ModuleType:
     # Widgets and matplotlib load only when a notebook asks for them, keeping `ottlab` quick.
-    if name in ("apis", "client", "panels", "plots", "seed"):
+    if name in ("apis", "audience", "bandwidth", "browser", "client", "panels", "plots", "qoe", "seed"):
         return importlib.import_module(f"labkit.{name}")
     raise AttributeError(f"module 'labkit' has no attribute {name!r}")

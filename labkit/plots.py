@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pandas as pd
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 if TYPE_CHECKING:
@@ -211,4 +215,219 @@ def cache_ratios(
     top.set_title(heading)
     bottom.set_xlabel("time (UTC)")
     fig.autofmt_xdate()
+    return fig
+
+
+# -- player QoE -------------------------------------------------------------------------------------
+
+
+def _no_data(ax: Axes) -> None:
+    ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
+
+
+def startup_distribution(
+    startup_s: Iterable[float],
+    *,
+    quantiles: Sequence[float] = (0.5, 0.95),
+    heading: str = "Video startup time",
+) -> Figure:
+    """Two panels: a histogram of startup times and their ECDF, with a dashed line at each quantile.
+
+    ``startup_s`` are seconds from the play request to the first frame (NaN, for viewers who never
+    started, are left out). The ECDF's y is the share of started viewers who had started by x.
+
+    Example::
+
+        fig = startup_distribution(audience.sessions["startup_s"])
+    """
+    values = np.sort(np.asarray([v for v in startup_s if v is not None and not math.isnan(float(v))], dtype=float))
+    fig = Figure(figsize=(9, 3.5), layout="constrained")
+    hist, ecdf = fig.subplots(1, 2, sharex=True)
+    if values.size == 0:
+        _no_data(hist)
+        _no_data(ecdf)
+    else:
+        hist.hist(values, bins=min(30, max(5, values.size // 3)), color="tab:blue", alpha=0.8)
+        ecdf.step(values, np.arange(1, values.size + 1) / values.size, where="post", color="tab:blue")
+        for q, style in zip(quantiles, ("--", ":", "-."), strict=False):
+            at = float(np.quantile(values, q))
+            label = f"p{q * 100:g} = {at:.3g} s"
+            hist.axvline(at, color="black", linestyle=style, label=label)
+            ecdf.axvline(at, color="black", linestyle=style, label=label)
+        hist.legend(loc="upper right", fontsize="small")
+        ecdf.set_ylim(0, 1.02)
+    hist.set_title(f"{heading}: {values.size} viewers")
+    hist.set_xlabel("seconds")
+    hist.set_ylabel("viewers")
+    ecdf.set_title("Share of viewers started by then (ECDF)")
+    ecdf.set_xlabel("seconds")
+    ecdf.set_ylabel("share of viewers")
+    for ax in (hist, ecdf):
+        ax.grid(alpha=0.3)
+    return fig
+
+
+def _limit_line(ax: Axes, timeline: pd.DataFrame) -> None:
+    """The bandwidth limit (``limit_kbps``, NaN when none) as a dashed black step line: the first viewer's."""
+    if "limit_kbps" not in timeline.columns or timeline["limit_kbps"].isna().all():
+        return
+    rows = timeline.dropna(subset=["limit_kbps"]).sort_values("t_s")
+    rows = rows[rows["viewer"] == rows["viewer"].iloc[0]]
+    ax.plot(rows["t_s"], rows["limit_kbps"], drawstyle="steps-post", color="black", linestyle="--",
+            linewidth=1.2, label="bandwidth limit")
+
+
+def buffer_and_bitrate(
+    timeline: pd.DataFrame,
+    *,
+    viewers: Sequence[object] | None = None,
+    heading: str = "Buffer and bitrate over time",
+) -> Figure:
+    """Two panels sharing the time axis: each viewer's buffer (s) and chosen bitrate (kbit/s).
+
+    ``timeline`` has one row per viewer per segment decision: ``viewer``, ``t_s`` (since the
+    viewer's play), ``buffer_s``, ``bitrate_kbps`` and optionally ``limit_kbps`` (the bandwidth
+    limit then, drawn dashed) and ``estimate_kbps`` (the player's throughput estimate, dotted).
+    ``viewers`` picks whom to draw (default: the first four).
+
+    Example::
+
+        fig = buffer_and_bitrate(audience.timeline, viewers=[0, 1, 2])
+    """
+    chosen = list(viewers) if viewers is not None else list(pd.unique(timeline["viewer"]))[:4]
+    fig = Figure(figsize=(9, 5.5), layout="constrained")
+    top, bottom = fig.subplots(2, 1, sharex=True)
+    rows = timeline[timeline["viewer"].isin(chosen)].sort_values("t_s")
+    if rows.empty:
+        _no_data(top)
+        _no_data(bottom)
+    else:
+        for viewer in chosen:
+            mine = rows[rows["viewer"] == viewer]
+            if mine.empty:
+                continue
+            (line,) = top.plot(mine["t_s"], mine["buffer_s"], marker=".", label=f"viewer {viewer}")
+            bottom.plot(mine["t_s"], mine["bitrate_kbps"], drawstyle="steps-post", color=line.get_color(),
+                        label=f"viewer {viewer}")
+            if "estimate_kbps" in mine.columns and mine["estimate_kbps"].notna().any():
+                bottom.plot(mine["t_s"], mine["estimate_kbps"], linestyle=":", color=line.get_color(), alpha=0.6)
+        _limit_line(bottom, rows)
+        top.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small")
+        bottom.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small")
+        top.set_ylim(bottom=0)
+        bottom.set_ylim(bottom=0)
+    top.set_title(heading)
+    top.set_ylabel("buffer (s)")
+    bottom.set_ylabel("bitrate (kbit/s)\ndotted: estimate")
+    bottom.set_xlabel("seconds since play")
+    for ax in (top, bottom):
+        ax.grid(alpha=0.3)
+    return fig
+
+
+def rung_distribution(shares: pd.Series | pd.DataFrame, *, heading: str = "Share of play time per rung") -> Figure:
+    """The share of play time spent on each rung (index: bitrate in kbit/s), in percent.
+
+    A Series is one audience; a DataFrame compares several (one column each, e.g. without and with
+    a bandwidth limit), as :func:`labkit.qoe.rung_shares` returns them.
+
+    Example::
+
+        fig = rung_distribution(qoe.rung_shares(timeline, by="run"))
+    """
+    frame = shares.to_frame("share") if isinstance(shares, pd.Series) else shares
+    percent = (frame * 100).round(1)
+    percent.index = [f"{float(rung):g} kbit/s" for rung in frame.index]
+    fig = grouped_bars(percent, title=heading, ylabel="share of play time (%)", xlabel="rung")
+    legend = fig.axes[0].get_legend()
+    if isinstance(shares, pd.Series) and legend is not None:
+        legend.remove()
+    return fig
+
+
+def throttle_steps(
+    timeline: pd.DataFrame,
+    *,
+    viewers: Sequence[object] | None = None,
+    heading: str = "Bitrate chosen under a bandwidth limit",
+) -> Figure:
+    """The rungs the viewers chose over time (step lines) against the bandwidth limit (dashed).
+
+    ``timeline`` as for :func:`buffer_and_bitrate`; ``viewers`` picks whom to draw (default: up to
+    six). Each chosen rung should sit below the limit once the player's estimate has adapted.
+
+    Example::
+
+        fig = throttle_steps(throttled.timeline)
+    """
+    chosen = list(viewers) if viewers is not None else list(pd.unique(timeline["viewer"]))[:6]
+    fig = Figure(figsize=(9, 3.5), layout="constrained")
+    ax = fig.add_subplot()
+    rows = timeline[timeline["viewer"].isin(chosen)].sort_values("t_s")
+    if rows.empty:
+        _no_data(ax)
+    else:
+        for viewer in chosen:
+            mine = rows[rows["viewer"] == viewer]
+            if not mine.empty:
+                ax.plot(mine["t_s"], mine["bitrate_kbps"], drawstyle="steps-post", marker=".", alpha=0.8,
+                        label=f"viewer {viewer}")
+        _limit_line(ax, rows)
+        ax.set_ylim(bottom=0)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small")
+    ax.set_title(heading)
+    ax.set_xlabel("seconds since play")
+    ax.set_ylabel("kbit/s")
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def qoe_comparison(
+    comparison: pd.DataFrame,
+    *,
+    x: str = "startup_s_player",
+    y: str = "startup_s_edge",
+    tolerance: float | None = None,
+    by: str | None = None,
+    heading: str = "Startup per session: player against edge (CMCD)",
+    unit: str = "s",
+    xlabel: str = "as the player reported it",
+    ylabel: str = "as the edge estimated it (CMCD)",
+) -> Figure:
+    """A scatter of one figure per session as the player reported it (x) and as the edge saw it (y).
+
+    The solid line is y = x (perfect agreement); with ``tolerance`` a shaded band shows how far
+    apart the two may be (± tolerance, in the figures' unit). ``comparison`` is a
+    :func:`labkit.qoe.compare` frame; ``by`` names a column whose values get a colour each (e.g.
+    the run a session belongs to).
+
+    Example::
+
+        fig = qoe_comparison(qoe.compare(audience.sessions, edge), tolerance=0.5)
+    """
+    fig = Figure(figsize=(5.5, 5), layout="constrained")
+    ax = fig.add_subplot()
+    points = comparison[[x, y, *([by] if by else [])]].dropna(subset=[x, y])
+    if points.empty:
+        _no_data(ax)
+    else:
+        high = float(max(points[x].max(), points[y].max())) * 1.1 or 1.0
+        diagonal = np.array([0.0, high])
+        ax.plot(diagonal, diagonal, color="black", linewidth=1, label="y = x")
+        if tolerance is not None:
+            ax.fill_between(diagonal, diagonal - tolerance, diagonal + tolerance, color="grey", alpha=0.2,
+                            label=f"± {tolerance:g} {unit}")
+        groups: list[tuple[str | None, pd.DataFrame]] = (
+            [(str(name), group) for name, group in points.groupby(by, sort=False)] if by else [(None, points)])
+        for name, group in groups:
+            label = f"{len(group)} sessions" if name is None else f"{name}: {len(group)} sessions"
+            ax.scatter(group[x], group[y], s=18, alpha=0.8, label=label)
+        ax.set_xlim(0, high)
+        ax.set_ylim(0, high)
+        ax.set_aspect("equal")
+        ax.legend(loc="upper left", fontsize="small")
+    ax.set_title(heading)
+    ax.set_xlabel(f"{xlabel} ({unit})")
+    ax.set_ylabel(f"{ylabel} ({unit})")
+    ax.grid(alpha=0.3)
     return fig

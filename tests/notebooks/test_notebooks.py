@@ -32,6 +32,10 @@ NOTEBOOK_PARAMETERS: dict[str, dict[str, object]] = {
     # 8 s: two full-length segments per rung, so the herd drill has more than one segment to hit.
     "03-cdn-edge": {"SAMPLE_SECONDS": 8, "LADDER": "small", "PRESET": "ultrafast", "VIEWERS": 24,
                     "WAVE_SECONDS": 30, "HERD_CLIENTS": 100},
+    # 12 s: three segments per rung, enough for the ABR to climb; 1500 kbit/s sits between the small
+    # ladder's 480p and 720p rungs, so the throttled viewers settle on 480p.
+    "04-player-qoe": {"SAMPLE_SECONDS": 12, "LADDER": "small", "PRESET": "ultrafast", "BROWSER_SECONDS": 3,
+                      "VIEWERS": 12, "VIEWER_SECONDS": 14, "THROTTLE_KBPS": 1500, "WAIT_SECONDS": 60},
 }
 
 pytestmark = pytest.mark.notebook
