@@ -195,6 +195,8 @@ def render(*, pop: str, listen: str, origin_peers: Sequence[str], cache_dir: str
         "  server {",
         f"    listen {listen};",
         f"    add_header X-PoP {pop} always;",
+        # Refusals too (403 bad link, 410 expired, 404): a web player must be able to read them.
+        "    add_header Access-Control-Allow-Origin * always;",
         "    location = /healthz { default_type application/json; return 200 '{\"status\":\"alive\"}'; }",
         "    location ~ /\\. { return 404; }",
         f"    location ~ \"{_signed_location()}\" {{",  # quoted: the regex has braces

@@ -100,7 +100,10 @@ def test_a_bad_token_is_refused(lab: LocalTarget, mangle: object, status: int) -
 
 
 def test_an_expired_link_is_gone_and_an_unsigned_path_unknown(lab: LocalTarget) -> None:
-    assert httpx.get(signed(lab, "vod-title", "/master.m3u8", ttl=-5), timeout=10).status_code == 410
+    expired = httpx.get(signed(lab, "vod-title", "/master.m3u8", ttl=-5), timeout=10)
+    assert expired.status_code == 410
+    # A web player reads the refusal (and renews its link) only if CORS lets it see the status.
+    assert expired.headers.get_list("access-control-allow-origin") == ["*"] and expired.headers["x-pop"] == "edge-0"
     assert httpx.get(edge.EDGE.url(lab.cfg) + "/vod-title/master.m3u8", timeout=10).status_code == 404
 
 
