@@ -11,6 +11,13 @@ one Playwright downloads::
                            screenshot=Path("reports/browser/lab-clock.png"))
     run.startup_s, run.state, run.failure, run.frame()   # events as a DataFrame
 
+A slower network is Chromium's own throttling (DevTools' network emulation), from the Play click
+or from the first frame on; a short forward buffer (``buffer_s``) makes every segment come just in
+time, so the player's rung switches and stalls follow the network at once::
+
+    run = browser.play(gateway, "lab-clock", buffer_s=2, network_at_start=Network(download_kbps=800),
+                       until="p.events.some(e => e.type === 'stall')")
+
 Every :class:`Browser` starts from a fresh profile but presents the same device id
 (``DEFAULT_DEVICE_ID``), so repeated runs do not use up an account's CAS device limit.
 Playwright's synchronous API refuses a thread that runs an asyncio loop (a notebook kernel's), so
@@ -30,7 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from urllib.parse import urlencode, urlsplit
 
 from labkit import seed
@@ -39,9 +46,10 @@ from labkit.viewers import unsigned_path
 
 if TYPE_CHECKING:
     import pandas as pd
-    from playwright.sync_api import BrowserContext, Page, Playwright, Request, Response
+    from playwright.sync_api import BrowserContext, CDPSession, Page, Playwright, Request, Response
 
 T = TypeVar("T")
+Leave = Literal["stop", "close"]
 
 CHROMIUM_ENV = "OTTLAB_CHROMIUM"
 CHROMIUM_CANDIDATES = ("/usr/bin/chromium", "chromium", "chromium-browser")
@@ -55,6 +63,7 @@ DEFAULT_TIMEOUT = 30.0
 SETTLED = ("playing", "ended", "failed")
 # The page's console messages kept in BrowserPlay.console (the player logs hls.js errors as info).
 CONSOLE_TYPES = ("error", "warning", "info")
+BEACON_PATH = "/api/qoe/beacons"
 
 
 class BrowserNotFoundError(LabError):
@@ -106,6 +115,35 @@ def launch_args(*, as_root: bool | None = None) -> list[str]:
 
 
 @dataclass(frozen=True)
+class Network:
+    """A network Chromium emulates for the page (DevTools' throttling): ``Network(download_kbps=800)``.
+
+    ``None`` rates are not limited. Chromium applies a change to the requests that start after it,
+    not reliably to one already on its way.
+    """
+
+    download_kbps: float | None = None
+    upload_kbps: float | None = None
+    latency_ms: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("download_kbps", "upload_kbps"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be > 0 kbit/s (or None: not limited), got {value}")
+        if self.latency_ms < 0:
+            raise ValueError(f"latency_ms must be >= 0, got {self.latency_ms}")
+
+    def conditions(self) -> dict[str, Any]:
+        """The parameters of CDP's ``Network.emulateNetworkConditions`` (rates in bytes/s, -1: none)."""
+        def rate(kbps: float | None) -> float:
+            return -1 if kbps is None else kbps * 1000 / 8
+
+        return {"offline": False, "latency": self.latency_ms, "downloadThroughput": rate(self.download_kbps),
+                "uploadThroughput": rate(self.upload_kbps)}
+
+
+@dataclass(frozen=True)
 class PageRequest:
     """One request the page made: its URL without a signed prefix or query, its status (0: none)."""
 
@@ -132,6 +170,9 @@ class BrowserPlay:
     message: str  # the page's #message text ("" when none)
     events: list[dict[str, Any]]  # the QoE events the page sent, in order (end included)
     requests: list[PageRequest] = field(default_factory=list)
+    # The events in the beacons that left the page (what the collector was sent), in order.
+    beacons: list[dict[str, Any]] = field(default_factory=list)
+    overlay: dict[str, str] = field(default_factory=dict)  # the stats overlay when we left: rung, buffer ...
     console: list[str] = field(default_factory=list)  # the page's errors and warnings
     screenshot: Path | None = None
 
@@ -193,23 +234,36 @@ class Browser:
 
     def play(self, gateway_url: str, title: str, user: str = "alice", *, pop: str | None = None,
              seconds: float = DEFAULT_SECONDS, screenshot: Path | str | None = None,
-             timeout: float = DEFAULT_TIMEOUT, beacon_s: float | None = None) -> BrowserPlay:
+             timeout: float = DEFAULT_TIMEOUT, beacon_s: float | None = None, buffer_s: float | None = None,
+             network: Network | None = None, network_at_start: Network | None = None, until: str | None = None,
+             leave: Leave = "stop") -> BrowserPlay:
         """Sign ``user`` (a demo user) in, press Play for ``title``, watch ``seconds`` of playhead advance.
 
-        ``pop`` asks the page for that PoP (``edge-1``); ``beacon_s`` sets its progress beacon period.
+        ``pop`` asks the page for that PoP (``edge-1``); ``beacon_s`` sets its progress beacon period,
+        ``buffer_s`` the forward buffer its hls.js fills. ``network`` is emulated from the Play click,
+        ``network_at_start`` once playback starts (a network that degrades mid-session). ``until`` is
+        a JavaScript condition over ``p`` (the page's ``window.ottPlayer``) to watch for instead of
+        the ``seconds``, e.g. ``"p.events.some(e => e.type === 'stall')"``.
         Waits at most ``timeout`` for playback to start (or fail), then up to ``seconds`` plus
-        ``timeout`` for the playhead; a play that neither starts nor fails in time is left as a
-        viewer would leave it (an exit before start) and returned in the state it reached. The
-        page is closed at the end, which ends the stream session.
+        ``timeout`` for the playhead (or ``until``); a play that neither starts nor fails in time is
+        left as a viewer would leave it (an exit before start) and returned in the state it reached.
+        Leaving ends the stream session: ``leave="stop"`` as the page's Stop does (its end beacon
+        awaited), ``"close"`` by closing the page as a viewer closes the tab (the page sends its end
+        beacon while it is hidden; ``events`` then ends before it, ``beacons`` may hold it).
         """
         if seconds < 0 or timeout <= 0:
             raise ValueError("seconds must be >= 0 and timeout > 0")
+        if buffer_s is not None and buffer_s <= 0:
+            raise ValueError(f"buffer_s must be > 0 seconds, got {buffer_s}")
+        if leave not in ("stop", "close"):
+            raise ValueError(f'leave must be "stop" or "close", not {leave!r}')
         account = seed.demo_user(user)
-        query = {"title": title, **({"pop": pop} if pop else {}), **({"beacon_s": f"{beacon_s:g}"} if beacon_s else {})}
+        query = {"title": title, **({"pop": pop} if pop else {}), **({"beacon_s": f"{beacon_s:g}"} if beacon_s else {}),
+                 **({"buffer_s": f"{buffer_s:g}"} if buffer_s else {})}
         url = f"{gateway_url.rstrip('/')}{PLAYER_PATH}?{urlencode(query)}"
         shot = Path(screenshot) if screenshot is not None else None
-        return self._call(lambda: self._play(url, title, account, seconds, shot, timeout),
-                          seconds + 2 * timeout + 30)
+        watch = _Watch(seconds, timeout, network, network_at_start, until, leave)
+        return self._call(lambda: self._play(url, title, account, watch, shot), seconds + 2 * timeout + 30)
 
     # -- on the browser's thread ------------------------------------------------------------------
 
@@ -248,16 +302,19 @@ class Browser:
             self._profile.cleanup()
             self._profile = None
 
-    def _play(self, url: str, title: str, account: seed.DemoUser, seconds: float, screenshot: Path | None,
-              timeout: float) -> BrowserPlay:
+    def _play(self, url: str, title: str, account: seed.DemoUser, watch: _Watch,
+              screenshot: Path | None) -> BrowserPlay:
         from playwright.sync_api import Error
 
         if self._context is None:
             raise LabError("the browser is not running", hint="use it inside `with Browser() as browser:`")
+        timeout = watch.timeout
         page = self._context.new_page()
         page.set_default_timeout(timeout * 1000)
         requests: list[PageRequest] = []
+        beacons: list[dict[str, Any]] = []
         console: list[str] = []
+        page.on("request", lambda r: beacons.extend(_beacon_events(r)))
         page.on("requestfinished", lambda r: requests.append(_request(r, r.response())))
         page.on("requestfailed", lambda r: requests.append(_request(r, None)))
         page.on("console", lambda m: console.append(f"{m.type}: {m.text}") if m.type in CONSOLE_TYPES else None)
@@ -271,21 +328,27 @@ class Browser:
                 raise LabError(f"the player page {url} did not load its scripts: {console}",
                                hint="check /player/player.js and /player/vendor/hls.min.js on the gateway")
             _sign_in(page, account, timeout)
+            cdp = page.context.new_cdp_session(page)
+            _emulate(cdp, watch.network)
             page.click("#play")
             if _wait_settled(page, timeout) == "playing":
-                _watch(page, seconds, timeout)
+                _emulate(cdp, watch.network_at_start)
+                _watch(page, watch)
             reached = str(page.evaluate("window.ottPlayer.state"))
+            overlay = _overlay(page)
             if screenshot is not None:
                 screenshot.parent.mkdir(parents=True, exist_ok=True)
                 page.screenshot(path=str(screenshot))
-            # Leave as a viewer does: the end beacon sent and the stream session ended, both awaited.
-            page.evaluate("window.ottPlayer.stop()")
+            if watch.leave == "stop":
+                # Leave as a viewer does: the end beacon sent and the stream session ended, both awaited.
+                page.evaluate("window.ottPlayer.stop()")
             hook = page.evaluate("({...window.ottPlayer, stop: undefined})")
             message = page.text_content("#message") or ""
         except Error as exc:
             raise LabError(f"the browser failed while playing {title}: {exc.message.splitlines()[0]}",
                            hint=f"open {url} in a browser to see it; page console: {console[-5:]}") from None
         finally:
+            # Closing fires the page's pagehide: after a "stop" it has nothing left to do.
             page.close()
         startup = hook.get("startupMs")
         events = list(hook.get("events") or [])
@@ -295,7 +358,19 @@ class Browser:
             startup_s=startup / 1000 if startup is not None else None,
             played_s=ends[-1]["played_ms"] / 1000 if ends else 0.0,
             failure=hook.get("failure"), message=message.strip(), events=events,
-            requests=requests, console=console, screenshot=screenshot)
+            requests=requests, beacons=beacons, overlay=overlay, console=console, screenshot=screenshot)
+
+
+@dataclass(frozen=True)
+class _Watch:
+    """How one play is watched: for how long, on which network, until what, and how it is left."""
+
+    seconds: float
+    timeout: float
+    network: Network | None
+    network_at_start: Network | None
+    until: str | None
+    leave: Leave
 
 
 def _sign_in(page: Page, account: seed.DemoUser, timeout: float) -> None:
@@ -320,18 +395,45 @@ def _wait_settled(page: Page, timeout: float) -> str:
     return str(page.evaluate("window.ottPlayer.state"))
 
 
-def _watch(page: Page, seconds: float, timeout: float) -> None:
-    """Wait until the playhead advanced ``seconds``, playback ended or failed, or ``timeout`` ran out."""
+def _watch(page: Page, watch: _Watch) -> None:
+    """Wait until the playhead advanced ``seconds`` (or ``until`` holds), playback ended or failed, or
+    ``timeout`` ran out."""
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
     begin = float(page.evaluate("document.querySelector('#video').currentTime"))
-    deadline = time.monotonic() + seconds + timeout
+    deadline = time.monotonic() + watch.seconds + watch.timeout
+    reached = ("document.querySelector('#video').currentTime >= from + seconds" if watch.until is None
+               else f"(p => Boolean({watch.until}))(window.ottPlayer)")
     # Stalled for longer than the timeout: the events tell how far it got.
     with contextlib.suppress(PlaywrightTimeout):
         page.wait_for_function(
-            "([from, seconds]) => document.querySelector('#video').currentTime >= from + seconds"
-            " || ['ended', 'failed'].includes(window.ottPlayer.state)",
-            arg=[begin, seconds], timeout=max(1.0, deadline - time.monotonic()) * 1000, polling=100)
+            f"([from, seconds]) => {reached} || ['ended', 'failed'].includes(window.ottPlayer.state)",
+            arg=[begin, watch.seconds], timeout=max(1.0, deadline - time.monotonic()) * 1000, polling=100)
+
+
+def _emulate(cdp: CDPSession, network: Network | None) -> None:
+    if network is not None:
+        cdp.send("Network.emulateNetworkConditions", network.conditions())
+
+
+def _overlay(page: Page) -> dict[str, str]:
+    """The stats overlay's values by name (``rung``, ``buffer`` ...: the ``#stat-<name>`` elements)."""
+    stats: dict[str, str] = page.evaluate(
+        "Object.fromEntries([...document.querySelectorAll('#stats dd')]"
+        ".map(d => [d.id.replace(/^stat-/, ''), d.textContent]))")
+    return stats
+
+
+def _beacon_events(request: Request) -> list[dict[str, Any]]:
+    """The QoE events of a beacon the page sends (none for any other request)."""
+    if request.method != "POST" or urlsplit(request.url).path != BEACON_PATH:
+        return []
+    try:
+        body = json.loads(request.post_data or "")
+    except ValueError:
+        return []
+    events = body.get("events") if isinstance(body, dict) else None
+    return [e for e in events if isinstance(e, dict)] if isinstance(events, list) else []
 
 
 def _request(request: Request, response: Response | None) -> PageRequest:
@@ -354,8 +456,11 @@ def _request(request: Request, response: Response | None) -> PageRequest:
 
 def play(gateway_url: str, title: str, user: str = "alice", *, pop: str | None = None,
          seconds: float = DEFAULT_SECONDS, screenshot: Path | str | None = None,
-         timeout: float = DEFAULT_TIMEOUT, beacon_s: float | None = None) -> BrowserPlay:
+         timeout: float = DEFAULT_TIMEOUT, beacon_s: float | None = None, buffer_s: float | None = None,
+         network: Network | None = None, network_at_start: Network | None = None, until: str | None = None,
+         leave: Leave = "stop") -> BrowserPlay:
     """One play in a browser of its own (see :meth:`Browser.play`)."""
     with Browser() as browser:
         return browser.play(gateway_url, title, user, pop=pop, seconds=seconds, screenshot=screenshot,
-                            timeout=timeout, beacon_s=beacon_s)
+                            timeout=timeout, beacon_s=beacon_s, buffer_s=buffer_s, network=network,
+                            network_at_start=network_at_start, until=until, leave=leave)

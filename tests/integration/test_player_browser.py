@@ -7,17 +7,20 @@ page measured (``window.ottPlayer``) and what the QoE collector counted.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from labkit import apis, edge, media, platform, seed, transcoder
-from labkit.browser import Browser, BrowserPlay
+from labkit.browser import Browser, BrowserPlay, Network
 from labkit.client import OttClient
 from labkit.config import LabConfig
 from labkit.prometheus import Prometheus
@@ -32,6 +35,8 @@ CI = bool(os.environ.get("CI"))
 SAMPLE_S = 6 if CI else 8
 WATCH_S = 1.5 if CI else 2.0
 CLEAR, ENCRYPTED = "browser-clear", "browser-secret"
+# The playhead past the middle of the second (last) segment: it was fetched and is playing.
+INTO_SECOND_SEGMENT = "document.querySelector('#video').currentTime > 5"
 
 
 @pytest.fixture(scope="module")
@@ -64,14 +69,18 @@ def publish(lab: LocalTarget, title: str, *, encrypt: bool) -> None:
 
 
 def play(lab: LocalTarget, browser: Browser, title: str, user: str = "alice", *, pop: str | None = None,
-         seconds: float = WATCH_S, screenshot: Path | None = None) -> BrowserPlay:
+         seconds: float = WATCH_S, screenshot: Path | None = None, timeout: float = 20, **watch: Any) -> BrowserPlay:
     run = browser.play(lab.endpoint("gateway"), title, user, pop=pop, seconds=seconds, screenshot=screenshot,
-                       timeout=20)
-    # However it went, the page ended its stream session: the account has none left open.
+                       timeout=timeout, **watch)
+    # However it went, the page ended its stream session: the account has none left open (a closed
+    # page's keepalive request may land a moment after the page is gone).
     with OttClient(lab.endpoint("gateway")) as client:
         account = seed.demo_user(user)
         client.login(account.email, account.password)
-        assert client.sessions() == []
+        deadline = time.monotonic() + 5
+        while (sessions := client.sessions()) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert sessions == []
     return run
 
 
@@ -82,8 +91,28 @@ def collector_counter(lab: LocalTarget, name: str, **labels: str) -> float:
                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()))
 
 
+def wait_for_counter(lab: LocalTarget, name: str, at_least: float, **labels: str) -> float:
+    """The collector's counter once it reached ``at_least`` (a beacon sent as a page closes lands later)."""
+    deadline = time.monotonic() + 10
+    while (value := collector_counter(lab, name, **labels)) < at_least and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return value
+
+
 def event_types(run: BrowserPlay) -> list[str]:
     return [str(e["type"]) for e in run.events]
+
+
+@contextlib.contextmanager
+def signed_url_ttl(lab: LocalTarget, seconds: int) -> Iterator[None]:
+    """The license service restarted to sign playback URLs for ``seconds``, then restored as declared."""
+    short = [replace(c, env={**c.env, "OTT_SIGNED_URL_TTL": str(seconds)}) if c.name == "license" else c
+             for c in lab.components]
+    LocalTarget(lab.cfg, short, lab.layers).up(["apis"])
+    try:
+        yield
+    finally:
+        lab.up(["apis"])
 
 
 @pytest.mark.parametrize("title", [CLEAR, ENCRYPTED])
@@ -183,3 +212,86 @@ def test_a_dead_pop_is_left_for_the_next_one(lab: LocalTarget, browser: Browser)
     assert "edge-1" in errors[0]["detail"] and "edge-0" in errors[0]["detail"]
     served = {r.host for r in run.requests if r.kind == "media" and r.status == 200}
     assert served == {httpx.URL(edge.EDGE.url(lab.cfg, "http", 0)).netloc.decode()}
+
+
+def test_an_expired_link_is_renewed_once_and_playback_resumes(lab: LocalTarget, browser: Browser) -> None:
+    """A real expiry: license signs URLs for 2 s (valid 2-3 s, nginx's secure_link counts whole seconds).
+
+    The first segment is fetched at once, the second (buffer_s=0.5) when the playhead reaches 3.5 s:
+    after the link expired. The page re-authorizes once and resumes where it was.
+    """
+    before = collector_counter(lab, "ott_qoe_errors_total", reason="token_expired")
+    with signed_url_ttl(lab, 2):
+        run = play(lab, browser, CLEAR, seconds=SAMPLE_S, buffer_s=0.5,
+                   until=f"p.events.some(e => e.type === 'stall') && {INTO_SECOND_SEGMENT}")
+    assert run.state in ("playing", "ended") and run.failure is None and run.message == "", run.console
+    errors = [e for e in run.events if e["type"] == "error"]
+    assert [(e["reason"], e["fatal"]) for e in errors] == [("token_expired", False)]
+    assert [e for e in run.beacons if e["type"] == "error"] == errors
+    # The edge refused the expired link (410; a browser that cannot read the refusal sees no status) ...
+    media_requests = [r for r in run.requests if r.kind == "media"]
+    refused = next(i for i, r in enumerate(media_requests) if r.status != 200)
+    assert media_requests[refused].status in (0, 410) and media_requests[refused].path.endswith("seg_00001.m4s")
+    # ... the page authorized again, and the new link served the rest, the second segment included.
+    authorizations = [r.status for r in run.requests if r.path == "/api/license/authorizations"]
+    assert authorizations == [201, 201]
+    renewed = [r for r in media_requests[refused:] if r.status == 200]
+    assert renewed and any(r.path.endswith("seg_00001.m4s") for r in renewed)
+    stalls = [e for e in run.events if e["type"] == "stall"]
+    assert len(stalls) == 1 and stalls[0]["duration_ms"] > 0
+    assert run.events[-1]["type"] == "end" and run.events[-1]["reason"] in ("exit", "ended")
+    assert collector_counter(lab, "ott_qoe_errors_total", reason="token_expired") == before + 1
+
+
+def test_a_missing_key_stops_playback_before_start(lab: LocalTarget, browser: Browser) -> None:
+    title = "browser-keyless"
+    publish(lab, title, encrypt=True)
+    forgot = httpx.delete(f"{lab.endpoint('license')}/admin/keys/{title}",
+                          headers={"X-Service-Token": lab.service_token()}, timeout=10)
+    assert forgot.status_code == 204, forgot.text
+    before = collector_counter(lab, "ott_qoe_start_failures_total", reason="key_unavailable")
+    run = play(lab, browser, title)
+    assert run.state == "failed" and not run.started
+    assert run.failure is not None and run.failure["reason"] == "key_unavailable"
+    assert "decryption key could not be fetched" in run.message and "404" in run.message
+    keys = [r for r in run.requests if r.kind == "key"]
+    assert keys and all(r.status == 404 and r.authorization for r in keys)
+    assert event_types(run) == ["play", "error", "end"] and run.events[1]["fatal"] is True
+    assert run.events[-1]["reason"] == "error" and run.events[-1]["started"] is False
+    assert run.beacons == run.events
+    assert collector_counter(lab, "ott_qoe_start_failures_total", reason="key_unavailable") == before + 1
+
+
+def test_closing_the_page_before_the_first_frame_is_an_exit_before_start(lab: LocalTarget, browser: Browser) -> None:
+    # 50 kbit/s: the first 720p segment (about 800 kB) would take two minutes.
+    before = collector_counter(lab, "ott_qoe_exits_before_start_total", client="browser", title=CLEAR)
+    run = play(lab, browser, CLEAR, timeout=2, network=Network(download_kbps=50), leave="close")
+    assert run.state == "loading" and not run.started and run.failure is None
+    assert event_types(run) == ["play"] and run.beacons == run.events
+    assert not any(r.path.endswith(".m4s") and r.status == 200 for r in run.requests)
+    # The end beacon ("exit", started=false) left with the closing page: the collector counts it.
+    exits = wait_for_counter(lab, "ott_qoe_exits_before_start_total", before + 1, client="browser", title=CLEAR)
+    assert exits == before + 1
+
+
+def test_a_slower_network_switches_down_and_stalls(lab: LocalTarget, browser: Browser) -> None:
+    """The first segment comes at loopback speed, the second (buffer_s=2) over 800 kbit/s: hls.js abandons
+    it at the top rung when the buffer runs dry, fetches a lower rung, and playback stalls meanwhile."""
+    labels = {"client": "browser", "title": CLEAR}
+    stalls_before = collector_counter(lab, "ott_qoe_stalls_total", **labels)
+    downs_before = collector_counter(lab, "ott_qoe_switches_total", direction="down", **labels)
+    run = play(lab, browser, CLEAR, seconds=SAMPLE_S, buffer_s=2, network_at_start=Network(download_kbps=800),
+               until="['stall', 'switch'].every(type => p.events.some(e => e.type === type))")
+    assert run.failure is None and run.state in ("playing", "ended"), run.console
+    start = next(e for e in run.events if e["type"] == "start")
+    switches = [e for e in run.events if e["type"] == "switch"]
+    assert switches and switches[0]["from_kbps"] == start["bitrate_kbps"] > switches[0]["to_kbps"]
+    stalls = [e for e in run.events if e["type"] == "stall"]
+    assert stalls and all(e["duration_ms"] > 0 for e in stalls)
+    assert run.events[-1]["stalled_ms"] >= sum(e["duration_ms"] for e in stalls)
+    # The overlay shows the rung played now, not the one playback started at.
+    assert run.overlay["rung"].endswith(f" {switches[-1]['to_kbps']} kbps"), run.overlay
+    assert [e for e in run.beacons if e["type"] in ("switch", "stall")] == \
+        [e for e in run.events if e["type"] in ("switch", "stall")]
+    assert collector_counter(lab, "ott_qoe_stalls_total", **labels) == stalls_before + len(stalls)
+    assert collector_counter(lab, "ott_qoe_switches_total", direction="down", **labels) >= downs_before + 1

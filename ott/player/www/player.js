@@ -4,7 +4,9 @@
 // authorization, the AES-128 keys, the CAS stream session and the QoE beacons. Media comes from the
 // PoP the authorization signed a URL for (cross-origin; the edges allow it).
 //
-// Page URL: /player/?title=<id>&pop=<edge-N>&beacon_s=<seconds>
+// Page URL: /player/?title=<id>&pop=<edge-N>&beacon_s=<seconds>&buffer_s=<seconds>
+//   buffer_s  the forward buffer hls.js fills before it waits (default: hls.js' own, 30 s): a short one
+//             fetches each segment just in time, so a slower network shows at once (switches, stalls)
 //
 // Test hook: window.ottPlayer = {state, startupMs, failure, events, stop()}
 //   state     idle | authorizing | loading | playing | stalled | ended | failed
@@ -18,6 +20,7 @@
 const params = new URLSearchParams(location.search);
 const BEACON_URL = "/api/qoe/beacons";
 const BEACON_S = Math.max(1, Number(params.get("beacon_s")) || 10);
+const BUFFER_S = Number(params.get("buffer_s")) > 0 ? Number(params.get("buffer_s")) : null;
 const HEARTBEAT_S = 10; // CAS closes a stream session after 30 s without a heartbeat
 const STATS_MS = 250;
 const MAX_EVENTS_PER_BEACON = 200;
@@ -346,6 +349,8 @@ class Session {
     if (!this.started) setState("loading");
     const hls = new Hls({
       startPosition: position > 0 ? position : -1,
+      // hls.js buffers up to maxMaxBufferLength when segments are small: both bound the buffer.
+      ...(BUFFER_S ? { maxBufferLength: BUFFER_S, maxMaxBufferLength: BUFFER_S } : {}),
       // CTA-5004 data on every media request: the edge logs it by session and title.
       cmcd: { sessionId: this.id, contentId: this.title },
       // A missing segment is retried (on every rung) for a few seconds, not hls.js' default ~30 s:
@@ -422,6 +427,7 @@ class Session {
     if (before && before.kbps === rung.kbps) return;
     this.account(); // the time until now was played at the old rung
     this.rung = rung;
+    showRung(rung); // at once, not at the overlay's next refresh: it matches the switch beacon
     if (before) this.emit("switch", { from_kbps: before.kbps, to_kbps: rung.kbps });
   }
 
@@ -438,11 +444,16 @@ class Session {
     const keyError = [E.KEY_LOAD_ERROR, E.KEY_LOAD_TIMEOUT].includes(details);
     if (media && (status === 403 || status === 410)) {
       // The edge refuses the signed URL (expired or no longer valid): one fresh authorization.
-      this.afterThisEvent(() => this.reauthorize(status));
+      this.afterThisEvent((position) => this.reauthorize(`HTTP ${status}`, position));
+    } else if (media && !timeout && !status && this.linkExpired()) {
+      // A refusal the browser could not read (a cross-origin answer without CORS headers has no
+      // status) once the signed URL has expired: the expiry, not a dead PoP, is the likely cause.
+      this.afterThisEvent((position) => this.reauthorize(`no answer after the link expired (${details})`, position));
     } else if (media && (timeout || !status)) {
       // No answer from the PoP: another PoP of the authorization serves the same title.
-      this.afterThisEvent(() => this.nextPop(details));
-    } else if (keyError && data.fatal) {
+      this.afterThisEvent((position) => this.nextPop(details, position));
+    } else if (keyError && (data.fatal || status === 404)) {
+      // The license has no such key: hls.js would ask again on every rung for seconds, in vain.
       this.fail("key_unavailable", `The title's decryption key could not be fetched (HTTP ${status ?? "error"}).`,
         details);
     } else if (details === E.FRAG_LOAD_ERROR && status === 404) {
@@ -463,13 +474,15 @@ class Session {
     }
   }
 
-  /** Replace hls.js outside its own event dispatch. */
+  /** Replace hls.js outside its own event dispatch; ``action`` gets the playhead position to resume at. */
   afterThisEvent(action) {
     const old = this.hls;
     this.hls = null; // ignore whatever else the old instance reports
+    // Read before destroy(): detaching the media resets the element's currentTime to 0.
+    const position = this.position();
     setTimeout(() => {
       old?.destroy();
-      if (!this.over) action();
+      if (!this.over) action(position);
     }, 0);
   }
 
@@ -477,7 +490,13 @@ class Session {
     return video.currentTime || 0;
   }
 
-  nextPop(details) {
+  /** Whether the signed URL of the PoP being played has expired (its expires_at, by this clock). */
+  linkExpired() {
+    const entry = this.grant?.playback.find((p) => p.pop === this.pop);
+    return Boolean(entry?.expires_at) && Date.parse(entry.expires_at) <= Date.now();
+  }
+
+  nextPop(details, position) {
     const next = this.grant.playback.find((p) => !this.triedPops.has(p.pop));
     if (!next) {
       this.fail("pop_unreachable", "No CDN PoP answers for this title: playback stopped. Try again later.",
@@ -486,19 +505,18 @@ class Session {
     }
     this.recovered("pop_unreachable", `${this.pop} did not answer (${details}); switching to ${next.pop}`);
     this.stallBegins();
-    this.load(next, this.position());
+    this.load(next, position);
   }
 
-  async reauthorize(status) {
+  async reauthorize(refusal, position) {
     if (this.reauthorized) {
       this.fail("token_expired", "The CDN refuses this title's link even after a new authorization.",
-        `HTTP ${status} after re-authorizing`);
+        `${refusal} after re-authorizing`);
       return;
     }
     this.reauthorized = true;
-    this.recovered("token_expired", `HTTP ${status} from ${this.pop}: re-authorizing`);
+    this.recovered("token_expired", `${refusal} from ${this.pop}: re-authorizing`);
     this.stallBegins();
-    const position = this.position();
     const pop = this.pop;
     // The old stream session ends before the new one opens: the account's stream limit counts both.
     await this.endStreamSession();
@@ -633,13 +651,17 @@ setInterval(() => {
   if (!session) return;
   const hls = session.hls;
   const rung = session.rung;
-  $("stat-rung").textContent = rung ? `${rung.height}p ${rung.kbps} kbps` : "–";
+  showRung(rung);
   $("stat-buffer").textContent = `${bufferAhead().toFixed(1)} s`;
   $("stat-throughput").textContent = hls ? `${Math.round(hls.bandwidthEstimate / 1000)} kbps` : "–";
   $("stat-stalls").textContent = `${session.stalls}${session.stallSince !== null ? " (stalled)" : ""}`;
   const quality = video.getVideoPlaybackQuality?.();
   $("stat-dropped").textContent = quality ? `${quality.droppedVideoFrames} / ${quality.totalVideoFrames}` : "–";
 }, STATS_MS);
+
+function showRung(rung) {
+  $("stat-rung").textContent = rung ? `${rung.height}p ${rung.kbps} kbps` : "–";
+}
 
 /** Seconds of media buffered ahead of the playhead. */
 function bufferAhead() {
