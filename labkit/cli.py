@@ -332,6 +332,11 @@ def _print_table(statuses: list[ComponentStatus]) -> None:
     for s in statuses:
         if s.detail and not s.healthy:
             click.echo(f"  {s.name}: {s.detail}")
+    by_name = {s.name: s for s in statuses}
+    gateway, player = by_name.get("gateway"), by_name.get("player")
+    if gateway and player and gateway.healthy and player.healthy and "http" in gateway.urls:
+        # The page needs the gateway as its origin (its API calls are relative): never the player's own port.
+        click.echo(f"\nweb player: {gateway.urls['http']}/player/ (sign in as a demo user: `ottlab seed` lists them)")
 
 
 if __name__ == "__main__":

@@ -90,3 +90,15 @@ def test_sample_rejects_bad_sizes_before_running_ffmpeg(runner: CliRunner, tmp_p
     result = runner.invoke(main, ["sample", "--out", str(tmp_path / "c.mp4"), "--seconds", "0"])
     assert result.exit_code == 2 and "--seconds" in result.output
     assert not (tmp_path / "c.mp4").exists()
+
+
+def test_the_table_names_the_web_player_once_it_and_the_gateway_are_healthy(capsys: pytest.CaptureFixture[str]) -> None:
+    from labkit.cli import _print_table
+    from labkit.targets import ComponentStatus
+
+    gateway = ComponentStatus("gateway", "apis", "running", True, {"http": "http://127.0.0.1:18000"})
+    player = ComponentStatus("player", "player", "running", True, {"http": "http://127.0.0.1:18084"})
+    _print_table([gateway, player])
+    assert "web player: http://127.0.0.1:18000/player/" in capsys.readouterr().out
+    _print_table([gateway, ComponentStatus("player", "player", "stopped", False, {"http": "http://127.0.0.1:18084"})])
+    assert "web player" not in capsys.readouterr().out
