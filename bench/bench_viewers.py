@@ -5,8 +5,9 @@ the lab's PoPs, as players do: multivariant playlist, media playlist, init segme
 segment, each with CMCD, paced by a buffer model (wait while more than 12 s of media is ahead).
 A *stall* is a segment arriving after the buffer ran dry: the load generator fell behind.
 
-- ours: ``labkit.audience.run(gateway, title, count, ...)`` in this process (asyncio), each viewer
-  with its own login, license and stream session, ABR and QoE beacons as the lab runs it;
+- ours: ``labkit.audience.run(gateway, title, count, ...)`` in this process (asyncio), the viewers
+  playing through one login and one license grant, with ABR (``ewma``) and QoE beacons as the lab
+  runs it;
 - baseline: ``bench/locustfile_viewers.py`` run headless by ``locust`` (FastHttpUser, gevent), one
   user per viewer, the same requests and pacing on signed URLs from one license grant.
 
@@ -14,7 +15,10 @@ Each side ramps through ``--counts`` (both at a count, then the next) until its 
 or unfinished viewer, and we print, per count, stalls, errors and CPU seconds per viewer per minute
 of each (ours: this process's CPU time; Locust's: its process's, from its test start to its end;
 per minute of the title each viewer watches),
-then the largest count each sustained cleanly and the ratios. The lab (edges, origin, gateway,
+then the largest count each sustained cleanly and the ratios. Each step also says what the side
+fetched per viewer (media requests and megabytes; ours adds its beacons): the sides are comparable
+only when those match. On loopback ours settles on the top rung after its first segment (hls.js
+starts low), Locust fetches the top rung throughout. The lab (edges, origin, gateway,
 APIs) runs on the same cores as the load generators: every figure includes that contention.
 
     python bench/bench_viewers.py [--quick] [--counts 25,50,100,200,400,800] [--sample-seconds 24]
@@ -64,6 +68,9 @@ class Step:
     cpu_s: float
     wall_s: float
     media_s: float  # the title's length: each viewer watches this much
+    requests: int = 0  # media requests (playlists, inits, segments)
+    megabytes: float = 0.0  # media received
+    beacons: int = 0  # QoE beacons sent (ours only)
     note: str = ""
 
     @property
@@ -74,6 +81,11 @@ class Step:
     def cpu_per_viewer_minute(self) -> float:
         """CPU seconds per minute of playback per viewer."""
         return self.cpu_s / (self.count * self.media_s / 60)
+
+    def fetched(self) -> str:
+        """Requests and megabytes per viewer: what the side made the lab serve."""
+        beacons = f" + {self.beacons / self.count:.1f} beacons" if self.beacons else ""
+        return f"{self.requests / self.count:.1f} req{beacons}, {self.megabytes / self.count:.2f} MB per viewer"
 
     def cells(self) -> str:
         return f"{self.stalls:>6} {self.errors:>6} {self.cpu_per_viewer_minute:>9.3f}"
@@ -123,8 +135,9 @@ def run_ours(gateway: str, count: int, sample_seconds: float, arrivals_s: float)
     failed_requests = int(((requests["status"] == 0) | (requests["status"] >= 400)).sum())
     failed_viewers = int((sessions["failure"] != "").sum())
     note = ", ".join(sorted(set(sessions["failure"]) - {""}))
+    media = requests[requests["kind"] != "key"]
     return Step("ours", count, finished, int(sessions["stalls"].sum()), failed_requests + failed_viewers, cpu, wall,
-                sample_seconds, note)
+                sample_seconds, len(media), float(media["bytes"].sum()) / 1e6, result.beacons_sent, note)
 
 
 # -- Locust ----------------------------------------------------------------------------------
@@ -153,7 +166,8 @@ def run_locust(locust: str, gateway: str, master_urls: list[str], count: int, sa
     failed_viewers = count - figures["ended"]
     note = "; ".join(f"{f['occurrences']}x {f['name']}: {f['error'][:60]}" for f in figures["failures"][:3])
     return Step("locust", count, figures["ended"], figures["stalls"], figures["errors"] + failed_viewers,
-                figures["cpu_s"], figures["wall_s"], sample_seconds, note)
+                figures["cpu_s"], figures["wall_s"], sample_seconds, figures["requests"],
+                figures.get("bytes", 0) / 1e6, 0, note)
 
 
 # -- the run ---------------------------------------------------------------------------------
@@ -221,8 +235,8 @@ def main() -> int:
                     steps.append(step)
                     print(f"  {side:6} {count:5} viewers: {step.finished:5} finished, {step.stalls} stalls, "
                           f"{step.errors} errors, {step.cpu_s:7.2f} CPU s in {step.wall_s:5.1f} s "
-                          f"({step.cpu_per_viewer_minute:.3f} CPU s/viewer/min){'  ' + step.note if step.note else ''}",
-                          flush=True)
+                          f"({step.cpu_per_viewer_minute:.3f} CPU s/viewer/min; {step.fetched()})"
+                          f"{'  ' + step.note if step.note else ''}", flush=True)
                     if not step.clean:
                         active.remove(side)
                 if not active:

@@ -10,7 +10,7 @@ the buffer ran dry: the user's pacing fell behind.
 
 Stalls, starts and finished plays are fired as requests of type ``VIEWER`` (names ``stall``,
 ``start``, ``ended``), so they show in Locust's statistics; when ``OTT_BENCH_REPORT`` is set, a JSON
-report is written there when Locust quits: the counts, the failures and the CPU seconds Locust's
+report is written there when Locust quits: the counts, the failures, the bytes and the CPU seconds Locust's
 process used from the test's start to its end (imports and start-up excluded). When
 ``OTT_BENCH_VIEWERS`` users have finished, Locust quits without waiting for ``-t``.
 
@@ -70,6 +70,7 @@ def _on_quitting(environment: Environment, **_: Any) -> None:
         wall_s=time.monotonic() - _tally.get("wall_start", time.monotonic()),
         requests=total.num_requests - sum(e.num_requests for e in environment.stats.entries.values()
                                           if e.method == "VIEWER"),
+        bytes=total.total_content_length,  # the VIEWER pseudo-requests weigh 0
         errors=total.num_failures,
         failures=[{"name": f.name, "error": str(f.error), "occurrences": f.occurrences}
                   for f in environment.stats.errors.values()],

@@ -38,25 +38,34 @@ who reaches the end of the title ends with ``ended`` and does not loop: a sessio
 as a QoE collector counts it; for longer runs use a longer title. Arrivals, PoP assignment, session
 ids and trace offsets come from ``random.Random(seed)``. With a :class:`VirtualClock` and a mock
 transport the whole result is a function of the seed: the same seed gives identical DataFrames.
+
+**Scale.** One process runs the whole audience in one event loop, so CPU per request decides how
+many viewers keep up: each viewer has its own connections (its own small pool, as a player has)
+on an aiohttp transport behind httpx's API, about 0.3 ms of CPU per request on loopback where
+httpx's own transport takes over 1 ms (see ``bench/bench_viewers.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import heapq
 import json
 import math
 import random
+import ssl
 import time
 import uuid
 from collections import Counter
-from collections.abc import Coroutine, Mapping, Sequence
+from collections.abc import AsyncIterator, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 from urllib.parse import urljoin
 
+import aiohttp
 import httpx
 import m3u8
+import yarl
 
 from labkit import abr, eventloop
 from labkit.bandwidth import Fixed, Limit, Link, Trace
@@ -78,6 +87,11 @@ RETRY_DELAY_S = 0.5
 DEFAULT_SEGMENT_S = 4.0  # before any playlist says otherwise
 END_GRACE_S = 5.0  # real seconds past the end a run waits for requests in flight
 MAX_VIEWERS = 10_000
+# A viewer has one request in flight at a time: to its PoP (a failed-over one), the gateway for keys and beacons.
+VIEWER_CONNECTIONS = 4
+# Idle connections are kept 30 s, as a browser keeps them (and below nginx's 75 s): a beacon every 10 s and a
+# segment every few seconds reuse theirs instead of connecting again.
+KEEPALIVE_S = 30.0
 READ_CHUNK = 64 * 1024  # bytes handed to the pacing at a time
 PACING_MIN_SLEEP_S = 0.02  # shorter pacing waits are carried over (the real clock only)
 
@@ -481,11 +495,113 @@ class _Playback:
         return duration
 
 
+class _Body(httpx.AsyncByteStream):
+    """An aiohttp response body as httpx reads it."""
+
+    def __init__(self, response: aiohttp.ClientResponse, request: httpx.Request) -> None:
+        self.response = response
+        self.request = request
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self.response.content.iter_any():
+                yield chunk
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise _httpx_error(exc, self.request) from exc
+
+    async def aclose(self) -> None:
+        self.response.release()  # back to the pool when read to the end, else the connection is closed
+
+
+def _httpx_error(exc: BaseException, request: httpx.Request) -> httpx.HTTPError:
+    """The httpx exception the viewer's fault handling expects for an aiohttp one."""
+    message = f"{type(exc).__name__}: {exc}".strip()
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return httpx.ConnectTimeout(message, request=request)
+    if isinstance(exc, TimeoutError):  # aiohttp's read timeouts are TimeoutErrors too
+        return httpx.ReadTimeout(message, request=request)
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return httpx.ConnectError(message, request=request)
+    if isinstance(exc, aiohttp.ClientPayloadError | aiohttp.ServerDisconnectedError):
+        return httpx.RemoteProtocolError(message, request=request)
+    return httpx.ReadError(message, request=request)
+
+
+class _AiohttpTransport(httpx.AsyncBaseTransport):
+    """An httpx transport on aiohttp: one viewer's connections (a pool of :data:`VIEWER_CONNECTIONS`).
+
+    httpx's own transport (httpcore, anyio, h11: all pure Python) costs about 1 ms of CPU per
+    request on loopback and 2 ms per 800 kB segment; aiohttp's (a C parser) a fifth of that, which
+    decides how many viewers one event loop keeps up with. The viewer code stays on httpx's API, and
+    tests still replace the network with an httpx transport. Bodies pass through undecoded (httpx
+    decodes ``Content-Encoding``); redirects and cookies are httpx's business, as with its transport.
+    """
+
+    def __init__(self, tls: ssl.SSLContext) -> None:
+        connector = aiohttp.TCPConnector(limit=VIEWER_CONNECTIONS, keepalive_timeout=KEEPALIVE_S, ssl=tls)
+        self.session = aiohttp.ClientSession(connector=connector, auto_decompress=False,
+                                             cookie_jar=aiohttp.DummyCookieJar())
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        timeout = request.extensions.get("timeout", {})
+        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers.raw
+                   if k.lower() not in (b"host", b"content-length", b"connection", b"transfer-encoding")]
+        try:
+            response = await self.session.request(
+                request.method, yarl.URL(str(request.url), encoded=True), headers=headers,
+                data=await request.aread() or None, allow_redirects=False,
+                timeout=aiohttp.ClientTimeout(sock_connect=timeout.get("connect"), sock_read=timeout.get("read"),
+                                              connect=timeout.get("pool")))
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise _httpx_error(exc, request) from exc
+        return httpx.Response(response.status, headers=list(response.raw_headers), stream=_Body(response, request),
+                              extensions={"http_version": b"HTTP/1.1",
+                                          "reason_phrase": (response.reason or "").encode("latin-1")})
+
+    async def aclose(self) -> None:
+        await self.session.close()
+
+
+class _Clients:
+    """The viewers' HTTP clients: one small connection pool per viewer, as each player has its own connections.
+
+    Not one httpx client for the audience: httpcore's pool walks all its connections (and, while
+    some are idle, all of them again for each) whenever a request is queued or a response ends, so
+    with a few hundred viewers in one pool the simulator spent most of its CPU there and fell
+    behind. Each client runs on :class:`_AiohttpTransport`; the viewers share one TLS context (one
+    per client costs ~20 ms). A ``transport`` given by the caller (a test's mock) is shared by every
+    client and left to the run's own client to close.
+    """
+
+    def __init__(self, timeout: float, transport: httpx.AsyncBaseTransport | None) -> None:
+        self.timeout = timeout
+        self.transport = transport
+
+    @functools.cached_property
+    def tls(self) -> ssl.SSLContext:
+        return httpx.create_ssl_context()
+
+    def _client(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(timeout=self.timeout, transport=self.transport or _AiohttpTransport(self.tls))
+
+    def open(self) -> httpx.AsyncClient:
+        """A viewer's client (inside the event loop)."""
+        return self._client()
+
+    def shared(self) -> httpx.AsyncClient:
+        """The audience's own client (login and grants); it closes a caller's transport at the end."""
+        return self._client()
+
+    async def close(self, client: httpx.AsyncClient) -> None:
+        if self.transport is None:
+            await client.aclose()
+
+
 @dataclass
 class _Run:
     """What every viewer of one run shares."""
 
-    http: httpx.AsyncClient
+    clients: _Clients
     clock: Clock
     gateway: str
     title: str
@@ -500,6 +616,11 @@ class _Run:
     timeline: list[dict[str, Any]] = field(default_factory=list)
     beacons_sent: int = 0
     beacons_failed: int = 0
+
+
+# Every viewer on a PoP asks for the same few URLs: parsing them once saves a few % of the CPU per request.
+_join = functools.lru_cache(maxsize=4096)(urljoin)
+_unsigned_path = functools.lru_cache(maxsize=4096)(unsigned_path)
 
 
 def _round_to(value: float, step: int) -> int:
@@ -531,8 +652,16 @@ class _Viewer:
         self.grant: Grant | None = None
         self.keys: set[str] = set()
         self.inits: set[tuple[int, str]] = set()
+        self._http: httpx.AsyncClient | None = None
 
     # -- bookkeeping ----------------------------------------------------------------------
+
+    @property
+    def http(self) -> httpx.AsyncClient:
+        """The viewer's own connections, opened on first use and closed when it finishes."""
+        if self._http is None:
+            self._http = self.run.clients.open()
+        return self._http
 
     @property
     def pop(self) -> str:
@@ -568,7 +697,7 @@ class _Viewer:
             body = {"v": 1, "session": self.session, "title": self.run.title, "pop": self.pop, "client": "simulator",
                     "events": events[start:start + MAX_EVENTS_PER_BEACON]}
             try:
-                response = await self.run.http.post(f"{self.run.gateway}{BEACON_PATH}", content=json.dumps(body),
+                response = await self.http.post(f"{self.run.gateway}{BEACON_PATH}", content=json.dumps(body),
                                                     headers={"Content-Type": "application/json"})
                 ok = response.status_code < 300
             except httpx.HTTPError:
@@ -620,16 +749,17 @@ class _Viewer:
         """GET ``url`` with CMCD; ``(status, body if keep, bytes)``; status 0 with an exception re-raised."""
         started, clock0 = self.clock.wall(), self.clock.now()
         row: dict[str, Any] = {"viewer": self.index, "session": self.session, "kind": kind, "bitrate_kbps": bitrate,
-                               "path": unsigned_path(url), "status": 0, "cache": "", "pop": self.pop, "bytes": 0,
+                               "path": _unsigned_path(url), "status": 0, "cache": "", "pop": self.pop, "bytes": 0,
                                "started": started, "seconds": 0.0, "cmcd": cmcd.format(data), "error": ""}
         self.run.requests.append(row)
         body: list[bytes] = []
         size = 0
         try:
-            async with self.run.http.stream("GET", with_cmcd(url, data), headers=headers) as response:
+            async with self.http.stream("GET", with_cmcd(url, data), headers=headers) as response:
                 row["status"] = response.status_code
                 row["cache"] = response.headers.get("x-cache-status", "")
-                async for chunk in response.aiter_bytes(READ_CHUNK):
+                # Unpaced, the body comes as the socket reads it (at most 64 KiB at a time) without re-chunking.
+                async for chunk in response.aiter_bytes(READ_CHUNK if paced and self.link is not None else None):
                     size += len(chunk)
                     if keep or response.status_code != 200:
                         body.append(chunk)
@@ -662,7 +792,7 @@ class _Viewer:
             assert self.grant is not None
             url = self.grant.playback[self.pops[0]][1]
             for part in rel:
-                url = urljoin(url, part)
+                url = _join(url, part)
             data = self.cmcd_of(ot, br=bitrate, tb=tb, duration_s=duration_s, nor=nor)
             try:
                 status, body, _ = await self.fetch(kind, url, data, bitrate=bitrate, keep=keep,
@@ -759,7 +889,16 @@ class _Viewer:
         self.exit = self.exit or "exit"
         self.event("end", reason=self.exit, started=self.playback.started_at is not None,
                    played_ms=round(self.playback.played_s * 1000), stalled_ms=round(self.playback.stalled_s * 1000))
-        await self.flush()
+        try:
+            await self.flush()
+        finally:
+            await self.hang_up()
+
+    async def hang_up(self) -> None:
+        """Close the viewer's connections."""
+        if self._http is not None:
+            http, self._http = self._http, None
+            await self.run.clients.close(http)
 
     async def play(self) -> None:
         master_text = await self.media("master", [], ot="m")
@@ -945,19 +1084,19 @@ async def run_async(gateway_url: str, title: str, count: int, seconds: float, *,
         plans.append((arrival, pop_pick, session, offset))
 
     cpu0 = time.process_time()
-    limits_http = httpx.Limits(max_connections=2 * count + 16, max_keepalive_connections=2 * count + 16)
-    async with httpx.AsyncClient(timeout=request_timeout, transport=transport, limits=limits_http) as http:
+    clients = _Clients(request_timeout, transport)
+    async with clients.shared() as http:
         grants = _Grants(http, gateway, demo, title)
         try:
             grant: Grant | _Refused = await grants.first()
         except _Refused as refused:
             grant = refused
+        crowd: list[_Viewer] = []
         try:
             order = _pop_orders(grant, pops, [p[1] for p in plans])
-            shared = _Run(http, clock, gateway, title, grants, _Playlists(), max_buffer_s, beacons, beacon_s)
+            shared = _Run(clients, clock, gateway, title, grants, _Playlists(), max_buffer_s, beacons, beacon_s)
             shared.deadline = clock.now() + seconds
             start = clock.now()
-            crowd = []
             for i, (arrival, _, session, offset) in enumerate(plans):
                 limit = limits[i]
                 link = None
@@ -972,8 +1111,11 @@ async def run_async(gateway_url: str, title: str, count: int, seconds: float, *,
                 if not viewer.done:
                     await viewer.finish()
         finally:
+            for viewer in crowd:  # those a failure left with open connections
+                await viewer.hang_up()
             await grants.end()
     return _audience(crowd, shared, demo, abr, seed, seconds, grants.count, time.process_time() - cpu0)
+
 
 
 def _pop_orders(grant: Grant | _Refused, pops: Sequence[str] | None, picks: Sequence[int]) -> list[list[int]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
@@ -126,3 +127,55 @@ def test_beacons_reach_the_collector(lab: LocalTarget) -> None:
                    and float(line.rsplit(" ", 1)[1]) >= result.beacons_sent for line in text.splitlines())
 
     assert _eventually(counted, timeout=10)
+
+
+def test_the_viewers_transport_speaks_http_as_httpx_does() -> None:
+    """The aiohttp transport under the viewers against a real server on loopback: bodies, encodings, failures."""
+    import gzip
+
+    from aiohttp import web
+
+    seen: list[tuple[str, str, bytes]] = []
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        seen.append((request.method, request.raw_path, await request.read()))
+        if request.path == "/slow":
+            await asyncio.sleep(1.5)
+        if request.path == "/playlist.m3u8":
+            return web.Response(body=gzip.compress(b"#EXTM3U\n" * 100), headers={"Content-Encoding": "gzip"})
+        return web.Response(body=b"s" * 300_000, status=202 if request.method == "POST" else 200,
+                            headers={"X-Cache-Status": "HIT"})
+
+    async def scenario() -> None:
+        app = web.Application()
+        app.router.add_route("*", "/{path:.*}", handle)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        clients = audience._Clients(0.5, None)
+        client = clients.open()
+        try:
+            base = f"http://127.0.0.1:{port}"
+            playlist = await client.get(f"{base}/playlist.m3u8?CMCD=ot%3Dm%2Csid%3D%22a%20b%22")
+            assert playlist.status_code == 200 and playlist.text == "#EXTM3U\n" * 100  # httpx decoded the gzip
+            async with client.stream("GET", f"{base}/seg.m4s") as segment:
+                assert segment.headers["x-cache-status"] == "HIT"
+                assert sum([len(chunk) async for chunk in segment.aiter_bytes()]) == 300_000
+            posted = await client.post(f"{base}/beacons", content=b'{"v": 1}')
+            assert posted.status_code == 202
+            assert seen[0][1] == "/playlist.m3u8?CMCD=ot%3Dm%2Csid%3D%22a%20b%22"  # as encoded, not re-quoted
+            assert seen[-1] == ("POST", "/beacons", b'{"v": 1}')
+            with pytest.raises(httpx.ReadTimeout):
+                await client.get(f"{base}/slow")
+            with socket.socket() as unused:
+                unused.bind(("127.0.0.1", 0))
+                closed = unused.getsockname()[1]
+            with pytest.raises(httpx.ConnectError):
+                await client.get(f"http://127.0.0.1:{closed}/seg.m4s")
+        finally:
+            await clients.close(client)
+            await runner.cleanup()
+
+    asyncio.run(scenario())

@@ -8,9 +8,11 @@ import math
 from collections import Counter
 from urllib.parse import parse_qs
 
+import aiohttp
 import httpx
 import pandas as pd
 import pytest
+from aiohttp.client_reqrep import ConnectionKey
 
 from labkit import audience
 from labkit.audience import VirtualClock, run
@@ -353,3 +355,21 @@ def test_bad_arguments_are_refused(options: dict[str, object], message: str) -> 
     arguments: dict[str, object] = {"count": 1, "seconds": 10} | options
     with pytest.raises(ConfigError, match=message):
         simulate(FakePlatform(), **arguments)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("failure", "expected"), [
+    (aiohttp.ConnectionTimeoutError("connect"), httpx.ConnectTimeout),
+    (aiohttp.SocketTimeoutError("read"), httpx.ReadTimeout),
+    (TimeoutError(), httpx.ReadTimeout),
+    (aiohttp.ClientConnectorError(ConnectionKey("pop", 80, False, False, None, None, None),  # type: ignore[arg-type]
+                                  ConnectionRefusedError(111, "refused")), httpx.ConnectError),
+    (aiohttp.ServerDisconnectedError(), httpx.RemoteProtocolError),
+    (aiohttp.ClientPayloadError("truncated"), httpx.RemoteProtocolError),
+    (aiohttp.ClientOSError(104, "reset"), httpx.ReadError),
+])
+def test_network_failures_reach_the_viewer_as_the_httpx_errors_its_fault_handling_knows(
+        failure: Exception, expected: type[httpx.HTTPError]) -> None:
+    request = httpx.Request("GET", "http://pop0/a.m4s")
+    error = audience._httpx_error(failure, request)
+    assert type(error) is expected and error.request is request
+    assert type(failure).__name__ in str(error)
