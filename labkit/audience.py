@@ -535,6 +535,11 @@ class _AiohttpTransport(httpx.AsyncBaseTransport):
     decides how many viewers one event loop keeps up with. The viewer code stays on httpx's API, and
     tests still replace the network with an httpx transport. Bodies pass through undecoded (httpx
     decodes ``Content-Encoding``); redirects and cookies are httpx's business, as with its transport.
+
+    Not the ``httpx-aiohttp`` package (0.2): it maps every aiohttp connection error, a server
+    dropping the connection included, to ``ConnectTimeout``, which the viewers' fault handling
+    would take for a dead PoP, and it re-chunks bodies at 16 KiB. :func:`_httpx_error` keeps the
+    distinctions the failover and retry rules need.
     """
 
     def __init__(self, tls: ssl.SSLContext) -> None:
