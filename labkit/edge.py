@@ -269,6 +269,4 @@ LAYER = Layer(
 
 
 if __name__ == "__main__":
-    KUBE_CONFIG.parent.mkdir(parents=True, exist_ok=True)
-    KUBE_CONFIG.write_text(render_kube())
-    print(f"wrote {KUBE_CONFIG}")
+    nginx.write_kube_config(KUBE_CONFIG, render_kube)

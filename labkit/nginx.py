@@ -1,13 +1,17 @@
 """What every nginx of the lab has in common: its declaration, the top of its configuration, and
 who its workers run as.
 
-The gateway, the origin and the edges each render their own ``nginx.conf``; they start alike.
+The gateway, the origin, the edges and the player each render their own ``nginx.conf``; they start
+alike, and each ships a Kubernetes copy that ``python -m labkit.<name>`` regenerates
+(:func:`write_kube_config`; a test checks every committed copy is current).
 """
 
 from __future__ import annotations
 
 import os
 import pwd
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from labkit.component import Component, Port, Readiness
@@ -68,3 +72,10 @@ def lab_user() -> str | None:
     if os.geteuid() != 0:
         return None
     return pwd.getpwuid(os.geteuid()).pw_name
+
+
+def write_kube_config(path: Path, render_kube: Callable[[], str]) -> None:
+    """Write the Kubernetes copy of a config (what each nginx module's ``python -m`` does) and say so."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render_kube())
+    print(f"wrote {path}")
