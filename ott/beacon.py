@@ -18,7 +18,7 @@ label (title, pop, client, reason) can only take a bounded set of values.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Self
+from typing import Annotated, Literal, Self, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -27,20 +27,19 @@ from ott.models import TITLE_ID_PATTERN
 VERSION = 1
 MAX_BYTES = 64 * 1024
 MAX_EVENTS = 200
+# The largest t_ms (and played/stalled totals): a day, in milliseconds.
+MAX_T_MS = 86_400_000
 SESSION_PATTERN = r"^[A-Za-z0-9._:-]{1,64}$"
 # A PoP as license names it: edge-<n> on the local target, "edge" (one Service) on Kubernetes.
 POP_PATTERN = r"^(edge(-[0-9]{1,3})?|unknown)$"
-CLIENTS = ("browser", "simulator", "k6")
-REASONS = ("unknown_title", "not_entitled", "stream_limit", "device_limit", "unauthorized", "token_expired",
-           "key_unavailable", "segment_not_found", "pop_unreachable", "manifest_error", "media_error",
-           "network_error", "timeout", "other")
 
-DAY_MS = 86_400_000
 Client = Literal["browser", "simulator", "k6"]
 Reason = Literal["unknown_title", "not_entitled", "stream_limit", "device_limit", "unauthorized", "token_expired",
                  "key_unavailable", "segment_not_found", "pop_unreachable", "manifest_error", "media_error",
                  "network_error", "timeout", "other"]
-Millis = Annotated[float, Field(ge=0, le=DAY_MS)]
+CLIENTS: tuple[str, ...] = get_args(Client)
+REASONS: tuple[str, ...] = get_args(Reason)
+Millis = Annotated[float, Field(ge=0, le=MAX_T_MS)]
 Kbps = Annotated[float, Field(ge=0, le=1_000_000)]
 Rung = Annotated[float, Field(ge=1, le=1_000_000)]
 
@@ -96,11 +95,16 @@ class Progress(_Event):
 
 
 class Error(_Event):
-    """A playback error: fatal before start = a start failure, fatal after = a playback failure."""
+    """A playback error. ``started``: whether the session had started (its first moving frame) when it happened.
+
+    Fatal and not started is a video start failure, fatal and started a playback failure; the player
+    says which, so that any collector replica classifies it without having seen the session's start.
+    """
 
     type: Literal["error"]
     reason: Reason
     fatal: bool
+    started: bool
     # For people reading logs; never a metric label.
     detail: Annotated[str, Field(max_length=200)] = ""
 

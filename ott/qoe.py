@@ -9,8 +9,8 @@ say which field was wrong and what is allowed; it is counted in
 There is no database: the metrics are counters and histograms since the process started, and
 Prometheus, which scrapes ``/metrics``, keeps the history (``increase()`` and ``rate()`` see
 through a restart). Labels are ``title``, ``pop`` and ``client``; past ``OTT_QOE_MAX_TITLES``
-distinct titles (default 50), further titles are recorded as ``other``, so a misbehaving client
-cannot grow the metrics without bound.
+distinct titles (default 50) and ``OTT_QOE_MAX_POPS`` distinct PoPs (default 20), further ones are
+recorded as ``other``, so a misbehaving client cannot grow the metrics without bound.
 
 What each event moves (every metric is ``ott_qoe_*``):
 
@@ -20,15 +20,15 @@ start      ``startup_seconds`` (histogram)
 stall      ``stalls_total``, ``stalled_seconds_total``
 switch     ``switches_total{direction="up"|"down"}``
 progress   ``played_seconds_total``, ``bitrate_kbit_total`` (rung x seconds), ``dropped_frames_total``
-error      fatal before the session's start: ``start_failures_total{reason}`` (a video start failure);
-           fatal after it: ``playback_failures_total{reason}``; not fatal: ``errors_total{reason}``
+error      fatal, ``started`` false: ``start_failures_total{reason}`` (a video start failure);
+           fatal, ``started`` true: ``playback_failures_total{reason}``; not fatal: ``errors_total{reason}``
 end        ``exits_before_start_total`` (reason exit, not started); ``rebuffering_ratio`` (histogram,
            stalled / (played + stalled), once per session that started)
 =========  ==========================================================================================
 
 The time-weighted bitrate is ``increase(bitrate_kbit_total) / increase(played_seconds_total)``.
-Whether a session has started is remembered for the most recent sessions (a fatal error may
-come in a later beacon than the start); a session the collector never saw start counts as not started.
+The collector keeps no session state: each event says all it needs (an error says whether its
+session had started), so any number of replicas behind the gateway count the same.
 
 Run it with ``python -m ott.qoe`` (settings from ``OTT_*`` variables, see :mod:`ott.settings`).
 """
@@ -38,57 +38,63 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections import OrderedDict
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
-from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ott import beacon
 from ott.errors import ApiError, Responses
-from ott.service import create_app, serve
+from ott.service import create_app, run
 from ott.settings import Settings
 
 STARTUP_BUCKETS = (0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0)
 # A ratio of 0 (no stall) is its own bucket: most sessions should be there.
 REBUFFERING_BUCKETS = (0.0, 0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
-OTHER_TITLE = "other"
-DEFAULT_MAX_TITLES = 50
-# Sessions whose start the collector remembers (a few dozen bytes each).
-REMEMBERED_SESSIONS = 100_000
+# The label of the titles and PoPs past their caps.
+OTHER = "other"
 REJECT_REASONS = ("bad_json", "invalid", "too_large", "unsupported_version")
 CONTENT_TYPES = ("application/json", "text/plain")
 
 
-@dataclasses.dataclass(frozen=True)
-class QoeSettings(Settings):
-    """The services' settings, and ``OTT_QOE_MAX_TITLES``: distinct titles kept as labels before ``other``."""
+class CappedLabel:
+    """The values of one label, at most ``limit`` distinct ones: the first come keep theirs, later ones are ``other``.
 
-    qoe_max_titles: int = DEFAULT_MAX_TITLES
+    >>> pops = CappedLabel("pop", 1)
+    >>> pops("edge-0"), pops("edge-1"), pops("edge-0")
+    ('edge-0', 'other', 'edge-0')
+    """
+
+    def __init__(self, name: str, limit: int) -> None:
+        if limit < 1:
+            raise ValueError(f"the cap of distinct {name} labels must be at least 1, got {limit}")
+        self.limit = limit
+        self._known: set[str] = set()
+
+    def __call__(self, value: str) -> str:
+        if value in self._known:
+            return value
+        if len(self._known) < self.limit:
+            self._known.add(value)
+            return value
+        return OTHER
 
 
 class QoeMetrics:
     """The collector's metrics in ``registry``, and what each beacon event does to them.
 
     >>> from prometheus_client import CollectorRegistry
-    >>> registry = CollectorRegistry()
-    >>> qoe = QoeMetrics(registry, max_titles=1)
+    >>> qoe = QoeMetrics(CollectorRegistry(), max_titles=1)
     >>> qoe.title("a"), qoe.title("b"), qoe.title("a")
     ('a', 'other', 'a')
     """
 
-    def __init__(self, registry: CollectorRegistry, *, max_titles: int = DEFAULT_MAX_TITLES,
-                 remembered_sessions: int = REMEMBERED_SESSIONS) -> None:
-        if max_titles < 1:
-            raise ValueError(f"max_titles must be at least 1, got {max_titles}")
-        self.max_titles = max_titles
-        self.remembered_sessions = remembered_sessions
-        self._titles: set[str] = set()
-        # (client, session) -> started; oldest first, trimmed to remembered_sessions.
-        self._started: OrderedDict[tuple[str, str], bool] = OrderedDict()
+    def __init__(self, registry: CollectorRegistry, *, max_titles: int = Settings.qoe_max_titles,
+                 max_pops: int = Settings.qoe_max_pops) -> None:
+        self.title = CappedLabel("title", max_titles)
+        self.pop = CappedLabel("pop", max_pops)
         labels = ["title", "pop", "client"]
 
         def counter(name: str, doc: str, *extra: str) -> Counter:
@@ -120,32 +126,14 @@ class QoeMetrics:
         for client in beacon.CLIENTS:
             self.beacons.labels(client)
 
-    def title(self, title: str) -> str:
-        """The label value for ``title``: itself while fewer than ``max_titles`` are known, else ``other``."""
-        if title in self._titles:
-            return title
-        if len(self._titles) < self.max_titles:
-            self._titles.add(title)
-            return title
-        return OTHER_TITLE
-
-    def _remember(self, key: tuple[str, str], started: bool) -> None:
-        self._started[key] = started
-        self._started.move_to_end(key)
-        while len(self._started) > self.remembered_sessions:
-            self._started.popitem(last=False)
-
     def record(self, report: beacon.Beacon) -> int:
         """Move the metrics by the events of ``report`` (already validated); the number of events."""
-        labels = (self.title(report.title), report.pop, report.client)
-        key = (report.client, report.session)
-        started = self._started.get(key, False)
+        labels = (self.title(report.title), self.pop(report.pop), report.client)
         for event in report.events:
             match event:
                 case beacon.Play():
                     self.plays.labels(*labels).inc()
                 case beacon.Start():
-                    started = True
                     self.startup.labels(*labels).observe(event.startup_ms / 1000)
                 case beacon.Stall():
                     self.stalls.labels(*labels).inc()
@@ -161,16 +149,14 @@ class QoeMetrics:
                 case beacon.Error(fatal=False):
                     self.errors.labels(*labels, event.reason).inc()
                 case beacon.Error():
-                    failures = self.playback_failures if started else self.start_failures
+                    failures = self.playback_failures if event.started else self.start_failures
                     failures.labels(*labels, event.reason).inc()
                 case beacon.End():
-                    started = started or event.started
                     if event.reason == "exit" and not event.started:
                         self.exits_before_start.labels(*labels).inc()
                     total = event.played_ms + event.stalled_ms
                     if event.started and total > 0:
                         self.rebuffering.labels(*labels).observe(event.stalled_ms / total)
-        self._remember(key, started)
         self.beacons.labels(report.client).inc()
         return len(report.events)
 
@@ -253,30 +239,30 @@ router = APIRouter()
 
 
 @router.post("/beacons", status_code=202, responses=_ANSWERS)
-async def post_beacon(request: Request) -> JSONResponse:
+async def post_beacon(request: Request) -> dict[str, int]:
     """Record one beacon (JSON, or text/plain as sendBeacon sends it); 202 with the number of events."""
     metrics: QoeMetrics = request.app.state.qoe
     try:
         report = parse(await request.body(), request.headers.get("content-type", ""))
     except Rejected as exc:
+        # Counted here; the app's ApiError handler answers it.
         metrics.rejected.labels(exc.reason).inc()
-        return JSONResponse(exc.body(), status_code=exc.status)
-    return JSONResponse({"accepted": metrics.record(report)}, status_code=202)
+        raise
+    return {"accepted": metrics.record(report)}
 
 
 def build_app(settings: Settings) -> FastAPI:
-    """The collector's app; ``settings`` may be :class:`QoeSettings` (else the default title cap)."""
-    max_titles = settings.qoe_max_titles if isinstance(settings, QoeSettings) else DEFAULT_MAX_TITLES
+    """The collector's app; ``OTT_QOE_MAX_TITLES`` and ``OTT_QOE_MAX_POPS`` cap its labels."""
     # Counters only, nothing stored: an in-memory database (readiness then says the process serves),
     # and the body limit of a beacon.
     settings = dataclasses.replace(settings, database_url="sqlite://", max_body=beacon.MAX_BYTES)
     app = create_app("qoe", [router], settings,
                      description="QoE collector: player beacons in, Prometheus metrics out (GET /metrics)")
-    app.state.qoe = QoeMetrics(app.state.service.registry, max_titles=max_titles)
+    app.state.qoe = QoeMetrics(app.state.service.registry, max_titles=settings.qoe_max_titles,
+                               max_pops=settings.qoe_max_pops)
     app.add_middleware(CountTooLarge, metrics=app.state.qoe)
     return app
 
 
 if __name__ == "__main__":
-    options = QoeSettings.from_env()
-    serve(build_app(options), options)
+    run(build_app)

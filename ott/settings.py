@@ -13,6 +13,7 @@
 | ``OTT_STREAM_LIMIT`` | ``2`` | concurrent streams per account (CAS) |
 | ``OTT_DEVICE_LIMIT`` | ``4`` | distinct devices per account (CAS) |
 | ``OTT_QOE_MAX_TITLES`` | ``50`` | distinct titles the QoE collector labels; later ones count as ``other`` |
+| ``OTT_QOE_MAX_POPS`` | ``20`` | distinct PoPs the QoE collector labels; later ones count as ``other`` |
 | ``OTT_HEARTBEAT_TIMEOUT`` | ``30`` | seconds without heartbeat before a stream session expires |
 | ``OTT_CAS_WINDOW`` | none | daily viewing window ``HH:MM-HH:MM`` in UTC, may wrap midnight (CAS; bad: no start) |
 | ``OTT_MAX_BODY`` | ``65536`` | the largest request body accepted, bytes |
@@ -67,6 +68,9 @@ class Settings:
     edges_file: str = ""
     edge_urls: str = ""
     signed_url_ttl: int = 14400
+    # The QoE collector's label caps: distinct titles and PoPs before "other".
+    qoe_max_titles: int = 50
+    qoe_max_pops: int = 20
     # Timeout of every call a service makes to another one, seconds.
     call_timeout: float = 5.0
     log_level: str = "INFO"

@@ -275,6 +275,14 @@ function reason(kind, res) {
   return 'other';
 }
 
+// The QoE beacon's error event for a refused request: fatal, and whether the session had started
+// (the collector tells a start failure from a playback failure by it).
+export function errorEvent(tMs, kind, res, started) {
+  return {
+    type: 'error', t_ms: tMs, reason: reason(kind, res), fatal: true, started, detail: `${kind} HTTP ${res.status}`,
+  };
+}
+
 export default function () {
   const vu = typeof __VU === 'undefined' ? 0 : __VU;
   const me = ensureAccount(vu);
@@ -302,8 +310,9 @@ export default function () {
   let br = 0;
 
   const fail = (kind, res) => {
-    failure = reason(kind, res);
-    events.push({ type: 'error', t_ms: ms(), reason: failure, fatal: true, detail: `${kind} HTTP ${res.status}` });
+    const event = errorEvent(ms(), kind, res, started);
+    failure = event.reason;
+    events.push(event);
   };
 
   try {

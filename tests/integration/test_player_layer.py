@@ -109,15 +109,21 @@ def test_the_gateways_404_names_the_player(gateway: httpx.Client) -> None:
 
 def test_a_beacon_through_the_gateway_moves_the_collectors_metrics(lab: LocalTarget, gateway: httpx.Client) -> None:
     series = '{client="browser",pop="edge-0",title="layer-test"}'
+    failures = '{client="browser",pop="edge-0",reason="segment_not_found",title="layer-test"}'
     plays_before = metric(lab, f"ott_qoe_plays_total{series}")
+    playback_before = metric(lab, f"ott_qoe_playback_failures_total{failures}")
+    start_before = metric(lab, f"ott_qoe_start_failures_total{failures}")
     report = beacon({"type": "play", "t_ms": 0},
-                    {"type": "start", "t_ms": 640, "startup_ms": 640, "bitrate_kbps": 1500})
+                    {"type": "start", "t_ms": 640, "startup_ms": 640, "bitrate_kbps": 1500},
+                    {"type": "error", "t_ms": 9000, "reason": "segment_not_found", "fatal": True, "started": True})
     # As navigator.sendBeacon posts a string: text/plain.
     answer = gateway.post("/api/qoe/beacons", content=json.dumps(report),
                           headers={"Content-Type": "text/plain;charset=UTF-8"})
-    assert answer.status_code == 202 and answer.json() == {"accepted": 2}
+    assert answer.status_code == 202 and answer.json() == {"accepted": 3}
     assert metric(lab, f"ott_qoe_plays_total{series}") == plays_before + 1
     assert metric(lab, f"ott_qoe_startup_seconds_count{series}") >= 1
+    assert metric(lab, f"ott_qoe_playback_failures_total{failures}") == playback_before + 1
+    assert metric(lab, f"ott_qoe_start_failures_total{failures}") == start_before
 
 
 def test_a_bad_beacon_through_the_gateway_is_refused_and_counted(lab: LocalTarget, gateway: httpx.Client) -> None:
@@ -129,7 +135,13 @@ def test_a_bad_beacon_through_the_gateway_is_refused_and_counted(lab: LocalTarge
     assert answer.status_code == 422
     error = answer.json()["error"]
     assert error["code"] == "invalid_beacon" and [d["where"] for d in error["details"]] == ["pop"]
-    assert metric(lab, rejected) == before + 1
+    # An error event must say whether its session had started.
+    answer = gateway.post("/api/qoe/beacons", json=beacon({"type": "play", "t_ms": 0},
+                                                          {"type": "error", "t_ms": 5, "reason": "other",
+                                                           "fatal": True}))
+    assert answer.status_code == 422
+    assert [d["where"] for d in answer.json()["error"]["details"]] == ["events.1.error.started"]
+    assert metric(lab, rejected) == before + 2
     assert metric(lab, f"ott_qoe_plays_total{plays}") == plays_before
 
 

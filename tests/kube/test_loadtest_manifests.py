@@ -11,7 +11,8 @@
 - every API path the script calls is routed by the gateway (labkit.routes) to a service that has
   that route for that method;
 - the script parses (``node --check``), and its helpers, run by node with stand-ins for the k6
-  modules, write CMCD that :mod:`ott.cmcd` reads back and read playlists as the ``m3u8`` library does.
+  modules, write CMCD that :mod:`ott.cmcd` reads back, read playlists as the ``m3u8`` library does
+  and write QoE error events that :mod:`ott.beacon` accepts.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from test_manifests import K8S_VERSION, NAMESPACE, rendered
 from labkit import routes
 from labkit.config import repo_root
 from labkit.kube import manifest
-from ott import cmcd
+from ott import beacon, cmcd
 
 LOADTEST = repo_root() / "k8s" / "loadtest"
 SCRIPT = LOADTEST / "viewer-journey.js"
@@ -258,7 +259,9 @@ seg_00001.m4s
 #EXT-X-ENDLIST
 """
 HARNESS = """
-import { cmcdPayload, withCmcd, parseMultivariant, parseMedia, resolve, Buffer } from './viewer-journey.mjs';
+import {
+  cmcdPayload, withCmcd, parseMultivariant, parseMedia, resolve, Buffer, errorEvent,
+} from './viewer-journey.mjs';
 let t = 100;
 const b = new Buffer(() => t);
 const trace = [b.add(4)];            // playback starts at t=100 with 4 s
@@ -277,6 +280,9 @@ console.log(JSON.stringify({
              resolve('http://edge:8080/a/b.m3u8?x=1', '/c.m4s'),
              resolve('http://edge:8080/a/b.m3u8', 'http://gateway:8080/k')],
   trace,
+  errors: [errorEvent(80, 'license', { status: 403, json: () => 'not_entitled' }, false),
+           errorEvent(900, 'master', { status: 0, json: () => { throw new Error('no body'); } }, false),
+           errorEvent(5000, 'segment', { status: 404, json: () => '' }, true)],
 }));
 """
 
@@ -320,3 +326,10 @@ def test_the_scripts_helpers_write_cmcd_and_read_playlists_as_the_platform_does(
                                "http://gateway:8080/k"]
     # The buffer: no stall on the first segment, 1 s ahead, dry, starved, a 3.5 s stall, 3 s ahead.
     assert out["trace"] == [0, 1, 0, True, 3.5, 3]
+
+    # Error events the collector accepts, saying whether the session had started (start vs playback failure).
+    report = beacon.Beacon.model_validate({"v": beacon.VERSION, "session": "k6-1", "title": "sample", "pop": "edge",
+                                           "client": "k6", "events": out["errors"]})
+    assert [(e.reason, e.fatal, e.started, e.detail) for e in report.events if isinstance(e, beacon.Error)] == [
+        ("not_entitled", True, False, "license HTTP 403"), ("network_error", True, False, "master HTTP 0"),
+        ("segment_not_found", True, True, "segment HTTP 404")]

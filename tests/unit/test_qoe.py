@@ -11,14 +11,15 @@ from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
 from ott import beacon
-from ott.qoe import OTHER_TITLE, REJECT_REASONS, QoeMetrics, QoeSettings, build_app
+from ott.qoe import OTHER, REJECT_REASONS, CappedLabel, QoeMetrics, build_app
+from ott.settings import Settings
 
 LABELS = {"title": "big-buck-bunny", "pop": "edge-0", "client": "browser"}
 
 
 @pytest.fixture
 def client() -> Iterator[TestClient]:
-    with TestClient(build_app(QoeSettings(qoe_max_titles=3))) as test_client:
+    with TestClient(build_app(Settings(qoe_max_titles=3, qoe_max_pops=3))) as test_client:
         yield test_client
 
 
@@ -87,19 +88,37 @@ def test_stalls_progress_and_switches_move_their_counters(client: TestClient) ->
 
 def test_a_fatal_error_is_a_start_failure_before_the_start_and_a_playback_failure_after(client: TestClient) -> None:
     post(client, report({"type": "play", "t_ms": 0}, {"type": "error", "t_ms": 80, "reason": "not_entitled",
-                                                      "fatal": True, "detail": "plan basic"}, session="before"))
-    # The start and the fatal error in two beacons: the collector remembers the session started.
+                                                      "fatal": True, "started": False, "detail": "plan basic"},
+                        session="before"))
     post(client, report({"type": "start", "t_ms": 900, "startup_ms": 900, "bitrate_kbps": 400}, session="after"))
-    post(client, report({"type": "error", "t_ms": 5000, "reason": "segment_not_found", "fatal": True},
-                        session="after"))
-    post(client, report({"type": "error", "t_ms": 6000, "reason": "network_error", "fatal": False},
-                        session="after"))
+    post(client, report({"type": "error", "t_ms": 5000, "reason": "segment_not_found", "fatal": True,
+                         "started": True}, session="after"))
+    post(client, report({"type": "error", "t_ms": 6000, "reason": "network_error", "fatal": False,
+                         "started": True}, session="after"))
     assert value(client, "ott_qoe_start_failures_total", reason="not_entitled", **LABELS) == 1
     assert value(client, "ott_qoe_start_failures_total", reason="segment_not_found", **LABELS) == 0
     assert value(client, "ott_qoe_playback_failures_total", reason="segment_not_found", **LABELS) == 1
     assert value(client, "ott_qoe_playback_failures_total", reason="not_entitled", **LABELS) == 0
     assert value(client, "ott_qoe_errors_total", reason="network_error", **LABELS) == 1
     assert value(client, "ott_qoe_beacons_total", client="browser") == 4
+
+
+def test_the_error_itself_says_whether_its_session_had_started_whichever_replica_gets_it() -> None:
+    # Two collector replicas: one sees the start, the other the fatal error of the same session.
+    seen_start, seen_error = QoeMetrics(CollectorRegistry()), QoeMetrics(CollectorRegistry())
+    seen_start.record(beacon.Beacon.model_validate(
+        report({"type": "start", "t_ms": 900, "startup_ms": 900, "bitrate_kbps": 400})))
+    for started in (True, False):
+        seen_error.record(beacon.Beacon.model_validate(
+            report({"type": "error", "t_ms": 5000, "reason": "timeout", "fatal": True, "started": started})))
+    series = (*LABELS.values(), "timeout")
+    assert seen_error.playback_failures.labels(*series)._value.get() == 1
+    assert seen_error.start_failures.labels(*series)._value.get() == 1
+    # An error whose session had started, in the same beacon as a start: still only what the error says.
+    seen_start.record(beacon.Beacon.model_validate(
+        report({"type": "error", "t_ms": 100, "reason": "timeout", "fatal": True, "started": False})))
+    assert seen_start.start_failures.labels(*series)._value.get() == 1
+    assert seen_start.playback_failures.labels(*series)._value.get() == 0
 
 
 def test_the_end_of_a_started_session_observes_its_rebuffering_ratio(client: TestClient) -> None:
@@ -148,8 +167,8 @@ def test_a_body_over_64_kib_is_refused_counted_and_not_recorded(client: TestClie
 
 
 def test_the_largest_beacon_fits_under_the_limit(client: TestClient) -> None:
-    events = [{"type": "error", "t_ms": 86_400_000, "reason": "segment_not_found", "fatal": False, "detail": "d" * 200}
-              for _ in range(beacon.MAX_EVENTS)]
+    events = [{"type": "error", "t_ms": beacon.MAX_T_MS, "reason": "segment_not_found", "fatal": False,
+               "started": False, "detail": "d" * 200} for _ in range(beacon.MAX_EVENTS)]
     body = json.dumps(report(*events, session="s" * 64)).encode()
     assert len(body) <= beacon.MAX_BYTES
     assert post(client, body).json() == {"accepted": beacon.MAX_EVENTS}
@@ -179,14 +198,19 @@ BAD_BEACONS: dict[str, tuple[bytes | dict[str, Any], str, int, str]] = {
                          "invalid", 422, "events.0.start.startup_ms"),
     "number as text": (report({"type": "stall", "t_ms": 0, "duration_ms": "5"}), "invalid", 422,
                        "events.0.stall.duration_ms"),
-    "unknown reason": (report({"type": "error", "t_ms": 0, "reason": "cosmic_ray", "fatal": True}), "invalid", 422,
-                       "events.0.error.reason"),
-    "long detail": (report({"type": "error", "t_ms": 0, "reason": "other", "fatal": False, "detail": "d" * 201}),
-                    "invalid", 422, "events.0.error.detail"),
+    "late time": (report({"type": "play", "t_ms": beacon.MAX_T_MS + 1}), "invalid", 422, "events.0.play.t_ms"),
+    "unknown reason": (report({"type": "error", "t_ms": 0, "reason": "cosmic_ray", "fatal": True, "started": False}),
+                       "invalid", 422, "events.0.error.reason"),
+    "long detail": (report({"type": "error", "t_ms": 0, "reason": "other", "fatal": False, "started": True,
+                            "detail": "d" * 201}), "invalid", 422, "events.0.error.detail"),
+    "error without started": (report({"type": "error", "t_ms": 0, "reason": "other", "fatal": True}), "invalid", 422,
+                              "events.0.error.started"),
+    "started as number": (report({"type": "error", "t_ms": 0, "reason": "other", "fatal": True, "started": 0}),
+                          "invalid", 422, "events.0.error.started"),
     "not a switch": (report({"type": "switch", "t_ms": 0, "from_kbps": 700, "to_kbps": 700}), "invalid", 422,
                      "events.0.switch"),
-    "fatal as number": (report({"type": "error", "t_ms": 0, "reason": "other", "fatal": 1}), "invalid", 422,
-                        "events.0.error.fatal"),
+    "fatal as number": (report({"type": "error", "t_ms": 0, "reason": "other", "fatal": 1, "started": False}),
+                        "invalid", 422, "events.0.error.fatal"),
     "fractional frames": (report({"type": "progress", "t_ms": 0, "played_ms": 1, "bitrate_kbps": 1,
                                   "dropped_frames": 1.5}), "invalid", 422, "events.0.progress.dropped_frames"),
     "not an object": ([PLAY], "invalid", 422, "body"),  # type: ignore[dict-item]
@@ -214,6 +238,19 @@ def test_a_bad_beacon_is_refused_with_what_was_wrong_and_only_counted(client: Te
     assert ott_qoe_samples(client) == before
 
 
+def test_a_switch_to_the_same_rung_refuses_the_beacon_naming_the_events_index(client: TestClient) -> None:
+    events = [PLAY, {"type": "start", "t_ms": 900, "startup_ms": 900, "bitrate_kbps": 700},
+              {"type": "switch", "t_ms": 5000, "from_kbps": 700, "to_kbps": 1500},
+              {"type": "switch", "t_ms": 9000, "from_kbps": 1500, "to_kbps": 1500}]
+    answer = post(client, report(*events))
+    assert answer.status_code == 422
+    error = answer.json()["error"]
+    (detail,) = error["details"]
+    assert detail["where"] == "events.3.switch" and "must differ" in detail["problem"]
+    assert "events.3.switch" in error["message"]
+    assert value(client, "ott_qoe_plays_total", **LABELS) == 0
+
+
 def test_an_error_says_what_is_allowed(client: TestClient) -> None:
     error = post(client, report(PLAY, pop="paris")).json()["error"]
     (detail,) = error["details"]
@@ -238,27 +275,38 @@ def test_titles_past_the_cap_are_recorded_as_other(client: TestClient) -> None:
         post(client, report(PLAY, title=title))
     post(client, report(PLAY, title="title-0"))  # a known title keeps its label
     plays = {t: value(client, "ott_qoe_plays_total", title=t, pop="edge-0", client="browser")
-             for t in [*titles, OTHER_TITLE]}
-    assert plays == {"title-0": 2, "title-1": 1, "title-2": 1, "title-3": 0, "title-4": 0, OTHER_TITLE: 2}
+             for t in [*titles, OTHER]}
+    assert plays == {"title-0": 2, "title-1": 1, "title-2": 1, "title-3": 0, "title-4": 0, OTHER: 2}
 
 
-def test_the_title_cap_is_an_ott_setting() -> None:
-    assert QoeSettings.from_env({"OTT_QOE_MAX_TITLES": "7"}).qoe_max_titles == 7
-    with pytest.raises(ValueError, match="at least 1"):
-        QoeMetrics(CollectorRegistry(), max_titles=0)
+def test_pops_past_the_cap_are_recorded_as_other(client: TestClient) -> None:
+    # edge-0 .. edge-999 all match the pattern: without a cap, one anonymous client could make 1000 series.
+    pops = [f"edge-{i}" for i in range(6)]
+    for pop in pops:
+        post(client, report(PLAY, pop=pop))
+    post(client, report(PLAY, pop="edge-1"))  # a known PoP keeps its label
+    plays = {p: value(client, "ott_qoe_plays_total", title=LABELS["title"], pop=p, client="browser")
+             for p in [*pops, OTHER]}
+    assert plays == {"edge-0": 1, "edge-1": 2, "edge-2": 1, "edge-3": 0, "edge-4": 0, "edge-5": 0, OTHER: 3}
+    assert value(client, "ott_qoe_beacons_total", client="browser") == 7
 
 
-def test_the_remembered_sessions_are_bounded() -> None:
-    metrics = QoeMetrics(CollectorRegistry(), remembered_sessions=2)
-    start = {"type": "start", "t_ms": 1, "startup_ms": 1, "bitrate_kbps": 1}
-    for session in ("a", "b", "c"):
-        metrics.record(beacon.Beacon.model_validate(report(start, session=session)))
-    # "a" was forgotten: its fatal error now counts as a start failure (never seen starting).
-    fatal = {"type": "error", "t_ms": 2, "reason": "timeout", "fatal": True}
-    metrics.record(beacon.Beacon.model_validate(report(fatal, session="a")))
-    metrics.record(beacon.Beacon.model_validate(report(fatal, session="c")))
-    assert metrics.start_failures.labels(*LABELS.values(), "timeout")._value.get() == 1
-    assert metrics.playback_failures.labels(*LABELS.values(), "timeout")._value.get() == 1
+def test_the_label_caps_are_ott_settings() -> None:
+    defaults = Settings()
+    assert (defaults.qoe_max_titles, defaults.qoe_max_pops) == (50, 20)
+    settings = Settings.from_env({"OTT_QOE_MAX_TITLES": "7", "OTT_QOE_MAX_POPS": "4"})
+    assert (settings.qoe_max_titles, settings.qoe_max_pops) == (7, 4)
+    metrics = QoeMetrics(CollectorRegistry(), max_titles=settings.qoe_max_titles, max_pops=settings.qoe_max_pops)
+    assert (metrics.title.limit, metrics.pop.limit) == (7, 4)
+    with pytest.raises(ValueError, match="pop labels must be at least 1"):
+        QoeMetrics(CollectorRegistry(), max_pops=0)
+    with pytest.raises(ValueError, match="title labels must be at least 1"):
+        build_app(Settings(qoe_max_titles=0))
+
+
+def test_a_capped_label_keeps_the_first_values() -> None:
+    label = CappedLabel("pop", 2)
+    assert [label(v) for v in ("a", "b", "c", "a", "b", "d")] == ["a", "b", OTHER, "a", "b", OTHER]
 
 
 def test_the_collector_is_ready_and_exposes_its_metrics(client: TestClient) -> None:
