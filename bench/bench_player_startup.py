@@ -38,19 +38,19 @@ from labkit import apis, platform, seed, transcoder
 from labkit.browser import Browser, BrowserPlay
 from labkit.client import OttClient
 from labkit.config import LabConfig
+from labkit.qoe import startup_quantiles
 from labkit.targets.local import LocalTarget
 from ott.media.sample import make_sample
 
 GOAL_P95_S = 1.0
+MIN_PLAYS = 10  # the startup goal is a p95: fewer plays say little about it
 USER = "alice"
 DEVICE = "bench-http-viewer"
 
 
 def percentile(values: list[float], q: int) -> float:
-    """The ``q``-th percentile (inclusive method: no extrapolation beyond the samples)."""
-    if len(values) == 1:
-        return values[0]
-    return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
+    """The ``q``-th percentile, interpolated between samples (never beyond them)."""
+    return startup_quantiles(values, [q / 100])[q / 100]
 
 
 def http_startup(client: OttClient, title: str, pop: str, timeout: float = 20.0) -> tuple[float, float]:
@@ -104,7 +104,8 @@ def line(label: str, values: list[float]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="2 titles, 10 warm plays, an 8 s sample")
-    parser.add_argument("--plays", type=int, default=10, help="warm plays, and as many baseline runs (default: 10)")
+    parser.add_argument("--plays", type=int, default=MIN_PLAYS,
+                        help=f"warm plays, and as many baseline runs: at least {MIN_PLAYS} (default: {MIN_PLAYS})")
     parser.add_argument("--titles", type=int, default=3, help="titles published for the cold plays (default: 3)")
     parser.add_argument("--sample-s", type=float, default=12.0, help="length of the published sample (default: 12)")
     parser.add_argument("--encrypt", action="store_true", help="publish AES-128 titles (one key request more)")
@@ -113,8 +114,8 @@ def main() -> int:
     args = parser.parse_args()
     if args.quick:
         args.titles, args.plays, args.sample_s = 2, 10, 8.0
-    if not (1 <= args.titles <= 10 and 1 <= args.plays <= 200 and 4 <= args.sample_s <= 120):
-        parser.error("need 1 <= titles <= 10, 1 <= plays <= 200, 4 <= sample-s <= 120")
+    if not (1 <= args.titles <= 10 and MIN_PLAYS <= args.plays <= 200 and 4 <= args.sample_s <= 120):
+        parser.error(f"need 1 <= titles <= 10, {MIN_PLAYS} <= plays <= 200, 4 <= sample-s <= 120")
 
     cold: list[BrowserPlay] = []
     warm: list[BrowserPlay] = []

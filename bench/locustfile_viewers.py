@@ -3,7 +3,7 @@
 Each user plays through one signed multivariant URL (``OTT_BENCH_MASTER_URLS``, a JSON list, one URL
 per PoP; user ``i`` takes URL ``i mod n``): the multivariant playlist, the top rung's media playlist,
 its init segment and every segment in order, each with CMCD in the query argument (as
-:func:`labkit.viewers.play` sends it), paced by the same buffer model (:class:`labkit.viewers._Buffer`:
+:func:`labkit.viewers.play` sends it), paced by the simulator's own buffer model (:class:`labkit.audience.Playback`:
 playback starts with the first segment and plays in real time; before a segment the user waits while
 it holds more than ``OTT_BENCH_MAX_BUFFER_S`` seconds of media). A *stall* is a segment arriving after
 the buffer ran dry: the user's pacing fell behind.
@@ -35,7 +35,8 @@ from locust import between, events, task
 from locust.contrib.fasthttp import FastHttpUser
 from locust.env import Environment
 
-from labkit.viewers import _Buffer, with_cmcd
+from labkit.audience import Playback
+from labkit.viewers import with_cmcd
 from ott import cmcd
 
 MASTER_URLS: list[str] = json.loads(os.environ.get("OTT_BENCH_MASTER_URLS", "[]"))
@@ -114,14 +115,14 @@ class Viewer(FastHttpUser):
 
     def _play(self) -> bool:
         sid, t0 = str(uuid.uuid4()), time.monotonic()
-        buffer = _Buffer()
+        buffer = Playback(t0)
         mtp: int | None = None
 
         def get(kind: str, url: str, **data: Any) -> Any:
             nonlocal mtp
-            ahead = buffer.level()
+            ahead = buffer.level(time.monotonic())
             starved, buffer.starved = buffer.starved, False
-            playing = buffer.downloaded > 0
+            playing = buffer.state != "waiting"
             payload = cmcd.Cmcd(bl=round(ahead * 10) * 100 if playing else None, bs=True if starved else None,
                                 mtp=mtp, su=True if not playing or starved else None, sid=sid, cid=CONTENT_ID,
                                 sf="h", st="v", **data)
@@ -151,21 +152,18 @@ class Viewer(FastHttpUser):
                                      ot="i") is None:
             return False
         for segment in media.segments:
-            ahead = buffer.level()
+            ahead = buffer.level(time.monotonic())
             if ahead > MAX_BUFFER_S:
                 gevent.sleep(ahead - MAX_BUFFER_S)
             if get("segment", urljoin(media_url, str(segment.uri)), br=br, tb=tb, ot=ot,
                    d=round(float(segment.duration) * 1000)) is None:
                 return False
-            buffer.level()
-            # Playback had started and stopped: the buffer ran dry before this segment arrived.
-            if buffer.since is None and buffer.downloaded > 0:
-                _tally["stalls"] += 1
-                _viewer_event(self.environment, "stall")
-            first = buffer.downloaded == 0
-            buffer.add(float(segment.duration))
-            if first:
+            change = buffer.add(float(segment.duration), br, time.monotonic())
+            if change is not None and change[0] == "start":
                 _tally["started"] += 1
                 _tally["startup_s"].append(time.monotonic() - t0)
                 _viewer_event(self.environment, "start", (time.monotonic() - t0) * 1000)
+            elif change is not None:  # playback had started and stopped: the buffer ran dry before this segment
+                _tally["stalls"] += 1
+                _viewer_event(self.environment, "stall")
         return True

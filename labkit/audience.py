@@ -41,8 +41,13 @@ transport the whole result is a function of the seed: the same seed gives identi
 
 **Scale.** One process runs the whole audience in one event loop, so CPU per request decides how
 many viewers keep up: each viewer has its own connections (its own small pool, as a player has)
-on an aiohttp transport behind httpx's API, about 0.3 ms of CPU per request on loopback where
-httpx's own transport takes over 1 ms (see ``bench/bench_viewers.py``).
+on an aiohttp transport behind httpx's API. The simulator's own CPU (this process only: the lab's
+nginx and services serving the requests are not counted) is about 0.5 ms per request on loopback,
+segments of ~175 kB and beacons included: the difference between two audience sizes in
+``bench/bench_viewers.py --quick`` (0.4 to 0.6 ms; with the run's fixed costs, login, grant and
+clients, about 1 ms per request at 40 viewers). The aiohttp transport itself costs a fifth of httpx's
+own, which takes about 1 ms per request. On a laptop the lab runs on the same cores and takes CPU
+of its own: the viewer counts in ``bench/README.md`` are the machine's, lab included.
 """
 
 from __future__ import annotations
@@ -67,12 +72,17 @@ import httpx
 import m3u8
 import yarl
 
-from labkit import abr, eventloop
+from labkit import abr as abr_rules
+from labkit import eventloop, qoe
 from labkit.bandwidth import Fixed, Limit, Link, Trace
 from labkit.errors import ConfigError
+from labkit.player import BEACON_PATH
 from labkit.seed import DemoUser, demo_user
 from labkit.viewers import unsigned_path, with_cmcd
-from ott import cmcd
+from ott import beacon, cmcd
+from ott.beacon import Reason
+from ott.media.errors import InvalidTitleId
+from ott.media.publish import validate_title_id
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -81,8 +91,6 @@ DEFAULT_REQUEST_TIMEOUT = 10.0
 DEFAULT_MAX_BUFFER_S = 30.0  # hls.js' maxBufferLength
 DEFAULT_BEACON_S = 10.0
 DEVICE_ID = "ottlab-simulator"
-BEACON_PATH = "/api/qoe/beacons"
-MAX_EVENTS_PER_BEACON = 200
 RETRY_DELAY_S = 0.5
 DEFAULT_SEGMENT_S = 4.0  # before any playlist says otherwise
 END_GRACE_S = 5.0  # real seconds past the end a run waits for requests in flight
@@ -95,9 +103,6 @@ KEEPALIVE_S = 30.0
 READ_CHUNK = 64 * 1024  # bytes handed to the pacing at a time
 PACING_MIN_SLEEP_S = 0.02  # shorter pacing waits are carried over (the real clock only)
 
-Reason = Literal["unknown_title", "not_entitled", "stream_limit", "device_limit", "unauthorized", "token_expired",
-                 "key_unavailable", "segment_not_found", "pop_unreachable", "manifest_error", "media_error",
-                 "network_error", "timeout", "other"]
 _DENIALS: dict[str, Reason] = {"not_entitled": "not_entitled", "stream_limit": "stream_limit",
                                "device_limit": "device_limit", "unknown_title": "unknown_title"}
 
@@ -421,8 +426,21 @@ class _Fatal(Exception):
         self.detail = detail[:200]
 
 
-class _Playback:
-    """The buffer model: media downloaded, a playhead that moves in real time once playback started."""
+class Playback:
+    """The buffer model: media downloaded, a playhead that moves in real time once playback started.
+
+    Playback starts when the first segment is in (:meth:`add` answers ``("start", 0)``); the playhead
+    then moves in real time; when it reaches the end of what is downloaded the viewer stalls (``starved``
+    is set, for CMCD ``bs``) until the next segment arrives (:meth:`add` answers ``("stall", seconds)``).
+    The caller keeps the buffer below its maximum by waiting while :meth:`level` is above it. Times are
+    the caller's clock (``now``), so the Locust baseline (``bench/locustfile_viewers.py``) paces with it too.
+
+    >>> playback = Playback(t0=0.0)
+    >>> playback.add(4.0, 700, now=0.5), playback.level(now=2.5)
+    (('start', 0.0), 2.0)
+    >>> playback.level(now=6.0), playback.state, playback.add(4.0, 700, now=7.0)
+    (0.0, 'stalled', ('stall', 2.5))
+    """
 
     def __init__(self, t0: float) -> None:
         self.downloaded = 0.0
@@ -586,16 +604,10 @@ class _Clients:
     def tls(self) -> ssl.SSLContext:
         return httpx.create_ssl_context()
 
-    def _client(self) -> httpx.AsyncClient:
-        return httpx.AsyncClient(timeout=self.timeout, transport=self.transport or _AiohttpTransport(self.tls))
-
     def open(self) -> httpx.AsyncClient:
-        """A viewer's client (inside the event loop)."""
-        return self._client()
-
-    def shared(self) -> httpx.AsyncClient:
-        """The audience's own client (login and grants); it closes a caller's transport at the end."""
-        return self._client()
+        """A new client, inside the event loop: a viewer's (closed with :meth:`close`), or the audience's own
+        for login and grants (used as a context manager, which closes its transport, a caller's too)."""
+        return httpx.AsyncClient(timeout=self.timeout, transport=self.transport or _AiohttpTransport(self.tls))
 
     async def close(self, client: httpx.AsyncClient) -> None:
         if self.transport is None:
@@ -634,7 +646,7 @@ def _round_to(value: float, step: int) -> int:
 
 class _Viewer:
     def __init__(self, run: _Run, index: int, session: str, arrival_s: float, pops: list[int],
-                 rule: abr.ThroughputRule | abr.BolaRule, link: Link | None) -> None:
+                 rule: abr_rules.ThroughputRule | abr_rules.BolaRule, link: Link | None) -> None:
         self.run = run
         self.clock = run.clock
         self.index = index
@@ -643,9 +655,9 @@ class _Viewer:
         self.pops = pops  # indices into the grant's PoPs, in failover order
         self.rule = rule
         self.link = link
-        self.estimator = abr.EwmaEstimator()
+        self.estimator = abr_rules.EwmaEstimator()
         self.t0 = 0.0
-        self.playback = _Playback(0.0)
+        self.playback = Playback(0.0)
         self.pending: list[dict[str, Any]] = []  # events not yet in a beacon
         self.next_beacon = math.inf
         self.rung: int | None = None
@@ -676,7 +688,7 @@ class _Viewer:
 
     def event(self, kind: str, **fields: Any) -> None:
         t = max(self.clock.now() - self.t0, 0.0)
-        self.pending.append({"type": kind, "t_ms": min(round(t * 1000), 86_400_000), **fields})
+        self.pending.append({"type": kind, "t_ms": min(round(t * 1000), beacon.MAX_T_MS), **fields})
         row: dict[str, Any] = {"viewer": self.index, "session": self.session, "t_s": round(t, 6), "type": kind}
         for key, value in fields.items():
             if key.endswith("_ms"):
@@ -684,6 +696,10 @@ class _Viewer:
             else:
                 row[key] = value
         self.run.events.append(row)
+
+    def error(self, reason: Reason, *, fatal: bool, detail: str) -> None:
+        """An ``error`` event; ``started`` tells the collector a start failure from a playback failure."""
+        self.event("error", reason=reason, fatal=fatal, started=self.playback.started_at is not None, detail=detail)
 
     def progress(self) -> None:
         played = self.playback.progress_played
@@ -698,9 +714,9 @@ class _Viewer:
         events, self.pending = self.pending, []
         if not self.run.beacons or not events:
             return
-        for start in range(0, len(events), MAX_EVENTS_PER_BEACON):
-            body = {"v": 1, "session": self.session, "title": self.run.title, "pop": self.pop, "client": "simulator",
-                    "events": events[start:start + MAX_EVENTS_PER_BEACON]}
+        for start in range(0, len(events), beacon.MAX_EVENTS):
+            body = {"v": beacon.VERSION, "session": self.session, "title": self.run.title, "pop": self.pop,
+                    "client": "simulator", "events": events[start:start + beacon.MAX_EVENTS]}
             try:
                 response = await self.http.post(f"{self.run.gateway}{BEACON_PATH}", content=json.dumps(body),
                                                     headers={"Content-Type": "application/json"})
@@ -807,8 +823,8 @@ class _Viewer:
                 if len(self.pops) == 1:
                     raise _Fatal("pop_unreachable", f"no PoP left: {lost}: {exc}") from None
                 self.pops = self.pops[1:]
-                self.event("error", reason="pop_unreachable", fatal=False, detail=f"{lost} refused the connection; "
-                                                                                 f"failing over to {self.pop}")
+                self.error("pop_unreachable", fatal=False, detail=f"{lost} refused the connection; "
+                                                                 f"failing over to {self.pop}")
                 continue
             except httpx.HTTPError as exc:
                 reason: Reason = "timeout" if isinstance(exc, httpx.TimeoutException) else "network_error"
@@ -820,8 +836,7 @@ class _Viewer:
                     if renewed:
                         raise _Fatal("token_expired", f"{kind} {unsigned_path(url)}: {status} after a new grant")
                     renewed = True
-                    self.event("error", reason="token_expired", fatal=False,
-                               detail=f"the edge answered {status}: a new grant")
+                    self.error("token_expired", fatal=False, detail=f"the edge answered {status}: a new grant")
                     await self.regrant()
                     continue
                 reason = ("manifest_error" if kind in ("master", "playlist")
@@ -864,7 +879,7 @@ class _Viewer:
         """Arrive, play until the end of the title, the run's end or a fatal error; always report."""
         await self.clock.sleep(self.arrival_s)
         self.t0 = self.clock.now()
-        self.playback = _Playback(self.t0)
+        self.playback = Playback(self.t0)
         self.next_beacon = self.t0 + self.run.beacon_s
         self.event("play")
         try:
@@ -877,7 +892,7 @@ class _Viewer:
             self.exit = "ended"
         except _Fatal as fatal:
             self.failure, self.exit = fatal.reason, "error"
-            self.event("error", reason=fatal.reason, fatal=True, detail=fatal.detail)
+            self.error(fatal.reason, fatal=True, detail=fatal.detail)
         except _Deadline:
             self.exit = "exit"
         await self.finish()
@@ -927,7 +942,9 @@ class _Viewer:
                 "viewer": self.index, "t_s": round(self.clock.now() - self.t0, 6), "buffer_s": round(level, 6),
                 "bitrate_kbps": variant.kbps, "estimate_kbps": round(self.estimator.estimate_kbps(), 3),
                 "limit_kbps": self.link.kbps() if self.link is not None else math.nan})
-            if self.rung is not None and rung != self.rung:
+            # Rungs go by index, beacons by kbps: two rungs of the same kbps (BANDWIDTHs a few hundred bit/s apart)
+            # are no change a viewer sees, and a switch between equal kbps makes the collector refuse the beacon.
+            if self.rung is not None and ladder[rung] != ladder[self.rung]:
                 self.switches += 1
                 self.event("switch", from_kbps=ladder[self.rung], to_kbps=variant.kbps)
             self.rung = rung
@@ -969,10 +986,9 @@ class _Viewer:
 
 # -- the audience -----------------------------------------------------------------------------------
 
-SESSION_COLUMNS = ["viewer", "session", "pop", "user", "rule", "started", "startup_s", "stalls", "stalled_s",
-                   "played_s", "rebuffering_ratio", "bitrate_kbps", "switches", "failure", "exit"]
-EVENT_COLUMNS = ["viewer", "session", "t_s", "type", "startup_s", "duration_s", "from_kbps", "to_kbps", "reason",
-                 "fatal", "bitrate_kbps", "played_s", "stalled_s", "started", "detail"]
+# labkit.qoe's frames, plus what only the simulator knows: a session's PoP, user and ABR rule; an error's detail.
+SESSION_COLUMNS = [*qoe.SESSION_COLUMNS, "pop", "user", "rule"]
+EVENT_COLUMNS = [*qoe.EVENT_COLUMNS, "detail"]
 TIMELINE_COLUMNS = ["viewer", "t_s", "buffer_s", "bitrate_kbps", "estimate_kbps", "limit_kbps"]
 REQUEST_COLUMNS = ["viewer", "session", "kind", "bitrate_kbps", "path", "status", "cache", "pop", "bytes", "started",
                    "seconds", "cmcd", "error"]
@@ -1004,31 +1020,21 @@ class Audience:
     cpu_s: float = 0.0
 
     def summary(self) -> dict[str, Any]:
-        """The run in numbers (JSON-able): startup percentiles, rebuffering ratio, failures, bitrate, switches."""
-        s = self.sessions
-        started = s[s["started"]]
-
-        def number(value: float | None) -> float | None:
-            return None if value is None or math.isnan(value) else round(float(value), 4)
-
-        played, stalled = float(started["played_s"].sum()), float(started["stalled_s"].sum())
-        kbit = float((started["bitrate_kbps"].fillna(0) * started["played_s"]).sum())
-        errors = self.requests[(self.requests["status"] == 0) | (self.requests["status"] >= 400)]
+        """The run in numbers (JSON-able): :func:`labkit.qoe.summary` of the sessions (startup percentiles,
+        rebuffering ratio, failures, time-weighted bitrate, switches ...; a figure that does not exist, such as
+        the startup of an audience that never started, is ``None``), and what only the simulator knows:
+        ``viewers``, ``http_errors`` (media and key requests that failed or answered 4xx/5xx), ``failures``
+        (viewers by fatal reason), ``grants``, ``beacons_sent``/``beacons_failed``, ``cpu_s``, ``rule``, ``seed``.
+        """
+        s, requests = self.sessions, self.requests
+        figures = {key: None if isinstance(value, float) and math.isnan(value) else value
+                   for key, value in qoe.summary(s).items()}
+        failed = s["failure"][s["failure"] != ""]
         return {
-            "title": self.title, "viewers": len(s), "started": len(started),
-            "startup_p50_s": number(float(started["startup_s"].quantile(0.5))) if len(started) else None,
-            "startup_p95_s": number(float(started["startup_s"].quantile(0.95))) if len(started) else None,
-            "rebuffering_ratio": number(stalled / (stalled + played)) if played + stalled > 0 else None,
-            "stalls": int(s["stalls"].sum()),
-            "video_start_failures": int(((s["exit"] == "error") & ~s["started"]).sum()),
-            "playback_failures": int(((s["exit"] == "error") & s["started"]).sum()),
-            "exits_before_start": int(((s["exit"] == "exit") & ~s["started"]).sum()),
-            "bitrate_kbps": number(kbit / played) if played > 0 else None,
-            "switches": int(s["switches"].sum()),
-            "http_errors": len(errors),
-            "failures": {str(k): int(v) for k, v in sorted(Counter(s["failure"][s["failure"] != ""]).items())},
-            "rule": self.rule, "seed": self.seed,
-            "played_s": round(played, 3), "grants": self.grants,
+            "title": self.title, "viewers": len(s), **figures,
+            "http_errors": int(((requests["status"] == 0) | (requests["status"] >= 400)).sum()),
+            "failures": {str(k): int(v) for k, v in sorted(Counter(failed).items())},
+            "rule": self.rule, "seed": self.seed, "grants": self.grants,
             "beacons_sent": self.beacons_sent, "beacons_failed": self.beacons_failed,
             "cpu_s": round(self.cpu_s, 3),
         }
@@ -1046,8 +1052,12 @@ def _limits(bandwidth: Limit | Sequence[Limit | None] | None, count: int) -> lis
     return [bandwidth[i % len(bandwidth)] for i in range(count)]
 
 
-def _validate(count: int, seconds: float, arrivals_s: float, max_buffer_s: float, abr_rule: str,
+def _validate(title: str, count: int, seconds: float, arrivals_s: float, max_buffer_s: float, abr_rule: str,
               beacon_s: float, request_timeout: float) -> None:
+    try:
+        validate_title_id(title)
+    except InvalidTitleId as exc:
+        raise ConfigError(f"{exc}") from None  # it says what a title id looks like
     if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_VIEWERS:
         raise ConfigError(f"count must be a whole number of viewers from 1 to {MAX_VIEWERS}, got {count!r}")
     if not (isinstance(seconds, int | float) and math.isfinite(seconds) and seconds > 0):
@@ -1056,8 +1066,8 @@ def _validate(count: int, seconds: float, arrivals_s: float, max_buffer_s: float
         raise ConfigError(f"arrivals_s must be at least 0 and less than seconds ({seconds}), got {arrivals_s!r}")
     if not (math.isfinite(max_buffer_s) and max_buffer_s >= 1):
         raise ConfigError(f"max_buffer_s must be at least 1 second, got {max_buffer_s!r}")
-    if abr_rule not in abr.RULES:
-        raise ConfigError(f"unknown ABR rule {abr_rule!r}", hint=f"choose one of: {', '.join(abr.RULES)}")
+    if abr_rule not in abr_rules.RULES:
+        raise ConfigError(f"unknown ABR rule {abr_rule!r}", hint=f"choose one of: {', '.join(abr_rules.RULES)}")
     if not beacon_s > 0 or not request_timeout > 0:
         raise ConfigError("beacon_s and request_timeout must be positive seconds")
 
@@ -1070,11 +1080,9 @@ async def run_async(gateway_url: str, title: str, count: int, seconds: float, *,
                     request_timeout: float = DEFAULT_REQUEST_TIMEOUT, transport: httpx.AsyncBaseTransport | None = None,
                     clock: Clock | None = None) -> Audience:
     """:func:`run` in a running event loop."""
-    from labkit import abr as abr_rules
-
     if arrivals_s is None:
         arrivals_s = min(10.0, seconds / 4) if isinstance(seconds, int | float) and seconds > 0 else 0.0
-    _validate(count, seconds, arrivals_s, max_buffer_s, abr, beacon_s, request_timeout)
+    _validate(title, count, seconds, arrivals_s, max_buffer_s, abr, beacon_s, request_timeout)
     limits = _limits(bandwidth, count)
     demo = user if isinstance(user, DemoUser) else demo_user(user)
     clock = clock or RealClock()
@@ -1090,7 +1098,7 @@ async def run_async(gateway_url: str, title: str, count: int, seconds: float, *,
 
     cpu0 = time.process_time()
     clients = _Clients(request_timeout, transport)
-    async with clients.shared() as http:
+    async with clients.open() as http:
         grants = _Grants(http, gateway, demo, title)
         try:
             grant: Grant | _Refused = await grants.first()

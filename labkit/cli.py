@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 import click
 
+from labkit import abr
 from labkit.config import TARGETS, LabConfig
 from labkit.errors import ConfigError, LabError
 from labkit.monitoring import PROMETHEUS
@@ -253,7 +254,7 @@ def playback(title_id: str, user_name: str, device: str, target_name: str | None
               help="how long the run lasts; viewers leave then (or when the title ends)")
 @click.option("--title", "title_id", required=True, help="the catalog title id, e.g. lab-clock")
 @click.option("--user", "user_name", default="alice", show_default=True, help="the demo user whose grant they share")
-@click.option("--abr", "rule", type=click.Choice(["ewma", "bola"]), default="ewma", show_default=True,
+@click.option("--abr", "rule", type=click.Choice(abr.RULES), default="ewma", show_default=True,
               help="ABR rule: hls.js' EWMA throughput rule or BOLA")
 @click.option("--kbps", type=float, default=None, help="limit each viewer's bandwidth to this many kbit/s")
 @click.option("--trace", "trace_name", default=None,

@@ -30,6 +30,8 @@ from labkit.routes import NGINX_CONTAINER_PORT, SERVICE_CONTAINER_PORT
 
 CONTAINER_PORT = NGINX_CONTAINER_PORT
 URL_PREFIX = "/player/"
+# Where the players (the page, the viewer simulator) post their QoE beacons: the gateway routes it to the collector.
+BEACON_PATH = "/api/qoe/beacons"
 VENDOR_PATH = "/player/vendor/hls.min.js"
 KUBE_CONFIG = repo_root() / "k8s" / "base" / "player" / "player" / "nginx.conf"
 # Where the services image keeps the player's files (Dockerfile) and the pod's nginx reads them.

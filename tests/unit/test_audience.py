@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from aiohttp.client_reqrep import ConnectionKey
 
-from labkit import audience
+from labkit import audience, qoe
 from labkit.audience import VirtualClock, run
 from labkit.bandwidth import Fixed, Trace
 from labkit.errors import ConfigError
@@ -35,8 +35,10 @@ class FakePlatform:
     """
 
     def __init__(self, segments: int = 5, *, dead: frozenset[str] = frozenset(), missing: frozenset[str] = frozenset(),
-                 encrypted: bool = False, key_status: int = 200, deny: tuple[int, str] | None = None) -> None:
+                 encrypted: bool = False, key_status: int = 200, deny: tuple[int, str] | None = None,
+                 ladder: tuple[int, ...] = LADDER_BPS) -> None:
         self.segments = segments
+        self.ladder = ladder
         self.dead = set(dead)
         self.missing = missing
         self.encrypted = encrypted
@@ -54,7 +56,7 @@ class FakePlatform:
 
     def master(self) -> str:
         lines = ["#EXTM3U", "#EXT-X-INDEPENDENT-SEGMENTS"]
-        for bps in LADDER_BPS:
+        for bps in self.ladder:
             lines += [f'#EXT-X-STREAM-INF:BANDWIDTH={bps},CODECS="avc1.64001f,mp4a.40.2"', f"{bps // 1000}k/index.m3u8"]
         return "\n".join(lines) + "\n"
 
@@ -247,12 +249,19 @@ def test_viewers_stop_at_the_end_of_the_run() -> None:
     assert never.requests["error"].iloc[-1] == "exit"
 
 
+def test_a_summary_without_a_start_has_no_startup_and_stays_json() -> None:
+    result = simulate(FakePlatform(deny=(404, "unknown_title")), count=2)
+    summary = json.loads(json.dumps(result.summary(), allow_nan=False))
+    assert summary["startup_p50_s"] is None and summary["bitrate_kbps"] is None
+    assert summary["failures"] == {"unknown_title": 2} and summary["viewers"] == summary["attempts"] == 2
+
+
 def test_an_unknown_title_is_a_video_start_failure_for_everyone() -> None:
     result = simulate(FakePlatform(deny=(404, "unknown_title")), count=3)
     assert set(result.sessions["failure"]) == {"unknown_title"} and set(result.sessions["exit"]) == {"error"}
     assert result.summary()["video_start_failures"] == 3 and result.requests.empty
     errors = result.events[result.events["type"] == "error"]
-    assert errors["fatal"].all() and len(errors) == 3
+    assert errors["fatal"].all() and len(errors) == 3 and not errors["started"].any()
 
 
 @pytest.mark.parametrize(("status", "code", "reason"), [(403, "not_entitled", "not_entitled"),
@@ -269,6 +278,7 @@ def test_a_dead_pop_fails_over_to_the_next() -> None:
     assert result.sessions["started"].all() and set(result.sessions["pop"]) == {"edge-1"}
     errors = result.events[result.events["type"] == "error"]
     assert set(errors["reason"]) == {"pop_unreachable"} and not errors["fatal"].any() and len(errors) == 4
+    assert not errors["started"].any()      # the master playlist's PoP: before the first frame
     assert (result.requests[result.requests["status"] == 0]["pop"] == "edge-0").all()
     everything_dead = simulate(FakePlatform(dead=frozenset({"pop0", "pop1"})), count=2)
     assert set(everything_dead.sessions["failure"]) == {"pop_unreachable"}
@@ -283,6 +293,9 @@ def test_a_missing_segment_is_retried_once_then_fatal() -> None:
     assert result.summary()["playback_failures"] == 1
     missing = result.requests[result.requests["path"].str.endswith("seg_00002.m4s")]
     assert list(missing["status"]) == [404, 404]
+    # The collector tells a playback failure from a start failure by the error's `started`.
+    (error,) = [e for b in platform.beacons for e in b.events if e.type == "error"]
+    assert error.fatal and error.started and error.reason == "segment_not_found"
 
 
 @pytest.mark.parametrize(("failure", "reason"), [
@@ -322,6 +335,9 @@ def test_an_expired_signed_url_gets_a_new_grant() -> None:
     assert set(result.sessions["exit"]) == {"ended"}
     errors = result.events[result.events["type"] == "error"]
     assert set(errors["reason"]) == {"token_expired"} and not errors["fatal"].any()
+    # Answered at once (a mock, virtual time), the first viewer had started when its segment expired; the
+    # others met the expired grant on their first request.
+    assert list(errors["started"]) == [True, False, False]
     assert set(result.requests["status"]) == {200, 410}
 
 
@@ -334,11 +350,46 @@ def test_a_key_that_cannot_be_fetched_is_fatal() -> None:
 
 def test_the_summary_is_json() -> None:
     result = simulate(FakePlatform(segments=3), count=2, seed=3, bandwidth=Fixed(2000))
-    summary = json.loads(json.dumps(result.summary()))
+    summary = json.loads(json.dumps(result.summary(), allow_nan=False))
+    # labkit.qoe's figures, and the simulator's own.
+    assert {k: v for k, v in summary.items() if k in qoe.summary(result.sessions)} == qoe.summary(result.sessions)
     assert summary["viewers"] == 2 and summary["started"] == 2 and summary["seed"] == 3 and summary["rule"] == "ewma"
     assert summary["video_start_failures"] == summary["playback_failures"] == summary["http_errors"] == 0
     assert 0 < summary["startup_p50_s"] <= summary["startup_p95_s"]
     assert summary["rebuffering_ratio"] == 0 and summary["bitrate_kbps"] > 400
+
+
+class Scripted:
+    """An ABR rule that plays the rungs (indices) it is given in turn, then stays on the last."""
+
+    def __init__(self, rungs: list[int]) -> None:
+        self.rungs = rungs
+
+    def choose(self, ladder: object, **_: object) -> int:
+        return self.rungs.pop(0) if len(self.rungs) > 1 else self.rungs[0]
+
+
+def test_a_switch_between_rungs_of_the_same_kbps_is_not_reported(monkeypatch: pytest.MonkeyPatch) -> None:
+    # 1 500 000 and 1 500 400 bit/s are both 1500 kbit/s: a switch 1500 -> 1500 would make the collector
+    # refuse the whole beacon, and the viewer sees no change.
+    platform = FakePlatform(segments=5, ladder=(1_500_400, 1_500_000, 400_000))
+    monkeypatch.setattr(audience.abr_rules, "rule", lambda name, **_: Scripted([0, 1, 2, 1, 0]))
+    result = simulate(platform)
+    segments = result.requests[result.requests["kind"] == "segment"]
+    assert list(segments["bitrate_kbps"]) == [400, 1500, 1500, 1500, 400]   # the rungs did change
+    switches = result.events[result.events["type"] == "switch"]
+    assert list(zip(switches["from_kbps"], switches["to_kbps"], strict=True)) == [(400, 1500), (1500, 400)]
+    assert result.sessions["switches"].iloc[0] == 2 == result.summary()["switches"]
+    assert result.beacons_failed == 0
+    sent = [e for b in platform.beacons for e in b.events if e.type == "switch"]
+    assert [(e.from_kbps, e.to_kbps) for e in sent] == [(400, 1500), (1500, 400)]
+
+
+def test_a_title_id_that_is_not_one_is_refused_before_any_request() -> None:
+    platform = FakePlatform()
+    with pytest.raises(ConfigError, match="invalid title id 'Lab Clock'"):
+        run(GATEWAY, "Lab Clock", 1, 10, transport=httpx.MockTransport(platform), clock=VirtualClock())
+    assert platform.requests == []
 
 
 @pytest.mark.parametrize(("options", "message"), [

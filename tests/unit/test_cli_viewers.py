@@ -50,6 +50,8 @@ class Recorded:
     (["--user", "mallory"], "no demo user 'mallory'"),
     (["--arrivals", "30"], "arrivals_s must be at least 0 and less than seconds"),
     (["--trace", "missing.csv"], "cannot read the trace"),
+    (["--title", "Lab Clock"], "invalid title id 'Lab Clock'"),
+    (["--title", "../lab-clock"], "path traversal"),
 ])
 def test_bad_arguments_exit_2(runner: CliRunner, monkeypatch: pytest.MonkeyPatch, extra: list[str],
                               message: str) -> None:
