@@ -8,6 +8,7 @@ stay in the pods, so the helpers that need files answer ``None`` there::
     url = reachable(grant["playback"][0]["url"], pops)    # license's signed URL, via a URL of this machine
     lines = access_log(target, 0)                          # the JSON lines of edge-0 (local), else None
 
+a bounded wait until the access logs hold the requests of some CMCD sessions (``wait_for_sessions``),
 and two small Prometheus helpers: the value of a query per label (``values_by``) and a bounded wait
 until a counter has caught up with requests just sent (``wait_for_values``).
 """
@@ -15,17 +16,19 @@ until a counter has caught up with requests just sent (``wait_for_values``).
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from labkit import edge
-from labkit.errors import TimeoutExpired
+from labkit import edge, qoe
+from labkit.errors import LabError, TimeoutExpired
 from labkit.targets.base import Target
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from labkit.prometheus import Prometheus
 
 
@@ -90,6 +93,48 @@ def access_log(target: Target, replica: int = 0) -> list[dict[str, Any]] | None:
     from labkit.herd import parse_log_lines
 
     return parse_log_lines(path.read_text(errors="replace").splitlines())
+
+
+def wait_for_sessions(target: Target, sessions: Collection[str], window: Sequence[float], *,
+                      timeout: float = 60.0, interval: float = 0.5,
+                      settle: float = edge.LOG_FLUSH_S) -> pd.DataFrame:
+    """Every PoP's requests started in ``window`` (epoch seconds, start and end), once ``sessions`` are all in them.
+
+    The answer is :func:`labkit.qoe.edge_requests` rows (one per request, with its CMCD) from the
+    access logs of every local PoP, read again every ``interval`` seconds until each CMCD session id
+    (``sid``) of ``sessions`` has a request there. A PoP writes its log buffer every ``settle``
+    seconds (:data:`labkit.edge.LOG_FLUSH_S`), so the logs are read last at least that long after
+    this call: the last requests of sessions that ended before it are in too. Bounded by
+    ``timeout`` seconds (:class:`labkit.errors.TimeoutExpired`, naming the sessions still missing)::
+
+        requests = wait_for_sessions(target, set(audience.sessions["session"]), (t0, t1), timeout=120)
+        edge = qoe.edge_sessions(requests)
+
+    Only on the local target (the PoPs' logs are files of this machine); elsewhere a
+    :class:`labkit.errors.LabError`.
+    """
+    if target.name != "local":
+        raise LabError(f"the PoPs' access logs of target {target.name!r} are not files of this machine",
+                       hint="read the per-session CMCD gauges ott_edge_cmcd_session_* in Prometheus instead")
+    start, end = float(window[0]), float(window[1])
+    wanted = set(sessions)
+    replicas = len(pop_urls(target))
+    now = time.monotonic()
+    deadline, settled = now + timeout, now + settle
+    while True:
+        records = [r for replica in range(replicas) for r in (access_log(target, replica) or [])]
+        requests = qoe.edge_requests(records)
+        requests = requests[requests["started"].between(start, end)].reset_index(drop=True)
+        missing = sorted(wanted - set(requests["sid"].dropna()))
+        now = time.monotonic()
+        if not missing and now >= settled:
+            return requests
+        if missing and now >= deadline:
+            shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+            raise TimeoutExpired(
+                f"{len(missing)} of {len(wanted)} sessions in the access logs of {replicas} PoP(s) (missing: {shown})",
+                timeout, hint="were they played through these PoPs, in this window? Else raise the timeout")
+        time.sleep(max(0.0, min(interval, settled - now) if not missing else interval))
 
 
 def values_by(prom: Prometheus, promql: str, by: str) -> dict[str, float]:

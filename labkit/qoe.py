@@ -40,10 +40,15 @@ from ott import cmcd
 if TYPE_CHECKING:
     from labkit.prometheus import Prometheus
 
-# The columns of a sessions frame (the viewer simulator's, and what :func:`sessions` returns).
+# The columns every sessions frame has (what :func:`sessions` returns) and every events frame has (a
+# beacon's millisecond fields become seconds). They are the contract, not the limit: a producer may
+# extend them and every function here reads only the columns it names, so extra ones are kept or
+# ignored. labkit.audience, for one, builds its own lists from these:
+#     SESSION_COLUMNS = [*qoe.SESSION_COLUMNS, "pop", "user", "rule"]
+#     EVENT_COLUMNS = [*qoe.EVENT_COLUMNS, "detail"]
+# Extend a copy, never these lists in place (other frames are built from them).
 SESSION_COLUMNS = ["viewer", "session", "started", "startup_s", "stalls", "stalled_s", "played_s",
                    "rebuffering_ratio", "bitrate_kbps", "switches", "failure", "exit"]
-# The columns of an events frame; a beacon's millisecond fields become seconds.
 EVENT_COLUMNS = ["viewer", "session", "t_s", "type", "startup_s", "duration_s", "from_kbps", "to_kbps",
                  "reason", "fatal", "played_s", "stalled_s", "bitrate_kbps", "started"]
 _MILLISECONDS = {"t_ms": "t_s", "startup_ms": "startup_s", "duration_ms": "duration_s", "played_ms": "played_s",
@@ -169,6 +174,52 @@ def sessions(events: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=SESSION_COLUMNS)
 
 
+# Figures two accounts of one session must share exactly, and those they may differ in by a rounding.
+_EXACT = ("started", "stalls", "switches", "failure", "exit")
+_SECONDS = ("startup_s", "stalled_s", "played_s")
+
+
+def mismatches(expected: pd.DataFrame, actual: pd.DataFrame, *, seconds: float = 0.01,
+               bitrate_ratio: float = 0.01) -> pd.DataFrame:
+    """The sessions two sessions frames tell differently (empty when they agree), side by side.
+
+    For instance the simulator's own figures against :func:`sessions` of the events it sent:
+    ``mismatches(audience.sessions, qoe.sessions(audience.events))``. Sessions are matched by
+    ``session``; one missing from either frame is a mismatch. ``started``, ``stalls``,
+    ``switches``, ``failure`` and ``exit`` must be equal, the times within ``seconds`` and the
+    bitrates within ``bitrate_ratio`` (relative); NaN matches only NaN. The answer has both
+    frames' :data:`SESSION_COLUMNS` (suffixes ``_expected`` and ``_actual``) and ``differs``: the
+    columns that disagree.
+
+    >>> a = pd.DataFrame({"session": ["s1", "s2"], "started": [True, True], "startup_s": [0.5, 0.7],
+    ...                   "bitrate_kbps": [700.0, 1500.0]})
+    >>> mismatches(a, a.assign(startup_s=[0.5, 0.9]))[["session", "differs"]]
+      session    differs
+    0      s2  startup_s
+    """
+    columns = [c for c in SESSION_COLUMNS if c != "session" and c in expected.columns and c in actual.columns]
+    table = expected.set_index("session")[columns].add_suffix("_expected").join(
+        actual.set_index("session")[columns].add_suffix("_actual"), how="outer")
+    differs = pd.Series("", index=table.index, dtype=object)
+    missing = table.index.difference(pd.Index(expected["session"])).union(
+        table.index.difference(pd.Index(actual["session"])))
+    differs[missing] = "session"
+    for column in columns:
+        left, right = table[f"{column}_expected"], table[f"{column}_actual"]
+        both_nan = left.isna() & right.isna()
+        if column in _SECONDS:
+            same = both_nan | ((left.astype(float) - right.astype(float)).abs() <= seconds)
+        elif column == "bitrate_kbps":
+            same = both_nan | ((left.astype(float) - right.astype(float)).abs() <= bitrate_ratio * left.astype(float))
+        elif column in _EXACT:
+            same = both_nan | (left == right)
+        else:
+            continue
+        wrong = ~same & ~table.index.isin(missing)
+        differs[wrong] = (differs[wrong] + " " + column).str.strip()
+    return table.assign(differs=differs)[differs != ""].rename_axis("session").reset_index()
+
+
 def startup_quantiles(startup_s: Iterable[float], quantiles: Sequence[float] = (0.5, 0.95), *,
                       method: str = "linear") -> dict[float, float]:
     """Quantiles of the startup times (NaN ignored; NaN for an empty set).
@@ -189,7 +240,11 @@ def startup_quantiles(startup_s: Iterable[float], quantiles: Sequence[float] = (
 
 
 def summary(sessions: pd.DataFrame) -> dict[str, float | int]:
-    """The audience's QoE from a sessions frame: JSON-able, one figure per key.
+    """The audience's QoE from a sessions frame: one plain Python number per key.
+
+    A figure that does not exist (the startup quantiles or the bitrate of an audience that never
+    started) is NaN, which strict JSON has not: map it to ``None`` before ``json.dumps`` (as
+    :meth:`labkit.audience.Audience.summary` does). The keys and that convention are stable.
 
     * ``attempts`` (sessions), ``started``; ``startup_p50_s`` / ``startup_p95_s`` over started sessions;
     * ``rebuffering_ratio``: all stalled time / (stalled + played time) of the started sessions;

@@ -141,6 +141,23 @@ def test_summary_of_the_simulators_sessions_frame_and_of_nobody() -> None:
     assert math.isnan(empty["startup_p50_s"]) and math.isnan(empty["bitrate_kbps"])
 
 
+def test_mismatches_between_two_accounts_of_the_same_sessions(events: pd.DataFrame) -> None:
+    kept = qoe.sessions(events).assign(pop="edge-0")   # the simulator's frame carries more columns
+    assert qoe.mismatches(kept, qoe.sessions(events)).empty
+    drift = kept.assign(startup_s=kept["startup_s"] + 0.005, bitrate_kbps=kept["bitrate_kbps"] * 1.005)
+    assert qoe.mismatches(kept, drift).empty                   # within a rounding
+    other = qoe.sessions(events)
+    other.loc[other["session"] == "b", ["stalls", "played_s"]] = [2, 39.0]
+    other.loc[other["session"] == "a", "bitrate_kbps"] = 1400.0
+    other.loc[other["session"] == "c", "failure"] = ""
+    other.loc[other["session"] == "d", "startup_s"] = 1.0      # NaN against a number
+    table = qoe.mismatches(kept, other)
+    assert dict(zip(table["session"], table["differs"], strict=True)) == {
+        "a": "bitrate_kbps", "b": "stalls played_s", "c": "failure", "d": "startup_s"}
+    assert qoe.mismatches(kept, other[other["session"] != "c"]).set_index("session").loc["c", "differs"] == "session"
+    assert {"stalls_expected", "stalls_actual"} <= set(table.columns)
+
+
 def test_beacon_events_become_an_events_frame_in_seconds() -> None:
     beacons = [
         {"type": "play", "t_ms": 0},
