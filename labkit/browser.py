@@ -42,6 +42,7 @@ from urllib.parse import urlencode, urlsplit
 
 from labkit import seed
 from labkit.errors import LabError, TimeoutExpired
+from labkit.player import BEACON_PATH, URL_PREFIX
 from labkit.viewers import unsigned_path
 
 if TYPE_CHECKING:
@@ -53,7 +54,6 @@ Leave = Literal["stop", "close"]
 
 CHROMIUM_ENV = "OTTLAB_CHROMIUM"
 CHROMIUM_CANDIDATES = ("/usr/bin/chromium", "chromium", "chromium-browser")
-PLAYER_PATH = "/player/"
 # The page keeps its device id in localStorage; every lab browser presents this one, so that fresh
 # profiles do not use up an account's CAS device limit (4 devices in 30 days).
 DEFAULT_DEVICE_ID = "ottlab-chromium"
@@ -63,7 +63,12 @@ DEFAULT_TIMEOUT = 30.0
 SETTLED = ("playing", "ended", "failed")
 # The page's console messages kept in BrowserPlay.console (the player logs hls.js errors as info).
 CONSOLE_TYPES = ("error", "warning", "info")
-BEACON_PATH = "/api/qoe/beacons"
+# How long the page's Stop may take (its end beacon and the stream session's DELETE): a page that
+# does not finish by then is left anyway, and BrowserPlay.stop_timed_out says so.
+STOP_TIMEOUT = 10.0
+# The page's stop(), raced against a timer: true when it finished, false when the timer won.
+_STOP = ("ms => Promise.race([Promise.resolve(window.ottPlayer.stop()).then(() => true),"
+         " new Promise(resolve => setTimeout(() => resolve(false), ms))])")
 
 
 class BrowserNotFoundError(LabError):
@@ -175,6 +180,8 @@ class BrowserPlay:
     overlay: dict[str, str] = field(default_factory=dict)  # the stats overlay when we left: rung, buffer ...
     console: list[str] = field(default_factory=list)  # the page's errors and warnings
     screenshot: Path | None = None
+    # leave="stop" and the page's stop() did not finish within STOP_TIMEOUT (its stream session may be open).
+    stop_timed_out: bool = False
 
     @property
     def started(self) -> bool:
@@ -260,7 +267,7 @@ class Browser:
         account = seed.demo_user(user)
         query = {"title": title, **({"pop": pop} if pop else {}), **({"beacon_s": f"{beacon_s:g}"} if beacon_s else {}),
                  **({"buffer_s": f"{buffer_s:g}"} if buffer_s else {})}
-        url = f"{gateway_url.rstrip('/')}{PLAYER_PATH}?{urlencode(query)}"
+        url = f"{gateway_url.rstrip('/')}{URL_PREFIX}?{urlencode(query)}"
         shot = Path(screenshot) if screenshot is not None else None
         watch = _Watch(seconds, timeout, network, network_at_start, until, leave)
         return self._call(lambda: self._play(url, title, account, watch, shot), seconds + 2 * timeout + 30)
@@ -315,7 +322,7 @@ class Browser:
         beacons: list[dict[str, Any]] = []
         console: list[str] = []
         page.on("request", lambda r: beacons.extend(_beacon_events(r)))
-        page.on("requestfinished", lambda r: requests.append(_request(r, r.response())))
+        page.on("requestfinished", lambda r: requests.append(_request(r, _response(r))))
         page.on("requestfailed", lambda r: requests.append(_request(r, None)))
         page.on("console", lambda m: console.append(f"{m.type}: {m.text}") if m.type in CONSOLE_TYPES else None)
         page.on("pageerror", lambda e: console.append(f"pageerror: {e}"))
@@ -339,9 +346,11 @@ class Browser:
             if screenshot is not None:
                 screenshot.parent.mkdir(parents=True, exist_ok=True)
                 page.screenshot(path=str(screenshot))
+            stopped = True
             if watch.leave == "stop":
-                # Leave as a viewer does: the end beacon sent and the stream session ended, both awaited.
-                page.evaluate("window.ottPlayer.stop()")
+                # Leave as a viewer does: the end beacon sent and the stream session ended, both awaited
+                # (for STOP_TIMEOUT at most: a hung request must not hold the browser's thread forever).
+                stopped = bool(page.evaluate(_STOP, STOP_TIMEOUT * 1000))
             hook = page.evaluate("({...window.ottPlayer, stop: undefined})")
             message = page.text_content("#message") or ""
         except Error as exc:
@@ -358,7 +367,8 @@ class Browser:
             startup_s=startup / 1000 if startup is not None else None,
             played_s=ends[-1]["played_ms"] / 1000 if ends else 0.0,
             failure=hook.get("failure"), message=message.strip(), events=events,
-            requests=requests, beacons=beacons, overlay=overlay, console=console, screenshot=screenshot)
+            requests=requests, beacons=beacons, overlay=overlay, console=console, screenshot=screenshot,
+            stop_timed_out=not stopped)
 
 
 @dataclass(frozen=True)
@@ -434,6 +444,16 @@ def _beacon_events(request: Request) -> list[dict[str, Any]]:
         return []
     events = body.get("events") if isinstance(body, dict) else None
     return [e for e in events if isinstance(e, dict)] if isinstance(events, list) else []
+
+
+def _response(request: Request) -> Response | None:
+    """A finished request's response; None when the page closed before Playwright could read it."""
+    from playwright.sync_api import Error
+
+    try:
+        return request.response()
+    except Error:
+        return None  # recorded with status 0: the page was closing, nothing waits for this answer
 
 
 def _request(request: Request, response: Response | None) -> PageRequest:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -94,7 +95,9 @@ def collector_counter(lab: LocalTarget, name: str, **labels: str) -> float:
 def wait_for_counter(lab: LocalTarget, name: str, at_least: float, **labels: str) -> float:
     """The collector's counter once it reached ``at_least`` (a beacon sent as a page closes lands later)."""
     deadline = time.monotonic() + 10
-    while (value := collector_counter(lab, name, **labels)) < at_least and time.monotonic() < deadline:
+    while (value := collector_counter(lab, name, **labels)) < at_least:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{name}{labels} is still {value} after 10 s, expected at least {at_least}")
         time.sleep(0.2)
     return value
 
@@ -104,10 +107,9 @@ def event_types(run: BrowserPlay) -> list[str]:
 
 
 @contextlib.contextmanager
-def signed_url_ttl(lab: LocalTarget, seconds: int) -> Iterator[None]:
-    """The license service restarted to sign playback URLs for ``seconds``, then restored as declared."""
-    short = [replace(c, env={**c.env, "OTT_SIGNED_URL_TTL": str(seconds)}) if c.name == "license" else c
-             for c in lab.components]
+def service_env(lab: LocalTarget, service: str, **env: str) -> Iterator[None]:
+    """``service`` restarted with ``env`` added (``OTT_SIGNED_URL_TTL="2"``), then restored as declared."""
+    short = [replace(c, env={**c.env, **env}) if c.name == service else c for c in lab.components]
     LocalTarget(lab.cfg, short, lab.layers).up(["apis"])
     try:
         yield
@@ -221,7 +223,7 @@ def test_an_expired_link_is_renewed_once_and_playback_resumes(lab: LocalTarget, 
     after the link expired. The page re-authorizes once and resumes where it was.
     """
     before = collector_counter(lab, "ott_qoe_errors_total", reason="token_expired")
-    with signed_url_ttl(lab, 2):
+    with service_env(lab, "license", OTT_SIGNED_URL_TTL="2"):
         run = play(lab, browser, CLEAR, seconds=SAMPLE_S, buffer_s=0.5,
                    until=f"p.events.some(e => e.type === 'stall') && {INTO_SECOND_SEGMENT}")
     assert run.state in ("playing", "ended") and run.failure is None and run.message == "", run.console
@@ -241,6 +243,49 @@ def test_an_expired_link_is_renewed_once_and_playback_resumes(lab: LocalTarget, 
     assert len(stalls) == 1 and stalls[0]["duration_ms"] > 0
     assert run.events[-1]["type"] == "end" and run.events[-1]["reason"] in ("exit", "ended")
     assert collector_counter(lab, "ott_qoe_errors_total", reason="token_expired") == before + 1
+
+
+def test_a_failover_after_the_authorization_expired_authorizes_again(lab: LocalTarget, browser: Browser) -> None:
+    """Playback authorizations live 2 s (OTT_PLAYBACK_TTL). The PoP in use dies 3 s after the page opens,
+    when the grant has expired and the first segment plays; the page fails over when it needs the second
+    segment (buffer_s=0.5). The new PoP's hls.js fetches the key again: with a new grant, not the expired
+    one (the license would answer 401 and the page would stop with key_unavailable)."""
+    with service_env(lab, "license", OTT_PLAYBACK_TTL="2"):
+        killer = threading.Timer(3.0, lab.supervisor.stop_program, ["edge-1"])
+        killer.start()
+        try:
+            run = play(lab, browser, ENCRYPTED, pop="edge-1", seconds=SAMPLE_S, buffer_s=0.5, timeout=25,
+                       until=f"p.events.some(e => e.reason === 'pop_unreachable') && {INTO_SECOND_SEGMENT}")
+        finally:
+            killer.cancel()
+            killer.join()
+            lab.start("edge")
+    assert run.failure is None and run.state in ("playing", "ended") and run.message == "", run.console
+    errors = [e for e in run.events if e["type"] == "error"]
+    assert [(e["reason"], e["fatal"], e["started"]) for e in errors] == [("pop_unreachable", False, True)]
+    # The grant had expired at the failover: one new authorization, and every key fetch was served.
+    authorizations = [r.status for r in run.requests if r.path == "/api/license/authorizations"]
+    assert authorizations == [201, 201], run.console
+    keys = [r.status for r in run.requests if r.kind == "key"]
+    assert len(keys) >= 2 and set(keys) == {200}
+    served = [r for r in run.requests if r.kind == "media" and r.status == 200]
+    assert served[-1].host == httpx.URL(edge.EDGE.url(lab.cfg, "http", 0)).netloc.decode()
+    # The second segment (MPEG-TS: AES-128 titles are packaged as TS) came from the new PoP.
+    assert any(r.path.endswith("/seg_00001.ts") for r in served), [(r.host, r.path, r.status) for r in served]
+    assert run.events[-1]["type"] == "end" and run.events[-1]["started"] is True
+    assert not run.stop_timed_out
+
+
+def test_an_expired_access_token_is_refreshed(lab: LocalTarget, browser: Browser) -> None:
+    """Access tokens live 2 s (OTT_ACCESS_TTL): the Stop's DELETE of the stream session, 3 s after the
+    sign-in, is refused once, the page trades its refresh token for a new pair and ends the session
+    (play() checks that the account has no stream session left)."""
+    with service_env(lab, "auth", OTT_ACCESS_TTL="2"):
+        run = play(lab, browser, CLEAR, seconds=3)
+    assert run.state == "playing" and run.failure is None and not run.stop_timed_out, run.console
+    ends = [r.status for r in run.requests if r.method == "DELETE" and r.path.startswith("/api/cas/sessions/")]
+    assert ends == [401, 204]
+    assert [r.status for r in run.requests if r.path == "/api/auth/refresh"] == [200]
 
 
 def test_a_missing_key_stops_playback_before_start(lab: LocalTarget, browser: Browser) -> None:

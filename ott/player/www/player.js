@@ -21,10 +21,13 @@ const params = new URLSearchParams(location.search);
 const BEACON_URL = "/api/qoe/beacons";
 const BEACON_S = Math.max(1, Number(params.get("beacon_s")) || 10);
 const BUFFER_S = Number(params.get("buffer_s")) > 0 ? Number(params.get("buffer_s")) : null;
-const HEARTBEAT_S = 10; // CAS closes a stream session after 30 s without a heartbeat
+// CAS says how often to heartbeat its stream sessions (heartbeat_interval_s); until it has, or when it
+// does not say, every 10 s (CAS closes a session after 30 s without one by default).
+const DEFAULT_HEARTBEAT_S = 10;
 const STATS_MS = 250;
 const MAX_EVENTS_PER_BEACON = 200;
 const FRAG_ERROR_RETRY = { maxNumRetry: 3, retryDelayMs: 500, maxRetryDelayMs: 2000 };
+// ott.models.TITLE_ID_PATTERN (tests/unit/test_player_page.py keeps the two equal).
 const TITLE_ID = /^[a-z0-9][a-z0-9-]{0,62}$/;
 
 const $ = (id) => document.getElementById(id);
@@ -58,10 +61,22 @@ const ottPlayer = (window.ottPlayer = {
   state: "idle", startupMs: null, failure: null, events: [], stop: () => Promise.resolve(),
 });
 
+// The access token lives 15 min (OTT_ACCESS_TTL): the refresh token trades for a new pair (see authed()).
 const auth = {
   accessToken: sessionStorage.getItem("ottlab.access_token"),
+  refreshToken: sessionStorage.getItem("ottlab.refresh_token"),
   email: sessionStorage.getItem("ottlab.email"),
+  refreshing: null, // the refresh on its way: concurrent 401s share it (a refresh token works once)
 };
+
+function keepTokens(tokens) {
+  auth.accessToken = tokens?.access_token ?? null;
+  auth.refreshToken = tokens?.refresh_token ?? null;
+  for (const [key, value] of [["ottlab.access_token", auth.accessToken], ["ottlab.refresh_token", auth.refreshToken]]) {
+    if (value) sessionStorage.setItem(key, value);
+    else sessionStorage.removeItem(key);
+  }
+}
 
 /** A device id kept across visits: CAS counts devices per account. */
 function deviceId() {
@@ -102,6 +117,38 @@ async function api(method, path, { body, token, keepalive = false } = {}) {
   return json;
 }
 
+/** A new token pair for the refresh token; false when there is none or it is refused (sign in again). */
+function refreshTokens() {
+  if (!auth.refreshToken) return Promise.resolve(false);
+  auth.refreshing ??= api("POST", "/api/auth/refresh", { body: { refresh_token: auth.refreshToken } })
+    .then((tokens) => {
+      keepTokens(tokens);
+      return true;
+    })
+    .catch((error) => {
+      console.warn("could not refresh the sign-in:", error);
+      if (error instanceof ApiError && error.status === 401) keepTokens(null);
+      return false;
+    })
+    .finally(() => {
+      auth.refreshing = null;
+    });
+  return auth.refreshing;
+}
+
+/** An API call with the access token; on a 401 the token is refreshed and the call tried once more. */
+async function authed(method, path, options = {}) {
+  const token = auth.accessToken;
+  try {
+    return await api(method, path, { ...options, token });
+  } catch (error) {
+    if (!(error instanceof ApiError) || error.status !== 401) throw error;
+    // Another call may have refreshed meanwhile: then only the retry is needed.
+    if (auth.accessToken === token && !(await refreshTokens())) throw error;
+    return api(method, path, { ...options, token: auth.accessToken });
+  }
+}
+
 function setState(state) {
   ottPlayer.state = state;
   $("stat-state").textContent = state;
@@ -126,14 +173,12 @@ $("signin-form").addEventListener("submit", async (event) => {
   $("signin").disabled = true;
   try {
     const tokens = await api("POST", "/api/auth/login", { body: { email, password: $("password").value } });
-    auth.accessToken = tokens.access_token;
+    keepTokens(tokens);
     auth.email = email;
-    sessionStorage.setItem("ottlab.access_token", auth.accessToken);
     sessionStorage.setItem("ottlab.email", email);
     showMessage("");
   } catch (error) {
-    auth.accessToken = null;
-    sessionStorage.removeItem("ottlab.access_token");
+    keepTokens(null);
     showMessage(error instanceof ApiError && error.status === 401
       ? "Sign-in failed: wrong e-mail or password."
       : `Sign-in failed: ${error.message}`);
@@ -150,12 +195,19 @@ class Session {
   constructor(title) {
     this.t0 = performance.now(); // the Play click: startup is measured from here
     this.title = title;
-    // The license session id once authorized (also CMCD's sid), a random one for a refused play.
+    // ONE id for the whole playback: the first authorization's session id (a random one for a refused
+    // play). Beacons and CMCD's sid keep it after a re-authorization, so the collector and the edge logs
+    // see one session; the CAS stream session heartbeated and ended is always the current grant's.
     this.id = crypto.randomUUID();
     this.pop = "unknown";
-    this.grant = null; // the playback authorization: {authorization, session_id, playback: [...]}
+    this.grant = null; // the playback authorization: {authorization, expires_at, session_id, playback: [...]}
+    // Recovery budgets, both reset once a fragment loads after the recovery: PoPs tried since then,
+    // and whether the grant was renewed since then (at most one renewal per fragment loaded: no loop).
     this.triedPops = new Set();
     this.reauthorized = false;
+    this.heartbeatS = DEFAULT_HEARTBEAT_S;
+    this.heartbeatTimer = null;
+    this.onTime = null; // the fallback startup listener (no requestVideoFrameCallback)
     this.hls = null;
     this.started = false;
     this.over = false;
@@ -290,7 +342,7 @@ class Session {
       this.fail("unknown_title", `"${this.title}" is not a title id: lower-case letters, digits and dashes.`);
       return;
     }
-    if (!auth.accessToken) {
+    if (!auth.accessToken && !auth.refreshToken) {
       this.fail("unauthorized", "Sign in first, then press Play.");
       return;
     }
@@ -315,14 +367,38 @@ class Session {
       return;
     }
     this.timers.push(setInterval(() => this.progress(), BEACON_S * 1000));
-    this.timers.push(setInterval(() => this.heartbeat(), HEARTBEAT_S * 1000));
+    this.scheduleHeartbeat();
     this.load(first, 0);
+    this.learnHeartbeatInterval(); // meanwhile: the first heartbeat is seconds away
   }
 
   async authorize() {
-    this.grant = await api("POST", "/api/license/authorizations", {
-      body: { title_id: this.title, device_id: deviceId() }, token: auth.accessToken,
+    this.grant = await authed("POST", "/api/license/authorizations", {
+      body: { title_id: this.title, device_id: deviceId() },
     });
+  }
+
+  /** Whether the playback authorization is past its expires_at (the key would be refused: 401). */
+  grantExpired() {
+    return Boolean(this.grant?.expires_at) && Date.parse(this.grant.expires_at) <= Date.now();
+  }
+
+  /** A new grant in place of the current one; false (the session failed) when it is refused. */
+  async renewGrant() {
+    // The old stream session ends before the new one opens: the account's stream limit counts both.
+    await this.endStreamSession();
+    try {
+      await this.authorize();
+    } catch (error) {
+      this.refused(error);
+      return false;
+    }
+    if (this.over) {
+      this.endStreamSession(); // the viewer left while the authorization was on its way
+      return false;
+    }
+    this.learnHeartbeatInterval();
+    return true;
   }
 
   /** A refusal of the authorization (or a network failure reaching it): a video start failure. */
@@ -334,8 +410,7 @@ class Session {
     const readable = DENIALS[error.code]?.(error) ?? "Playback was refused.";
     const reason = REASON_OF_CODE[error.code] ?? (error.status === 401 ? "unauthorized" : "other");
     if (reason === "unauthorized") {
-      auth.accessToken = null;
-      sessionStorage.removeItem("ottlab.access_token");
+      keepTokens(null);
       showSignedIn();
     }
     this.fail(reason, `${readable} (${error.message})`, error.code);
@@ -369,6 +444,9 @@ class Session {
       // Until playback enters a fragment (FRAG_CHANGED), the first buffered one is the rung.
       if (this.rung === null && data.frag.type === "main") this.rungChanged(hls, data.frag.level);
     });
+    hls.on(Hls.Events.FRAG_LOADED, (_, data) => {
+      if (hls === this.hls && data.frag.type === "main") this.fragmentLoaded();
+    });
     hls.on(Hls.Events.ERROR, (_, data) => this.hlsError(hls, data));
     hls.loadSource(entry.url);
     hls.attachMedia(video);
@@ -385,16 +463,24 @@ class Session {
     if (!this.started) this.watchFirstFrame();
   }
 
-  /** Startup: the first presented frame once the playhead moves past the first frame seen. */
+  /**
+   * Startup ends at the SECOND presented frame: the first one whose media time moved past the first
+   * frame presented. That is "the first rendered frame with the playhead moving": Chromium presents the
+   * first frame as soon as it is decoded, before the clock runs (still paused, or waiting for play()
+   * or for data with `paused` already false), so neither that frame nor "not paused" proves motion;
+   * a frame with a later media time does. It costs one frame interval (40 ms at 25 fps) over the
+   * first frame.
+   */
   watchFirstFrame() {
     if (!("requestVideoFrameCallback" in HTMLVideoElement.prototype)) {
-      const onTime = () => {
+      if (this.onTime) return;
+      this.onTime = () => {
         if (video.currentTime > 0 && !video.paused) {
-          video.removeEventListener("timeupdate", onTime);
-          this.started || this.start(performance.now());
+          this.stopWatchingTime();
+          this.started || this.over || this.start(performance.now());
         }
       };
-      video.addEventListener("timeupdate", onTime);
+      video.addEventListener("timeupdate", this.onTime);
       return;
     }
     let firstMediaTime = null;
@@ -414,9 +500,17 @@ class Session {
     this.started = true;
     ottPlayer.startupMs = Math.max(0, Math.round(at - this.t0));
     $("stat-startup").textContent = `${ottPlayer.startupMs} ms`;
-    this.emit("start", { startup_ms: ottPlayer.startupMs, bitrate_kbps: this.rung?.kbps ?? 1 });
+    // The rung being played; before any fragment was buffered (not seen), the first rung hls.js loads.
+    const first = this.hls?.levels[Math.max(0, this.hls.firstLevel)];
+    const kbps = this.rung?.kbps ?? (first ? Math.max(1, Math.round(first.bitrate / 1000)) : 0);
+    this.emit("start", { startup_ms: ottPlayer.startupMs, bitrate_kbps: kbps });
     setState("playing");
     this.setPlaying(true);
+  }
+
+  stopWatchingTime() {
+    if (this.onTime) video.removeEventListener("timeupdate", this.onTime);
+    this.onTime = null;
   }
 
   rungChanged(hls, levelIndex) {
@@ -450,8 +544,12 @@ class Session {
       // status) once the signed URL has expired: the expiry, not a dead PoP, is the likely cause.
       this.afterThisEvent((position) => this.reauthorize(`no answer after the link expired (${details})`, position));
     } else if (media && (timeout || !status)) {
-      // No answer from the PoP: another PoP of the authorization serves the same title.
-      this.afterThisEvent((position) => this.nextPop(details, position));
+      // No answer from the PoP: once hls.js' own retries are spent (fatal), another PoP of the
+      // authorization serves the same title. A non-fatal one is a hiccup hls.js retries itself.
+      if (data.fatal) this.afterThisEvent((position) => this.nextPop(details, position));
+    } else if (keyError && status === 401) {
+      // The playback authorization expired (OTT_PLAYBACK_TTL) before this key request: a new one.
+      this.afterThisEvent((position) => this.reauthorize("the key service answered 401", position));
     } else if (keyError && (data.fatal || status === 404)) {
       // The license has no such key: hls.js would ask again on every rung for seconds, in vain.
       this.fail("key_unavailable", `The title's decryption key could not be fetched (HTTP ${status ?? "error"}).`,
@@ -496,7 +594,7 @@ class Session {
     return Boolean(entry?.expires_at) && Date.parse(entry.expires_at) <= Date.now();
   }
 
-  nextPop(details, position) {
+  async nextPop(details, position) {
     const next = this.grant.playback.find((p) => !this.triedPops.has(p.pop));
     if (!next) {
       this.fail("pop_unreachable", "No CDN PoP answers for this title: playback stopped. Try again later.",
@@ -505,12 +603,14 @@ class Session {
     }
     this.recovered("pop_unreachable", `${this.pop} did not answer (${details}); switching to ${next.pop}`);
     this.stallBegins();
-    this.load(next, position);
+    // The new hls.js fetches the key again: with an expired authorization the license answers 401.
+    if (this.grantExpired() && !(await this.renewGrant())) return;
+    this.load(this.grant.playback.find((p) => p.pop === next.pop) ?? next, position);
   }
 
   async reauthorize(refusal, position) {
     if (this.reauthorized) {
-      this.fail("token_expired", "The CDN refuses this title's link even after a new authorization.",
+      this.fail("token_expired", "The platform refuses this title's link or key even after a new authorization.",
         `${refusal} after re-authorizing`);
       return;
     }
@@ -518,27 +618,27 @@ class Session {
     this.recovered("token_expired", `${refusal} from ${this.pop}: re-authorizing`);
     this.stallBegins();
     const pop = this.pop;
-    // The old stream session ends before the new one opens: the account's stream limit counts both.
-    await this.endStreamSession();
-    try {
-      await this.authorize();
-    } catch (error) {
-      this.refused(error);
-      return;
-    }
-    if (this.over) {
-      this.endStreamSession();
-      return;
-    }
+    if (!(await this.renewGrant())) return;
     this.triedPops.clear();
     this.load(this.grant.playback.find((p) => p.pop === pop) ?? this.grant.playback[0], position);
   }
 
-  /** A non-fatal error, reported once per reason and session. */
+  /** A fragment loaded: whatever recovery came before worked, so its budgets are available again. */
+  fragmentLoaded() {
+    if (this.triedPops.size > 1 || this.reauthorized) {
+      this.triedPops = new Set([this.pop]);
+      this.reauthorized = false;
+      // A later expiry or dead PoP is a new incident: reported again.
+      this.reported.delete("token_expired");
+      this.reported.delete("pop_unreachable");
+    }
+  }
+
+  /** A non-fatal error, reported once per reason and incident. */
   recovered(reason, detail) {
     if (this.reported.has(reason)) return;
     this.reported.add(reason);
-    this.emit("error", { reason, fatal: false, detail: String(detail).slice(0, 200) });
+    this.emit("error", { reason, fatal: false, started: this.started, detail: String(detail).slice(0, 200) });
   }
 
   /** A fatal failure: before start a video start failure, after it a playback failure. */
@@ -546,7 +646,7 @@ class Session {
     if (this.over) return;
     ottPlayer.failure = { reason, message };
     showMessage(message);
-    const event = { reason, fatal: true };
+    const event = { reason, fatal: true, started: this.started };
     if (detail) event.detail = String(detail).slice(0, 200);
     this.emit("error", event);
     this.finish("error", "failed");
@@ -567,30 +667,61 @@ class Session {
     this.holding = false;
     const beacons = this.flush({ unloading });
     this.timers.forEach(clearInterval);
-    this.hls?.destroy();
+    clearTimeout(this.heartbeatTimer);
+    this.stopWatchingTime();
+    // Not inside hls.js' own event dispatch (fail() runs in its ERROR handler): destroy it afterwards.
+    const hls = this.hls;
     this.hls = null;
+    if (hls) setTimeout(() => hls.destroy(), 0);
     setState(state);
     this.closing = Promise.all([beacons, this.endStreamSession()]);
     return this.closing;
   }
 
   async endStreamSession() {
-    const grant = this.grant;
-    if (!grant?.session_id || grant.ended || !auth.accessToken) return;
+    const grant = this.grant; // the current grant's CAS session (a renewal ended the one before)
+    if (!grant?.session_id || grant.ended || !(auth.accessToken || auth.refreshToken)) return;
     grant.ended = true;
     try {
       // keepalive: the request outlives a page being closed.
-      await api("DELETE", `/api/cas/sessions/${grant.session_id}`, { token: auth.accessToken, keepalive: true });
+      await authed("DELETE", `/api/cas/sessions/${grant.session_id}`, { keepalive: true });
     } catch (error) {
       console.warn("could not end the stream session:", error);
     }
   }
 
-  async heartbeat() {
+  /** The next heartbeat in heartbeatS seconds (what CAS asked for, once known), and so on. */
+  scheduleHeartbeat() {
+    clearTimeout(this.heartbeatTimer);
+    if (this.over) return;
+    this.heartbeatTimer = setTimeout(async () => {
+      await this.heartbeat();
+      this.scheduleHeartbeat();
+    }, this.heartbeatS * 1000);
+  }
+
+  /** CAS's heartbeat_interval_s for the current stream session (the authorization's, when it says). */
+  async learnHeartbeatInterval() {
     const grant = this.grant;
+    let seconds = grant?.heartbeat_interval_s;
+    if (seconds === undefined && grant?.session_id) {
+      try {
+        const sessions = await authed("GET", "/api/cas/sessions");
+        seconds = sessions.find((s) => s.session_id === grant.session_id)?.heartbeat_interval_s;
+      } catch (error) {
+        console.warn("could not read the stream session's heartbeat interval:", error);
+      }
+    }
+    if (!(Number(seconds) > 0) || this.heartbeatS === Math.max(1, Number(seconds))) return;
+    this.heartbeatS = Math.max(1, Number(seconds));
+    this.scheduleHeartbeat(); // from now: a shorter interval must not wait for the default one to pass
+  }
+
+  async heartbeat() {
+    const grant = this.grant; // after a renewal, the new stream session
     if (this.over || !grant?.session_id || grant.ended) return;
     try {
-      await api("POST", `/api/cas/sessions/${grant.session_id}/heartbeat`, { token: auth.accessToken });
+      await authed("POST", `/api/cas/sessions/${grant.session_id}/heartbeat`);
     } catch (error) {
       console.warn("stream session heartbeat failed:", error);
     }
@@ -613,6 +744,7 @@ function shortUrl(url) {
 // The video element's events drive the session's state
 
 let session = null;
+let ending = Promise.resolve(); // the sessions ended by Play presses, until closed
 
 video.addEventListener("waiting", () => {
   if (session && !video.seeking) session.stallBegins();
@@ -639,10 +771,17 @@ ottPlayer.stop = () => (session ? session.finish("exit", "ended") : Promise.reso
 $("title").value = params.get("title") ?? "";
 showSignedIn();
 
-$("play-form").addEventListener("submit", (event) => {
+$("play-form").addEventListener("submit", async (event) => {
   event.preventDefault();
-  session?.finish("exit", "ended"); // a new play ends the one before
-  session = new Session($("title").value.trim());
+  const title = $("title").value.trim();
+  // A new play ends the one before, and waits until its stream session is closed: else CAS would
+  // still count it against the new authorization (a spurious stream_limit).
+  const before = session;
+  session = null;
+  const mine = (ending = Promise.all([ending, before?.finish("exit", "ended")]));
+  await mine;
+  if (ending !== mine || session) return; // another Play was pressed meanwhile: that one plays
+  session = new Session(title);
   session.play();
 });
 
