@@ -146,7 +146,7 @@ def main() -> None:
         procs: list[subprocess.Popen[bytes]] = []
         try:
             target.up(["apis"])
-            seed.seed({s.name: target.endpoint(s.name) for s in apis.SERVICES}, target.service_token())
+            seed.seed_target(target)
             # One account per viewer: the CAS stream limit (2 per account) must not refuse the bench.
             users = bench_users(target, args.concurrency)
             services = {s.name: [target.endpoint(s.name).removeprefix("http://")] for s in apis.SERVICES}

@@ -34,7 +34,7 @@ from pathlib import Path
 import httpx
 import m3u8
 
-from labkit import apis, platform, seed, transcoder
+from labkit import platform, seed, transcoder
 from labkit.browser import Browser, BrowserPlay
 from labkit.client import OttClient
 from labkit.config import LabConfig
@@ -126,7 +126,7 @@ def main() -> int:
         target = LocalTarget(cfg, platform.components(), platform.layers())
         try:
             target.up()
-            seed.seed({s.name: target.endpoint(s.name) for s in apis.SERVICES}, target.service_token())
+            seed.seed_target(target)
             gateway = target.endpoint("gateway")
             sample = make_sample(Path(tmp) / "sample.mp4", args.sample_s)
             titles = [f"bench-startup-{i}" for i in range(args.titles)]

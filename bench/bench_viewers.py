@@ -42,7 +42,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from labkit import apis, platform, seed
+from labkit import platform, seed
 from labkit.client import OttClient
 from labkit.config import LabConfig
 from labkit.console import echo_command
@@ -100,7 +100,7 @@ def cpu_seconds(who: int) -> float:
 
 
 def publish(target: LocalTarget, sample_seconds: float) -> None:
-    seed.seed({s.name: target.endpoint(s.name) for s in apis.SERVICES}, target.service_token())
+    seed.seed_target(target)
     sample = target.cfg.data_dir / "sources" / f"bench-{sample_seconds:g}s-1280x720.mp4"
     make_sample(sample, sample_seconds, width=1280, height=720)
     transcode(target, sample, TITLE, encrypt=False, ladder="small", preset="ultrafast", tier="free", progress=False,

@@ -297,12 +297,9 @@ def viewers(count: int, seconds: float, title_id: str, user_name: str, rule: str
 @_handle_errors
 def seed(target_name: str | None) -> None:
     """Create demo users, their plans and catalog titles (idempotent)."""
-    from labkit import apis
     from labkit import seed as seeding
 
-    target = _target(target_name)
-    urls = {s.name: target.endpoint(s.name) for s in apis.SERVICES}
-    counts = seeding.seed(urls, target.service_token())
+    counts = seeding.seed_target(_target(target_name))
     click.echo(f"seeded {counts['users']} users and {counts['titles']} titles")
     for user in seeding.USERS:
         click.echo(f"  {user.email:22} password {user.password:26} plan {user.plan or '-'}")

@@ -7,11 +7,15 @@ the services' internal routes (``X-Service-Token``), never straight into the dat
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import httpx
 
 from labkit.console import progress
 from labkit.errors import LabError
+
+if TYPE_CHECKING:
+    from labkit.targets import Target
 
 TIMEOUT = 15.0
 
@@ -76,6 +80,13 @@ def seed(urls: dict[str, str], service_token: str) -> dict[str, int]:
                 "duration_s": title.duration_s, "tier": title.tier}))
             progress(f"  title {title.id} ({title.tier})")
     return {"users": len(USERS), "titles": len(TITLES)}
+
+
+def seed_target(target: Target) -> dict[str, int]:
+    """:func:`seed` through ``target``'s own service endpoints and service token (what ``ottlab seed`` does)."""
+    from labkit import apis
+
+    return seed({s.name: target.endpoint(s.name) for s in apis.SERVICES}, target.service_token())
 
 
 def _ok(response: httpx.Response) -> dict[str, object]:

@@ -13,10 +13,10 @@ from collections.abc import Iterator
 import httpx
 import pytest
 import schemathesis
+from _labs import running_lab
 from hypothesis import HealthCheck, given, settings
 
-from labkit import apis, platform, seed
-from labkit.config import LabConfig
+from labkit import apis, seed
 from labkit.targets.local import LocalTarget
 
 pytestmark = pytest.mark.integration
@@ -27,19 +27,13 @@ EXAMPLES = int(os.environ.get("OTTLAB_FUZZ_EXAMPLES", "25" if os.environ.get("CI
 
 @pytest.fixture(scope="module")
 def apis_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalTarget, dict[str, str]]]:
-    cfg = LabConfig(home=tmp_path_factory.mktemp("fuzz") / "lab", base_port=28400, ready_timeout=60)
-    target = LocalTarget(cfg, platform.components(), platform.layers())
-    try:
-        target.up(["apis"])
-        seed.seed({s.name: target.endpoint(s.name) for s in apis.SERVICES}, target.service_token())
+    with running_lab(tmp_path_factory.mktemp("fuzz"), 28400, ["apis"], seeded=True) as target:
         user = seed.USERS[0]
         login = httpx.post(f"{target.endpoint('auth')}/login", json={"email": user.email, "password": user.password},
                            timeout=10)
         login.raise_for_status()
         headers = {"Authorization": f"Bearer {login.json()['access_token']}", "X-Service-Token": target.service_token()}
         yield target, headers
-    finally:
-        target.down(purge=True)
 
 
 def _fuzz(base_url: str, headers: dict[str, str] | None) -> list[str]:

@@ -8,11 +8,11 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+from _labs import running_lab
 from _sessions import signed_in
 
-from labkit import apis, platform, seed
+from labkit import apis, seed
 from labkit.client import ApiRefused, OttClient
-from labkit.config import LabConfig
 from labkit.routes import LOGIN_LIMIT
 from labkit.targets.local import LocalTarget
 
@@ -21,14 +21,8 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalTarget]:
-    cfg = LabConfig(home=tmp_path_factory.mktemp("apis") / "lab", base_port=28600, ready_timeout=60)
-    target = LocalTarget(cfg, platform.components(), platform.layers())
-    try:
-        target.up(["apis"])
-        seed.seed({s.name: target.endpoint(s.name) for s in apis.SERVICES}, target.service_token())
+    with running_lab(tmp_path_factory.mktemp("apis"), 28600, ["apis"], seeded=True) as target:
         yield target
-    finally:
-        target.down(purge=True)
 
 
 @pytest.fixture

@@ -12,10 +12,10 @@ from urllib.parse import unquote
 
 import httpx
 import pytest
+from _labs import running_lab
 
-from labkit import apis, audience, cdn, edge, platform, seed, transcoder
+from labkit import audience, cdn, edge, transcoder
 from labkit.bandwidth import Fixed
-from labkit.config import LabConfig
 from labkit.targets.local import LocalTarget
 from ott import cmcd
 from ott.media.sample import make_sample
@@ -29,16 +29,10 @@ VIEWERS = 3 if os.environ.get("CI") else 5
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalTarget]:
     home = tmp_path_factory.mktemp("audience")
-    cfg = LabConfig(home=home / "lab", base_port=30900, ready_timeout=60)
-    target = LocalTarget(cfg, platform.components(), platform.layers())
-    try:
-        target.up(["apis", "media", "cdn", "player"])
-        seed.seed({s.name: target.endpoint(s.name) for s in apis.SERVICES}, target.service_token())
+    with running_lab(home, 30900, ["apis", "media", "cdn", "player"], seeded=True) as target:
         clip = make_sample(home / "clip.mp4", CLIP_S, width=1280, height=720)
         transcoder.transcode(target, clip, TITLE, ladder="small", preset="ultrafast", tier="free", progress=False)
         yield target
-    finally:
-        target.down(purge=True)
 
 
 def _eventually(check: object, timeout: float) -> bool:

@@ -18,12 +18,12 @@ from typing import Any
 
 import httpx
 import pytest
+from _labs import running_lab
 from prometheus_client.parser import text_string_to_metric_families
 
-from labkit import apis, edge, media, platform, seed, transcoder
+from labkit import edge, media, seed, transcoder
 from labkit.browser import Browser, BrowserPlay, Network
 from labkit.client import OttClient
-from labkit.config import LabConfig
 from labkit.prometheus import Prometheus
 from labkit.targets.local import LocalTarget
 from ott.media.sample import make_sample
@@ -42,17 +42,10 @@ INTO_SECOND_SEGMENT = "document.querySelector('#video').currentTime > 5"
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalTarget]:
-    home = tmp_path_factory.mktemp("player-browser")
-    cfg = LabConfig(home=home / "lab", base_port=30700, ready_timeout=60)
-    target = LocalTarget(cfg, platform.components(), platform.layers())
-    try:
-        target.up()
-        seed.seed({s.name: target.endpoint(s.name) for s in apis.SERVICES}, target.service_token())
+    with running_lab(tmp_path_factory.mktemp("player-browser"), 30700, seeded=True) as target:
         publish(target, CLEAR, encrypt=False)
         publish(target, ENCRYPTED, encrypt=True)
         yield target
-    finally:
-        target.down(purge=True)
 
 
 @pytest.fixture(scope="module")

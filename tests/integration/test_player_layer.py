@@ -16,9 +16,9 @@ from typing import Any
 
 import httpx
 import pytest
+from _labs import running_lab
 
-from labkit import cdn, platform, player
-from labkit.config import LabConfig
+from labkit import cdn, player
 from labkit.prometheus import Prometheus
 from labkit.targets.local import LocalTarget
 
@@ -29,13 +29,8 @@ LAYERS = ["monitoring", "apis", "player"]
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalTarget]:
-    cfg = LabConfig(home=tmp_path_factory.mktemp("player") / "lab", base_port=BASE_PORT, ready_timeout=60)
-    target = LocalTarget(cfg, platform.components(), platform.layers())
-    try:
-        target.up(LAYERS)
+    with running_lab(tmp_path_factory.mktemp("player"), BASE_PORT, LAYERS) as target:
         yield target
-    finally:
-        target.down(purge=True)
 
 
 @pytest.fixture(scope="module")

@@ -19,11 +19,11 @@ import httpx
 import m3u8
 import pytest
 from _bad_sources import BAD_INPUTS
+from _labs import running_lab
 from _sessions import signed_in
 
-from labkit import apis, media, platform, seed
+from labkit import media
 from labkit.client import OttClient
-from labkit.config import LabConfig
 from labkit.errors import ConfigError, LabError
 from labkit.prometheus import Prometheus
 from labkit.targets.local import LocalTarget
@@ -39,14 +39,8 @@ FAST = {"ladder": "small", "preset": "ultrafast"}
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalTarget]:
-    cfg = LabConfig(home=tmp_path_factory.mktemp("media") / "lab", base_port=28700, ready_timeout=60)
-    target = LocalTarget(cfg, platform.components(), platform.layers())
-    try:
-        target.up()
-        seed.seed({s.name: target.endpoint(s.name) for s in apis.SERVICES}, target.service_token())
+    with running_lab(tmp_path_factory.mktemp("media"), 28700, seeded=True) as target:
         yield target
-    finally:
-        target.down(purge=True)
 
 
 @pytest.fixture(scope="module")

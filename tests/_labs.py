@@ -1,0 +1,27 @@
+"""Module-scoped labs for the integration suites: each its own lab directory and ports."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from labkit import platform, seed
+from labkit.config import LabConfig
+from labkit.targets.local import LocalTarget
+
+
+@contextmanager
+def running_lab(home: Path, base_port: int, layers: Sequence[str] | None = None, *,
+                seeded: bool = False) -> Iterator[LocalTarget]:
+    """A local lab in ``home / "lab"`` on ``base_port`` with ``layers`` up (every layer by default) and the
+    demo data when ``seeded``; always brought down and purged afterwards, also when a test failed."""
+    cfg = LabConfig(home=home / "lab", base_port=base_port, ready_timeout=60)
+    target = LocalTarget(cfg, platform.components(), platform.layers())
+    try:
+        target.up(list(layers) if layers is not None else None)
+        if seeded:
+            seed.seed_target(target)
+        yield target
+    finally:
+        target.down(purge=True)
