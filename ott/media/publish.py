@@ -14,7 +14,7 @@ Example::
     result = pipeline(Path("clip.mp4"), Path("var/media"), "big-buck-bunny",
                       ladder.load("small"))
     result.master
-    # -> PosixPath('var/media/big-buck-bunny/v20261124T222603-3f9a/master.m3u8')
+    # -> PosixPath('var/media/big-buck-bunny/v20261124T222603041977-3f9a/master.m3u8')
 """
 
 from __future__ import annotations
@@ -34,7 +34,9 @@ from ott.media.ladder import Ladder
 
 STAGING_DIR = ".staging"
 KEEP_VERSIONS = 2
-_VERSION = re.compile(r"v\d{8}T\d{6}-[0-9a-f]{4}")
+# Microseconds since issue 6: two publishes within one second sort by time, not by their random suffix.
+# Older names (seconds only) still count, and sort before any newer one of their second.
+_VERSION = re.compile(r"v\d{8}T\d{6}(?:\d{6})?-[0-9a-f]{4}")
 _TITLE_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 _SHELL_META = set("$`;&|<>()*?![]{}~'\"\\ \t\n\r#%=")
 
@@ -65,9 +67,20 @@ def validate_title_id(title_id: str) -> str:
     return title_id
 
 
+_last_us = 0
+
+
 def new_version() -> str:
-    """A version folder name: sortable by time, unique within a second (``v20261124T222603-3f9a``)."""
-    return time.strftime("v%Y%m%dT%H%M%S", time.gmtime()) + "-" + secrets.token_hex(2)
+    """A version folder name, in the order of publishing to the microsecond (``v20261124T222603041977-3f9a``).
+
+    The time orders the versions (:func:`versions` keeps the newest by name); the suffix keeps two
+    processes publishing in the same microsecond apart.
+    """
+    global _last_us
+    # Strictly increasing within this process, even for calls in the same microsecond.
+    _last_us = max(time.time_ns() // 1000, _last_us + 1)
+    seconds, micro = divmod(_last_us, 1_000_000)
+    return time.strftime("v%Y%m%dT%H%M%S", time.gmtime(seconds)) + f"{micro:06d}-{secrets.token_hex(2)}"
 
 
 def versions(media_root: Path, title_id: str) -> list[Path]:

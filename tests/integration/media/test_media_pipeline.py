@@ -54,7 +54,7 @@ def test_clear_fmp4_pipeline(sample_clip: Path, media_root: Path, small_ladder: 
     result = pipeline(sample_clip, media_root, "demo", small_ladder,
                       on_progress=lambda f, s, e: progress.append((f, s, e)))
     assert result.path.parent == media_root / "demo" and result.master == result.path / "master.m3u8"
-    assert re.fullmatch(r"v\d{8}T\d{6}-[0-9a-f]{4}", result.path.name) and result.master.is_file()
+    assert re.fullmatch(r"v\d{8}T\d{12}-[0-9a-f]{4}", result.path.name) and result.master.is_file()
     assert sorted(p.name for p in media_root.iterdir()) == ["demo"]  # no .staging leftovers
     assert progress[-1][0] == 1.0 and any(s > 0 for _, s, _ in progress)
 
