@@ -31,7 +31,7 @@ RUN pip install --no-cache-dir -c constraints.txt . \
     && groupadd --gid 10001 ott \
     && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin ott
 
-# The web player's static files (labkit.player.KUBE_SITE): the player pod's init container copies
+# The web player's static files (labkit.platform.layers.player.KUBE_SITE): the player pod's init container copies
 # them for its nginx (k8s/base/player/player.yaml). hls.min.js is the npm package `make bootstrap`
 # installs (npm ci --prefix ott/player).
 COPY ott/player/www/ /srv/ott-player/www/

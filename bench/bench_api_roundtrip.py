@@ -25,14 +25,17 @@ from pathlib import Path
 
 import httpx
 
-from labkit import apis, gateway, platform, seed
-from labkit.component import Readiness
-from labkit.config import LabConfig
-from labkit.console import echo_command
-from labkit.ports import ensure_free
-from labkit.readiness import probe
-from labkit.routes import LOGIN_LIMIT, RateLimit
-from labkit.targets.local import LocalTarget
+from labkit import platform
+from labkit.clients import seed
+from labkit.core.config import LabConfig
+from labkit.core.console import echo_command
+from labkit.core.ports import ensure_free
+from labkit.platform.component import Readiness
+from labkit.platform.layers import apis
+from labkit.platform.layers.apis import gateway
+from labkit.platform.layers.apis.routes import LOGIN_LIMIT, RateLimit
+from labkit.platform.readiness import probe
+from labkit.targets.local.target import LocalTarget
 
 HERE = Path(__file__).resolve().parent
 TITLE = "lab-clock"

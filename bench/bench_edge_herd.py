@@ -1,6 +1,6 @@
 """The thundering herd: origin fetches per object when a crowd asks a PoP for a cold segment at once.
 
-Two scratch PoPs (:class:`labkit.herd.ScratchPop`), rendered exactly like the lab's but each with
+Two scratch PoPs (:class:`labkit.traffic.herd.ScratchPop`), rendered exactly like the lab's but each with
 its own empty cache: ours with the cache lock (``proxy_cache_lock on``, as the lab's PoPs run),
 the baseline without it. For each of ``--objects`` cold ~650 KB segments, ``--clients`` concurrent
 viewers (one connection each, released together) ask each PoP for it; we count the PoP's origin
@@ -25,10 +25,12 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from labkit import herd, media, platform
-from labkit.config import LabConfig
-from labkit.herd import ScratchPop, ScratchStatic
-from labkit.targets.local import LocalTarget
+from labkit import platform
+from labkit.core.config import LabConfig
+from labkit.platform.layers import media
+from labkit.targets.local.target import LocalTarget
+from labkit.traffic import herd
+from labkit.traffic.herd import ScratchPop, ScratchStatic
 
 TITLE = "bench-herd"
 SEGMENT_BYTES = 650 * 1024

@@ -33,11 +33,12 @@ from pathlib import Path
 import httpx
 import psutil
 
-from labkit import edge, media, platform
-from labkit.config import LabConfig
-from labkit.console import echo_command
-from labkit.herd import ScratchStatic
-from labkit.targets.local import LocalTarget
+from labkit import platform
+from labkit.core.config import LabConfig
+from labkit.core.console import echo_command
+from labkit.platform.layers import cdn, media
+from labkit.targets.local.target import LocalTarget
+from labkit.traffic.herd import ScratchStatic
 from ott import signing
 
 TITLE = "bench-hit"
@@ -141,8 +142,8 @@ def main() -> int:
             (root / TITLE / "720p").mkdir(parents=True)
             body = os.urandom(args.segment_kb * 1024)
             (root / TITLE / SEGMENT.lstrip("/")).write_bytes(body)
-            secret = (cfg.conf_dir / edge.SIGNING_SECRET_FILE).read_text().strip()
-            ours_url = edge.EDGE.url(cfg, "http", 0) + signing.signed_path(
+            secret = (cfg.conf_dir / cdn.SIGNING_SECRET_FILE).read_text().strip()
+            ours_url = cdn.EDGE.url(cfg, "http", 0) + signing.signed_path(
                 secret, TITLE, int(time.time()) + 3600, SEGMENT)
             warm(ours_url, body)
             with ScratchStatic(root, name="static-baseline") as static:

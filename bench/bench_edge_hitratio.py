@@ -27,9 +27,10 @@ from pathlib import Path
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from labkit import edge, media, platform
-from labkit.config import LabConfig
-from labkit.targets.local import LocalTarget
+from labkit import platform
+from labkit.core.config import LabConfig
+from labkit.platform.layers import cdn, media
+from labkit.targets.local.target import LocalTarget
 from ott import signing
 
 TITLE = "bench-hitratio"
@@ -70,10 +71,10 @@ def write_title(root: Path, segments: int, segment_bytes: int) -> None:
         "#EXTM3U\n#EXT-X-VERSION:7\n#EXT-X-INDEPENDENT-SEGMENTS\n"
         '#EXT-X-STREAM-INF:BANDWIDTH=1400000,RESOLUTION=1280x720,CODECS="avc1.64001f,mp4a.40.2"\n'
         "720p/index.m3u8\n")
-    lines = ["#EXTM3U", "#EXT-X-VERSION:7", f"#EXT-X-TARGETDURATION:{edge.SEGMENT_SECONDS}",
+    lines = ["#EXTM3U", "#EXT-X-VERSION:7", f"#EXT-X-TARGETDURATION:{cdn.SEGMENT_SECONDS}",
              "#EXT-X-PLAYLIST-TYPE:VOD", '#EXT-X-MAP:URI="init.mp4"']
     for i in range(segments):
-        lines += [f"#EXTINF:{edge.SEGMENT_SECONDS}.000,", f"seg_{i:05d}.m4s"]
+        lines += [f"#EXTINF:{cdn.SEGMENT_SECONDS}.000,", f"seg_{i:05d}.m4s"]
     (folder / "index.m3u8").write_text("\n".join([*lines, "#EXT-X-ENDLIST", ""]))
     (folder / "init.mp4").write_bytes(os.urandom(1024))
     for i in range(segments):
@@ -112,7 +113,7 @@ async def viewer(http: httpx.AsyncClient, master: str, pop: int, wave: Wave, dea
 
 async def run_wave(wave: Wave, masters: list[tuple[int, str]], timeout: float) -> None:
     tls = ssl.create_default_context()
-    # One client per viewer: a shared pool's bookkeeping grows with its connections (see labkit.herd).
+    # One client per viewer: a shared pool's bookkeeping grows with its connections (see labkit.traffic.herd).
     clients = [httpx.AsyncClient(timeout=30, verify=tls) for _ in masters]
     gate = asyncio.Event()
 
@@ -139,7 +140,7 @@ async def run_wave(wave: Wave, masters: list[tuple[int, str]], timeout: float) -
 
 def exporter_counts(cfg: LabConfig, pop: int) -> Counter[str]:
     """The PoP's exporter's ``ott_edge_requests_total`` for the viewers' object types, by cache status."""
-    text = httpx.get(edge.EXPORTER.url(cfg, "http", pop) + "/metrics", timeout=10).text
+    text = httpx.get(cdn.EXPORTER.url(cfg, "http", pop) + "/metrics", timeout=10).text
     counts: Counter[str] = Counter()
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
@@ -172,7 +173,7 @@ def report(wave: Wave, pops: int) -> None:
     for pop in [*range(pops), None]:
         exp, hdr = wave.exporter_counts(pop), wave.header_counts(pop)
         other = sum(exp.values()) - exp["HIT"] - exp["MISS"]
-        name = edge.pop_id(pop) if pop is not None else "all"
+        name = cdn.pop_id(pop) if pop is not None else "all"
         print(f"  {name:7} {sum(exp.values()):8d} {exp['HIT']:6d} {exp['MISS']:6d} {other:6d} "
               f"{hit_ratio(exp) * 100:20.2f}% {hit_ratio(hdr) * 100:19.2f}%")
 
@@ -200,11 +201,11 @@ def main() -> int:
         try:
             target.up(["media", "cdn"])
             write_title(media.media_root(cfg), args.segments, args.segment_kb * 1024)
-            secret = (cfg.conf_dir / edge.SIGNING_SECRET_FILE).read_text().strip()
-            pops = edge.DEFAULT_POPS
+            secret = (cfg.conf_dir / cdn.SIGNING_SECRET_FILE).read_text().strip()
+            pops = cdn.DEFAULT_POPS
             now = int(time.time())
             # Each viewer its own token (its own expiry): tokens must not split the cache.
-            masters = [(i % pops, edge.EDGE.url(cfg, "http", i % pops) + signing.signed_path(
+            masters = [(i % pops, cdn.EDGE.url(cfg, "http", i % pops) + signing.signed_path(
                 secret, TITLE, now + 3600 + i, "/master.m3u8")) for i in range(args.viewers)]
             print(f"\n{args.viewers} viewers over {pops} PoPs, {args.segments} segments of {args.segment_kb} KB "
                   f"(+ 2 playlists and the init segment each), {os.cpu_count()} CPUs", flush=True)

@@ -1,6 +1,6 @@
 """Video startup in the web player: the system Chromium playing through the lab's edge, against a plain HTTP viewer.
 
-Ours is the whole player: the page in headless Chromium (:mod:`labkit.browser`) measures from the
+Ours is the whole player: the page in headless Chromium (:mod:`labkit.traffic.browser`) measures from the
 Play click to the first presented frame with the playhead moving (``requestVideoFrameCallback``):
 the license authorization, hls.js loading the multivariant playlist, a media playlist, the init
 segment and the first segment from a PoP, then MSE append, decode and render. Each play is a new
@@ -34,12 +34,13 @@ from pathlib import Path
 import httpx
 import m3u8
 
-from labkit import platform, seed, transcoder
-from labkit.browser import Browser, BrowserPlay
-from labkit.client import OttClient
-from labkit.config import LabConfig
-from labkit.qoe import startup_quantiles
-from labkit.targets.local import LocalTarget
+from labkit import platform
+from labkit.analysis.experience import startup_quantiles
+from labkit.clients import seed, transcoding
+from labkit.clients.api import OttClient
+from labkit.core.config import LabConfig
+from labkit.targets.local.target import LocalTarget
+from labkit.traffic.browser import Browser, BrowserPlay
 from ott.media.sample import make_sample
 
 GOAL_P95_S = 1.0
@@ -131,7 +132,7 @@ def main() -> int:
             sample = make_sample(Path(tmp) / "sample.mp4", args.sample_s)
             titles = [f"bench-startup-{i}" for i in range(args.titles)]
             for title in titles:
-                transcoder.transcode(target, sample, title, encrypt=args.encrypt, ladder="small", preset="ultrafast",
+                transcoding.transcode(target, sample, title, encrypt=args.encrypt, ladder="small", preset="ultrafast",
                                      tier="free", progress=False, timeout=300)
             account = seed.demo_user(USER)
             with Browser() as browser, OttClient(gateway) as client:

@@ -1,11 +1,11 @@
-"""Simulated viewers: how many one process sustains, ours (labkit.audience) against Locust.
+"""Simulated viewers: how many one process sustains, ours (labkit.traffic.audience) against Locust.
 
 Both sides play the same published title (a clear 24 s clip, ladder "small", x264 ultrafast) through
 the lab's PoPs, as players do: multivariant playlist, media playlist, init segment, then every
 segment, each with CMCD, paced by a buffer model (wait while more than 12 s of media is ahead).
 A *stall* is a segment arriving after the buffer ran dry: the load generator fell behind.
 
-- ours: ``labkit.audience.run(gateway, title, count, ...)`` in this process (asyncio), the viewers
+- ours: ``labkit.traffic.audience.run(gateway, title, count, ...)`` in this process (asyncio), the viewers
   playing through one login and one license grant, with ABR (``ewma``) and QoE beacons as the lab
   runs it;
 - baseline: ``bench/locustfile_viewers.py`` run headless by ``locust`` (FastHttpUser, gevent), one
@@ -42,12 +42,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from labkit import platform, seed
-from labkit.client import OttClient
-from labkit.config import LabConfig
-from labkit.console import echo_command
-from labkit.targets.local import LocalTarget
-from labkit.transcoder import transcode
+from labkit import platform
+from labkit.clients import seed
+from labkit.clients.api import OttClient
+from labkit.clients.transcoding import transcode
+from labkit.core.config import LabConfig
+from labkit.core.console import echo_command
+from labkit.targets.local.target import LocalTarget
 from ott.media.sample import make_sample
 
 TITLE = "bench-viewers"
@@ -123,7 +124,7 @@ def signed_master_urls(gateway: str) -> list[str]:
 
 
 def run_ours(gateway: str, count: int, sample_seconds: float, arrivals_s: float) -> Step:
-    from labkit import audience
+    from labkit.traffic import audience
 
     cpu, clock = cpu_seconds(resource.RUSAGE_SELF), time.monotonic()
     # Long enough for every viewer to reach the title's end (a viewer who does ends "ended" and stops).
@@ -203,9 +204,9 @@ def main() -> int:
     sides = ["ours", "locust"] if args.side == "both" else [args.side]
     if "ours" in sides:
         try:
-            import labkit.audience  # noqa: F401
+            import labkit.traffic.audience  # noqa: F401
         except ImportError:
-            print("labkit.audience is missing: measuring Locust alone", file=sys.stderr)
+            print("labkit.traffic.audience is missing: measuring Locust alone", file=sys.stderr)
             sides.remove("ours")
     if "locust" in sides and not Path(locust).is_file():
         parser.error("locust is not installed in this environment (pip install -c constraints.txt locust)")

@@ -3,10 +3,10 @@
 Each user plays through one signed multivariant URL (``OTT_BENCH_MASTER_URLS``, a JSON list, one URL
 per PoP; user ``i`` takes URL ``i mod n``): the multivariant playlist, the top rung's media playlist,
 its init segment and every segment in order, each with CMCD in the query argument (as
-:func:`labkit.viewers.play` sends it), paced by the simulator's own buffer model (:class:`labkit.audience.Playback`:
-playback starts with the first segment and plays in real time; before a segment the user waits while
-it holds more than ``OTT_BENCH_MAX_BUFFER_S`` seconds of media). A *stall* is a segment arriving after
-the buffer ran dry: the user's pacing fell behind.
+:func:`labkit.traffic.wave.play` sends it), paced by the simulator's own buffer model
+(:class:`labkit.traffic.audience.Playback`: playback starts with the first segment and plays in real
+time; before a segment the user waits while it holds more than ``OTT_BENCH_MAX_BUFFER_S`` seconds of
+media). A *stall* is a segment arriving after the buffer ran dry: the user's pacing fell behind.
 
 Stalls, starts and finished plays are fired as requests of type ``VIEWER`` (names ``stall``,
 ``start``, ``ended``), so they show in Locust's statistics; when ``OTT_BENCH_REPORT`` is set, a JSON
@@ -35,8 +35,8 @@ from locust import between, events, task
 from locust.contrib.fasthttp import FastHttpUser
 from locust.env import Environment
 
-from labkit.audience import Playback
-from labkit.viewers import with_cmcd
+from labkit.traffic.audience import Playback
+from labkit.traffic.wave import with_cmcd
 from ott import cmcd
 
 MASTER_URLS: list[str] = json.loads(os.environ.get("OTT_BENCH_MASTER_URLS", "[]"))
@@ -91,7 +91,7 @@ def _finished(environment: Environment) -> None:
 
 
 class Viewer(FastHttpUser):
-    # Loopback: a request taking 10 s is a failure (labkit.viewers' timeout).
+    # Loopback: a request taking 10 s is a failure (labkit.traffic.wave' timeout).
     network_timeout = 10.0
     connection_timeout = 10.0
     # One play per user: it then idles until every viewer has finished (or -t ends the test).

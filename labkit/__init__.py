@@ -5,14 +5,26 @@ The curated public API: a notebook needs nothing else.
     >>> import labkit
     >>> target = labkit.make_target()            # doctest: +SKIP
     >>> target.up()                              # doctest: +SKIP
+
+labkit is organised by kind; each package's docstring lists its modules:
+
+- :mod:`labkit.core`: settings, errors, console output, the one wait helper;
+- :mod:`labkit.platform`: the components and layers, declared once for both targets;
+- :mod:`labkit.targets`: ``local`` and ``kube`` behind one interface;
+- :mod:`labkit.clients`: the APIs, seeding, transcode jobs, Prometheus, the PoPs;
+- :mod:`labkit.traffic`: simulated viewers, herds and the browser;
+- :mod:`labkit.analysis`: QoE maths, plots and panels;
+- :mod:`labkit.drills`: faults a lesson injects and clears.
 """
 
 import importlib
 from types import ModuleType
 
-from labkit import environment, monitoring, platform
-from labkit.config import LabConfig
-from labkit.errors import (
+from labkit import platform
+from labkit.clients.prometheus import Prometheus
+from labkit.core import environment
+from labkit.core.config import LabConfig
+from labkit.core.errors import (
     ClusterUnreachableError,
     ComponentFailedError,
     ConfigError,
@@ -27,10 +39,32 @@ from labkit.errors import (
     UnknownComponentError,
     UnknownTargetError,
 )
-from labkit.prometheus import Prometheus
+from labkit.platform.layers import monitoring
 from labkit.targets import ComponentStatus, Target, make_target
 
 __version__ = "0.1.0"
+
+# Modules a notebook reaches as ``labkit.<name>``, loaded on first use: widgets, pandas and
+# matplotlib stay out of `ottlab`'s start-up.
+_LAZY = {
+    "api": "labkit.clients.api",
+    "seed": "labkit.clients.seed",
+    "transcoding": "labkit.clients.transcoding",
+    "pops": "labkit.clients.pops",
+    "audience": "labkit.traffic.audience",
+    "wave": "labkit.traffic.wave",
+    "herd": "labkit.traffic.herd",
+    "browser": "labkit.traffic.browser",
+    "bandwidth": "labkit.traffic.bandwidth",
+    "abr": "labkit.traffic.abr",
+    "experience": "labkit.analysis.experience",
+    "plots": "labkit.analysis.plots",
+    "panels": "labkit.analysis.panels",
+    "apis": "labkit.platform.layers.apis",
+    "media": "labkit.platform.layers.media",
+    "cdn": "labkit.platform.layers.cdn",
+    "player": "labkit.platform.layers.player",
+}
 
 __all__ = [
     "ClusterUnreachableError",
@@ -50,21 +84,15 @@ __all__ = [
     "TimeoutExpired",
     "UnknownComponentError",
     "UnknownTargetError",
-    "audience",
-    "bandwidth",
-    "browser",
     "environment",
     "make_target",
     "monitoring",
-    "panels",
     "platform",
-    "plots",
-    "qoe",
+    *_LAZY,
 ]
 
 
 def __getattr__(name: str) -> ModuleType:
-    # Widgets and matplotlib load only when a notebook asks for them, keeping `ottlab` quick.
-    if name in ("apis", "audience", "bandwidth", "browser", "client", "panels", "plots", "qoe", "seed"):
-        return importlib.import_module(f"labkit.{name}")
+    if name in _LAZY:
+        return importlib.import_module(_LAZY[name])
     raise AttributeError(f"module 'labkit' has no attribute {name!r}")

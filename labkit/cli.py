@@ -25,12 +25,12 @@ from typing import Any, TypeVar
 
 import click
 
-from labkit import abr
-from labkit.config import TARGETS, LabConfig
-from labkit.errors import ConfigError, LabError
-from labkit.monitoring import PROMETHEUS
-from labkit.prometheus import Prometheus
+from labkit.clients.prometheus import Prometheus
+from labkit.core.config import TARGETS, LabConfig
+from labkit.core.errors import ConfigError, LabError
+from labkit.platform.layers.monitoring import PROMETHEUS
 from labkit.targets import ComponentStatus, Target, make_target
+from labkit.traffic import abr
 from ott.media.errors import MediaError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -209,7 +209,7 @@ def sample(seconds: float, out: Path, width: int, height: int, fps: int) -> None
 def transcode(source: Path, title_id: str, encrypt: bool, ladder: str, preset: str | None, name: str | None,
               tier: str | None, as_json: bool, target_name: str | None) -> None:
     """Transcode SOURCE into an HLS ladder, publish it and list it in the catalog; prints the playlist URL."""
-    from labkit.transcoder import transcode as run
+    from labkit.clients.transcoding import transcode as run
 
     job = run(_target(target_name), source, title_id, encrypt=encrypt, ladder=ladder, preset=preset, name=name,
               tier=tier)
@@ -234,8 +234,8 @@ def playback(title_id: str, user_name: str, device: str, target_name: str | None
 
     This opens a CAS stream session for the user (it expires without heartbeats).
     """
-    from labkit.client import OttClient
-    from labkit.seed import demo_user
+    from labkit.clients.api import OttClient
+    from labkit.clients.seed import demo_user
 
     user = demo_user(user_name)
     with OttClient(_target(target_name).endpoint("gateway")) as client:
@@ -270,8 +270,8 @@ def viewers(count: int, seconds: float, title_id: str, user_name: str, rule: str
             trace_name: str | None, seed_value: int, pops: tuple[str, ...], arrivals_s: float | None,
             no_beacons: bool, target_name: str | None) -> None:
     """Simulate COUNT viewers of a title (headless players with ABR and CMCD); prints the QoE summary as JSON."""
-    from labkit import audience
-    from labkit.bandwidth import Fixed, Limit, Trace
+    from labkit.traffic import audience
+    from labkit.traffic.bandwidth import Fixed, Limit, Trace
 
     if kbps is not None and trace_name is not None:
         raise ConfigError("--kbps and --trace both limit the bandwidth", hint="give one of them")
@@ -297,7 +297,7 @@ def viewers(count: int, seconds: float, title_id: str, user_name: str, rule: str
 @_handle_errors
 def seed(target_name: str | None) -> None:
     """Create demo users, their plans and catalog titles (idempotent)."""
-    from labkit import seed as seeding
+    from labkit.clients import seed as seeding
 
     counts = seeding.seed_target(_target(target_name))
     click.echo(f"seeded {counts['users']} users and {counts['titles']} titles")

@@ -1,6 +1,6 @@
 """A CDN point of presence's exporter: follows the PoP's JSON access log and serves Prometheus metrics.
 
-Each PoP's nginx writes one JSON object per request (``labkit.edge`` declares the format)::
+Each PoP's nginx writes one JSON object per request (``labkit.platform.layers.cdn`` declares the format)::
 
     {"time":"2026-11-24T22:26:12+00:00","msec":1795559172.123,"pop":"pop-1","method":"GET",
      "path":"/lab-clock/720p/seg_00001.m4s","status":200,"bytes":651234,"request_time":0.004,

@@ -6,9 +6,10 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from labkit import platform, seed
-from labkit.config import LabConfig
-from labkit.targets.local import LocalTarget
+from labkit import platform
+from labkit.clients import seed
+from labkit.core.config import LabConfig
+from labkit.targets.local.target import LocalTarget
 
 
 @contextmanager

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from labkit import seed
-from labkit.client import OttClient
+from labkit.clients import seed
+from labkit.clients.api import OttClient
 
 
 @contextmanager

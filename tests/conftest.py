@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from labkit import platform
-from labkit.config import LabConfig
-from labkit.targets.local import LocalTarget
+from labkit.core.config import LabConfig
+from labkit.targets.local.target import LocalTarget
 
 REPO = Path(__file__).resolve().parent.parent
 # Tests use their own port range, away from a developer's running lab (base 18000).

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from labkit import platform
-from labkit.config import LabConfig
-from labkit.errors import UnknownTargetError
+from labkit.core.config import LabConfig
+from labkit.core.errors import UnknownTargetError
 from labkit.targets.base import ComponentStatus, Target
 
 __all__ = ["ComponentStatus", "Target", "make_target"]
@@ -20,7 +20,7 @@ def make_target(cfg: LabConfig | None = None, target: str | None = None) -> Targ
 
         return LocalTarget(cfg, platform.components(), platform.layers())
     if cfg.target == "kube":
-        from labkit.targets.kube import KubeTarget
+        from labkit.targets.kube.target import KubeTarget
 
         return KubeTarget(cfg, platform.components())
     raise UnknownTargetError(cfg.target, ["local", "kube"])

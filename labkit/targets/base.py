@@ -14,9 +14,9 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from labkit.component import Component
-from labkit.config import LabConfig
-from labkit.errors import LabError, UnknownComponentError
+from labkit.core.config import LabConfig
+from labkit.core.errors import LabError, UnknownComponentError
+from labkit.platform.component import Component
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -16,8 +16,9 @@ import schemathesis
 from _labs import running_lab
 from hypothesis import HealthCheck, given, settings
 
-from labkit import apis, seed
-from labkit.targets.local import LocalTarget
+from labkit.clients import seed
+from labkit.platform.layers import apis
+from labkit.targets.local.target import LocalTarget
 
 pytestmark = pytest.mark.integration
 

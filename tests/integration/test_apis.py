@@ -11,10 +11,11 @@ import pytest
 from _labs import running_lab
 from _sessions import signed_in
 
-from labkit import apis, seed
-from labkit.client import ApiRefused, OttClient
-from labkit.routes import LOGIN_LIMIT
-from labkit.targets.local import LocalTarget
+from labkit.clients import seed
+from labkit.clients.api import ApiRefused, OttClient
+from labkit.platform.layers import apis
+from labkit.platform.layers.apis.routes import LOGIN_LIMIT
+from labkit.targets.local.target import LocalTarget
 
 pytestmark = pytest.mark.integration
 

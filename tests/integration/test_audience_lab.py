@@ -14,9 +14,11 @@ import httpx
 import pytest
 from _labs import running_lab
 
-from labkit import audience, cdn, edge, transcoder
-from labkit.bandwidth import Fixed
-from labkit.targets.local import LocalTarget
+from labkit.clients import pops, transcoding
+from labkit.platform.layers import cdn
+from labkit.targets.local.target import LocalTarget
+from labkit.traffic import audience
+from labkit.traffic.bandwidth import Fixed
 from ott import cmcd
 from ott.media.sample import make_sample
 
@@ -31,7 +33,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalTarget]:
     home = tmp_path_factory.mktemp("audience")
     with running_lab(home, 30900, ["apis", "media", "cdn", "player"], seeded=True) as target:
         clip = make_sample(home / "clip.mp4", CLIP_S, width=1280, height=720)
-        transcoder.transcode(target, clip, TITLE, ladder="small", preset="ultrafast", tier="free", progress=False)
+        transcoding.transcode(target, clip, TITLE, ladder="small", preset="ultrafast", tier="free", progress=False)
         yield target
 
 
@@ -57,7 +59,7 @@ def test_viewers_start_without_stalls_and_the_edge_logs_their_cmcd(lab: LocalTar
     sessions = set(result.sessions["session"])
 
     def logged() -> set[str]:
-        lines = cdn.access_log(lab, 0) or []
+        lines = pops.access_log(lab, 0) or []
         sids = {cmcd.parse(unquote(line["cmcd"])).sid for line in lines if line.get("cmcd") not in (None, "", "-")}
         return sessions & sids
 
@@ -78,7 +80,7 @@ def test_a_low_limit_keeps_the_lower_rungs_without_stalls(lab: LocalTarget) -> N
 
 def test_a_dead_pop_fails_over(lab: LocalTarget) -> None:
     # A PoP license still lists but nothing answers at (crashed, not yet removed from the edges file).
-    edges_file = lab.cfg.conf_dir / edge.EDGES_FILE
+    edges_file = lab.cfg.conf_dir / cdn.EDGES_FILE
     edges = json.loads(edges_file.read_text())
     dead_port = lab.cfg.base_port + 129
     with socket.socket() as probe:

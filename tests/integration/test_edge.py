@@ -15,17 +15,19 @@ from pathlib import Path
 import httpx
 import pytest
 
-from labkit import edge, media, platform
-from labkit.config import LabConfig
-from labkit.errors import ConfigError
-from labkit.targets.local import LocalTarget
+from labkit import platform
+from labkit.core.config import LabConfig
+from labkit.core.errors import ConfigError
+from labkit.platform import credentials
+from labkit.platform.layers import cdn, media
+from labkit.targets.local.target import LocalTarget
 from ott import signing
 
 pytestmark = pytest.mark.integration
 SEGMENT_BYTES = 650 * 1024
 # nginx keeps validity in whole seconds from the second the entry was stored: a 2 s TTL ends
 # 2 to 3 s later, so wait past the latest end.
-LIVE_EXPIRY_S = edge.OBJECT_TYPES[0].ttl_s + 1.2
+LIVE_EXPIRY_S = cdn.OBJECT_TYPES[0].ttl_s + 1.2
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +49,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalTarget]:
 
 
 def signed(lab: LocalTarget, title: str, rest: str, *, pop: int = 0, ttl: int = 600) -> str:
-    secret = (lab.cfg.conf_dir / edge.SIGNING_SECRET_FILE).read_text().strip()
-    return edge.EDGE.url(lab.cfg, "http", pop) + signing.signed_path(secret, title, int(time.time()) + ttl, rest)
+    secret = (lab.cfg.conf_dir / credentials.SIGNING_SECRET_FILE).read_text().strip()
+    return cdn.EDGE.url(lab.cfg, "http", pop) + signing.signed_path(secret, title, int(time.time()) + ttl, rest)
 
 
 def origin_fetches(lab: LocalTarget, path: str) -> int:
@@ -59,8 +61,8 @@ def origin_fetches(lab: LocalTarget, path: str) -> int:
 
 def test_every_pop_is_listed_with_its_url(lab: LocalTarget) -> None:
     (status,) = [s for s in lab.status() if s.name == "edge"]
-    assert status.healthy and status.replicas == edge.DEFAULT_POPS
-    assert status.replica_urls == {f"edge-{i}": edge.EDGE.url(lab.cfg, "http", i) for i in range(edge.DEFAULT_POPS)}
+    assert status.healthy and status.replicas == cdn.DEFAULT_POPS
+    assert status.replica_urls == {f"edge-{i}": cdn.EDGE.url(lab.cfg, "http", i) for i in range(cdn.DEFAULT_POPS)}
 
 
 def test_a_signed_url_is_served_and_cached_per_pop(lab: LocalTarget) -> None:
@@ -104,7 +106,7 @@ def test_an_expired_link_is_gone_and_an_unsigned_path_unknown(lab: LocalTarget) 
     assert expired.status_code == 410
     # A web player reads the refusal (and renews its link) only if CORS lets it see the status.
     assert expired.headers.get_list("access-control-allow-origin") == ["*"] and expired.headers["x-pop"] == "edge-0"
-    assert httpx.get(edge.EDGE.url(lab.cfg) + "/vod-title/master.m3u8", timeout=10).status_code == 404
+    assert httpx.get(cdn.EDGE.url(lab.cfg) + "/vod-title/master.m3u8", timeout=10).status_code == 404
 
 
 @pytest.mark.parametrize("rest", ["/../other-title/master.m3u8", "/%2e%2e/%2e%2e/etc/passwd", "/..%2f..%2fetc%2fpasswd",
@@ -190,8 +192,8 @@ def _wait_for_text(url: str, text: str, timeout: float = 5) -> httpx.Response:
 def test_the_edge_writes_a_json_access_log_line_per_request(lab: LocalTarget) -> None:
     httpx.get(signed(lab, "vod-title", "/master.m3u8") + "?CMCD=bl%3D2000", timeout=10)
     log = Path(lab.cfg.run_dir) / "edge" / "0" / "access.log"
-    # The log is buffered: the line lands within edge.LOG_FLUSH_S.
-    _eventually(lambda: log.exists() and '"cmcd":"bl%3D2000"' in log.read_text(), timeout=edge.LOG_FLUSH_S + 5)
+    # The log is buffered: the line lands within cdn.LOG_FLUSH_S.
+    _eventually(lambda: log.exists() and '"cmcd":"bl%3D2000"' in log.read_text(), timeout=cdn.LOG_FLUSH_S + 5)
     last = json.loads(log.read_text().splitlines()[-1])
     assert (last["pop"], last["path"], last["status"], last["cmcd"]) == ("edge-0", "/vod-title/master.m3u8", 200,
                                                                          "bl%3D2000")
@@ -201,7 +203,7 @@ def test_the_edge_writes_a_json_access_log_line_per_request(lab: LocalTarget) ->
 def _metrics(lab: LocalTarget, pop: int) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
     from prometheus_client.parser import text_string_to_metric_families
 
-    text = httpx.get(edge.EXPORTER.url(lab.cfg, "http", pop) + "/metrics", timeout=10).text
+    text = httpx.get(cdn.EXPORTER.url(lab.cfg, "http", pop) + "/metrics", timeout=10).text
     return {(s.name, frozenset(s.labels.items())): s.value
             for family in text_string_to_metric_families(text) for s in family.samples}
 
@@ -254,11 +256,11 @@ def test_scaling_the_edge_adds_a_pop_with_its_own_exporter(lab: LocalTarget) -> 
         assert list(status.replica_urls) == ["edge-0", "edge-1", "edge-2"]
         third = httpx.get(signed(lab, "vod-title", "/master.m3u8", pop=2), timeout=10)
         assert (third.status_code, third.headers["x-pop"]) == (200, "edge-2")
-        edges = json.loads((lab.cfg.conf_dir / edge.EDGES_FILE).read_text())
+        edges = json.loads((lab.cfg.conf_dir / cdn.EDGES_FILE).read_text())
         assert sorted(edges) == ["edge-0", "edge-1", "edge-2"]
         _eventually(lambda: _value(_metrics(lab, 2), "ott_edge_requests_total", pop="edge-2") >= 1)
     finally:
         lab.scale("edge", 2)
     assert [s.replicas for s in lab.status() if s.name in ("edge", "edge-exporter")] == [2, 2]
     with pytest.raises(httpx.ConnectError):
-        httpx.get(edge.EDGE.url(lab.cfg, "http", 2) + "/healthz", timeout=2)
+        httpx.get(cdn.EDGE.url(lab.cfg, "http", 2) + "/healthz", timeout=2)

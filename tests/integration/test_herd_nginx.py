@@ -15,11 +15,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from labkit import herd, media, platform
-from labkit.config import LabConfig
-from labkit.errors import ComponentFailedError
-from labkit.herd import ScratchNginx, ScratchPop, ScratchStatic
-from labkit.targets.local import LocalTarget
+from labkit import platform
+from labkit.core.config import LabConfig
+from labkit.core.errors import ComponentFailedError
+from labkit.platform.layers import media
+from labkit.targets.local.target import LocalTarget
+from labkit.traffic import herd
+from labkit.traffic.herd import ScratchNginx, ScratchPop, ScratchStatic
 
 pytestmark = pytest.mark.integration
 SEGMENT_BYTES = 650 * 1024

@@ -15,13 +15,14 @@ import httpx
 import pandas as pd
 import pytest
 
-from labkit import monitoring, platform
-from labkit.config import LabConfig
-from labkit.errors import ComponentFailedError, LabBusyError, MissingBinaryError, PortInUseError
-from labkit.labdir import LabDir
-from labkit.ports import listening
-from labkit.prometheus import Prometheus
-from labkit.targets.local import LocalTarget
+from labkit import platform
+from labkit.clients.prometheus import Prometheus
+from labkit.core.config import LabConfig
+from labkit.core.errors import ComponentFailedError, LabBusyError, MissingBinaryError, PortInUseError
+from labkit.core.ports import listening
+from labkit.platform.layers import monitoring
+from labkit.targets.local.labdir import LabDir
+from labkit.targets.local.target import LocalTarget
 
 pytestmark = pytest.mark.integration
 

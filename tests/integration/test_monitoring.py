@@ -9,12 +9,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from labkit import monitoring, platform
-from labkit.config import LabConfig
-from labkit.errors import PrometheusError
-from labkit.labdir import LabDir
-from labkit.prometheus import Prometheus
-from labkit.targets.local import LocalTarget
+from labkit import platform
+from labkit.clients.prometheus import Prometheus
+from labkit.core.config import LabConfig
+from labkit.core.errors import PrometheusError
+from labkit.platform.layers import monitoring
+from labkit.targets.local.labdir import LabDir
+from labkit.targets.local.target import LocalTarget
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]

@@ -21,11 +21,12 @@ import pytest
 from _labs import running_lab
 from prometheus_client.parser import text_string_to_metric_families
 
-from labkit import edge, media, seed, transcoder
-from labkit.browser import Browser, BrowserPlay, Network
-from labkit.client import OttClient
-from labkit.prometheus import Prometheus
-from labkit.targets.local import LocalTarget
+from labkit.clients import seed, transcoding
+from labkit.clients.api import OttClient
+from labkit.clients.prometheus import Prometheus
+from labkit.platform.layers import cdn, media
+from labkit.targets.local.target import LocalTarget
+from labkit.traffic.browser import Browser, BrowserPlay, Network
 from ott.media.sample import make_sample
 
 pytestmark = pytest.mark.integration
@@ -58,7 +59,7 @@ def publish(lab: LocalTarget, title: str, *, encrypt: bool) -> None:
     sample = lab.cfg.home.parent / "sample.mp4"
     if not sample.exists():
         make_sample(sample, SAMPLE_S, width=1280, height=720)
-    transcoder.transcode(lab, sample, title, encrypt=encrypt, ladder="small", preset="ultrafast", tier="free",
+    transcoding.transcode(lab, sample, title, encrypt=encrypt, ladder="small", preset="ultrafast", tier="free",
                          progress=False, timeout=120)
 
 
@@ -206,7 +207,7 @@ def test_a_dead_pop_is_left_for_the_next_one(lab: LocalTarget, browser: Browser)
     assert [(e["reason"], e["fatal"]) for e in errors] == [("pop_unreachable", False)]
     assert "edge-1" in errors[0]["detail"] and "edge-0" in errors[0]["detail"]
     served = {r.host for r in run.requests if r.kind == "media" and r.status == 200}
-    assert served == {httpx.URL(edge.EDGE.url(lab.cfg, "http", 0)).netloc.decode()}
+    assert served == {httpx.URL(cdn.EDGE.url(lab.cfg, "http", 0)).netloc.decode()}
 
 
 def test_an_expired_link_is_renewed_once_and_playback_resumes(lab: LocalTarget, browser: Browser) -> None:
@@ -264,7 +265,7 @@ def test_a_failover_after_the_authorization_expired_authorizes_again(lab: LocalT
     keys = [r.status for r in run.requests if r.kind == "key"]
     assert len(keys) >= 2 and set(keys) == {200}
     served = [r for r in run.requests if r.kind == "media" and r.status == 200]
-    assert served[-1].host == httpx.URL(edge.EDGE.url(lab.cfg, "http", 0)).netloc.decode()
+    assert served[-1].host == httpx.URL(cdn.EDGE.url(lab.cfg, "http", 0)).netloc.decode()
     # The second segment (MPEG-TS: AES-128 titles are packaged as TS) came from the new PoP.
     assert any(r.path.endswith("/seg_00001.ts") for r in served), [(r.host, r.path, r.status) for r in served]
     assert run.events[-1]["type"] == "end" and run.events[-1]["started"] is True

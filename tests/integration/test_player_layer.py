@@ -18,9 +18,10 @@ import httpx
 import pytest
 from _labs import running_lab
 
-from labkit import cdn, player
-from labkit.prometheus import Prometheus
-from labkit.targets.local import LocalTarget
+from labkit.clients import pops
+from labkit.clients.prometheus import Prometheus
+from labkit.platform.layers import player
+from labkit.targets.local.target import LocalTarget
 
 pytestmark = pytest.mark.integration
 BASE_PORT = 30500
@@ -145,6 +146,6 @@ def test_prometheus_scrapes_the_collector(lab: LocalTarget, gateway: httpx.Clien
     prom.wait_for_targets(["qoe"], timeout=30)
     report = beacon({"type": "play", "t_ms": 0}, title="scraped-title", client="simulator")
     assert gateway.post("/api/qoe/beacons", json=report).status_code == 202
-    values = cdn.wait_for_values(prom, 'sum by (title)(ott_qoe_plays_total{job="qoe",layer="player"})', by="title",
+    values = pops.wait_for_values(prom, 'sum by (title)(ott_qoe_plays_total{job="qoe",layer="player"})', by="title",
                                  at_least={"scraped-title": 1}, timeout=30)
     assert values["scraped-title"] == 1

@@ -12,8 +12,8 @@ import os
 
 import pytest
 
-from labkit.errors import LabError
-from labkit.kube import cluster
+from labkit.core.errors import LabError
+from labkit.targets.kube import cluster
 
 _reachable: dict[str, str] = {}
 

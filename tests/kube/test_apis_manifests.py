@@ -1,12 +1,12 @@
-"""The apis layer on Kubernetes, offline: k8s/base/apis agrees with labkit/apis.py and ott/.
+"""The apis layer on Kubernetes, offline: k8s/base/apis agrees with labkit/platform/layers/apis/__init__.py and ott/.
 
 - each API service's environment is its declared one, translated for the cluster: every
   ``OTT_<OTHER>_URL`` names the other's Service (license's ``OTT_PUBLIC_URL`` the gateway's),
   and each path variable is a mounted volume
   (the database claim, the service token Secret, auth's signing key Secret);
-- the gateway's ConfigMap is ``labkit.gateway.render_kube()`` byte for byte, and so is the
+- the gateway's ConfigMap is ``labkit.platform.layers.apis.gateway.render_kube()`` byte for byte, and so is the
   committed ``k8s/base/apis/gateway/nginx.conf`` (a stale file fails here);
-- the Secrets the pods mount are the ones ``labkit.kube.secrets`` creates, with its keys;
+- the Secrets the pods mount are the ones ``labkit.targets.kube.secrets`` creates, with its keys;
 - the services image's Dockerfile is pinned, non-root and installs with the constraints.
 
 test_manifests.py covers what every layer shares (schemas, labels, ports, probes, lock-down).
@@ -23,11 +23,13 @@ from typing import Any
 
 import pytest
 
-from labkit import apis, gateway, platform
-from labkit.component import Component
-from labkit.config import repo_root
-from labkit.kube import manifest, secrets
-from labkit.routes import MAX_BODY_BYTES
+from labkit import platform
+from labkit.core.config import repo_root
+from labkit.platform.component import Component
+from labkit.platform.layers import apis
+from labkit.platform.layers.apis import gateway
+from labkit.platform.layers.apis.routes import MAX_BODY_BYTES
+from labkit.targets.kube import manifest, secrets
 from ott import tokens
 
 # Where the manifests put what the declaration keeps under the lab directory.
@@ -232,10 +234,11 @@ def gateway_config_map() -> dict[str, Any]:
 
 def test_the_gateway_config_map_is_render_kube_byte_for_byte() -> None:
     text = gateway_config_map()["data"]["nginx.conf"]
-    assert text.encode() == gateway.render_kube().encode(), "stale: run `python -m labkit.gateway`"
+    assert text.encode() == gateway.render_kube().encode(), "stale: run `python -m labkit.platform.layers`"
     committed = repo_root() / "k8s" / "base" / "apis" / "gateway" / "nginx.conf"
     assert committed.read_bytes() == text.encode()
-    assert committed.resolve() == gateway.KUBE_CONFIG.resolve(), "where `python -m labkit.gateway` writes"
+    assert committed.resolve() == gateway.KUBE_CONFIG.resolve(), \
+        "where `python -m labkit.platform.layers` writes"
     assert manifest.labels(gateway_config_map())[manifest.LAYER_LABEL] == LAYER
 
 

@@ -1,6 +1,6 @@
-"""The cdn layer on Kubernetes, offline: k8s/base/cdn agrees with labkit/edge.py.
+"""The cdn layer on Kubernetes, offline: k8s/base/cdn agrees with labkit/platform/layers/cdn/__init__.py.
 
-- the edge's ConfigMap is ``labkit.edge.render_kube()`` byte for byte, and so is the committed
+- the edge's ConfigMap is ``labkit.platform.layers.cdn.render_kube()`` byte for byte, and so is the committed
   ``k8s/base/cdn/edge/nginx.conf``; nginx runs that file, as non-root, from the gateway's image;
 - every path the config names is a volume of the pod: the URL-signing Secret's file where the
   config includes it, the cache, the temp folder and the access log's folder (writable);
@@ -8,7 +8,7 @@
 - each pod runs the PoP's exporter (``EXPORTER``) beside nginx: the declared command translated
   for the pod (its log, the pod's name as the PoP's id), the log's folder shared read-write, as
   the log's owner (it empties the log), and the pod scraped on the exporter's port;
-- the URL-signing secret is never in the manifests: labkit.kube.secrets creates it per lab;
+- the URL-signing secret is never in the manifests: labkit.targets.kube.secrets creates it per lab;
 - the config is valid for nginx itself (``nginx -t``, marked integration).
 
 test_manifests.py covers what every layer shares (schemas, labels, ports, probes, lock-down).
@@ -28,16 +28,17 @@ from test_apis_manifests import IMAGE, base, only, pod_spec, project_version
 from test_manifests import DIRECTORIES, rendered
 from test_media_manifests import main_container
 
-from labkit import edge, media, origin
-from labkit.component import Component
-from labkit.config import repo_root
-from labkit.kube import manifest, secrets
+from labkit.core.config import repo_root
+from labkit.platform.component import Component
+from labkit.platform.layers import cdn, media
+from labkit.platform.layers.media import origin
+from labkit.targets.kube import manifest, secrets
 
-LAYER = edge.LAYER.name
+LAYER = cdn.LAYER.name
 
 
 def deployment() -> dict[str, Any]:
-    return only("Deployment", edge.EDGE.name)
+    return only("Deployment", cdn.EDGE.name)
 
 
 def container_named(name: str) -> dict[str, Any]:
@@ -46,11 +47,11 @@ def container_named(name: str) -> dict[str, Any]:
 
 
 def edge_container() -> dict[str, Any]:
-    return container_named(edge.EDGE.name)
+    return container_named(cdn.EDGE.name)
 
 
 def exporter_container() -> dict[str, Any]:
-    return container_named(edge.EXPORTER.name)
+    return container_named(cdn.EXPORTER.name)
 
 
 def mounted_at(container: dict[str, Any], path: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -68,12 +69,12 @@ def edge_config_map() -> dict[str, Any]:
 
 def directive(name: str) -> str:
     """The one value of the top-level or http-level directive ``name`` in render_kube()."""
-    (value,) = re.findall(rf"^\s*{name} (\S+)[ ;]", edge.render_kube(), flags=re.MULTILINE)
+    (value,) = re.findall(rf"^\s*{name} (\S+)[ ;]", cdn.render_kube(), flags=re.MULTILINE)
     return str(value)
 
 
 def access_log() -> PurePosixPath:
-    (path,) = re.findall(r"^\s*access_log (\S+) edge[ ;]", edge.render_kube(), flags=re.MULTILINE)
+    (path,) = re.findall(r"^\s*access_log (\S+) edge[ ;]", cdn.render_kube(), flags=re.MULTILINE)
     return PurePosixPath(path)
 
 
@@ -98,16 +99,16 @@ def mebibytes(quantity: str) -> float:
 
 def test_the_edge_config_map_is_render_kube_byte_for_byte() -> None:
     text = edge_config_map()["data"]["nginx.conf"]
-    assert text.encode() == edge.render_kube().encode(), "stale: run `python -m labkit.edge`"
+    assert text.encode() == cdn.render_kube().encode(), "stale: run `python -m labkit.platform.layers`"
     committed = repo_root() / "k8s" / "base" / "cdn" / "edge" / "nginx.conf"
     assert committed.read_bytes() == text.encode()
-    assert committed.resolve() == edge.KUBE_CONFIG.resolve(), "where `python -m labkit.edge` writes"
+    assert committed.resolve() == cdn.KUBE_CONFIG.resolve(), "where `python -m labkit.platform.layers` writes"
     assert manifest.labels(edge_config_map())[manifest.LAYER_LABEL] == LAYER
 
 
 def test_the_edge_runs_the_mounted_config_as_non_root() -> None:
     spec = edge_container()
-    assert spec["name"] == edge.EDGE.name
+    assert spec["name"] == cdn.EDGE.name
     command = spec["command"]
     assert command[0] == "nginx" and command[-2:] == ["-g", "daemon off;"]
     assert "args" not in spec
@@ -122,9 +123,9 @@ def test_the_edge_runs_the_mounted_config_as_non_root() -> None:
 
 
 def test_the_edge_listens_where_its_service_sends_and_fetches_from_the_origin_service() -> None:
-    (listen,) = re.findall(r"^\s*listen \S+:(\d+);", edge.render_kube(), flags=re.MULTILINE)
-    assert int(listen) == edge.EDGE.port("http").container == edge.CONTAINER_PORT
-    (peer,) = re.findall(r"^\s*server (\S+) ", edge.render_kube(), flags=re.MULTILINE)
+    (listen,) = re.findall(r"^\s*listen \S+:(\d+);", cdn.render_kube(), flags=re.MULTILINE)
+    assert int(listen) == cdn.EDGE.port("http").container == cdn.CONTAINER_PORT
+    (peer,) = re.findall(r"^\s*server (\S+) ", cdn.render_kube(), flags=re.MULTILINE)
     host, port = peer.split(":")
     (http,) = [p for p in only("Service", host)["spec"]["ports"] if p["name"] == "http"]
     assert int(port) == http["port"] == origin.CONTAINER_PORT
@@ -135,8 +136,8 @@ def test_the_edge_listens_where_its_service_sends_and_fetches_from_the_origin_se
 
 
 def test_the_url_signing_secret_is_mounted_where_the_config_includes_it() -> None:
-    include = PurePosixPath(edge.KUBE_SECRET_INCLUDE)
-    assert f"include {include};" in edge.render_kube()
+    include = PurePosixPath(cdn.KUBE_SECRET_INCLUDE)
+    assert f"include {include};" in cdn.render_kube()
     volume, mount = mounted_at(edge_container(), str(include.parent))
     assert mount["readOnly"] is True
     assert volume["secret"]["secretName"] == secrets.URL_SIGNING
@@ -152,18 +153,18 @@ def test_the_url_signing_secret_is_made_for_the_cdn_layer() -> None:
     (made,) = [s for s in secrets.LAB_SECRETS if s.name == secrets.URL_SIGNING]
     assert LAYER in made.layers
     data = made.make()
-    assert data[secrets.URL_SIGNING_DIRECTIVE_KEY].decode() == edge.secure_link_directive(
+    assert data[secrets.URL_SIGNING_DIRECTIVE_KEY].decode() == cdn.secure_link_directive(
         data[secrets.URL_SIGNING_SECRET_KEY].decode()
     )
 
 
 def test_each_pop_caches_in_its_own_empty_dir_at_the_configured_path() -> None:
     cache_dir = directive("proxy_cache_path")
-    assert cache_dir == edge.KUBE_CACHE_DIR
+    assert cache_dir == cdn.KUBE_CACHE_DIR
     volume, mount = mounted_at(edge_container(), cache_dir)
     assert volume["emptyDir"]["sizeLimit"] == "1Gi"
     assert not mount.get("readOnly", False)
-    (max_size,) = re.findall(r"max_size=(\d+)m ", edge.render_kube())
+    (max_size,) = re.findall(r"max_size=(\d+)m ", cdn.render_kube())
     assert int(max_size) < 1024, "nginx evicts before the kubelet does"
 
 
@@ -171,7 +172,7 @@ def test_the_access_log_folder_is_a_writable_volume() -> None:
     volume, mount = mounted_at(edge_container(), str(access_log().parent))
     assert "emptyDir" in volume and not mount.get("readOnly", False)
     # The exporter empties the log past ACCESS_LOG_MAX_BYTES: the kubelet's limit is well above.
-    assert mebibytes(volume["emptyDir"]["sizeLimit"]) >= 2 * edge.ACCESS_LOG_MAX_BYTES / 2**20
+    assert mebibytes(volume["emptyDir"]["sizeLimit"]) >= 2 * cdn.ACCESS_LOG_MAX_BYTES / 2**20
 
 
 def test_the_edge_writes_only_to_its_empty_dirs() -> None:
@@ -179,10 +180,10 @@ def test_the_edge_writes_only_to_its_empty_dirs() -> None:
     temp_dir = str(pid.parent)
     volume, _ = mounted_at(edge_container(), temp_dir)
     assert "emptyDir" in volume
-    for path in re.findall(r"_temp_path (\S+);", edge.render_kube()):
+    for path in re.findall(r"_temp_path (\S+);", cdn.render_kube()):
         assert PurePosixPath(path).is_relative_to(temp_dir), path
     writable = writable_mounts(edge_container())
-    assert writable == {temp_dir, edge.KUBE_CACHE_DIR, str(access_log().parent)}
+    assert writable == {temp_dir, cdn.KUBE_CACHE_DIR, str(access_log().parent)}
     for name in writable:
         volume, _ = mounted_at(edge_container(), name)
         assert "emptyDir" in volume, name
@@ -193,13 +194,13 @@ def test_the_edge_writes_only_to_its_empty_dirs() -> None:
 
 
 def test_one_pod_per_pop() -> None:
-    assert deployment()["spec"]["replicas"] == edge.DEFAULT_POPS == edge.EDGE.replicas
+    assert deployment()["spec"]["replicas"] == cdn.DEFAULT_POPS == cdn.EDGE.replicas
     # A PoP is named by its pod's hostname: the pod must not set one of its own.
     assert "hostname" not in pod_spec(deployment())
-    assert "X-PoP $hostname" in edge.render_kube()
+    assert "X-PoP $hostname" in cdn.render_kube()
 
 
-@pytest.mark.parametrize("component", edge.LAYER.components, ids=lambda c: c.name)
+@pytest.mark.parametrize("component", cdn.LAYER.components, ids=lambda c: c.name)
 def test_every_object_of_the_layer_is_labelled_cdn(component: Component) -> None:
     # A follower (the exporter) has no objects of its own: it lives in the pods it follows.
     name = component.follows or component.name
@@ -211,8 +212,8 @@ def test_every_object_of_the_layer_is_labelled_cdn(component: Component) -> None
 
 
 def test_the_exporter_is_a_sidecar_of_the_edge() -> None:
-    assert edge.EXPORTER.follows == edge.EDGE.name
-    assert [c["name"] for c in pod_spec(deployment())["containers"]] == [edge.EDGE.name, edge.EXPORTER.name]
+    assert cdn.EXPORTER.follows == cdn.EDGE.name
+    assert [c["name"] for c in pod_spec(deployment())["containers"]] == [cdn.EDGE.name, cdn.EXPORTER.name]
     assert "initContainers" not in pod_spec(deployment())
 
 
@@ -226,12 +227,12 @@ def test_the_exporter_runs_the_declared_command_translated_for_the_pod() -> None
         "{run}/edge/{replica}/access.log": str(access_log()),
         "edge-{replica}": "$(POD_NAME)",  # the PoP's id: the pod's name, nginx's $hostname
         "{host}": "0.0.0.0",  # every interface: the kubelet's probes and Prometheus
-        "{port_http}": str(edge.EXPORTER.port("http").container),
+        "{port_http}": str(cdn.EXPORTER.port("http").container),
     }
-    assert spec["command"] == ["python", *(in_the_pod.get(a, a) for a in edge.EXPORTER.args)]
-    assert set(in_the_pod) <= set(edge.EXPORTER.args), "a template changed in the declaration"
+    assert spec["command"] == ["python", *(in_the_pod.get(a, a) for a in cdn.EXPORTER.args)]
+    assert set(in_the_pod) <= set(cdn.EXPORTER.args), "a template changed in the declaration"
     command = spec["command"]
-    assert command[command.index("--truncate-at") + 1] == str(edge.ACCESS_LOG_MAX_BYTES)
+    assert command[command.index("--truncate-at") + 1] == str(cdn.ACCESS_LOG_MAX_BYTES)
 
 
 def test_the_exporters_pop_id_is_the_pod_name_nginx_logs() -> None:
@@ -239,7 +240,7 @@ def test_the_exporters_pop_id_is_the_pod_name_nginx_logs() -> None:
     assert env["POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
     assert env["PYTHONDONTWRITEBYTECODE"]["value"] == "1"
     # nginx's $hostname is the pod's name as long as the pod sets no hostname of its own.
-    text = edge.render_kube()
+    text = cdn.render_kube()
     assert '"pop":"$hostname"' in text and "X-PoP $hostname" in text
     assert not {"hostname", "subdomain", "setHostnameAsFQDN"} & set(pod_spec(deployment()))
 
@@ -266,17 +267,17 @@ def test_the_exporter_runs_as_the_logs_owner() -> None:
 
 def test_the_pods_are_scraped_on_the_exporters_port() -> None:
     annotations = deployment()["spec"]["template"]["metadata"]["annotations"]
-    port = edge.EXPORTER.port("http").container
+    port = cdn.EXPORTER.port("http").container
     assert annotations == {
         "prometheus.io/scrape": "true",
         "prometheus.io/port": str(port),
-        "prometheus.io/path": edge.EXPORTER.metrics_path,
+        "prometheus.io/path": cdn.EXPORTER.metrics_path,
     }
     (declared,) = [p for p in exporter_container()["ports"] if p["containerPort"] == port]
     # "http" is nginx's port (the Service's target); port names are unique in a pod.
     assert declared["name"] != "http"
-    (service_port,) = only("Service", edge.EDGE.name)["spec"]["ports"]
-    assert service_port["port"] == edge.EDGE.port("http").container
+    (service_port,) = only("Service", cdn.EDGE.name)["spec"]["ports"]
+    assert service_port["port"] == cdn.EDGE.port("http").container
 
 
 def test_the_cdn_layer_follows_the_media_layer_in_the_base() -> None:
@@ -302,14 +303,14 @@ def test_nginx_accepts_the_pods_config(tmp_path: Path) -> None:
     nginx = shutil.which("nginx")
     if nginx is None:
         pytest.skip("needs nginx")
-    text = edge.render_kube()
+    text = cdn.render_kube()
     (access_log,) = re.findall(r"^\s*access_log (\S+) edge[ ;]", text, flags=re.MULTILINE)
-    include = tmp_path / "signing" / PurePosixPath(edge.KUBE_SECRET_INCLUDE).name
+    include = tmp_path / "signing" / PurePosixPath(cdn.KUBE_SECRET_INCLUDE).name
     include.parent.mkdir()
-    include.write_text(edge.secure_link_directive(secrets.url_signing()[secrets.URL_SIGNING_SECRET_KEY].decode()))
+    include.write_text(cdn.secure_link_directive(secrets.url_signing()[secrets.URL_SIGNING_SECRET_KEY].decode()))
     replacements = {
-        edge.KUBE_SECRET_INCLUDE: str(include),
-        edge.KUBE_CACHE_DIR: str(tmp_path / "cache"),
+        cdn.KUBE_SECRET_INCLUDE: str(include),
+        cdn.KUBE_CACHE_DIR: str(tmp_path / "cache"),
         str(PurePosixPath(access_log).parent): str(tmp_path / "log"),
         str(PurePosixPath(directive("pid")).parent): str(tmp_path / "run"),
         # nginx -t resolves the upstream's host names; no `origin` here.

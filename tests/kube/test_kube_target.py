@@ -38,10 +38,9 @@ import kmock
 import pytest
 from kubernetes import client as k8s_client
 
-from labkit import apis, edge, platform
-from labkit.component import Component, Port, Readiness
-from labkit.config import LabConfig
-from labkit.errors import (
+from labkit import platform
+from labkit.core.config import LabConfig
+from labkit.core.errors import (
     ClusterUnreachableError,
     ConfigError,
     KubeError,
@@ -49,10 +48,12 @@ from labkit.errors import (
     TimeoutExpired,
     UnknownComponentError,
 )
-from labkit.kube import manifest, secrets
-from labkit.kube.cluster import Cluster
-from labkit.kube.portforward import PortForward
-from labkit.targets.kube import KubeTarget
+from labkit.platform.component import Component, Port, Readiness
+from labkit.platform.layers import apis, cdn
+from labkit.targets.kube import manifest, secrets
+from labkit.targets.kube.cluster import Cluster
+from labkit.targets.kube.portforward import PortForward
+from labkit.targets.kube.target import KubeTarget
 from ott import tokens
 
 # -- the fake API server ---------------------------------------------------------------------
@@ -509,8 +510,8 @@ def test_up_cdn_creates_the_url_signing_secret_before_the_edges(fake_cluster: Fa
     raw = data["secret"].decode()
     assert len(raw) >= 43 and re.fullmatch(r"[A-Za-z0-9_-]+", raw)
     # The file the edges include is the directive for that very secret, the one license will sign with.
-    assert data["secure-link.conf"].decode() == edge.secure_link_directive(raw)
-    assert PurePosixPath(edge.KUBE_SECRET_INCLUDE).name == "secure-link.conf"
+    assert data["secure-link.conf"].decode() == cdn.secure_link_directive(raw)
+    assert PurePosixPath(cdn.KUBE_SECRET_INCLUDE).name == "secure-link.conf"
     # A fresh secret per lab.
     assert secrets.url_signing()["secret"] != data["secret"]
 
@@ -518,7 +519,7 @@ def test_up_cdn_creates_the_url_signing_secret_before_the_edges(fake_cluster: Fa
 def test_up_cdn_never_overwrites_the_url_signing_secret(fake_cluster: FakeCluster, lab_cfg: LabConfig) -> None:
     settle_deployments(fake_cluster)
     labels = {manifest.PART_OF_LABEL: manifest.PART_OF, manifest.LAYER_LABEL: "cdn"}
-    mine = {"secure-link.conf": edge.secure_link_directive("kept").encode(), "secret": b"kept"}
+    mine = {"secure-link.conf": cdn.secure_link_directive("kept").encode(), "secret": b"kept"}
     encoded = {k: base64.b64encode(v).decode() for k, v in mine.items()}
     fake_cluster.put(SECRETS, URL_SIGNING, {"apiVersion": "v1", "kind": "Secret", "metadata": {"labels": labels},
                                             "data": encoded})  # fmt: skip
@@ -870,7 +871,7 @@ def test_a_kubeconfig_that_does_not_exist_is_an_unreachable_cluster(
 
 
 def test_without_the_kubernetes_package_the_kube_target_says_what_to_install() -> None:
-    code = "import sys; sys.modules['kubernetes'] = None; import labkit.targets.kube"
+    code = "import sys; sys.modules['kubernetes'] = None; import labkit.targets.kube.target"
     proc = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL, check=False
     )

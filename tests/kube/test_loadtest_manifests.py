@@ -8,7 +8,7 @@
   the remote-write receiver (a flag the machine's Prometheus, the release the manifest runs, accepts);
 - the environment the Job sets is what the script reads, the gateway URL names the gateway Service,
   and the title is the one the transcode-sample Job publishes;
-- every API path the script calls is routed by the gateway (labkit.routes) to a service that has
+- every API path the script calls is routed by the gateway (labkit.platform.layers.apis.routes) to a service that has
   that route for that method;
 - the script parses (``node --check``), and its helpers, run by node with stand-ins for the k6
   modules, write CMCD that :mod:`ott.cmcd` reads back, read playlists as the ``m3u8`` library does
@@ -33,9 +33,9 @@ from fastapi import APIRouter
 from fastapi.routing import APIRoute
 from test_manifests import K8S_VERSION, NAMESPACE, rendered
 
-from labkit import routes
-from labkit.config import repo_root
-from labkit.kube import manifest
+from labkit.core.config import repo_root
+from labkit.platform.layers.apis import routes
+from labkit.targets.kube import manifest
 from ott import beacon, cmcd
 
 LOADTEST = repo_root() / "k8s" / "loadtest"
@@ -199,7 +199,7 @@ def test_every_api_path_of_the_script_is_a_route_of_the_gateway_and_of_its_servi
     by_prefix = {route.prefix: route for route in routes.ROUTES}
     for name, (method, path) in api.items():
         prefix = "/".join(path.split("/", 3)[:3]) + "/"
-        assert prefix in by_prefix, f"{name}: the gateway routes no {prefix} (labkit.routes.ROUTES)"
+        assert prefix in by_prefix, f"{name}: the gateway routes no {prefix} (routes.ROUTES)"
         rest = "/" + path.split("/", 3)[3]
         service = by_prefix[prefix].service
         assert (method, rest) in service_routes(service), f"{name}: ott.{service} has no {method} {rest}"

@@ -9,7 +9,7 @@
   the one it follows, with its module, port, probe and metrics;
 - the alert rules and Alertmanager's configuration are the very ones the local target loads;
 - every container runs locked down (non-root, read-only root, no privilege, no capability);
-- no Secret is committed: the lab's Secrets are generated per lab (labkit.kube.secrets).
+- no Secret is committed: the lab's Secrets are generated per lab (labkit.targets.kube.secrets).
 
 The apis layer's own checks (environment, mounts, the gateway's config, the Dockerfile) are in
 test_apis_manifests.py.
@@ -26,11 +26,14 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from labkit import apis, edge, gateway, monitoring, origin, platform, player
-from labkit.component import Component
-from labkit.config import repo_root
-from labkit.kube import manifest
-from labkit.layer import Layer
+from labkit import platform
+from labkit.core.config import repo_root
+from labkit.platform.component import Component
+from labkit.platform.layer import Layer
+from labkit.platform.layers import apis, cdn, monitoring, player
+from labkit.platform.layers.apis import gateway
+from labkit.platform.layers.media import origin
+from labkit.targets.kube import manifest
 
 # The Kubernetes version the manifests must be valid for: the kubectl of `make bootstrap`.
 K8S_VERSION = "1.32.0"
@@ -307,7 +310,7 @@ def test_alertmanager_runs_the_configuration_the_local_target_writes() -> None:
 
 
 # Each nginx of the lab and the module rendering its pod's config (``render_kube``).
-NGINX_CONFIGS = {"gateway": gateway, "origin": origin, "edge": edge, "player": player}
+NGINX_CONFIGS = {"gateway": gateway, "origin": origin, "edge": cdn, "player": player}
 
 
 @pytest.mark.parametrize("name", NGINX_CONFIGS)
@@ -326,8 +329,9 @@ def test_each_nginx_runs_its_rendered_config_as_non_root(name: str) -> None:
     mount = mounts[str(config.parent)]
     (config_map,) = [o for o in objects if o["kind"] == "ConfigMap"
                      and o["metadata"]["name"] == volumes[mount["name"]]["configMap"]["name"]]
-    assert config_map["data"][config.name].encode() == text.encode(), f"stale: run `python -m labkit.{name}`"
-    assert NGINX_CONFIGS[name].KUBE_CONFIG.read_bytes() == text.encode(), f"stale: run `python -m labkit.{name}`"
+    assert config_map["data"][config.name].encode() == text.encode(), "stale: run `python -m labkit.platform.layers`"
+    stale = "stale: run `python -m labkit.platform.layers`"
+    assert NGINX_CONFIGS[name].KUBE_CONFIG.read_bytes() == text.encode(), stale
     assert manifest.labels(config_map)[manifest.LAYER_LABEL] == component.layer
     assert mount["readOnly"] is True
     # It listens where its Service sends; its pid and temp files go to an emptyDir.
@@ -383,7 +387,7 @@ def test_every_container_runs_locked_down_with_bounded_resources(directory: str)
 
 @pytest.mark.parametrize("directory", DIRECTORIES)
 def test_no_secret_is_in_the_manifests(directory: str) -> None:
-    # Secrets are generated per lab by the kube target (labkit.kube.secrets), never kept in git.
+    # Secrets are generated per lab by the kube target (labkit.targets.kube.secrets), never kept in git.
     objects = rendered(directory)
     assert [manifest.ref(o) for o in objects if o["kind"] == "Secret"] == []
     text = yaml.safe_dump_all(objects)

@@ -1,9 +1,9 @@
-"""The media layer on Kubernetes, offline: k8s/base/media agrees with labkit/media.py and ott/.
+"""The media layer on Kubernetes, offline: k8s/base/media agrees with labkit/platform/layers/media/__init__.py and ott/.
 
 - the transcoder's environment is its declared one, translated for the cluster as the API
   services' is (test_apis_manifests.cluster_env): every ``OTT_<OTHER>_URL`` names a Service,
   and each path variable is a mounted volume (the database claim, the media claim, the token);
-- the origin's ConfigMap is ``labkit.origin.render_kube()`` byte for byte, and so is the
+- the origin's ConfigMap is ``labkit.platform.layers.media.origin.render_kube()`` byte for byte, and so is the
   committed ``k8s/base/media/origin/nginx.conf``; nginx runs that file and serves the media
   claim, read-only, at the root the config names;
 - the transcode-sample Job runs ``python -m ott.transcoder run`` with arguments the real
@@ -37,10 +37,11 @@ from test_apis_manifests import (
     project_version,
 )
 
-from labkit import media, origin
-from labkit.component import Component
-from labkit.config import repo_root
-from labkit.kube import manifest, secrets
+from labkit.core.config import repo_root
+from labkit.platform.component import Component
+from labkit.platform.layers import media
+from labkit.platform.layers.media import origin
+from labkit.targets.kube import manifest, secrets
 from ott import transcoder
 from ott.media import ladder as ladders
 from ott.media import sample
@@ -207,10 +208,11 @@ def origin_config_map() -> dict[str, Any]:
 
 def test_the_origin_config_map_is_render_kube_byte_for_byte() -> None:
     text = origin_config_map()["data"]["nginx.conf"]
-    assert text.encode() == origin.render_kube().encode(), "stale: run `python -m labkit.origin`"
+    assert text.encode() == origin.render_kube().encode(), "stale: run `python -m labkit.platform.layers`"
     committed = repo_root() / "k8s" / "base" / "media" / "origin" / "nginx.conf"
     assert committed.read_bytes() == text.encode()
-    assert committed.resolve() == origin.KUBE_CONFIG.resolve(), "where `python -m labkit.origin` writes"
+    assert committed.resolve() == origin.KUBE_CONFIG.resolve(), \
+        "where `python -m labkit.platform.layers` writes"
     assert manifest.labels(origin_config_map())[manifest.LAYER_LABEL] == LAYER
 
 

@@ -1,8 +1,9 @@
-"""The player layer on Kubernetes, offline: k8s/base/player agrees with labkit/player.py and ott/.
+"""The player layer on Kubernetes, offline: k8s/base/player agrees with
+labkit/platform/layers/player/__init__.py and ott/.
 
 - the QoE collector runs ``python -m ott.qoe`` from the services image with its declared
   environment translated for the cluster, and is scraped on its metrics path;
-- the player's nginx writes only to its temp dir (its ConfigMap, ``labkit.player.render_kube()`` as
+- the player's nginx writes only to its temp dir (its ConfigMap, ``labkit.platform.layers.player.render_kube()`` as
   committed in ``k8s/base/player/player/nginx.conf``, is checked with every nginx's in test_manifests.py);
 - the files the config serves are in the pod: an init container of the services image copies
   the folder the Dockerfile fills (the page and hls.min.js) into the volume nginx reads;
@@ -19,9 +20,10 @@ from typing import Any
 
 from test_apis_manifests import IMAGE, cluster_env, container, dockerfile, env_of, only, pod_spec, project_version
 
-from labkit import gateway, player
-from labkit.config import repo_root
-from labkit.routes import ROUTES
+from labkit.core.config import repo_root
+from labkit.platform.layers import player
+from labkit.platform.layers.apis import gateway
+from labkit.platform.layers.apis.routes import ROUTES
 
 LAYER = player.LAYER.name
 

@@ -15,8 +15,8 @@ import pytest
 from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 
 from labkit import make_target
-from labkit.config import LabConfig
-from labkit.errors import LabError
+from labkit.core.config import LabConfig
+from labkit.core.errors import LabError
 
 REPO = Path(__file__).resolve().parents[2]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]-*.ipynb"))

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from labkit import abr
+from labkit.traffic import abr
 
 LADDER = [400, 700, 1500]
 

@@ -14,10 +14,11 @@ import pandas as pd
 import pytest
 from aiohttp.client_reqrep import ConnectionKey
 
-from labkit import audience, qoe
-from labkit.audience import VirtualClock, run
-from labkit.bandwidth import Fixed, Trace
-from labkit.errors import ConfigError
+from labkit.analysis import experience
+from labkit.core.errors import ConfigError
+from labkit.traffic import audience
+from labkit.traffic.audience import VirtualClock, run
+from labkit.traffic.bandwidth import Fixed, Trace
 from ott import beacon, cmcd
 
 GATEWAY = "http://gw"
@@ -351,8 +352,9 @@ def test_a_key_that_cannot_be_fetched_is_fatal() -> None:
 def test_the_summary_is_json() -> None:
     result = simulate(FakePlatform(segments=3), count=2, seed=3, bandwidth=Fixed(2000))
     summary = json.loads(json.dumps(result.summary(), allow_nan=False))
-    # labkit.qoe's figures, and the simulator's own.
-    assert {k: v for k, v in summary.items() if k in qoe.summary(result.sessions)} == qoe.summary(result.sessions)
+    # labkit.analysis.experience's figures, and the simulator's own.
+    expected = experience.summary(result.sessions)
+    assert {k: v for k, v in summary.items() if k in expected} == expected
     assert summary["viewers"] == 2 and summary["started"] == 2 and summary["seed"] == 3 and summary["rule"] == "ewma"
     assert summary["video_start_failures"] == summary["playback_failures"] == summary["http_errors"] == 0
     assert 0 < summary["startup_p50_s"] <= summary["startup_p95_s"]

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from labkit import bandwidth
-from labkit.audience import VirtualClock
-from labkit.bandwidth import Fixed, Link, Trace
-from labkit.errors import ConfigError
+from labkit.core.errors import ConfigError
+from labkit.traffic import bandwidth
+from labkit.traffic.audience import VirtualClock
+from labkit.traffic.bandwidth import Fixed, Link, Trace
 
 
 def test_doctests() -> None:

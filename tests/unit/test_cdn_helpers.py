@@ -1,4 +1,4 @@
-"""labkit.cdn: PoP URLs, reachable signed URLs, the local secret and access logs, Prometheus waits."""
+"""labkit.clients.pops: PoP URLs, reachable signed URLs, the local secret and access logs, Prometheus waits."""
 
 from __future__ import annotations
 
@@ -11,9 +11,11 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from labkit import cdn, edge
-from labkit.config import LabConfig
-from labkit.errors import TimeoutExpired
+from labkit.clients import pops
+from labkit.core.config import LabConfig
+from labkit.core.errors import TimeoutExpired
+from labkit.platform import credentials
+from labkit.platform.layers import cdn
 from labkit.targets.base import ComponentStatus
 
 
@@ -39,7 +41,7 @@ def cfg(tmp_path: Path) -> LabConfig:
 
 
 def test_doctests() -> None:
-    result = doctest.testmod(cdn)
+    result = doctest.testmod(pops)
     assert result.attempted >= 2 and result.failed == 0
 
 
@@ -47,13 +49,13 @@ def test_pop_urls_are_the_running_replicas_of_the_edge(cfg: LabConfig) -> None:
     urls = {"edge-0": "http://127.0.0.1:29100", "edge-1": "http://127.0.0.1:29101"}
     target = StubTarget(cfg, statuses=[ComponentStatus("origin", "media", "running", True),
                                        ComponentStatus("edge", "cdn", "running", True, replica_urls=urls)])
-    assert cdn.pop_urls(target) == urls
+    assert pops.pop_urls(target) == urls
 
 
 def test_without_replica_urls_the_pops_are_one_service(cfg: LabConfig) -> None:
     target = StubTarget(cfg, name="kube", statuses=[ComponentStatus("edge", "cdn", "running", True)],
                         endpoints={"edge": "http://127.0.0.1:40001"})
-    assert cdn.pop_urls(target) == {"edge": "http://127.0.0.1:40001"}
+    assert pops.pop_urls(target) == {"edge": "http://127.0.0.1:40001"}
 
 
 POPS = {"edge-0": "http://127.0.0.1:18100", "edge-1": "http://127.0.0.1:18101"}
@@ -61,39 +63,39 @@ POPS = {"edge-0": "http://127.0.0.1:18100", "edge-1": "http://127.0.0.1:18101"}
 
 def test_a_url_of_a_known_pop_is_kept() -> None:
     url = "http://127.0.0.1:18101/s/t/1/a/master.m3u8?x=1"
-    assert cdn.reachable(url, POPS) == url
+    assert pops.reachable(url, POPS) == url
 
 
 def test_a_url_is_moved_to_the_named_or_the_only_pop() -> None:
     url = "http://edge-0.cdn.svc:8080/s/t/1/a/master.m3u8?CMCD=br%3D1"
-    assert cdn.reachable(url, POPS, "edge-1") == "http://127.0.0.1:18101/s/t/1/a/master.m3u8?CMCD=br%3D1"
-    assert cdn.reachable(url, {"edge": "https://localhost:9443"}) == "https://localhost:9443/s/t/1/a/master.m3u8?CMCD=br%3D1"
+    assert pops.reachable(url, POPS, "edge-1") == "http://127.0.0.1:18101/s/t/1/a/master.m3u8?CMCD=br%3D1"
+    assert pops.reachable(url, {"edge": "https://localhost:9443"}) == "https://localhost:9443/s/t/1/a/master.m3u8?CMCD=br%3D1"
 
 
 def test_a_url_at_no_known_pop_needs_a_name_when_there_are_several() -> None:
     with pytest.raises(ValueError, match="none of the PoPs"):
-        cdn.reachable("http://elsewhere:8080/s/t/1/a/m.m3u8", POPS)
+        pops.reachable("http://elsewhere:8080/s/t/1/a/m.m3u8", POPS)
 
 
 def test_the_signing_secret_is_read_only_on_the_local_target(cfg: LabConfig) -> None:
-    assert cdn.local_signing_secret(StubTarget(cfg)) is None   # not written yet
+    assert pops.local_signing_secret(StubTarget(cfg)) is None   # not written yet
     cfg.conf_dir.mkdir(parents=True)
-    (cfg.conf_dir / edge.SIGNING_SECRET_FILE).write_text("s3cret\n")
-    assert cdn.local_signing_secret(StubTarget(cfg)) == "s3cret"
-    assert cdn.local_signing_secret(StubTarget(cfg, name="kube")) is None
+    (cfg.conf_dir / credentials.SIGNING_SECRET_FILE).write_text("s3cret\n")
+    assert pops.local_signing_secret(StubTarget(cfg)) == "s3cret"
+    assert pops.local_signing_secret(StubTarget(cfg, name="kube")) is None
 
 
 def test_the_access_log_is_parsed_line_by_line(cfg: LabConfig) -> None:
     target = StubTarget(cfg)
-    assert cdn.access_log(target, 1) == []   # no request yet
-    path = cdn.access_log_path(target, 1)
+    assert pops.access_log(target, 1) == []   # no request yet
+    path = pops.access_log_path(target, 1)
     assert path == Path(cfg.run_dir) / "edge" / "1" / "access.log"
     path.parent.mkdir(parents=True)
     lines = [json.dumps({"path": "/a", "status": 200}), "not json", "[1, 2]", json.dumps({"path": "/b"}), '{"pa']
     path.write_text("\n".join(lines))
-    assert cdn.access_log(target, 1) == [{"path": "/a", "status": 200}, {"path": "/b"}]
-    assert cdn.access_log(StubTarget(cfg, name="kube"), 1) is None
-    assert cdn.access_log_path(StubTarget(cfg, name="kube")) is None
+    assert pops.access_log(target, 1) == [{"path": "/a", "status": 200}, {"path": "/b"}]
+    assert pops.access_log(StubTarget(cfg, name="kube"), 1) is None
+    assert pops.access_log_path(StubTarget(cfg, name="kube")) is None
 
 
 class StubPrometheus:
@@ -115,18 +117,18 @@ def _frame(**values: float) -> pd.DataFrame:
 
 def test_values_by_label() -> None:
     prom: Any = StubPrometheus([_frame(**{"edge-0": 3, "edge-1": 5})])
-    assert cdn.values_by(prom, "sum by (pop)(x)", "pop") == {"edge-0": 3.0, "edge-1": 5.0}
-    assert cdn.values_by(StubPrometheus([pd.DataFrame(columns=["timestamp", "value"])]), "x", "pop") == {}
+    assert pops.values_by(prom, "sum by (pop)(x)", "pop") == {"edge-0": 3.0, "edge-1": 5.0}
+    assert pops.values_by(StubPrometheus([pd.DataFrame(columns=["timestamp", "value"])]), "x", "pop") == {}
 
 
 def test_wait_for_values_polls_until_every_group_has_caught_up() -> None:
     prom: Any = StubPrometheus([_frame(**{"edge-0": 3}), _frame(**{"edge-0": 10, "edge-1": 1}),
                                 _frame(**{"edge-0": 12, "edge-1": 4})])
-    values = cdn.wait_for_values(prom, "q", by="pop", at_least={"edge-0": 10, "edge-1": 4}, interval=0.001)
+    values = pops.wait_for_values(prom, "q", by="pop", at_least={"edge-0": 10, "edge-1": 4}, interval=0.001)
     assert values == {"edge-0": 12.0, "edge-1": 4.0} and len(prom.queries) == 3
 
 
 def test_wait_for_values_is_bounded() -> None:
     prom: Any = StubPrometheus([_frame(**{"edge-0": 3})])
     with pytest.raises(TimeoutExpired, match=r"edge-0 >= 4, edge-1 >= 1 \(last seen: \{'edge-0': 3.0\}\)"):
-        cdn.wait_for_values(prom, "q", by="pop", at_least={"edge-0": 4, "edge-1": 1}, timeout=0.05, interval=0.01)
+        pops.wait_for_values(prom, "q", by="pop", at_least={"edge-0": 4, "edge-1": 1}, timeout=0.05, interval=0.01)

@@ -1,4 +1,4 @@
-"""labkit.cdn.wait_for_sessions: a bounded, paced wait until the PoPs' access logs hold some CMCD sessions."""
+"""labkit.clients.pops.wait_for_sessions: a bounded, paced wait until the PoPs' access logs hold some CMCD sessions."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from labkit import cdn
-from labkit.config import LabConfig
-from labkit.errors import LabError, TimeoutExpired
+from labkit.clients import pops
+from labkit.core.config import LabConfig
+from labkit.core.errors import LabError, TimeoutExpired
 from labkit.targets.base import ComponentStatus
 from ott import cmcd
 
@@ -37,7 +37,7 @@ def _line(sid: str, started: float, *, pop: str = "edge-0", seconds: float = 0.2
 
 
 def _append(target: LogTarget, replica: int, *lines: str) -> None:
-    path = cdn.access_log_path(target, replica)  # type: ignore[arg-type]
+    path = pops.access_log_path(target, replica)  # type: ignore[arg-type]
     assert path is not None
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as log:
@@ -60,8 +60,8 @@ def test_it_polls_every_pop_until_the_sessions_are_in(target: LogTarget, monkeyp
             _append(target, 1, _line("b", T0 + 2, pop="edge-1"), _line("late", T0 + 100, pop="edge-1"))
         real_sleep(0)
 
-    monkeypatch.setattr(cdn.time, "sleep", sleep)
-    requests = cdn.wait_for_sessions(target, {"a", "b"}, (T0, T0 + 10), timeout=5, interval=0.25,  # type: ignore[arg-type]
+    monkeypatch.setattr(pops.time, "sleep", sleep)
+    requests = pops.wait_for_sessions(target, {"a", "b"}, (T0, T0 + 10), timeout=5, interval=0.25,  # type: ignore[arg-type]
                                      settle=0)
     assert sorted(requests["sid"]) == ["a", "b"]          # only requests started in the window
     assert sorted(requests["pop"]) == ["edge-0", "edge-1"]
@@ -72,7 +72,7 @@ def test_it_raises_naming_the_missing_sessions(target: LogTarget) -> None:
     _append(target, 0, _line("a", T0 + 1), _line("c", T0 + 50))
     started = time.monotonic()
     with pytest.raises(TimeoutExpired, match=r"2 of 3 sessions .* 2 PoP\(s\) \(missing: b, c\)") as caught:
-        cdn.wait_for_sessions(target, ["a", "b", "c"], (T0, T0 + 10), timeout=0.3, interval=0.1, settle=0)  # type: ignore[arg-type]
+        pops.wait_for_sessions(target, ["a", "b", "c"], (T0, T0 + 10), timeout=0.3, interval=0.1, settle=0)  # type: ignore[arg-type]
     assert 0.3 <= time.monotonic() - started < 2 and caught.value.seconds == 0.3
 
 
@@ -80,10 +80,10 @@ def test_the_logs_are_read_again_once_the_pops_have_flushed(target: LogTarget) -
     # Every session is there at once, but a PoP may still hold later requests in its log buffer.
     _append(target, 0, _line("a", T0 + 1))
     started = time.monotonic()
-    requests = cdn.wait_for_sessions(target, {"a"}, (T0, T0 + 10), timeout=5, interval=0.05, settle=0.3)  # type: ignore[arg-type]
+    requests = pops.wait_for_sessions(target, {"a"}, (T0, T0 + 10), timeout=5, interval=0.05, settle=0.3)  # type: ignore[arg-type]
     assert time.monotonic() - started >= 0.3 and list(requests["sid"]) == ["a"]
 
 
 def test_off_the_local_target_there_are_no_log_files(target: LogTarget) -> None:
     with pytest.raises(LabError, match="not files of this machine"):
-        cdn.wait_for_sessions(LogTarget(target.cfg, name="kube"), {"a"}, (T0, T0 + 1))  # type: ignore[arg-type]
+        pops.wait_for_sessions(LogTarget(target.cfg, name="kube"), {"a"}, (T0, T0 + 1))  # type: ignore[arg-type]

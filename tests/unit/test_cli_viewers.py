@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from labkit import audience
-from labkit.bandwidth import Fixed, Trace
 from labkit.cli import main
+from labkit.traffic import audience
+from labkit.traffic.bandwidth import Fixed, Trace
 
 BASE = ["viewers", "--count", "3", "--seconds", "20", "--title", "lab-clock"]
 
@@ -24,7 +24,7 @@ def runner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
 
 
 class Recorded:
-    """Stands in for labkit.audience.run: records its arguments, answers a summary."""
+    """Stands in for labkit.traffic.audience.run: records its arguments, answers a summary."""
 
     def __init__(self, started: int = 3) -> None:
         self.calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = []

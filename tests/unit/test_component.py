@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 
 from labkit import platform
-from labkit.component import Component, Port, Readiness
-from labkit.config import LabConfig
+from labkit.core.config import LabConfig
+from labkit.platform.component import Component, Port, Readiness
 
 
 def _comp(**overrides: object) -> Component:

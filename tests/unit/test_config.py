@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from labkit.config import DEFAULT_BASE_PORT, LabConfig, repo_root
-from labkit.errors import ConfigError, UnknownTargetError
+from labkit.core.config import DEFAULT_BASE_PORT, LabConfig, repo_root
+from labkit.core.errors import ConfigError, UnknownTargetError
 
 
 def test_defaults_point_into_the_checkout() -> None:

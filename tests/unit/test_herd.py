@@ -1,4 +1,4 @@
-"""labkit.herd without nginx: access-log counting, the static renderer, and the herd against a Python server."""
+"""labkit.traffic.herd without nginx: access-log counting, the static renderer, and the herd against a Python server."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from labkit import herd
-from labkit.config import LabConfig
-from labkit.herd import HerdResult, ScratchPop, count_origin_fetches, parse_log_lines, render_static
+from labkit.core.config import LabConfig
+from labkit.traffic import herd
+from labkit.traffic.herd import HerdResult, ScratchPop, count_origin_fetches, parse_log_lines, render_static
 
 
 def test_doctests() -> None:

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from labkit.config import LabConfig
-from labkit.errors import LabBusyError, LabDirError
-from labkit.labdir import MARKER, LabDir
+from labkit.core.config import LabConfig
+from labkit.core.errors import LabBusyError, LabDirError
+from labkit.targets.local.labdir import MARKER, LabDir
 
 
 def _labdir(path: Path) -> LabDir:

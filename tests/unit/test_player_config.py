@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from labkit import apis, gateway, platform, player
-from labkit.config import LabConfig
-from labkit.routes import ROUTES
+from labkit import platform
+from labkit.core.config import LabConfig
+from labkit.platform.layers import apis, player
+from labkit.platform.layers.apis import gateway
+from labkit.platform.layers.apis.routes import ROUTES
 
 
 def test_the_player_layer_comes_last_with_its_two_components() -> None:

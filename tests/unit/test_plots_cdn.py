@@ -8,7 +8,7 @@ from matplotlib.axes import Axes
 from matplotlib.container import BarContainer
 from matplotlib.figure import Figure
 
-from labkit import plots
+from labkit.analysis import plots
 
 
 def _axes(fig: Figure, count: int = 1) -> list[Axes]:

@@ -9,7 +9,7 @@ from matplotlib.axes import Axes
 from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 
-from labkit import plots
+from labkit.analysis import plots
 from ott.media import ladder
 from ott.media.analysis import Rung, Segment, Title
 

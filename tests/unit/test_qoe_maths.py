@@ -9,17 +9,17 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from labkit import qoe
+from labkit.analysis import experience
 from ott import cmcd
 
 
 def test_doctests() -> None:
-    result = doctest.testmod(qoe)
+    result = doctest.testmod(experience)
     assert result.attempted >= 8 and result.failed == 0
 
 
 def _events(rows: list[dict[str, Any]]) -> pd.DataFrame:
-    return pd.DataFrame(rows).reindex(columns=qoe.EVENT_COLUMNS)
+    return pd.DataFrame(rows).reindex(columns=experience.EVENT_COLUMNS)
 
 
 @pytest.fixture
@@ -56,8 +56,8 @@ def events() -> pd.DataFrame:
 
 
 def test_sessions_reduce_events_to_one_row_each(events: pd.DataFrame) -> None:
-    frame = qoe.sessions(events).set_index("session")
-    assert list(qoe.sessions(events).columns) == qoe.SESSION_COLUMNS
+    frame = experience.sessions(events).set_index("session")
+    assert list(experience.sessions(events).columns) == experience.SESSION_COLUMNS
     assert list(frame.index) == ["a", "b", "c", "d"]
     assert list(frame["started"]) == [True, True, False, False]
     assert frame.loc["a", "startup_s"] == 0.8 and frame.loc["b", "startup_s"] == 2.0
@@ -74,7 +74,7 @@ def test_sessions_reduce_events_to_one_row_each(events: pd.DataFrame) -> None:
 
 
 def test_sessions_without_an_end_use_the_sums_of_their_events() -> None:
-    frame = qoe.sessions(_events([
+    frame = experience.sessions(_events([
         {"viewer": 0, "session": "x", "t_s": 0.0, "type": "play"},
         {"viewer": 0, "session": "x", "t_s": 1.0, "type": "start", "startup_s": 1.0, "bitrate_kbps": 700},
         {"viewer": 0, "session": "x", "t_s": 5.0, "type": "stall", "duration_s": 0.5},
@@ -89,16 +89,16 @@ def test_sessions_without_an_end_use_the_sums_of_their_events() -> None:
 
 
 def test_a_session_started_without_progress_reports_the_start_rung() -> None:
-    frame = qoe.sessions(_events([
+    frame = experience.sessions(_events([
         {"viewer": 0, "session": "y", "t_s": 0.0, "type": "play"},
         {"viewer": 0, "session": "y", "t_s": 1.2, "type": "start", "startup_s": 1.2, "bitrate_kbps": 400},
     ]))
     assert frame.iloc[0]["bitrate_kbps"] == 400 and frame.iloc[0]["played_s"] == 0
-    assert qoe.sessions(pd.DataFrame(columns=qoe.EVENT_COLUMNS)).empty
+    assert experience.sessions(pd.DataFrame(columns=experience.EVENT_COLUMNS)).empty
 
 
 def test_summary_gives_the_audience_figures(events: pd.DataFrame) -> None:
-    figures = qoe.summary(qoe.sessions(events))
+    figures = experience.summary(experience.sessions(events))
     assert (figures["attempts"], figures["started"]) == (4, 2)
     assert figures["startup_p50_s"] == pytest.approx(1.4)             # between 0.8 and 2.0
     assert figures["startup_p95_s"] == pytest.approx(0.8 + 0.95 * 1.2)
@@ -118,7 +118,7 @@ def test_a_fatal_error_after_start_is_a_playback_failure(events: pd.DataFrame) -
         {"viewer": 4, "session": "e", "t_s": 9.0, "type": "error", "reason": "media_error", "fatal": True},
         {"viewer": 4, "session": "e", "t_s": 9.0, "type": "error", "reason": "network_error", "fatal": False},
     ])])
-    figures = qoe.summary(qoe.sessions(failing))
+    figures = experience.summary(experience.sessions(failing))
     assert (figures["playback_failures"], figures["video_start_failures"]) == (1, 1)
     assert figures["playback_failure_rate"] == pytest.approx(1 / 3)
 
@@ -131,30 +131,31 @@ def test_summary_of_the_simulators_sessions_frame_and_of_nobody() -> None:
         {"viewer": 1, "session": "s1", "started": True, "startup_s": 1.5, "stalls": 2, "stalled_s": 3.0,
          "played_s": 27.0, "rebuffering_ratio": 0.1, "bitrate_kbps": 400.0, "switches": 3, "failure": "",
          "exit": "ended"},
-    ], columns=qoe.SESSION_COLUMNS)
-    figures = qoe.summary(frame)
+    ], columns=experience.SESSION_COLUMNS)
+    figures = experience.summary(frame)
     assert figures["rebuffering_ratio"] == pytest.approx(3 / 60)
     assert figures["bitrate_kbps"] == pytest.approx((30 * 1500 + 27 * 400) / 57)
     assert figures["switches_per_minute"] == pytest.approx(4 / (57 / 60))
-    empty = qoe.summary(pd.DataFrame(columns=qoe.SESSION_COLUMNS))
+    empty = experience.summary(pd.DataFrame(columns=experience.SESSION_COLUMNS))
     assert (empty["attempts"], empty["started"], empty["rebuffering_ratio"]) == (0, 0, 0.0)
     assert math.isnan(empty["startup_p50_s"]) and math.isnan(empty["bitrate_kbps"])
 
 
 def test_mismatches_between_two_accounts_of_the_same_sessions(events: pd.DataFrame) -> None:
-    kept = qoe.sessions(events).assign(pop="edge-0")   # the simulator's frame carries more columns
-    assert qoe.mismatches(kept, qoe.sessions(events)).empty
+    kept = experience.sessions(events).assign(pop="edge-0")   # the simulator's frame carries more columns
+    assert experience.mismatches(kept, experience.sessions(events)).empty
     drift = kept.assign(startup_s=kept["startup_s"] + 0.005, bitrate_kbps=kept["bitrate_kbps"] * 1.005)
-    assert qoe.mismatches(kept, drift).empty                   # within a rounding
-    other = qoe.sessions(events)
+    assert experience.mismatches(kept, drift).empty                   # within a rounding
+    other = experience.sessions(events)
     other.loc[other["session"] == "b", ["stalls", "played_s"]] = [2, 39.0]
     other.loc[other["session"] == "a", "bitrate_kbps"] = 1400.0
     other.loc[other["session"] == "c", "failure"] = ""
     other.loc[other["session"] == "d", "startup_s"] = 1.0      # NaN against a number
-    table = qoe.mismatches(kept, other)
+    table = experience.mismatches(kept, other)
     assert dict(zip(table["session"], table["differs"], strict=True)) == {
         "a": "bitrate_kbps", "b": "stalls played_s", "c": "failure", "d": "startup_s"}
-    assert qoe.mismatches(kept, other[other["session"] != "c"]).set_index("session").loc["c", "differs"] == "session"
+    differs = experience.mismatches(kept, other[other["session"] != "c"]).set_index("session")
+    assert differs.loc["c", "differs"] == "session"
     assert {"stalls_expected", "stalls_actual"} <= set(table.columns)
 
 
@@ -165,10 +166,10 @@ def test_beacon_events_become_an_events_frame_in_seconds() -> None:
         {"type": "progress", "t_ms": 11250, "played_ms": 10000, "bitrate_kbps": 700, "dropped_frames": 2},
         {"type": "end", "t_ms": 11300, "reason": "exit", "started": True, "played_ms": 10000, "stalled_ms": 0},
     ]
-    frame = qoe.beacon_events(beacons, session="lic-1", viewer="browser")
-    assert list(frame.columns[: len(qoe.EVENT_COLUMNS)]) == qoe.EVENT_COLUMNS
+    frame = experience.beacon_events(beacons, session="lic-1", viewer="browser")
+    assert list(frame.columns[: len(experience.EVENT_COLUMNS)]) == experience.EVENT_COLUMNS
     assert list(frame["t_s"]) == [0.0, 1.25, 11.25, 11.3] and frame["dropped_frames"].iloc[2] == 2
-    row = qoe.sessions(frame).iloc[0]
+    row = experience.sessions(frame).iloc[0]
     assert (row["viewer"], row["session"], row["startup_s"], row["played_s"]) == ("browser", "lic-1", 1.25, 10.0)
     assert (row["bitrate_kbps"], row["exit"], row["started"]) == (700, "exit", True)
 
@@ -176,10 +177,10 @@ def test_beacon_events_become_an_events_frame_in_seconds() -> None:
 def test_rung_shares_per_row_or_weighted_and_by_group() -> None:
     timeline = pd.DataFrame({"bitrate_kbps": [1500, 1500, 700, 400, 400, 400],
                              "run": ["free", "free", "free", "throttled", "throttled", "throttled"]})
-    assert qoe.rung_shares(timeline).to_dict() == pytest.approx({400: 0.5, 700: 1 / 6, 1500: 1 / 3})
-    weighted = qoe.rung_shares(timeline.assign(seconds=[4, 4, 2, 4, 4, 2]))
+    assert experience.rung_shares(timeline).to_dict() == pytest.approx({400: 0.5, 700: 1 / 6, 1500: 1 / 3})
+    weighted = experience.rung_shares(timeline.assign(seconds=[4, 4, 2, 4, 4, 2]))
     assert weighted.to_dict() == pytest.approx({400: 0.5, 700: 0.1, 1500: 0.4})
-    table = qoe.rung_shares(timeline, by="run")
+    table = experience.rung_shares(timeline, by="run")
     assert list(table.index) == [400, 700, 1500] and list(table.columns) == ["free", "throttled"]
     assert table["free"].tolist() == pytest.approx([0, 1 / 3, 2 / 3]) and table["throttled"].tolist() == [1, 0, 0]
 
@@ -217,8 +218,8 @@ def access_log() -> list[dict[str, Any]]:
 
 
 def test_edge_requests_read_cmcd_from_the_access_log(access_log: list[dict[str, Any]]) -> None:
-    requests = qoe.edge_requests(access_log)
-    assert list(requests.columns) == qoe.EDGE_REQUEST_COLUMNS and len(requests) == len(access_log)
+    requests = experience.edge_requests(access_log)
+    assert list(requests.columns) == experience.EDGE_REQUEST_COLUMNS and len(requests) == len(access_log)
     first = requests.iloc[0]
     assert (first["sid"], first["cid"], first["ot"], bool(first["su"])) == ("s1", "lab-clock-qoe", "m", True)
     assert first["ended"] - first["started"] == pytest.approx(0.01)
@@ -230,12 +231,12 @@ def test_edge_requests_read_cmcd_from_the_access_log(access_log: list[dict[str, 
 def test_cmcd_headers_count_as_much_as_the_query_argument(access_log: list[dict[str, Any]]) -> None:
     record = {**access_log[3], "cmcd": "", "cmcd_session": 'sid="h1"', "cmcd_object": "br=700,d=4000,ot=v",
               "cmcd_request": "su"}
-    row = qoe.edge_requests([record]).iloc[0]
+    row = experience.edge_requests([record]).iloc[0]
     assert (row["sid"], row["ot"], row["br"], row["d"], bool(row["su"])) == ("h1", "v", 700, 4000, True)
 
 
 def test_edge_sessions_estimate_startup_rebuffers_and_bitrate(access_log: list[dict[str, Any]]) -> None:
-    edge = qoe.edge_sessions(qoe.edge_requests(access_log)).set_index("session")
+    edge = experience.edge_sessions(experience.edge_requests(access_log)).set_index("session")
     assert list(edge.index) == ["s1", "s2"]
     # First manifest request at t to the end of the first media request with su (t + 0.6).
     assert edge.loc["s1", "startup_s"] == pytest.approx(0.6)
@@ -250,15 +251,15 @@ def test_edge_sessions_estimate_startup_rebuffers_and_bitrate(access_log: list[d
 
 def test_the_simulators_requests_read_like_the_edge_log(access_log: list[dict[str, Any]]) -> None:
     """Audience.requests: started (epoch s), seconds and the decoded payload give the same sessions."""
-    logged = qoe.edge_requests(access_log[:10])
+    logged = experience.edge_requests(access_log[:10])
     own = pd.DataFrame({
         "viewer": 0, "session": logged["sid"], "kind": "segment", "pop": logged["pop"], "path": logged["path"],
         "status": logged["status"], "started": pd.to_datetime(logged["started"], unit="s", utc=True),
         "seconds": logged["ended"] - logged["started"],
         "cmcd": [cmcd.format(cmcd.from_request(r["cmcd"], {}) or cmcd.Cmcd()) for r in access_log[:10]],
     })
-    from_own = qoe.edge_sessions(qoe.cmcd_requests(own))
-    from_log = qoe.edge_sessions(logged)
+    from_own = experience.edge_sessions(experience.cmcd_requests(own))
+    from_log = experience.edge_sessions(logged)
     pd.testing.assert_frame_equal(from_own, from_log, check_exact=False, atol=1e-6)
 
 
@@ -268,17 +269,17 @@ def _player(rows: list[tuple[str, float, int, float]]) -> pd.DataFrame:
 
 
 def test_compare_joins_the_sessions_both_know_and_flags_disagreements(access_log: list[dict[str, Any]]) -> None:
-    edge = qoe.edge_sessions(qoe.edge_requests(access_log))
+    edge = experience.edge_sessions(experience.edge_requests(access_log))
     player = _player([("s1", 0.75, 1, 600.0), ("s2", 1.4, 0, 1500.0), ("other", 1.0, 0, 700.0)])
-    table = qoe.compare(player, edge)
+    table = experience.compare(player, edge)
     assert list(table["session"]) == ["s1", "s2"]
     s1 = table.set_index("session").loc["s1"]
     assert s1["startup_gap_s"] == pytest.approx(0.15) and s1["stalls_player"] == s1["rebuffers_edge"] == 1
     assert s1["bitrate_ratio"] == pytest.approx((700 * 8 + 400 * 6) / 14 / 600)
     # s2's player startup is 0.9 s more than the edge saw: beyond 0.5 s.
-    assert list(qoe.disagreements(table, startup_s=0.5, bitrate_ratio=0.1)["session"]) == ["s2"]
-    assert qoe.disagreements(table, startup_s=1.0, bitrate_ratio=0.1).empty
-    assert list(qoe.disagreements(table, startup_s=1.0, bitrate_ratio=0.01)["session"]) == ["s1"]
+    assert list(experience.disagreements(table, startup_s=0.5, bitrate_ratio=0.1)["session"]) == ["s2"]
+    assert experience.disagreements(table, startup_s=1.0, bitrate_ratio=0.1).empty
+    assert list(experience.disagreements(table, startup_s=1.0, bitrate_ratio=0.01)["session"]) == ["s1"]
 
 
 # -- the collector's view ---------------------------------------------------------------------------
@@ -286,26 +287,27 @@ def test_compare_joins_the_sessions_both_know_and_flags_disagreements(access_log
 
 def test_histogram_quantile_matches_prometheus() -> None:
     buckets = {0.25: 2.0, 0.5: 6.0, 1.0: 10.0, 2.5: 10.0, math.inf: 10.0}
-    assert qoe.histogram_quantile(0.5, buckets) == pytest.approx(0.25 + 0.25 * (5 - 2) / 4)
-    assert qoe.histogram_quantile(0.1, buckets) == pytest.approx(0.125)   # the first bucket starts at 0
-    assert qoe.histogram_quantile(0.95, buckets) == pytest.approx(0.5 + 0.5 * (9.5 - 6) / 4)
-    assert qoe.histogram_quantile(0.99, {1.0: 1.0, math.inf: 5.0}) == 1.0   # in +Inf: the highest bound
-    assert math.isnan(qoe.histogram_quantile(0.5, {1.0: 0.0, math.inf: 0.0}))
-    assert math.isnan(qoe.histogram_quantile(0.5, {1.0: 3.0}))              # no +Inf bucket
-    assert qoe.histogram_quantile(-0.1, buckets) == -math.inf and qoe.histogram_quantile(1.1, buckets) == math.inf
+    assert experience.histogram_quantile(0.5, buckets) == pytest.approx(0.25 + 0.25 * (5 - 2) / 4)
+    assert experience.histogram_quantile(0.1, buckets) == pytest.approx(0.125)   # the first bucket starts at 0
+    assert experience.histogram_quantile(0.95, buckets) == pytest.approx(0.5 + 0.5 * (9.5 - 6) / 4)
+    assert experience.histogram_quantile(0.99, {1.0: 1.0, math.inf: 5.0}) == 1.0   # in +Inf: the highest bound
+    assert math.isnan(experience.histogram_quantile(0.5, {1.0: 0.0, math.inf: 0.0}))
+    assert math.isnan(experience.histogram_quantile(0.5, {1.0: 3.0}))              # no +Inf bucket
+    assert experience.histogram_quantile(-0.1, buckets) == -math.inf
+    assert experience.histogram_quantile(1.1, buckets) == math.inf
 
 
 def test_within_buckets_allows_the_histograms_resolution() -> None:
     bounds = [0.1, 0.25, 0.5, 1.0, math.inf]
-    assert qoe.within_buckets(0.3, 0.45, bounds, neighbours=0)        # both in (0.25, 0.5]
-    assert not qoe.within_buckets(0.3, 0.55, bounds, neighbours=0)
-    assert qoe.within_buckets(0.3, 0.55, bounds)                       # the next bucket
-    assert not qoe.within_buckets(0.05, 0.55, bounds)                  # two buckets apart
-    assert qoe.within_buckets(1.0, 7.0, bounds)                        # 7 s is in +Inf, next to (0.5, 1]
-    assert not qoe.within_buckets(math.nan, 0.3, bounds)
+    assert experience.within_buckets(0.3, 0.45, bounds, neighbours=0)        # both in (0.25, 0.5]
+    assert not experience.within_buckets(0.3, 0.55, bounds, neighbours=0)
+    assert experience.within_buckets(0.3, 0.55, bounds)                       # the next bucket
+    assert not experience.within_buckets(0.05, 0.55, bounds)                  # two buckets apart
+    assert experience.within_buckets(1.0, 7.0, bounds)                        # 7 s is in +Inf, next to (0.5, 1]
+    assert not experience.within_buckets(math.nan, 0.3, bounds)
     # histogram_quantile's answer at the top of a bucket, as floating point computes it, is in that bucket.
-    top = qoe.histogram_quantile(0.5, {0.1: 12, 0.25: 12, 1.0: 24, math.inf: 24})
-    assert top != 0.1 and top == pytest.approx(0.1) and qoe.within_buckets(top, 0.02, bounds, neighbours=0)
+    top = experience.histogram_quantile(0.5, {0.1: 12, 0.25: 12, 1.0: 24, math.inf: 24})
+    assert top != 0.1 and top == pytest.approx(0.1) and experience.within_buckets(top, 0.02, bounds, neighbours=0)
 
 
 class _FakePrometheus:
@@ -333,10 +335,10 @@ def test_collector_totals_before_and_after_give_the_runs_qoe() -> None:
                              "ott_qoe_bitrate_kbit_total": 100 * 1500 + 300 * 700, "ott_qoe_switches_total": 5,
                              "ott_qoe_startup_seconds_count": 10},
                             {"0.5": 3, "1": 13, "2": 15, "+Inf": 15})
-    first = qoe.collector_totals(before, title="t", client="simulator")   # type: ignore[arg-type]
-    second = qoe.collector_totals(after, title="t", client="simulator")   # type: ignore[arg-type]
+    first = experience.collector_totals(before, title="t", client="simulator")   # type: ignore[arg-type]
+    second = experience.collector_totals(after, title="t", client="simulator")   # type: ignore[arg-type]
     assert all('{title="t",client="simulator"}' in q for q in after.queries)
-    figures = qoe.collector_qoe(second - first)
+    figures = experience.collector_qoe(second - first)
     assert (figures["plays"], figures["started"], figures["stalls"]) == (10, 10, 2)
     assert figures["bitrate_kbps"] == pytest.approx(700)          # only the run's 300 s at 700 kbit/s
     assert figures["rebuffering_ratio"] == pytest.approx(3 / 303)
@@ -344,12 +346,12 @@ def test_collector_totals_before_and_after_give_the_runs_qoe() -> None:
     # The run's buckets: 2 up to 0.5 s, 6 more up to 1 s, 2 more up to 2 s.
     assert figures["startup_p50_s"] == pytest.approx(0.5 + 0.5 * (5 - 2) / 6)
     assert figures["startup_p95_s"] == pytest.approx(1 + (9.5 - 8) / 2)
-    nothing = qoe.collector_qoe(second - second)
+    nothing = experience.collector_qoe(second - second)
     assert math.isnan(nothing["bitrate_kbps"]) and math.isnan(nothing["startup_p50_s"])
 
 
 def test_promql_names_the_collectors_series() -> None:
-    queries = qoe.promql(qoe.selector(title="t"), "2m")
+    queries = experience.promql(experience.selector(title="t"), "2m")
     assert queries["startup_p95_s"] == (
         'histogram_quantile(0.95, sum by (le)(increase(ott_qoe_startup_seconds_bucket{title="t"}[2m])))')
     assert "ott_qoe_stalled_seconds_total" in queries["rebuffering_ratio"]

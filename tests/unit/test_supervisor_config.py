@@ -4,9 +4,9 @@ import configparser
 from pathlib import Path
 
 from labkit import platform
-from labkit.component import Component, Port, Readiness
-from labkit.config import LabConfig
-from labkit.supervisor import Supervisor, program_names
+from labkit.core.config import LabConfig
+from labkit.platform.component import Component, Port, Readiness
+from labkit.targets.local.supervisor import Supervisor, program_names
 
 
 def _parse(text: str) -> configparser.RawConfigParser:

@@ -11,7 +11,7 @@ from urllib.parse import parse_qs
 import httpx
 import pytest
 
-from labkit import viewers
+from labkit.traffic import wave
 from ott import cmcd
 
 SIGNED = "/s/AAAAAAAAAAAAAAAAAAAAAA/2000000000/title"
@@ -69,13 +69,13 @@ class FakePop:
 
 
 def test_doctests() -> None:
-    result = doctest.testmod(viewers)
+    result = doctest.testmod(wave)
     assert result.attempted >= 3 and result.failed == 0
 
 
 def test_a_viewer_fetches_master_playlist_init_and_segments_in_order() -> None:
     pop = FakePop()
-    fetches = viewers.watch(MASTER, content_id="title", transport=httpx.MockTransport(pop))
+    fetches = wave.watch(MASTER, content_id="title", transport=httpx.MockTransport(pop))
     assert [f.kind for f in fetches] == ["master", "playlist", "init", "segment", "segment", "segment"]
     assert [f.path for f in fetches] == ["/title/v1/master.m3u8", "/title/v1/720p/index.m3u8",
                                          "/title/v1/720p/init.mp4",
@@ -85,13 +85,13 @@ def test_a_viewer_fetches_master_playlist_init_and_segments_in_order() -> None:
     assert all(f.status == 200 and f.cache == "MISS" and f.pop == "pop-a" and not f.error for f in fetches)
     assert [f.bytes for f in fetches][2:] == [100, 50_000, 50_000, 50_000]
     assert len({f.session for f in fetches}) == 1 and all(f.latency_s >= 0 for f in fetches)
-    again = viewers.watch(MASTER, transport=httpx.MockTransport(pop))
+    again = wave.watch(MASTER, transport=httpx.MockTransport(pop))
     assert {f.cache for f in again} == {"HIT"} and again[0].session != fetches[0].session
 
 
 def test_every_request_carries_cmcd_like_a_player() -> None:
     pop = FakePop()
-    fetches = viewers.watch(MASTER, content_id="title", session="viewer-1", transport=httpx.MockTransport(pop))
+    fetches = wave.watch(MASTER, content_id="title", session="viewer-1", transport=httpx.MockTransport(pop))
     sent = pop.cmcd()
     assert [c.ot for c in sent] == ["m", "m", "i", "av", "av", "av"]
     assert {(c.sid, c.cid, c.sf, c.st) for c in sent} == {("viewer-1", "title", "h", "v")}
@@ -110,30 +110,30 @@ def test_every_request_carries_cmcd_like_a_player() -> None:
 
 
 def test_the_cmcd_query_argument_is_url_encoded() -> None:
-    assert viewers.with_cmcd("http://pop/a.m4s?x=1", cmcd.Cmcd(sid="a b")) == "http://pop/a.m4s?x=1&CMCD=sid%3D%22a%20b%22"
-    assert viewers.with_cmcd("http://pop/a.m4s", None) == "http://pop/a.m4s"
+    assert wave.with_cmcd("http://pop/a.m4s?x=1", cmcd.Cmcd(sid="a b")) == "http://pop/a.m4s?x=1&CMCD=sid%3D%22a%20b%22"
+    assert wave.with_cmcd("http://pop/a.m4s", None) == "http://pop/a.m4s"
 
 
 def test_without_cmcd_the_urls_are_left_alone() -> None:
     pop = FakePop()
-    fetches = viewers.watch(MASTER, send_cmcd=False, transport=httpx.MockTransport(pop))
+    fetches = wave.watch(MASTER, send_cmcd=False, transport=httpx.MockTransport(pop))
     assert all(not r.url.query for r in pop.requests) and all(f.cmcd == "" for f in fetches)
 
 
 @pytest.mark.parametrize(("rung", "folder", "br"), [(1, "360p", 800), (3, "360p", 800), ("720p", "720p", 2000)])
 def test_the_rung_is_an_index_modulo_the_variants_or_a_folder_name(rung: int | str, folder: str, br: int) -> None:
     pop = FakePop()
-    fetches = viewers.watch(MASTER, rung=rung, transport=httpx.MockTransport(pop))
+    fetches = wave.watch(MASTER, rung=rung, transport=httpx.MockTransport(pop))
     assert fetches[1].path == f"/title/v1/{folder}/index.m3u8" and pop.cmcd()[-1].br == br
 
 
 def test_an_unknown_rung_name_is_refused_with_the_known_ones() -> None:
     with pytest.raises(ValueError, match=r"no variant '1080p'.*'720p', '360p'"):
-        viewers.watch(MASTER, rung="1080p", transport=httpx.MockTransport(FakePop()))
+        wave.watch(MASTER, rung="1080p", transport=httpx.MockTransport(FakePop()))
 
 
 def test_a_viewer_stops_at_the_first_failed_request() -> None:
-    fetches = viewers.watch(MASTER, transport=httpx.MockTransport(FakePop(fail="seg_00001.m4s")))
+    fetches = wave.watch(MASTER, transport=httpx.MockTransport(FakePop(fail="seg_00001.m4s")))
     assert [(f.kind, f.status) for f in fetches][-2:] == [("segment", 200), ("segment", 404)] and len(fetches) == 5
 
 
@@ -141,16 +141,16 @@ def test_a_connection_error_is_a_fetch_with_status_0() -> None:
     def refuse(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError("connection refused", request=request)
 
-    (fetch,) = viewers.watch(MASTER, transport=httpx.MockTransport(refuse))
+    (fetch,) = wave.watch(MASTER, transport=httpx.MockTransport(refuse))
     assert (fetch.kind, fetch.status, fetch.cache) == ("master", 0, "") and "ConnectError" in fetch.error
 
 
 def test_a_viewer_with_a_full_buffer_waits_like_a_player() -> None:
     pop = FakePop(durations=(0.1,) * 5)
 
-    async def run() -> list[viewers.Fetch]:
+    async def run() -> list[wave.Fetch]:
         async with httpx.AsyncClient(transport=httpx.MockTransport(pop)) as http:
-            return await viewers.play(http, MASTER, max_buffer_s=0.1)
+            return await wave.play(http, MASTER, max_buffer_s=0.1)
 
     started = time.monotonic()
     fetches = asyncio.run(run())
@@ -162,7 +162,7 @@ def test_a_viewer_with_a_full_buffer_waits_like_a_player() -> None:
 def test_a_stall_is_reported_as_starvation_and_startup() -> None:
     # The second segment takes 0.3 s to arrive while the first holds 0.1 s of media: the buffer runs dry.
     pop = FakePop(durations=(0.1, 0.1, 0.1), delay=lambda path: 0.3 if path.endswith("seg_00001.m4s") else 0)
-    viewers.watch(MASTER, transport=httpx.MockTransport(pop))
+    wave.watch(MASTER, transport=httpx.MockTransport(pop))
     sent = pop.cmcd()
     assert [c.bs for c in sent] == [None] * 5 + [True]
     # Recovering after the buffer ran dry: only the late segment is ahead of the playhead.
@@ -172,7 +172,7 @@ def test_a_stall_is_reported_as_starvation_and_startup() -> None:
 
 def test_the_buffer_model_plays_in_real_time_and_notices_stalls() -> None:
     now = [0.0]
-    buffer = viewers._Buffer(clock=lambda: now[0])
+    buffer = wave._Buffer(clock=lambda: now[0])
     assert buffer.level() == 0 and not buffer.starved
     buffer.add(4.0)
     now[0] = 1.5
@@ -189,8 +189,8 @@ def test_the_buffer_model_plays_in_real_time_and_notices_stalls() -> None:
 def test_a_wave_spreads_viewers_over_pops_and_rungs() -> None:
     pop = FakePop()
     other = MASTER.replace("pop-a", "pop-b")
-    fetches = viewers.wave([MASTER, other], 4, content_id="title", transport=httpx.MockTransport(pop))
-    frame = viewers.frame(fetches)
+    fetches = wave.wave([MASTER, other], 4, content_id="title", transport=httpx.MockTransport(pop))
+    frame = wave.frame(fetches)
     assert frame["viewer"].nunique() == 4 and frame["session"].nunique() == 4
     assert frame.groupby("viewer").size().tolist() == [6, 6, 6, 6]
     playlists = frame[frame["kind"] == "playlist"].set_index("viewer")
@@ -204,17 +204,17 @@ def test_a_wave_spreads_viewers_over_pops_and_rungs() -> None:
 def test_a_wave_spreads_arrivals_and_keeps_what_finished_before_its_timeout() -> None:
     pop = FakePop(delay=lambda path: 5 if path.endswith("seg_00002.m4s") else 0)
     started = time.monotonic()
-    fetches = viewers.wave([MASTER], 3, arrivals_s=0.3, timeout=1.0, transport=httpx.MockTransport(pop))
+    fetches = wave.wave([MASTER], 3, arrivals_s=0.3, timeout=1.0, transport=httpx.MockTransport(pop))
     assert 1.0 <= time.monotonic() - started < 3
-    frame = viewers.frame(fetches)
+    frame = wave.frame(fetches)
     assert frame.groupby("viewer").size().tolist() == [5, 5, 5]   # all but the stuck last segment
     firsts = frame.groupby("viewer")["started"].min()
     assert (firsts.diff().dropna().dt.total_seconds() >= 0.08).all()   # arrivals 0.1 s apart
 
 
 def test_a_wave_works_inside_a_running_event_loop() -> None:
-    async def notebook_cell() -> list[viewers.Fetch]:
-        return viewers.wave([MASTER], 2, transport=httpx.MockTransport(FakePop()))
+    async def notebook_cell() -> list[wave.Fetch]:
+        return wave.wave([MASTER], 2, transport=httpx.MockTransport(FakePop()))
 
     assert len(asyncio.run(notebook_cell())) == 12
 
@@ -222,8 +222,8 @@ def test_a_wave_works_inside_a_running_event_loop() -> None:
 @pytest.mark.parametrize(("urls", "count", "arrivals"), [([], 1, 0.0), ([MASTER], 0, 0.0), ([MASTER], 1, -1.0)])
 def test_a_wave_refuses_impossible_arguments(urls: list[str], count: int, arrivals: float) -> None:
     with pytest.raises(ValueError):
-        viewers.wave(urls, count, arrivals_s=arrivals)
+        wave.wave(urls, count, arrivals_s=arrivals)
 
 
 def test_an_empty_frame_has_the_columns() -> None:
-    assert list(viewers.frame([]).columns)[:4] == ["viewer", "session", "kind", "path"]
+    assert list(wave.frame([]).columns)[:4] == ["viewer", "session", "kind", "path"]

@@ -22,12 +22,12 @@ from _bad_sources import BAD_INPUTS
 from _labs import running_lab
 from _sessions import signed_in
 
-from labkit import media
-from labkit.client import OttClient
-from labkit.errors import ConfigError, LabError
-from labkit.prometheus import Prometheus
-from labkit.targets.local import LocalTarget
-from labkit.transcoder import TranscodeFailed, TranscoderClient, TranscoderRefused, transcode
+from labkit.clients.api import OttClient
+from labkit.clients.prometheus import Prometheus
+from labkit.clients.transcoding import TranscodeFailed, TranscoderClient, TranscoderRefused, transcode
+from labkit.core.errors import ConfigError, LabError
+from labkit.platform.layers import media
+from labkit.targets.local.target import LocalTarget
 from ott.media import errors, verify
 from ott.media.publish import STAGING_DIR
 from ott.media.sample import make_sample

@@ -1,0 +1,6 @@
+"""Making sense of what was measured.
+
+- :mod:`~labkit.analysis.experience`: QoE maths, from the players', the collector's and the edge's accounts;
+- :mod:`~labkit.analysis.plots`: plots that take data and return a matplotlib Figure;
+- :mod:`~labkit.analysis.panels`: thin ipywidgets panels for interactive use.
+"""

@@ -1,0 +1,149 @@
+"""A viewer's client of the OTT APIs through the gateway, as the notebooks and tools use it.
+
+Every call is bounded by a timeout. A refusal (4xx) raises :class:`ApiRefused` carrying the
+service's stable ``code`` and its reason, so a notebook can show *why* playback was denied.
+
+Example::
+
+    client = OttClient(target.endpoint("gateway"))
+    client.signup("dana@example.com", "correct horse battery")
+    client.login("dana@example.com", "correct horse battery")
+    client.subscribe("basic")
+    client.authorize("big-buck-bunny", device_id="laptop")
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import httpx
+
+from labkit.core.errors import LabError
+
+DEFAULT_TIMEOUT = 15.0
+
+
+class ApiRefused(LabError):
+    """The platform answered with an error status; ``code`` is the service's stable error code."""
+
+    def __init__(self, method: str, path: str, status: int, code: str, message: str, details: Any = None) -> None:
+        self.status = status
+        self.code = code
+        self.reason = message
+        self.details = details
+        super().__init__(f"{method} {path} -> {status} {code}: {message}")
+
+
+class OttClient:
+    """One viewer's session against the gateway (``/api/<service>/...``)."""
+
+    def __init__(self, gateway_url: str, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.base = gateway_url.rstrip("/")
+        self.http = httpx.Client(base_url=self.base, timeout=timeout)
+        self.access_token: str | None = None
+        self.refresh_token: str | None = None
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> OttClient:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    # -- auth --------------------------------------------------------------------------
+
+    def signup(self, email: str, password: str, display_name: str | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"email": email, "password": password}
+        if display_name:
+            body["display_name"] = display_name
+        return self._call("POST", "/api/auth/signup", json=body, auth=False)
+
+    def login(self, email: str, password: str) -> dict[str, Any]:
+        tokens = self._call("POST", "/api/auth/login", json={"email": email, "password": password}, auth=False)
+        self.access_token, self.refresh_token = tokens["access_token"], tokens["refresh_token"]
+        return tokens
+
+    def refresh(self) -> dict[str, Any]:
+        tokens = self._call("POST", "/api/auth/refresh", json={"refresh_token": self.refresh_token}, auth=False)
+        self.access_token, self.refresh_token = tokens["access_token"], tokens["refresh_token"]
+        return tokens
+
+    def me(self) -> dict[str, Any]:
+        return self._call("GET", "/api/auth/me")
+
+    # -- catalog -----------------------------------------------------------------------
+
+    def titles(self, q: str | None = None, *, page: int = 1, per_page: int = 20) -> dict[str, Any]:
+        params: dict[str, Any] = {"page": page, "per_page": per_page}
+        if q:
+            params["q"] = q
+        return self._call("GET", "/api/catalog/titles", params=params, auth=False)
+
+    def title(self, title_id: str) -> dict[str, Any]:
+        return self._call("GET", f"/api/catalog/titles/{title_id}", auth=False)
+
+    # -- subscription ------------------------------------------------------------------
+
+    def plans(self) -> list[dict[str, Any]]:
+        return cast(list[dict[str, Any]], self._call("GET", "/api/subscription/plans"))
+
+    def subscribe(self, plan: str) -> dict[str, Any]:
+        return self._call("POST", "/api/subscription/subscriptions", json={"plan": plan})
+
+    def subscription(self) -> dict[str, Any]:
+        return self._call("GET", "/api/subscription/subscriptions/me")
+
+    def cancel(self) -> dict[str, Any]:
+        return self._call("DELETE", "/api/subscription/subscriptions/me")
+
+    def entitlement(self, title_id: str) -> dict[str, Any]:
+        return self._call("GET", f"/api/subscription/entitlements/{title_id}")
+
+    # -- license and conditional access ------------------------------------------------
+
+    def authorize(self, title_id: str, device_id: str) -> dict[str, Any]:
+        """A playback authorisation: entitlement, then a CAS stream session, then a key grant."""
+        return self._call("POST", "/api/license/authorizations", json={"title_id": title_id, "device_id": device_id})
+
+    def key(self, title_id: str, authorization: str) -> bytes:
+        response = self.http.get(f"/api/license/keys/{title_id}", headers={"Authorization": f"Bearer {authorization}"})
+        self._raise_for(response, "GET", f"/api/license/keys/{title_id}")
+        return response.content
+
+    def sessions(self) -> list[dict[str, Any]]:
+        return cast(list[dict[str, Any]], self._call("GET", "/api/cas/sessions"))
+
+    def end_session(self, session_id: str) -> None:
+        self._call("DELETE", f"/api/cas/sessions/{session_id}")
+
+    # -- plumbing ----------------------------------------------------------------------
+
+    def _call(
+        self, method: str, path: str, *, json: Any = None, params: Any = None, auth: bool = True
+    ) -> dict[str, Any]:
+        headers = {}
+        if auth:
+            if self.access_token is None:
+                raise LabError(f"{method} {path} needs a logged-in client", hint="call client.login(...) first")
+            headers["Authorization"] = f"Bearer {self.access_token}"
+        try:
+            response = self.http.request(method, path, json=json, params=params, headers=headers)
+        except httpx.HTTPError as exc:
+            raise LabError(
+                f"{method} {self.base}{path} failed: {exc}", hint="is the platform up? `ottlab status`"
+            ) from None
+        self._raise_for(response, method, path)
+        return cast(dict[str, Any], response.json()) if response.content else {}
+
+    @staticmethod
+    def _raise_for(response: httpx.Response, method: str, path: str) -> None:
+        if response.status_code < 400:
+            return
+        try:
+            error = response.json()["error"]
+        except (ValueError, KeyError, TypeError):
+            error = {"code": "http_error", "message": response.text[:200]}
+        raise ApiRefused(method, path, response.status_code, str(error.get("code", "")),
+                         str(error.get("message", "")), error.get("details"))

@@ -1,0 +1,126 @@
+"""Prometheus queries into pandas DataFrames, with timeouts and errors that say what to do.
+
+Example::
+
+    prom = Prometheus("http://127.0.0.1:18090")
+    prom.query("up")                                      # one row per series
+    prom.query_range("rate(prometheus_http_requests_total[1m])", minutes=5)
+    prom.targets()                                        # scrape targets and their health
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Collection
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pandas as pd
+import requests
+from prometheus_api_client import PrometheusConnect
+from prometheus_api_client.exceptions import PrometheusApiClientException
+
+from labkit.core.errors import PrometheusError, TimeoutExpired
+
+DEFAULT_TIMEOUT = 10.0
+
+
+class Prometheus:
+    """A Prometheus HTTP API client whose answers are DataFrames."""
+
+    def __init__(self, url: str, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+        self._client = PrometheusConnect(url=self.url, disable_ssl=True, timeout=timeout)
+
+    def query(self, promql: str) -> pd.DataFrame:
+        """An instant query: one row per series, its labels as columns, plus ``timestamp`` and ``value``."""
+        result = self._call(self._client.custom_query, promql)
+        rows = []
+        for series in result:
+            ts, value = series["value"]
+            rows.append({**series["metric"], "timestamp": _ts(ts), "value": float(value)})
+        return pd.DataFrame(rows, columns=_columns(rows))
+
+    def query_range(
+        self,
+        promql: str,
+        *,
+        minutes: float = 5.0,
+        step: str = "5s",
+        end: datetime | None = None,
+    ) -> pd.DataFrame:
+        """A range query over the last ``minutes``: long format, one row per (series, timestamp)."""
+        end = end or datetime.now(UTC)
+        start = end - timedelta(minutes=minutes)
+        result = self._call(self._client.custom_query_range, promql, start_time=start, end_time=end, step=step)
+        rows = []
+        for series in result:
+            for ts, value in series["values"]:
+                rows.append({**series["metric"], "timestamp": _ts(ts), "value": float(value)})
+        return pd.DataFrame(rows, columns=_columns(rows))
+
+    def targets(self) -> pd.DataFrame:
+        """Active scrape targets: job, instance, health, last error, last scrape."""
+        data = self._call(self._client.get_targets)
+        rows = [
+            {
+                "job": t["labels"].get("job", ""),
+                "instance": t["labels"].get("instance", ""),
+                "health": t.get("health", "unknown"),
+                "last_error": t.get("lastError", ""),
+                "last_scrape": t.get("lastScrape", ""),
+            }
+            for t in data.get("activeTargets", [])
+        ]
+        return pd.DataFrame(rows, columns=["job", "instance", "health", "last_error", "last_scrape"])
+
+    def wait_for_targets(self, jobs: list[str], timeout: float = 60.0) -> pd.DataFrame:
+        """Wait until every job in ``jobs`` has all its targets up; return :meth:`targets`."""
+        deadline = time.monotonic() + timeout
+        frame = pd.DataFrame()
+        while time.monotonic() < deadline:
+            frame = self.targets()
+            mine = frame[frame["job"].isin(jobs)]
+            if set(mine["job"]) == set(jobs) and (mine["health"] == "up").all():
+                return frame
+            time.sleep(0.5)
+        raise TimeoutExpired(f"Prometheus targets {jobs} to be up (last seen:\n{frame.to_string()})", timeout)
+
+    def wait_for_samples(self, selector: str, *, by: str, count: int, groups: Collection[str] = (),
+                         minutes: float = 5.0, step: str = "5s", timeout: float = 60.0) -> pd.DataFrame:
+        """Wait until every series of ``selector`` (grouped by ``by``) holds ``count`` scraped samples.
+
+        ``groups`` names the values of ``by`` that must all be there (a series that does not exist
+        yet has no samples to count). Counts real samples with ``count_over_time``, not the points
+        a range query would repeat between scrapes; returns the range at ``step``.
+        """
+        deadline = time.monotonic() + timeout
+        counts = pd.DataFrame()
+        while time.monotonic() < deadline:
+            counts = self.query(f"count_over_time({selector}[{int(minutes * 60)}s])")
+            if (not counts.empty and set(groups) <= set(counts[by])
+                    and counts.groupby(by)["value"].min().min() >= count):
+                return self.query_range(selector, minutes=minutes, step=step)
+            time.sleep(1)
+        raise TimeoutExpired(f"{count} samples of {selector!r} per {by} (have:\n{counts.to_string()})", timeout)
+
+    def _call(self, method: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(*args, **kwargs)
+        except requests.exceptions.ConnectionError:
+            raise PrometheusError(self.url, "cannot connect: is it running?") from None
+        except requests.exceptions.Timeout:
+            raise PrometheusError(self.url, f"no answer within {self.timeout:g} s") from None
+        except PrometheusApiClientException as exc:
+            # Prometheus answered, and refused: a bad query is the caller's to fix, not to retry.
+            raise PrometheusError(self.url, f"refused the request: {exc}", retryable=False) from None
+
+
+def _ts(value: Any) -> pd.Timestamp | None:
+    return None if value is None else pd.Timestamp(float(value), unit="s", tz="UTC")
+
+
+def _columns(rows: list[dict[str, Any]]) -> list[str]:
+    labels = sorted({k for row in rows for k in row} - {"timestamp", "value"})
+    return [*labels, "timestamp", "value"]

@@ -1,0 +1,172 @@
+"""Submitting transcodes to the platform's transcoder and following them to the end.
+
+The transcoder (:mod:`ott.transcoder`) runs one job at a time: a content key from license for an
+encrypted title, one ffmpeg for the whole ladder into staging, verification, one atomic rename
+into the origin's media root, and only then the catalog entry. This client submits a job, drives
+a progress bar from the job's progress (speed, ETA), and returns the finished job or raises.
+
+Example::
+
+    from labkit import make_target
+    from labkit.clients.transcoding import transcode
+
+    job = transcode(make_target(), "clip.mp4", "lab-clock", encrypt=True, ladder="small")
+    job.result.master_url
+    # -> 'http://127.0.0.1:18060/lab-clock/master.m3u8'
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from labkit.core.errors import ConfigError, LabError, TimeoutExpired
+from labkit.targets import Target
+from ott.media.errors import InvalidTitleId
+from ott.media.publish import validate_title_id
+from ott.media.transcode import progress_bar
+from ott.transcoder import Job, JobSpec
+
+POLL_S = 0.5
+# No progress at all for this long means the transcoder is stuck or gone.
+STALL_TIMEOUT_S = 180.0
+ProgressCallback = Callable[[float, float, float], None]
+
+
+class TranscodeFailed(LabError):
+    """The job ended without publishing; ``code`` is the transcoder's error code."""
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+        self.code = job.error_code or "failed"
+        hint = {
+            "rejected": "fix the input (the message says what is wrong) and submit again",
+            "interrupted": "the transcoder was stopped or restarted: submit the job again",
+        }.get(job.outcome or "", "see `ottlab logs transcoder` for details")
+        super().__init__(f"transcode of {job.title_id!r} {job.outcome}: [{self.code}] {job.error_message}", hint=hint)
+
+
+class TranscoderRefused(LabError):
+    """The transcoder would not take the job (bad parameters, unknown file)."""
+
+    def __init__(self, status: int, code: str, message: str, hint: str = "") -> None:
+        self.status = status
+        self.code = code
+        super().__init__(f"the transcoder refused the job ({status} {code}): {message}", hint=hint)
+
+
+class TranscoderClient:
+    """The transcoder's job API at ``url``; every call bounded by ``timeout``."""
+
+    def __init__(self, url: str, *, timeout: float = 10.0) -> None:
+        self.url = url.rstrip("/")
+        self.http = httpx.Client(base_url=self.url, timeout=timeout)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> TranscoderClient:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def submit(self, spec: JobSpec) -> Job:
+        response = self._request("POST", "/jobs", json=spec.model_dump(exclude_none=True))
+        if response.status_code != 202:
+            code, message = _error(response)
+            hint = ("the transcoder reads the source from its own filesystem: on kube, run the Job in "
+                    "k8s/base/media/transcode-job.yaml" if code == "source_not_found" else "")
+            raise TranscoderRefused(response.status_code, code, message, hint)
+        return Job.model_validate(response.json())
+
+    def job(self, job_id: str) -> Job:
+        response = self._request("GET", f"/jobs/{job_id}")
+        if response.status_code != 200:
+            raise TranscoderRefused(response.status_code, *_error(response))
+        return Job.model_validate(response.json())
+
+    def jobs(self, limit: int = 20) -> list[Job]:
+        response = self._request("GET", "/jobs", params={"limit": limit})
+        if response.status_code != 200:
+            raise TranscoderRefused(response.status_code, *_error(response))
+        return [Job.model_validate(item) for item in response.json()["items"]]
+
+    def wait(self, job_id: str, *, on_progress: ProgressCallback | None = None, timeout: float = 3600.0,
+             stall_timeout: float = STALL_TIMEOUT_S) -> Job:
+        """Poll until the job ends; raise :class:`TranscodeFailed` unless it published."""
+        deadline = time.monotonic() + timeout
+        last_change, last_seen = time.monotonic(), None
+        while True:
+            job = self.job(job_id)
+            seen = (job.state, job.progress.fraction if job.progress else None)
+            if seen != last_seen:
+                last_change, last_seen = time.monotonic(), seen
+            if job.progress is not None and on_progress is not None:
+                eta = job.progress.eta_s if job.progress.eta_s is not None else float("inf")
+                on_progress(job.progress.fraction, job.progress.speed, eta)
+            if job.state == "published":
+                if on_progress is not None:
+                    on_progress(1.0, job.result.speed if job.result else 0.0, 0.0)
+                return job
+            if job.state == "failed":
+                raise TranscodeFailed(job)
+            now = time.monotonic()
+            if now > deadline:
+                raise TimeoutExpired(f"transcode job {job_id}", timeout, hint="see `ottlab logs transcoder`")
+            if job.state == "running" and now - last_change > stall_timeout:
+                raise TimeoutExpired(f"any progress of transcode job {job_id}", stall_timeout,
+                                     hint="the encoder looks stuck: see `ottlab logs transcoder`")
+            time.sleep(POLL_S)
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            return self.http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise LabError(f"the transcoder at {self.url} is unreachable: {exc!r}",
+                           hint="start the media layer: `ottlab up` (check it with `ottlab status`)") from None
+
+
+def _error(response: httpx.Response) -> tuple[str, str]:
+    try:
+        error = response.json()["error"]
+        message = str(error["message"])
+        problems = error.get("details") or []
+        if problems and isinstance(problems, list):
+            message += ": " + "; ".join(f"{p.get('where')}: {p.get('problem')}"
+                                        for p in problems if isinstance(p, dict))
+        return str(error["code"]), message
+    except (ValueError, KeyError, TypeError):
+        return "error", response.text[:300]
+
+
+def transcode(target: Target, source: str | Path, title_id: str, *, encrypt: bool = False, ladder: str = "default",
+              preset: str | None = None, name: str | None = None, description: str | None = None,
+              tier: str | None = None, progress: bool = True, timeout: float = 3600.0) -> Job:
+    """Transcode ``source`` into title ``title_id`` on ``target``; the published job (or an error).
+
+    ``progress`` shows a bar (terminal or notebook widget) with speed and ETA.
+    """
+    try:
+        validate_title_id(title_id)
+    except InvalidTitleId as exc:
+        raise ConfigError(str(exc)) from None
+    path = Path(source).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"source {path} does not exist or is not a file", hint="check the path; make a test clip "
+                          "with `ottlab sample --seconds 20 --out clip.mp4`")
+    spec = JobSpec.model_validate({
+        "source": str(path.resolve() if not path.is_absolute() else path), "title_id": title_id,
+        "encrypt": encrypt, "ladder": ladder, "preset": preset, "name": name, "description": description,
+        "tier": tier,
+    })
+    with TranscoderClient(target.endpoint("transcoder")) as client:
+        job = client.submit(spec)
+        if not progress:
+            return client.wait(job.id, timeout=timeout)
+        with progress_bar(title_id) as bar:
+            return client.wait(job.id, on_progress=bar, timeout=timeout)

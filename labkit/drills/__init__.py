@@ -1,0 +1,1 @@
+"""Drills: faults a lesson injects into the platform, observed, then cleared."""

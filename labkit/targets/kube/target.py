@@ -1,0 +1,415 @@
+"""The kube target: the platform on a Kubernetes cluster, through the official ``kubernetes`` client.
+
+Components map to Kubernetes objects by name: component ``prometheus`` is the Deployment and
+the Service ``prometheus`` in the lab's namespace, and its pods carry
+``app.kubernetes.io/name: prometheus``. The manifests live in ``k8s/``;
+``tests/kube/test_manifests.py`` checks that they agree with the component declarations.
+
+Example::
+
+    from labkit import platform
+    from labkit.core.config import LabConfig
+    from labkit.targets.kube.target import KubeTarget
+
+    target = KubeTarget(LabConfig.from_env(target="kube"), platform.components())
+    target.up(["monitoring"])            # + kubectl kustomize k8s/overlays/kind; apply; wait
+    url = target.endpoint("prometheus")  # http://127.0.0.1:<port>, a port-forward
+    target.close()                       # stops the port-forwards; the platform keeps running
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from labkit.core.config import LabConfig
+from labkit.core.console import progress
+from labkit.core.errors import ConfigError, KubeError, NotRunningError, TimeoutExpired
+from labkit.platform.component import Component
+from labkit.targets.base import ComponentStatus, Target
+from labkit.targets.kube import cluster, manifest, rollout, secrets
+from labkit.targets.kube.cluster import DEPLOYMENTS, NAMESPACES, PODS, PVCS, SECRETS, SERVICES, Cluster
+from labkit.targets.kube.manifest import KubeObject
+from labkit.targets.kube.portforward import PortForward, Stream
+
+if TYPE_CHECKING:
+    from kubernetes.client import ApiClient
+
+# kubectl's own annotation for `kubectl rollout restart`, so kubectl shows ours the same way.
+RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"
+STOPPED_REPLICAS = "ottlab.io/stopped-replicas"
+LAB_SELECTOR = f"{manifest.PART_OF_LABEL}={manifest.PART_OF}"
+# Kinds that hold the lab's state: the database volume and the per-lab keys.
+_STATE_KINDS = frozenset({"PersistentVolumeClaim", "Secret"})
+
+
+class KubeTarget(Target):
+    """The platform on the cluster of ``$KUBECONFIG``, deployed from ``k8s/overlays/<overlay>``.
+
+    ``api_client`` replaces the kubeconfig (tests pass one aimed at a fake API server); the
+    target then neither probes nor closes it. ``overlay`` defaults to ``$OTTLAB_KUBE_OVERLAY``,
+    else ``kind``. Every wait is bounded by ``cfg.ready_timeout``, every API call by
+    :data:`labkit.targets.kube.cluster.REQUEST_TIMEOUT`.
+    """
+
+    name = "kube"
+
+    def __init__(
+        self,
+        cfg: LabConfig,
+        components: Sequence[Component],
+        *,
+        api_client: ApiClient | None = None,
+        overlay: str | None = None,
+    ) -> None:
+        super().__init__(cfg, components)
+        self.overlay = overlay or manifest.default_overlay()
+        self.overlay_dir = manifest.overlay_dir(self.overlay)
+        self._owns_client = api_client is None
+        self._cluster = Cluster(cluster.load_api_client() if api_client is None else api_client)
+        self._forwards: dict[tuple[str, str], PortForward] = {}
+
+    @property
+    def namespace(self) -> str:
+        """The lab's namespace (``OTTLAB_NAMESPACE``, default ``ottlab``)."""
+        return self.cfg.namespace
+
+    # -- the Target interface ------------------------------------------------------------
+
+    def up(self, layers: Sequence[str] | None = None) -> list[ComponentStatus]:
+        """Server-side apply the objects of ``layers`` (all when None) and wait for their rollouts.
+
+        The per-lab Secrets of those layers are created first when missing (:mod:`labkit.targets.kube.secrets`).
+        """
+        chosen = self.select(layers)
+        objects = manifest.in_apply_order(manifest.of_layers(self._manifests(), layers or None))
+        which = ", ".join(layers) if layers else "every layer"
+        progress(f"applying {len(objects)} objects ({which}) to namespace {self.namespace} at {self._cluster.host}")
+        wants_secrets = secrets.needed_by(objects)
+        for obj in objects:
+            self._cluster.apply(obj, namespace=self.namespace)
+            progress(f"  applied {manifest.ref(obj)}")
+            # The Namespace comes first; the layers' pods mount their per-lab Secrets, made here
+            # (when missing, never overwritten) so that they exist before those pods do.
+            if wants_secrets and obj.get("kind") == "Namespace":
+                for created in secrets.ensure(self._cluster, self.namespace, secrets.layers_of(objects)):
+                    progress(f"  created secret/{created} (generated for this lab)")
+        deployments = [manifest.name(obj) for obj in objects if obj.get("kind") == "Deployment"]
+        for component in chosen:
+            if _workload(component) not in deployments:
+                progress(f"  note: {component.name} has no Deployment in k8s/overlays/{self.overlay}")
+        rollout.wait_all(self._cluster, self.namespace, deployments, self.cfg.ready_timeout)
+        return [self._status_of(c, self._cluster.get(DEPLOYMENTS, _workload(c), self.namespace)) for c in chosen]
+
+    def down(self, *, purge: bool = False) -> None:
+        """Delete every object labkit applied (by its ``part-of: ottlab`` label) and wait for the pods.
+
+        The database volume claim and the per-lab Secrets stay, as the local target keeps its
+        lab directory; ``purge`` deletes them, and the namespace itself.
+        """
+        self._close_forwards()
+        # Each kind once, dependents first: workloads before the ConfigMaps and accounts they use.
+        applied = manifest.in_apply_order(o for o in self._manifests() if o.get("kind") != "Namespace")
+        # No manifest holds the Secrets labkit generates (labkit.targets.kube.secrets): their kind first
+        # here, so they are deleted last, after the pods that mount them.
+        manifest_kinds = [(str(o.get("apiVersion")), str(o.get("kind"))) for o in applied]
+        kinds = list(dict.fromkeys([(SECRETS.api_version, SECRETS.kind), *manifest_kinds]))
+        namespace_exists = self._cluster.get(NAMESPACES, self.namespace) is not None
+        progress(
+            f"deleting the lab's objects (label {LAB_SELECTOR}) in namespace {self.namespace} at {self._cluster.host}"
+        )
+        for api_version, kind in reversed(kinds):
+            try:
+                rtype = self._cluster.resource_type(api_version, kind)
+            except KubeError:
+                continue  # the cluster does not even serve this kind: nothing of it to delete
+            if rtype.namespaced and not namespace_exists:
+                continue
+            if rtype.kind in _STATE_KINDS and not purge:
+                continue  # like the local target: data and keys outlive `down`, only purge removes them
+            namespace = self.namespace if rtype.namespaced else None
+            for obj in self._cluster.list(rtype, namespace, label_selector=LAB_SELECTOR):
+                if self._cluster.delete(rtype, manifest.name(obj), namespace):
+                    progress(f"  deleted {rtype.kind.lower()}/{manifest.name(obj)}")
+        if namespace_exists:
+            self._wait_until(
+                lambda: not self._cluster.list(PODS, self.namespace, label_selector=LAB_SELECTOR),
+                f"the lab's pods in namespace {self.namespace} to terminate",
+            )
+        if purge and namespace_exists:
+            for claim in self._cluster.list(PVCS, self.namespace):
+                if self._cluster.delete(PVCS, manifest.name(claim), self.namespace):
+                    progress(f"  deleted persistentvolumeclaim/{manifest.name(claim)}")
+            self._cluster.delete(NAMESPACES, self.namespace)
+            progress(f"  deleted namespace/{self.namespace}")
+            self._wait_until(
+                lambda: self._cluster.get(NAMESPACES, self.namespace) is None,
+                f"namespace {self.namespace} to be deleted",
+            )
+
+    def status(self) -> list[ComponentStatus]:
+        """One record per declared component, from its Deployment (``absent`` when there is none)."""
+        found = {
+            manifest.name(d): d for d in self._cluster.list(DEPLOYMENTS, self.namespace, label_selector=LAB_SELECTOR)
+        }
+        return [self._status_of(c, found.get(_workload(c))) for c in self.components]
+
+    def logs(self, component: str, lines: int = 100) -> str:
+        """The last ``lines`` log lines of each of the component's pods."""
+        comp = self.component(component)
+        if lines < 1:
+            raise ValueError(f"lines must be at least 1, got {lines}")
+        pods = self._pods(comp)
+        if not pods:
+            raise NotRunningError(f"component {comp.name!r} (it has no pod in namespace {self.namespace})")
+        chunks = []
+        for pod in pods:
+            pod_name = manifest.name(pod)
+            containers = [str(c.get("name")) for c in pod.get("spec", {}).get("containers") or []]
+            container = comp.name if comp.name in containers or not containers else containers[0]
+            try:
+                text = self._cluster.text(
+                    PODS.path(self.namespace, pod_name, "log"), {"tailLines": str(lines), "container": container}
+                )
+            except KubeError as exc:
+                # A pod still being created has no log yet; say so and show the others.
+                text = f"(no log: {exc.message})\n"
+            chunks.append(f"==> pod/{pod_name} <==\n{text}" if len(pods) > 1 else text)
+        return "".join(chunks)
+
+    def restart(self, component: str) -> ComponentStatus:
+        """A rolling restart, as ``kubectl rollout restart`` does it; waits for the new pods."""
+        comp = self._not_a_sidecar(self.component(component), "restart")
+        stamp = datetime.now(UTC).isoformat(timespec="microseconds")
+        patch = {"spec": {"template": {"metadata": {"annotations": {RESTARTED_AT: stamp}}}}}
+        patched = self._cluster.patch(
+            DEPLOYMENTS, comp.name, self.namespace, patch, content_type=cluster.STRATEGIC_MERGE_PATCH
+        )
+        if patched is None:
+            raise self._no_deployment(comp)
+        progress(f"restarting deployment/{comp.name}")
+        rollout.wait_all(self._cluster, self.namespace, [comp.name], self.cfg.ready_timeout)
+        return self._status_of(comp, self._cluster.get(DEPLOYMENTS, comp.name, self.namespace))
+
+    def scale(self, component: str, replicas: int) -> ComponentStatus:
+        """Set the Deployment's replicas (1..``max_replicas``) through its scale subresource; wait."""
+        comp = self._not_a_sidecar(self.component(component), "scale")
+        if isinstance(replicas, bool) or not isinstance(replicas, int) or not 1 <= replicas <= comp.max_replicas:
+            raise ConfigError(
+                f"{comp.name} can run 1 to {comp.max_replicas} replicas, not {replicas!r}",
+                hint=f"choose a whole number from 1 to {comp.max_replicas} (max_replicas in its declaration)",
+            )
+        scaled = {"spec": {"replicas": replicas}}
+        if self._cluster.patch(DEPLOYMENTS, comp.name, self.namespace, scaled, subresource="scale") is None:
+            raise self._no_deployment(comp)
+        progress(f"scaling deployment/{comp.name} to {replicas} replica(s)")
+        rollout.wait_all(self._cluster, self.namespace, [comp.name], self.cfg.ready_timeout)
+        return self._status_of(comp, self._cluster.get(DEPLOYMENTS, comp.name, self.namespace))
+
+    def stop(self, component: str) -> ComponentStatus:
+        """Scale the Deployment to 0, remembering its replicas in an annotation for :meth:`start`."""
+        comp = self._not_a_sidecar(self.component(component), "stop")
+        current = self._cluster.get(DEPLOYMENTS, comp.name, self.namespace)
+        if current is None:
+            raise self._no_deployment(comp)
+        replicas = int((current.get("spec") or {}).get("replicas") or 0)
+        if replicas > 0:
+            remember = {"metadata": {"annotations": {STOPPED_REPLICAS: str(replicas)}}}
+            self._cluster.patch(DEPLOYMENTS, comp.name, self.namespace, remember,
+                                content_type=cluster.STRATEGIC_MERGE_PATCH)
+        self._cluster.patch(DEPLOYMENTS, comp.name, self.namespace, {"spec": {"replicas": 0}}, subresource="scale")
+        progress(f"stopped deployment/{comp.name} (0 replicas; `start` brings back {replicas or comp.replicas})")
+        return self._status_of(comp, self._cluster.get(DEPLOYMENTS, comp.name, self.namespace))
+
+    def start(self, component: str) -> ComponentStatus:
+        """Scale a stopped Deployment back to the replicas it had (its declared count if unknown); wait."""
+        comp = self._not_a_sidecar(self.component(component), "start")
+        current = self._cluster.get(DEPLOYMENTS, comp.name, self.namespace)
+        if current is None:
+            raise self._no_deployment(comp)
+        annotations = (current.get("metadata") or {}).get("annotations") or {}
+        try:
+            replicas = max(1, int(annotations.get(STOPPED_REPLICAS, comp.replicas)))
+        except ValueError:
+            replicas = comp.replicas
+        return self.scale(comp.name, min(replicas, comp.max_replicas))
+
+    def kill(self, component: str) -> None:
+        """Delete one of the component's pods at once (grace period 0); its Deployment replaces it."""
+        comp = self.component(component)
+        pods = [p for p in self._pods(comp) if not p.get("metadata", {}).get("deletionTimestamp")]
+        if not pods:
+            raise NotRunningError(f"component {comp.name!r} (it has no live pod in namespace {self.namespace})")
+        victim = manifest.name(pods[0])
+        self._cluster.delete(PODS, victim, self.namespace, grace_period_seconds=0)
+        progress(f"killed pod/{victim} of {comp.name} (grace period 0)")
+
+    def service_token(self) -> str:
+        """The lab's service token, from the Secret ``labkit.targets.kube.secrets`` created at ``up``."""
+        import base64
+
+        found = self._cluster.get(SECRETS, secrets.SERVICE_TOKEN, self.namespace)
+        if found is None:
+            raise NotRunningError(f"the apis layer in namespace {self.namespace} (no Secret {secrets.SERVICE_TOKEN})")
+        return base64.b64decode(found["data"][secrets.SERVICE_TOKEN_KEY]).decode().strip()
+
+    def endpoint(self, component: str, port: str = "http") -> str:
+        """``http://127.0.0.1:<port>``: a port-forward to the component's Service (kept open, reused)."""
+        comp = self.component(component)
+        if comp.follows is not None:
+            raise ConfigError(f"{comp.name} has no Service: it is a sidecar in each {comp.follows} pod",
+                              hint="Prometheus scrapes it in every pod: query its metrics with labkit.Prometheus")
+        try:
+            comp.port(port)
+        except KeyError:
+            raise ConfigError(
+                f"{comp.name} has no port named {port!r}",
+                hint=f"its ports: {', '.join(p.name for p in comp.ports)}",
+            ) from None
+        forward = self._forwards.get((comp.name, port))
+        if forward is not None and forward.alive:
+            return forward.url
+        self._backend(comp, port)  # fail now, with a clear reason, rather than on the first request
+        forward = PortForward(functools.partial(self._tunnel, comp, port), name=f"{comp.name}:{port}")
+        self._forwards[(comp.name, port)] = forward
+        progress(f"port-forward {forward.url} -> service/{comp.name} port {port} in namespace {self.namespace}")
+        return forward.url
+
+    def close(self) -> None:
+        """Stop the port-forwards and release the API client; the platform keeps running."""
+        self._close_forwards()
+        if self._owns_client:
+            self._cluster.api_client.close()  # type: ignore[no-untyped-call]
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def _manifests(self) -> list[KubeObject]:
+        objects = manifest.render(self.overlay_dir)
+        namespaces = [manifest.name(o) for o in objects if o.get("kind") == "Namespace"]
+        if namespaces != [self.namespace]:
+            raise ConfigError(
+                f"k8s/overlays/{self.overlay} deploys to namespace(s) {namespaces}, "
+                f"but OTTLAB_NAMESPACE is {self.namespace!r}",
+                hint="unset OTTLAB_NAMESPACE, or make an overlay that sets `namespace:` and renames the Namespace",
+            )
+        return objects
+
+    def _status_of(self, comp: Component, deployment: KubeObject | None) -> ComponentStatus:
+        urls = {port: f.url for (name, port), f in self._forwards.items() if name == comp.name and f.alive}
+        if deployment is None:
+            return ComponentStatus(
+                comp.name,
+                comp.layer,
+                "absent",
+                False,
+                urls=urls,
+                detail=f"no deployment/{comp.name} in namespace {self.namespace}",
+            )
+        rollout_status = rollout.RolloutStatus.of(deployment)
+        desired, available = rollout_status.desired, rollout_status.available
+        # More available than desired happens mid-rollout (a surge pod): still healthy.
+        healthy = desired > 0 and available >= desired
+        if desired == 0:
+            state = "stopped"
+        elif rollout_status.failure:
+            state = "failed"
+        elif healthy:
+            state = "running"
+        else:
+            state = "starting"
+        return ComponentStatus(
+            comp.name, comp.layer, state, healthy, urls=urls, replicas=available, detail=rollout_status.describe()
+        )
+
+    def _not_a_sidecar(self, comp: Component, action: str) -> Component:
+        if comp.follows is not None:
+            raise ConfigError(f"{comp.name} is a sidecar in the pods of {comp.follows}",
+                              hint=f"{action} {comp.follows} instead")
+        return comp
+
+    def _no_deployment(self, comp: Component) -> NotRunningError:
+        return NotRunningError(f"component {comp.name!r} (no deployment/{comp.name} in namespace {self.namespace})")
+
+    def _pods(self, comp: Component) -> list[KubeObject]:
+        """The component's pods, by name."""
+        pods = self._cluster.list(PODS, self.namespace, label_selector=f"{manifest.NAME_LABEL}={_workload(comp)}")
+        return sorted(pods, key=manifest.name)
+
+    def _backend(self, comp: Component, port: str) -> tuple[str, int]:
+        """A ready pod behind the component's Service, and its port number for ``port``."""
+        service = self._cluster.get(SERVICES, comp.name, self.namespace)
+        if service is None:
+            raise NotRunningError(f"component {comp.name!r} (no service/{comp.name} in namespace {self.namespace})")
+        spec = service.get("spec") or {}
+        target: str | int = port
+        for service_port in spec.get("ports") or []:
+            if service_port.get("name") == port or service_port.get("targetPort") == port:
+                target = service_port.get("targetPort", service_port.get("port"))
+                break
+        selector = ",".join(f"{k}={v}" for k, v in sorted((spec.get("selector") or {}).items()))
+        pods = self._cluster.list(PODS, self.namespace, label_selector=selector) if selector else []
+        ready = sorted((p for p in pods if _ready(p)), key=manifest.name)
+        if not ready:
+            raise NotRunningError(
+                f"component {comp.name!r} (no ready pod behind service/{comp.name} in namespace {self.namespace})"
+            )
+        pod = ready[0]
+        if isinstance(target, int):
+            return manifest.name(pod), target
+        for container in pod.get("spec", {}).get("containers") or []:
+            for container_port in container.get("ports") or []:
+                if container_port.get("name") == target:
+                    return manifest.name(pod), int(container_port["containerPort"])
+        return manifest.name(pod), comp.port(port).container
+
+    def _tunnel(self, comp: Component, port: str) -> Stream:
+        """A new websocket port-forward to a ready pod of the component (one per connection)."""
+        from kubernetes import client as k8s_client
+        from kubernetes.stream import portforward
+
+        pod, number = self._backend(comp, port)
+        # kubernetes.stream swaps the transport of the ApiClient it is given while it connects:
+        # a private client keeps that away from the calls other threads make meanwhile.
+        api_client = k8s_client.ApiClient(self._cluster.api_client.configuration)
+        try:
+            core = k8s_client.CoreV1Api(api_client)
+            forward = portforward(core.connect_get_namespaced_pod_portforward, pod, self.namespace, ports=str(number))
+        finally:
+            api_client.close()  # type: ignore[no-untyped-call]
+        stream: Stream = forward.socket(number)
+        return stream
+
+    def _wait_until(self, done: Callable[[], bool], what: str) -> None:
+        """Poll ``done`` until it is true, for at most ``cfg.ready_timeout`` seconds."""
+        deadline = time.monotonic() + self.cfg.ready_timeout
+        while not done():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutExpired(what, self.cfg.ready_timeout)
+            time.sleep(min(rollout.POLL_INTERVAL, remaining))
+
+    def _close_forwards(self) -> None:
+        for forward in self._forwards.values():
+            forward.close()
+        self._forwards.clear()
+
+
+def _workload(comp: Component) -> str:
+    """The Deployment a component runs in: its own, or, for a sidecar, the one it follows."""
+    return comp.follows or comp.name
+
+
+def _ready(pod: KubeObject) -> bool:
+    """Running, not being deleted, and its Ready condition true."""
+    if pod.get("metadata", {}).get("deletionTimestamp"):
+        return False
+    status = pod.get("status") or {}
+    if status.get("phase") != "Running":
+        return False
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
+
+
+__all__ = ["KubeTarget"]

@@ -1,0 +1,408 @@
+"""The local target itself: start, stop, scale and inspect the supervised processes."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import psutil
+
+from labkit.core import ports
+from labkit.core.config import LabConfig
+from labkit.core.console import progress
+from labkit.core.errors import ComponentFailedError, ConfigError, MissingBinaryError, NotRunningError
+from labkit.platform.component import Component
+from labkit.platform.layer import Layer
+from labkit.platform.readiness import probe
+from labkit.targets.base import ComponentStatus, Target
+from labkit.targets.local.labdir import LabDir
+from labkit.targets.local.supervisor import Supervisor, log_tail, program_names
+
+# supervisord states in which a process will not come up without help.
+_DEAD = {"FATAL", "EXITED", "STOPPED", "UNKNOWN"}
+
+
+class LocalTarget(Target):
+    """Real processes on this machine under one lab directory.
+
+    Example::
+
+        target = LocalTarget(LabConfig.from_env(), platform.components(), platform.layers())
+        target.up()                    # idempotent
+        target.status_frame()
+        target.down(purge=True)
+    """
+
+    name = "local"
+
+    def __init__(self, cfg: LabConfig, components: Sequence[Component], layers: Sequence[Layer] = ()) -> None:
+        super().__init__(cfg, components)
+        self.layers = list(layers)
+        self.labdir = LabDir(cfg)
+        self.supervisor = Supervisor(cfg)
+        # Replica counts changed by `scale`, and the layers brought up, while the platform runs;
+        # `down` forgets both.
+        self._replicas_file = cfg.run_dir / "replicas.json"
+        self._layers_file = cfg.run_dir / "layers.json"
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def up(self, layers: Sequence[str] | None = None) -> list[ComponentStatus]:
+        selected = self.select(layers)
+        self._check_binaries(selected)
+        started = time.monotonic()
+        with self.labdir.lock():
+            self.supervisor.lab_id = self.labdir.lab_id()
+            active = sorted(set(self._active_layers()) | {c.layer for c in selected})
+            self._layers_file.write_text(json.dumps(active))
+            self._write_layer_configs()
+            self.supervisor.write_config(self.components)
+            if not self.supervisor.is_running():
+                self._reap_orphans()
+            running = self._running_programs()
+            wanted_ports = [p for c in selected if not self._is_up(c, running) for p in self._ports_of(c)]
+            ports.ensure_free(wanted_ports, self.cfg.host)
+            if self.supervisor.is_running():
+                self.supervisor.reload()
+            else:
+                progress(f"starting the supervisor for {self.cfg.home}")
+                self.supervisor.start()
+            # A layer's components start together, then each is awaited: layers start in order,
+            # so a later layer can rely on an earlier one being ready.
+            for layer in dict.fromkeys(c.layer for c in selected):
+                self._start_all([c for c in selected if c.layer == layer])
+            self._reload_prometheus()
+        progress(f"platform ready in {time.monotonic() - started:.1f} s")
+        return [s for s in self.status() if s.name in {c.name for c in selected}]
+
+    def down(self, *, purge: bool = False) -> None:
+        if not self.labdir.path.exists():
+            return
+        self.labdir.check()
+        if self.labdir.exists():
+            with self.labdir.lock():
+                if self.supervisor.pid() is not None:
+                    progress("stopping every component and the supervisor")
+                    self.supervisor.shutdown()
+                self._replicas_file.unlink(missing_ok=True)
+                self._layers_file.unlink(missing_ok=True)
+                self._reap_orphans()
+                self._wait_ports_closed()
+        if purge:
+            progress(f"removing {self.labdir.path}")
+            self.labdir.purge()
+
+    def restart(self, component: str) -> ComponentStatus:
+        comp = self.component(component)
+        self._require_supervisor()
+        with self.labdir.lock():
+            for program in self._active_programs(comp):
+                self.supervisor.stop_program(program)
+            self._start(comp)
+        return self._status_of(comp, self.supervisor.all_info())
+
+    def scale(self, component: str, replicas: int) -> ComponentStatus:
+        comp = self.component(component)
+        if not 1 <= replicas <= comp.max_replicas:
+            raise ConfigError(
+                f"{component} can run 1 to {comp.max_replicas} replicas, not {replicas}",
+                hint=f"choose a count from 1 to {comp.max_replicas}",
+            )
+        if comp.follows is not None:
+            raise ConfigError(f"{component} runs one replica per {comp.follows} replica",
+                              hint=f"scale {comp.follows} instead: `ottlab scale {comp.follows} {replicas}`")
+        self._require_supervisor()
+        followers = [c for c in self.components if c.follows == comp.name]
+        with self.labdir.lock():
+            counts = self._replica_overrides()
+            for each in (comp, *followers):
+                counts[each.name] = replicas
+            self._replicas_file.write_text(json.dumps(counts))
+            # The configs first (a new PoP needs its own), then the new replicas and their helpers.
+            self._write_layer_configs()
+            self._start_all([comp, *followers], replicas)
+            # New replicas join the gateway and Prometheus before old ones leave: no request is lost.
+            self._reload_configs()
+            for each in (comp, *followers):
+                for program in program_names(each)[replicas:]:
+                    self.supervisor.stop_program(program)
+        return self._status_of(comp, self.supervisor.all_info())
+
+    def stop(self, component: str) -> ComponentStatus:
+        comp = self.component(component)
+        self._require_supervisor()
+        with self.labdir.lock():
+            for program in self._active_programs(comp):
+                progress(f"stopping {program}")
+                self.supervisor.stop_program(program)
+        return self._status_of(comp, self.supervisor.all_info())
+
+    def start(self, component: str) -> ComponentStatus:
+        comp = next(c for c in self._scaled_components() if c.name == self.component(component).name)
+        self._require_supervisor()
+        with self.labdir.lock():
+            self._start(comp)
+        return self._status_of(comp, self.supervisor.all_info())
+
+    def kill(self, component: str) -> None:
+        comp = self.component(component)
+        self._require_supervisor()
+        info = self.supervisor.all_info()
+        pids = [info[p]["pid"] for p in program_names(comp) if p in info and info[p]["pid"]]
+        if not pids:
+            raise NotRunningError(f"component {component!r}")
+        # SIGKILL like a crash: supervisord's autorestart brings it back per its restart policy.
+        os.kill(pids[0], signal.SIGKILL)
+
+    # -- observation ---------------------------------------------------------------------
+
+    def status(self) -> list[ComponentStatus]:
+        info = self.supervisor.all_info() if self.labdir.exists() else {}
+        return [self._status_of(c, info) for c in self.components]
+
+    def logs(self, component: str, lines: int = 100) -> str:
+        comp = self.component(component)
+        parts = []
+        for program in program_names(comp):
+            tail = log_tail(self.cfg.log_dir / f"{program}.log", lines)
+            if tail:
+                parts.append(tail if len(program_names(comp)) == 1 else f"==> {program} <==\n{tail}")
+        return "\n".join(parts)
+
+    def endpoint(self, component: str, port: str = "http") -> str:
+        return self.component(component).url(self.cfg, port)
+
+    def service_token(self) -> str:
+        from labkit.platform.credentials import SERVICE_TOKEN_FILE
+
+        path = self.cfg.conf_dir / SERVICE_TOKEN_FILE
+        if not path.exists():
+            raise NotRunningError("the APIs layer (it creates the lab's service token)")
+        return path.read_text().strip()
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _check_binaries(self, comps: Sequence[Component]) -> None:
+        for comp in comps:
+            if comp.resolve_binary() is None:
+                raise MissingBinaryError(comp.binary, comp.package)
+
+    def _write_layer_configs(self) -> None:
+        # Only the layers brought up: Prometheus must not scrape (and alert on) what was never started.
+        active = set(self._active_layers())
+        running = [c for c in self._scaled_components() if c.layer in active]
+        for layer in self.layers:
+            if layer.name in active:
+                for relative, text in layer.write_configs(self.cfg, running).items():
+                    self.labdir.write_file(relative, text)
+
+    def _active_layers(self) -> list[str]:
+        try:
+            return [str(name) for name in json.loads(self._layers_file.read_text())]
+        except (OSError, ValueError, TypeError):
+            return []
+
+    def _scaled_components(self) -> list[Component]:
+        """The declarations with the replica counts `scale` set (gateway upstreams, scrape targets)."""
+        counts = self._replica_overrides()
+        return [replace(c, replicas=counts[c.name]) if c.name in counts else c for c in self.components]
+
+    def _replica_overrides(self) -> dict[str, int]:
+        try:
+            return {str(k): int(v) for k, v in json.loads(self._replicas_file.read_text()).items()}
+        except (OSError, ValueError, AttributeError):
+            return {}
+
+    def _reload_configs(self) -> None:
+        """Rewrite generated configs and tell the running readers: nginx re-reads on HUP."""
+        self._write_layer_configs()
+        info = self.supervisor.all_info()
+        for comp in self.components:
+            if comp.binary == "nginx":
+                for program in program_names(comp):
+                    if info.get(program, {}).get("statename") == "RUNNING":
+                        _reload_nginx(self.supervisor, program, int(str(info[program]["pid"])))
+        self._reload_prometheus()
+
+    def _ports_of(self, comp: Component) -> list[int]:
+        return [comp.local_port(self.cfg, p.name, i) for p in comp.ports for i in range(comp.replicas)]
+
+    def _running_programs(self) -> dict[str, dict[str, object]]:
+        return self.supervisor.all_info() if self.supervisor.is_running() else {}
+
+    def _is_up(self, comp: Component, info: dict[str, dict[str, object]]) -> bool:
+        return all(info.get(p, {}).get("statename") == "RUNNING" for p in program_names(comp)[: comp.replicas])
+
+    def _active_programs(self, comp: Component) -> list[str]:
+        info = self.supervisor.all_info()
+        active = ("RUNNING", "STARTING", "BACKOFF")
+        return [p for p in program_names(comp) if info.get(p, {}).get("statename") in active]
+
+    def _start(self, comp: Component, replicas: int | None = None) -> None:
+        self._start_all([comp], replicas)
+
+    def _start_all(self, comps: Sequence[Component], replicas: int | None = None) -> None:
+        """Start every replica of ``comps`` at once, then wait for each to be ready."""
+        wanted = [
+            (comp, replica, program)
+            for comp in comps
+            for replica, program in enumerate(program_names(comp)[: comp.replicas if replicas is None else replicas])
+        ]
+        for _, _, program in wanted:
+            if self.supervisor.info(program)["statename"] != "RUNNING":
+                progress(f"starting {program}")
+                self.supervisor.start_program(program)
+        for comp, replica, program in wanted:
+            self._wait_ready(comp, program, replica)
+
+    def _wait_ready(self, comp: Component, program: str, replica: int) -> None:
+        url = comp.url(self.cfg, comp.readiness.port, replica)
+        deadline = time.monotonic() + self.cfg.ready_timeout
+        reason = "no probe ran"
+        while time.monotonic() < deadline:
+            ready, reason = probe(url, comp.readiness)
+            state = self.supervisor.info(program)["statename"]
+            # Ready means answering *and* past supervisord's startsecs, so status agrees.
+            if ready and state == "RUNNING":
+                progress(f"  {program} ready at {url}")
+                return
+            if ready:
+                reason = f"answering, but supervisord still reports {state}"
+            if state in _DEAD:
+                reason = f"its process is {state}"
+                break
+            time.sleep(0.2)
+        else:
+            reason = f"{reason} (waited {self.cfg.ready_timeout:g} s)"
+        raise ComponentFailedError(comp.name, reason, log_tail(self.cfg.log_dir / f"{program}.log", 15))
+
+    def _status_of(self, comp: Component, info: dict[str, dict[str, object]]) -> ComponentStatus:
+        programs = [p for p in program_names(comp) if p in info]
+        states = [str(info[p]["statename"]) for p in programs]
+        running = [p for p in programs if info[p]["statename"] == "RUNNING"]
+        pids = [int(str(info[p]["pid"])) for p in running]
+        urls = {p.name: comp.url(self.cfg, p.name) for p in comp.ports}
+        if not programs:
+            return ComponentStatus(comp.name, comp.layer, "stopped", False, urls, detail="supervisor not running")
+        if running:
+            healthy_count = 0
+            detail = ""
+            for replica, program in enumerate(program_names(comp)):
+                if program in running:
+                    ok, why = probe(comp.url(self.cfg, comp.readiness.port, replica), comp.readiness)
+                    healthy_count += ok
+                    detail = detail or why
+            state = "running"
+            healthy = healthy_count == len(running)
+        else:
+            state = "failed" if "FATAL" in states or "BACKOFF" in states else "stopped"
+            if "STARTING" in states:
+                state = "starting"
+            healthy = False
+            detail = str(info[programs[0]].get("description", ""))
+        replica_urls = {program: comp.url(self.cfg, "http", replica)
+                        for replica, program in enumerate(program_names(comp)) if program in running}
+        return ComponentStatus(comp.name, comp.layer, state, healthy, urls, pids, len(running), detail, replica_urls)
+
+    def _reload_prometheus(self) -> None:
+        # Prometheus re-reads its scrape targets when a layer was added after it started.
+        import httpx
+
+        for comp in self.components:
+            if comp.name == "prometheus" and self._is_up(comp, self._running_programs()):
+                try:
+                    httpx.post(comp.url(self.cfg) + "/-/reload", timeout=10)
+                except httpx.HTTPError as exc:
+                    progress(f"warning: Prometheus did not reload its configuration: {exc}")
+
+    def _reap_orphans(self, timeout: float = 10.0) -> None:
+        """Stop processes this lab started whose supervisor died (killed, OOM, reboot of a kernel).
+
+        They are recognised by this lab directory's unique id in their environment, so a
+        process that some other lab or user started is never touched.
+        """
+        lab_id = self.labdir.lab_id()
+        if not lab_id:
+            return
+        orphans = []
+        for proc in psutil.process_iter():
+            try:
+                if proc.pid != os.getpid() and proc.environ().get("OTTLAB_LAB_ID") == lab_id:
+                    orphans.append(proc)
+            except (psutil.Error, OSError):
+                continue  # gone, or not ours to read: either way not one of our orphans
+        orphans += [p for p in self._pidfile_processes() if p.pid not in {o.pid for o in orphans}]
+        if not orphans:
+            return
+        progress("stopping processes left by a dead supervisor: " + ", ".join(
+            f"{p.name()} (pid {p.pid})" for p in orphans))
+        for proc in orphans:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.terminate()
+        _, alive = psutil.wait_procs(orphans, timeout=timeout)
+        for proc in alive:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.kill()
+        psutil.wait_procs(alive, timeout=5)
+
+    def _pidfile_processes(self) -> list[psutil.Process]:
+        """Processes named in our components' pidfiles (in this lab directory) that still run them."""
+        found = []
+        for comp in self.components:
+            for replica in range(comp.max_replicas):
+                path = comp.pidfile_path(self.cfg, replica)
+                if path is None:
+                    continue
+                try:
+                    proc = psutil.Process(int(Path(path).read_text().strip()))
+                    # A recycled pid would run another program: only ours is stopped.
+                    if Path(comp.binary).name in proc.name():
+                        found.append(proc)
+                except (OSError, ValueError, psutil.Error):
+                    continue  # no pidfile, or its process is gone
+        return found
+
+    def _require_supervisor(self) -> None:
+        if not self.supervisor.is_running():
+            raise NotRunningError(f"the local platform in {self.cfg.home}")
+
+    def _wait_ports_closed(self, timeout: float = 10.0) -> None:
+        all_ports = [p for c in self.components for p in c.local_ports(self.cfg)]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not ports.listening(all_ports, self.cfg.host):
+                return
+            time.sleep(0.2)
+        still = ports.listening(all_ports, self.cfg.host)
+        holders = ", ".join(f"{p}: {ports.holder(p) or 'unknown'}" for p in still)
+        progress(f"warning: ports still listening after down: {holders}")
+
+
+def _reload_nginx(supervisor: Supervisor, program: str, master_pid: int, timeout: float = 10.0) -> None:
+    """HUP nginx and wait until every worker runs the new configuration.
+
+    nginx reloads asynchronously: new workers start, old ones finish their requests and exit.
+    Returning before the old workers are gone would let requests meet the old upstreams.
+    """
+    try:
+        master = psutil.Process(master_pid)
+        old_workers = {p.pid for p in master.children()}
+    except psutil.Error:
+        old_workers = set()
+    supervisor.signal(program, "HUP")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            workers = {p.pid for p in psutil.Process(master_pid).children()}
+        except psutil.Error:
+            return
+        if workers and not workers & old_workers:
+            return
+        time.sleep(0.05)
+    progress(f"warning: {program} still has workers with the old configuration after {timeout:g} s")

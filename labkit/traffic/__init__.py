@@ -1,0 +1,9 @@
+"""Viewers: simulated players and a real browser, and what shapes them.
+
+- :mod:`~labkit.traffic.audience`: an audience of simulated ABR players;
+- :mod:`~labkit.traffic.wave`: fixed-rung viewers for the CDN drills;
+- :mod:`~labkit.traffic.herd`: thundering herds and scratch nginx servers;
+- :mod:`~labkit.traffic.browser`: the web player in the system Chromium;
+- :mod:`~labkit.traffic.abr`: ABR rules;
+- :mod:`~labkit.traffic.bandwidth`: fixed rates and traces (``traces/*.csv``).
+"""
