@@ -22,11 +22,12 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /src
-# What `pip install .` needs: the project metadata (its readme included), the pins, the packages.
+# What `pip install .` needs: the project metadata (its readme included), the pins, the services.
+# labkit (the instruments) stays out: the image runs `python -m ott.<service>` and nothing else.
 COPY pyproject.toml constraints.txt README.md ./
 COPY ott/ ott/
-COPY labkit/ labkit/
-# The same pins as the lab's virtualenv (constraints.txt), without the dev extra.
+# The same pins as the lab's virtualenv (constraints.txt): the services' own dependencies only,
+# without the `lab` extra (Jupyter, Playwright, matplotlib, pandas) or the dev tools.
 RUN pip install --no-cache-dir -c constraints.txt . \
     && groupadd --gid 10001 ott \
     && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin ott

@@ -81,3 +81,54 @@ def test_notebooks_have_one_literal_parameters_cell() -> None:
         names = re.findall(r"^([A-Z_]+)\s*=", source, flags=re.M)
         assert {"TARGET", "INTERACTIVE"} <= set(names), f"{path.name}: parameters lack TARGET/INTERACTIVE"
         assert nb["metadata"]["kernelspec"]["name"] == "ottlab", f"{path.name} must pin the 'ottlab' kernel"
+
+
+# What the services must never need: the instruments' own packages (the `lab` extra) and labkit.
+LAB_ONLY_DISTRIBUTIONS = {"jupyterlab", "ipykernel", "ipywidgets", "matplotlib", "pandas", "playwright",
+                          "prometheus-api-client", "psutil", "supervisor", "aiohttp", "kubernetes"}
+LAB_ONLY_MODULES = ("labkit", "jupyterlab", "jupyter_server", "ipykernel", "IPython", "ipywidgets", "matplotlib",
+                    "pandas", "playwright", "prometheus_api_client", "psutil", "supervisor", "aiohttp", "yarl",
+                    "kubernetes")
+
+
+def test_the_services_dependency_set_leaves_out_the_lab() -> None:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    services = {re.split(r"[\[=]", req)[0].lower() for req in project["dependencies"]}
+    lab = {re.split(r"[\[=]", req)[0].lower() for req in project["optional-dependencies"]["lab"]}
+    assert not services & LAB_ONLY_DISTRIBUTIONS, services & LAB_ONLY_DISTRIBUTIONS
+    assert LAB_ONLY_DISTRIBUTIONS - {"kubernetes"} <= lab
+    assert "ottlab[lab,kube]" in project["optional-dependencies"]["dev"]
+
+
+def test_every_ott_module_imports_without_the_lab_packages() -> None:
+    # A fresh interpreter in which importing any lab-only package fails, as in the services image.
+    code = f"""
+import importlib, importlib.abc, pkgutil, sys
+BLOCKED = {LAB_ONLY_MODULES!r}
+class Refuse(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ImportError("lab-only package imported by a service: " + name)
+        return None
+sys.meta_path.insert(0, Refuse())
+import ott
+names = [m.name for m in pkgutil.walk_packages(ott.__path__, "ott.")]
+for name in names:
+    importlib.import_module(name)
+print(len(names))
+"""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout.strip()) >= 25, "every ott module was imported"
+
+
+def test_the_services_image_carries_ott_and_not_labkit() -> None:
+    dockerfile = (REPO / "Dockerfile").read_text()
+    copies = [line.split()[1] for line in dockerfile.splitlines() if line.startswith("COPY ")]
+    assert "ott/" in copies
+    assert not [c for c in copies if c.startswith("labkit")]
+    assert "labkit" in (REPO / ".dockerignore").read_text().splitlines()
