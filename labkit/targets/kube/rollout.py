@@ -11,12 +11,11 @@ Example::
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from labkit.core.errors import TimeoutExpired
+from labkit.core.wait import until
 from labkit.targets.kube.cluster import DEPLOYMENTS, PODS, Cluster
 from labkit.targets.kube.manifest import KubeObject
 
@@ -96,15 +95,17 @@ def wait_all(
     """Wait until the rollout of every Deployment in ``names`` is complete; their statuses.
 
     The Deployments roll out side by side, so they share one deadline, ``timeout`` seconds
-    from now. When it passes, :class:`TimeoutExpired` names each Deployment still rolling out,
-    how far it got and why its pods are stuck, when they say.
+    from now. When it passes, :class:`~labkit.core.errors.TimeoutExpired` names each Deployment
+    still rolling out, how far it got and why its pods are stuck, when they say.
     """
-    deadline = time.monotonic() + timeout
     pending = list(dict.fromkeys(names))
     done: dict[str, RolloutStatus] = {}
     said: dict[str, str] = {}
-    while True:
-        waiting: dict[str, str] = {}
+    waiting: dict[str, str] = {}
+
+    def rolled_out() -> bool:
+        nonlocal pending
+        waiting.clear()
         for name in pending:
             deployment = cluster.get(DEPLOYMENTS, name, namespace)
             if deployment is None:
@@ -118,25 +119,22 @@ def wait_all(
             else:
                 waiting[name] = status.describe()
         pending = [name for name in pending if name in waiting]
-        if not pending:
-            return done
-        if progress is not None:
+        if pending and progress is not None:
             for name, text in waiting.items():
                 if said.get(name) != text:
                     progress(f"  waiting for deployment/{name}: {text}")
                     said[name] = text
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            stuck = "; ".join(
-                f"deployment/{name} ({text}{_pod_trouble(cluster, namespace, name)})" for name, text in waiting.items()
-            )
-            raise TimeoutExpired(
-                f"the rollout in namespace {namespace} of {stuck}",
-                timeout,
-                hint="a first image pull can take minutes: raise OTTLAB_READY_TIMEOUT (e.g. 300) and run "
-                f"`ottlab up --target kube` again; `kubectl -n {namespace} describe pods` shows why pods wait",
-            )
-        time.sleep(min(poll_interval, remaining))
+        return not pending
+
+    def stuck() -> str:
+        return f"the rollout in namespace {namespace} of " + "; ".join(
+            f"deployment/{name} ({text}{_pod_trouble(cluster, namespace, name)})" for name, text in waiting.items()
+        )
+
+    until(rolled_out, timeout, poll_interval, stuck,
+          hint="a first image pull can take minutes: raise OTTLAB_READY_TIMEOUT (e.g. 300) and run "
+          f"`ottlab up --target kube` again; `kubectl -n {namespace} describe pods` shows why pods wait")
+    return done
 
 
 def _pod_trouble(cluster: Cluster, namespace: str, name: str) -> str:

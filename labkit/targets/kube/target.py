@@ -20,14 +20,14 @@ Example::
 from __future__ import annotations
 
 import functools
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from labkit.core.config import LabConfig
 from labkit.core.console import progress
-from labkit.core.errors import ConfigError, KubeError, NotRunningError, TimeoutExpired
+from labkit.core.errors import ConfigError, KubeError, NotRunningError
+from labkit.core.wait import until
 from labkit.platform.component import Component
 from labkit.targets.base import ComponentStatus, Target
 from labkit.targets.kube import cluster, manifest, rollout, secrets
@@ -135,8 +135,9 @@ class KubeTarget(Target):
                 if self._cluster.delete(rtype, manifest.name(obj), namespace):
                     progress(f"  deleted {rtype.kind.lower()}/{manifest.name(obj)}")
         if namespace_exists:
-            self._wait_until(
+            until(
                 lambda: not self._cluster.list(PODS, self.namespace, label_selector=LAB_SELECTOR),
+                self.cfg.ready_timeout, rollout.POLL_INTERVAL,
                 f"the lab's pods in namespace {self.namespace} to terminate",
             )
         if purge and namespace_exists:
@@ -145,8 +146,9 @@ class KubeTarget(Target):
                     progress(f"  deleted persistentvolumeclaim/{manifest.name(claim)}")
             self._cluster.delete(NAMESPACES, self.namespace)
             progress(f"  deleted namespace/{self.namespace}")
-            self._wait_until(
+            until(
                 lambda: self._cluster.get(NAMESPACES, self.namespace) is None,
+                self.cfg.ready_timeout, rollout.POLL_INTERVAL,
                 f"namespace {self.namespace} to be deleted",
             )
 
@@ -381,15 +383,6 @@ class KubeTarget(Target):
             api_client.close()  # type: ignore[no-untyped-call]
         stream: Stream = forward.socket(number)
         return stream
-
-    def _wait_until(self, done: Callable[[], bool], what: str) -> None:
-        """Poll ``done`` until it is true, for at most ``cfg.ready_timeout`` seconds."""
-        deadline = time.monotonic() + self.cfg.ready_timeout
-        while not done():
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutExpired(what, self.cfg.ready_timeout)
-            time.sleep(min(rollout.POLL_INTERVAL, remaining))
 
     def _close_forwards(self) -> None:
         for forward in self._forwards.values():
