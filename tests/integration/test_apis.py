@@ -3,6 +3,7 @@ rate limiting, retries, and state that survives kill -9."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 
@@ -95,8 +96,15 @@ def test_idempotent_requests_are_retried_past_a_dead_replica(lab: LocalTarget) -
         with httpx.Client(base_url=gateway, timeout=10) as http:
             statuses = [http.get("/api/catalog/titles").status_code for _ in range(20)]
         assert statuses == [200] * 20
-        log = lab.logs("gateway", lines=60)
-        assert "upstream" in log and "catalog" in log
+        catalog = lab.component("catalog")
+        dead, alive = (f"{lab.cfg.host}:{catalog.local_port(lab.cfg, 'http', i)}" for i in (0, 1))
+        lines = [json.loads(line) for line in lab.logs("gateway", lines=200).splitlines() if line.startswith("{")]
+        answered = [r for r in lines if r.get("uri") == "/api/catalog/titles"][-20:]
+        assert [r["status"] for r in answered] == [200] * 20
+        # Each was answered by the live replica; the first (at least) was refused by the dead one and retried.
+        assert all(r["upstream"].split(", ")[-1] == alive for r in answered), answered
+        retried = [r for r in answered if r["upstream"].split(", ")[0] == dead]
+        assert retried and all(r["upstream_status"].split(", ")[-1] == "200" for r in retried), answered
     finally:
         lab.scale("catalog", 1)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 import tomllib
@@ -78,7 +79,19 @@ def test_notebooks_have_one_literal_parameters_cell() -> None:
         tagged = [c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
         assert len(tagged) == 1, f"{path.name} needs exactly one cell tagged 'parameters'"
         source = "".join(tagged[0]["source"])
-        names = re.findall(r"^([A-Z_]+)\s*=", source, flags=re.M)
+        names = []
+        # papermill replaces this cell's assignments: each must be NAME = <a literal>, and nothing else.
+        for statement in ast.parse(source).body:
+            assert isinstance(statement, ast.Assign) and len(statement.targets) == 1, \
+                f"{path.name}: the parameters cell holds more than assignments: {ast.unparse(statement)}"
+            target = statement.targets[0]
+            assert isinstance(target, ast.Name) and target.id.isupper(), f"{path.name}: {ast.unparse(target)}"
+            try:
+                ast.literal_eval(statement.value)
+            except ValueError:
+                raise AssertionError(f"{path.name}: {target.id} is not a literal: {ast.unparse(statement.value)}") \
+                    from None
+            names.append(target.id)
         assert {"TARGET", "INTERACTIVE"} <= set(names), f"{path.name}: parameters lack TARGET/INTERACTIVE"
         assert nb["metadata"]["kernelspec"]["name"] == "ottlab", f"{path.name} must pin the 'ottlab' kernel"
 
