@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from labkit.analysis import experience
-from labkit.core.errors import LabError, TimeoutExpired
+from labkit.core.errors import LabError
+from labkit.core.wait import until
 from labkit.platform import credentials
 from labkit.platform.layers import cdn
 from labkit.targets.base import Target
@@ -121,22 +122,25 @@ def wait_for_sessions(target: Target, sessions: Collection[str], window: Sequenc
     start, end = float(window[0]), float(window[1])
     wanted = set(sessions)
     replicas = len(pop_urls(target))
-    now = time.monotonic()
-    deadline, settled = now + timeout, now + settle
-    while True:
+    settled = time.monotonic() + settle
+    missing = sorted(wanted)
+    requests = experience.edge_requests([])
+
+    def all_in() -> bool:
+        nonlocal missing, requests
         records = [r for replica in range(replicas) for r in (access_log(target, replica) or [])]
         requests = experience.edge_requests(records)
         requests = requests[requests["started"].between(start, end)].reset_index(drop=True)
         missing = sorted(wanted - set(requests["sid"].dropna()))
-        now = time.monotonic()
-        if not missing and now >= settled:
-            return requests
-        if missing and now >= deadline:
-            shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
-            raise TimeoutExpired(
-                f"{len(missing)} of {len(wanted)} sessions in the access logs of {replicas} PoP(s) (missing: {shown})",
-                timeout, hint="were they played through these PoPs, in this window? Else raise the timeout")
-        time.sleep(max(0.0, min(interval, settled - now) if not missing else interval))
+        return not missing and time.monotonic() >= settled
+
+    def still_missing() -> str:
+        shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+        return f"{len(missing)} of {len(wanted)} sessions in the access logs of {replicas} PoP(s) (missing: {shown})"
+
+    until(all_in, max(timeout, settle), interval, still_missing,
+          hint="were they played through these PoPs, in this window? Else raise the timeout")
+    return requests
 
 
 def values_by(prom: Prometheus, promql: str, by: str) -> dict[str, float]:
@@ -158,12 +162,13 @@ def wait_for_values(prom: Prometheus, promql: str, *, by: str, at_least: Mapping
     the last one (every few seconds), so the wait is short and bounded by ``timeout`` seconds
     (:class:`labkit.core.errors.TimeoutExpired`, with the last values seen).
     """
-    deadline = time.monotonic() + timeout
-    while True:
+    values: dict[str, float] = {}
+
+    def reached() -> bool:
+        nonlocal values
         values = values_by(prom, promql, by)
-        if all(values.get(group, float("-inf")) >= minimum for group, minimum in at_least.items()):
-            return values
-        if time.monotonic() >= deadline:
-            wanted = ", ".join(f"{g} >= {m:g}" for g, m in sorted(at_least.items()))
-            raise TimeoutExpired(f"{promql!r} to reach {wanted} (last seen: {values})", timeout)
-        time.sleep(interval)
+        return all(values.get(group, float("-inf")) >= minimum for group, minimum in at_least.items())
+
+    wanted = ", ".join(f"{g} >= {m:g}" for g, m in sorted(at_least.items()))
+    until(reached, timeout, interval, lambda: f"{promql!r} to reach {wanted} (last seen: {values})")
+    return values

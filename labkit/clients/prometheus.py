@@ -10,7 +10,6 @@ Example::
 
 from __future__ import annotations
 
-import time
 from collections.abc import Collection
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -20,7 +19,8 @@ import requests
 from prometheus_api_client import PrometheusConnect
 from prometheus_api_client.exceptions import PrometheusApiClientException
 
-from labkit.core.errors import PrometheusError, TimeoutExpired
+from labkit.core.errors import PrometheusError
+from labkit.core.wait import until
 
 DEFAULT_TIMEOUT = 10.0
 
@@ -77,15 +77,16 @@ class Prometheus:
 
     def wait_for_targets(self, jobs: list[str], timeout: float = 60.0) -> pd.DataFrame:
         """Wait until every job in ``jobs`` has all its targets up; return :meth:`targets`."""
-        deadline = time.monotonic() + timeout
         frame = pd.DataFrame()
-        while time.monotonic() < deadline:
+
+        def all_up() -> bool:
+            nonlocal frame
             frame = self.targets()
             mine = frame[frame["job"].isin(jobs)]
-            if set(mine["job"]) == set(jobs) and (mine["health"] == "up").all():
-                return frame
-            time.sleep(0.5)
-        raise TimeoutExpired(f"Prometheus targets {jobs} to be up (last seen:\n{frame.to_string()})", timeout)
+            return set(mine["job"]) == set(jobs) and bool((mine["health"] == "up").all())
+
+        until(all_up, timeout, 0.5, lambda: f"Prometheus targets {jobs} to be up (last seen:\n{frame.to_string()})")
+        return frame
 
     def wait_for_samples(self, selector: str, *, by: str, count: int, groups: Collection[str] = (),
                          minutes: float = 5.0, step: str = "5s", timeout: float = 60.0) -> pd.DataFrame:
@@ -95,15 +96,16 @@ class Prometheus:
         yet has no samples to count). Counts real samples with ``count_over_time``, not the points
         a range query would repeat between scrapes; returns the range at ``step``.
         """
-        deadline = time.monotonic() + timeout
         counts = pd.DataFrame()
-        while time.monotonic() < deadline:
+
+        def enough() -> bool:
+            nonlocal counts
             counts = self.query(f"count_over_time({selector}[{int(minutes * 60)}s])")
-            if (not counts.empty and set(groups) <= set(counts[by])
-                    and counts.groupby(by)["value"].min().min() >= count):
-                return self.query_range(selector, minutes=minutes, step=step)
-            time.sleep(1)
-        raise TimeoutExpired(f"{count} samples of {selector!r} per {by} (have:\n{counts.to_string()})", timeout)
+            return bool(not counts.empty and set(groups) <= set(counts[by])
+                        and counts.groupby(by)["value"].min().min() >= count)
+
+        until(enough, timeout, 1, lambda: f"{count} samples of {selector!r} per {by} (have:\n{counts.to_string()})")
+        return self.query_range(selector, minutes=minutes, step=step)
 
     def _call(self, method: Any, *args: Any, **kwargs: Any) -> Any:
         try:

@@ -25,6 +25,7 @@ from typing import Any
 import httpx
 
 from labkit.core.errors import ConfigError, LabError, TimeoutExpired
+from labkit.core.wait import until
 from labkit.targets import Target
 from ott.media.errors import InvalidTitleId
 from ott.media.publish import validate_title_id
@@ -99,9 +100,10 @@ class TranscoderClient:
     def wait(self, job_id: str, *, on_progress: ProgressCallback | None = None, timeout: float = 3600.0,
              stall_timeout: float = STALL_TIMEOUT_S) -> Job:
         """Poll until the job ends; raise :class:`TranscodeFailed` unless it published."""
-        deadline = time.monotonic() + timeout
         last_change, last_seen = time.monotonic(), None
-        while True:
+
+        def published() -> Job | None:
+            nonlocal last_change, last_seen
             job = self.job(job_id)
             seen = (job.state, job.progress.fraction if job.progress else None)
             if seen != last_seen:
@@ -115,13 +117,12 @@ class TranscoderClient:
                 return job
             if job.state == "failed":
                 raise TranscodeFailed(job)
-            now = time.monotonic()
-            if now > deadline:
-                raise TimeoutExpired(f"transcode job {job_id}", timeout, hint="see `ottlab logs transcoder`")
-            if job.state == "running" and now - last_change > stall_timeout:
+            if job.state == "running" and time.monotonic() - last_change > stall_timeout:
                 raise TimeoutExpired(f"any progress of transcode job {job_id}", stall_timeout,
                                      hint="the encoder looks stuck: see `ottlab logs transcoder`")
-            time.sleep(POLL_S)
+            return None
+
+        return until(published, timeout, POLL_S, f"transcode job {job_id}", hint="see `ottlab logs transcoder`")
 
     def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:

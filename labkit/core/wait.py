@@ -26,7 +26,7 @@ __all__ = ["until"]
 
 
 def until(
-    predicate: Callable[[], T],
+    predicate: Callable[[], T | None],
     timeout: float,
     interval: float = 0.1,
     what: str | Callable[[], str] = "a condition",

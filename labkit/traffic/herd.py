@@ -38,7 +38,8 @@ import httpx
 from labkit.core import eventloop
 from labkit.core.config import HOST, LabConfig
 from labkit.core.console import echo_command
-from labkit.core.errors import ComponentFailedError, MissingBinaryError
+from labkit.core.errors import ComponentFailedError, MissingBinaryError, TimeoutExpired
+from labkit.core.wait import until
 from labkit.platform import credentials, nginx
 from labkit.platform.component import Readiness
 from labkit.platform.layers import cdn, media
@@ -182,19 +183,23 @@ class ScratchNginx:
             raise
 
     def _wait_ready(self) -> None:
-        assert self._proc is not None
-        deadline = time.monotonic() + self.ready_timeout
-        while True:
+        proc = self._proc
+        assert proc is not None
+        why = "no probe ran"
+
+        def ready() -> bool:
+            nonlocal why
             ok, why = probe(self.url, HEALTHZ)
-            if ok:
-                return
-            if self._proc.poll() is not None:
-                raise ComponentFailedError(self.name, f"nginx exited with status {self._proc.returncode}",
+            if not ok and proc.poll() is not None:
+                raise ComponentFailedError(self.name, f"nginx exited with status {proc.returncode}",
                                            self.stderr_tail())
-            if time.monotonic() > deadline:
-                raise ComponentFailedError(self.name, f"not ready within {self.ready_timeout:g} s: {why}",
-                                           self.stderr_tail())
-            time.sleep(0.1)
+            return ok
+
+        try:
+            until(ready, self.ready_timeout, 0.1, f"{self.name} to answer at {self.url}")
+        except TimeoutExpired:
+            raise ComponentFailedError(self.name, f"not ready within {self.ready_timeout:g} s: {why}",
+                                       self.stderr_tail()) from None
 
     def stderr_tail(self, lines: int = 20) -> str:
         path = self._dir / "stderr.log" if self._dir is not None else None

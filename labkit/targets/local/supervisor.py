@@ -22,7 +22,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import xmlrpc.client
 from collections.abc import Sequence
 from http.client import HTTPConnection
@@ -34,6 +33,7 @@ from supervisor.xmlrpc import SupervisorTransport
 from labkit.core.config import LabConfig
 from labkit.core.console import echo_command
 from labkit.core.errors import LabError, NotRunningError, TimeoutExpired
+from labkit.core.wait import until
 from labkit.platform.component import Component, links
 
 RPC_TIMEOUT = 30.0
@@ -193,12 +193,8 @@ class Supervisor:
                 f"supervisord did not start: {(proc.stderr or proc.stdout).strip()}",
                 hint=f"read {self.log_path}",
             )
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.is_running():
-                return
-            time.sleep(0.1)
-        raise TimeoutExpired("supervisord to answer on its socket", START_TIMEOUT)
+        until(self.is_running, START_TIMEOUT, 0.1, "supervisord to answer on its socket",
+              hint=f"read {self.log_path}")
 
     def reload(self) -> None:
         """Apply a rewritten config: add new programs, replace changed ones, drop removed ones."""
@@ -268,15 +264,21 @@ class Supervisor:
 
 
 def _wait_exit(pid: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    """Whether process ``pid`` exited within ``timeout`` seconds (a caller then escalates)."""
+
+    def exited() -> bool:
         try:
             os.kill(pid, 0)
         except ProcessLookupError:
             return True
         _reap(pid)
-        time.sleep(0.1)
-    return False
+        return False
+
+    try:
+        until(exited, timeout, 0.1, f"process {pid} to exit")
+    except TimeoutExpired:
+        return False
+    return True
 
 
 def _reap(pid: int) -> None:

@@ -16,7 +16,8 @@ import psutil
 from labkit.core import ports
 from labkit.core.config import LabConfig
 from labkit.core.console import progress
-from labkit.core.errors import ComponentFailedError, ConfigError, MissingBinaryError, NotRunningError
+from labkit.core.errors import ComponentFailedError, ConfigError, MissingBinaryError, NotRunningError, TimeoutExpired
+from labkit.core.wait import until
 from labkit.platform.component import Component
 from labkit.platform.layer import Layer
 from labkit.platform.readiness import probe
@@ -263,24 +264,28 @@ class LocalTarget(Target):
 
     def _wait_ready(self, comp: Component, program: str, replica: int) -> None:
         url = comp.url(self.cfg, comp.readiness.port, replica)
-        deadline = time.monotonic() + self.cfg.ready_timeout
+        log = self.cfg.log_dir / f"{program}.log"
         reason = "no probe ran"
-        while time.monotonic() < deadline:
-            ready, reason = probe(url, comp.readiness)
+
+        def ready() -> bool:
+            nonlocal reason
+            answering, reason = probe(url, comp.readiness)
             state = self.supervisor.info(program)["statename"]
             # Ready means answering *and* past supervisord's startsecs, so status agrees.
-            if ready and state == "RUNNING":
-                progress(f"  {program} ready at {url}")
-                return
-            if ready:
+            if answering and state == "RUNNING":
+                return True
+            if answering:
                 reason = f"answering, but supervisord still reports {state}"
             if state in _DEAD:
-                reason = f"its process is {state}"
-                break
-            time.sleep(0.2)
-        else:
-            reason = f"{reason} (waited {self.cfg.ready_timeout:g} s)"
-        raise ComponentFailedError(comp.name, reason, log_tail(self.cfg.log_dir / f"{program}.log", 15))
+                raise ComponentFailedError(comp.name, f"its process is {state}", log_tail(log, 15))
+            return False
+
+        try:
+            until(ready, self.cfg.ready_timeout, 0.2, f"{program} to be ready at {url}")
+        except TimeoutExpired:
+            raise ComponentFailedError(comp.name, f"{reason} (waited {self.cfg.ready_timeout:g} s)",
+                                       log_tail(log, 15)) from None
+        progress(f"  {program} ready at {url}")
 
     def _status_of(self, comp: Component, info: dict[str, dict[str, object]]) -> ComponentStatus:
         programs = [p for p in program_names(comp) if p in info]
@@ -374,14 +379,12 @@ class LocalTarget(Target):
 
     def _wait_ports_closed(self, timeout: float = 10.0) -> None:
         all_ports = [p for c in self.components for p in c.local_ports(self.cfg)]
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not ports.listening(all_ports, self.cfg.host):
-                return
-            time.sleep(0.2)
-        still = ports.listening(all_ports, self.cfg.host)
-        holders = ", ".join(f"{p}: {ports.holder(p) or 'unknown'}" for p in still)
-        progress(f"warning: ports still listening after down: {holders}")
+        try:
+            until(lambda: not ports.listening(all_ports, self.cfg.host), timeout, 0.2, "the lab's ports to close")
+        except TimeoutExpired:
+            still = ports.listening(all_ports, self.cfg.host)
+            holders = ", ".join(f"{p}: {ports.holder(p) or 'unknown'}" for p in still)
+            progress(f"warning: ports still listening after down: {holders}")
 
 
 def _reload_nginx(supervisor: Supervisor, program: str, master_pid: int, timeout: float = 10.0) -> None:
@@ -396,13 +399,15 @@ def _reload_nginx(supervisor: Supervisor, program: str, master_pid: int, timeout
     except psutil.Error:
         old_workers = set()
     supervisor.signal(program, "HUP")
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def reloaded() -> bool:
         try:
             workers = {p.pid for p in psutil.Process(master_pid).children()}
         except psutil.Error:
-            return
-        if workers and not workers & old_workers:
-            return
-        time.sleep(0.05)
-    progress(f"warning: {program} still has workers with the old configuration after {timeout:g} s")
+            return True  # the master is gone: no worker runs the old configuration
+        return bool(workers) and not workers & old_workers
+
+    try:
+        until(reloaded, timeout, 0.05, f"{program}'s workers to run the new configuration")
+    except TimeoutExpired:
+        progress(f"warning: {program} still has workers with the old configuration after {timeout:g} s")
