@@ -47,6 +47,7 @@ __version__ = "0.1.0"
 # Modules a notebook reaches as ``labkit.<name>``, loaded on first use: widgets, pandas and
 # matplotlib stay out of `ottlab`'s start-up.
 _LAZY = {
+    "parameters": "labkit.core.parameters",
     "api": "labkit.clients.api",
     "seed": "labkit.clients.seed",
     "transcoding": "labkit.clients.transcoding",
@@ -64,6 +65,8 @@ _LAZY = {
     "media": "labkit.platform.layers.media",
     "cdn": "labkit.platform.layers.cdn",
     "player": "labkit.platform.layers.player",
+    "live_playlist": "labkit.drills.live_playlist",
+    "cache_lock": "labkit.drills.cache_lock",
 }
 
 __all__ = [

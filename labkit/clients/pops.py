@@ -1,12 +1,11 @@
-"""The CDN layer seen from a notebook: the PoPs' URLs, signed URLs you can reach, the access logs.
+"""The CDN layer seen from a notebook: the PoPs' URLs, signed URLs you can reach, waits on their logs and metrics.
 
 On the local target every PoP is a port of this machine and its access log a file; on Kubernetes
-the PoPs are the pods behind the ``edge`` Service (reached through one port-forward) and their logs
-stay in the pods, so the helpers that need files answer ``None`` there::
+the PoPs are the pods behind the ``edge`` Service (reached through one port-forward). A PoP's access
+log is :meth:`labkit.targets.base.Target.access_log`, where the target can read it::
 
     pops = pop_urls(target)                               # {"edge-0": "http://127.0.0.1:18100", ...}
     url = reachable(grant["playback"][0]["url"], pops)    # license's signed URL, via a URL of this machine
-    lines = access_log(target, 0)                          # the JSON lines of edge-0 (local), else None
 
 a bounded wait until the access logs hold the requests of some CMCD sessions (``wait_for_sessions``),
 and two small Prometheus helpers: the value of a query per label (``values_by``) and a bounded wait
@@ -17,15 +16,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Collection, Mapping, Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import httpx
 
 from labkit.analysis import experience
-from labkit.core.errors import LabError
 from labkit.core.wait import until
-from labkit.platform import credentials
 from labkit.platform.layers import cdn
 from labkit.targets.base import Target
 
@@ -67,37 +63,6 @@ def reachable(url: str, pops: Mapping[str, str], pop: str | None = None) -> str:
     return str(parsed.copy_with(scheme=base.scheme, host=base.host, port=base.port))
 
 
-def local_signing_secret(target: Target) -> str | None:
-    """The lab's URL-signing secret when it is a file of this machine (the local target), else ``None``."""
-    path = target.cfg.conf_dir / credentials.SIGNING_SECRET_FILE
-    if target.name != "local" or not path.is_file():
-        return None
-    return path.read_text().strip()
-
-
-def access_log_path(target: Target, replica: int = 0) -> Path | None:
-    """The JSON access log of PoP ``edge-<replica>`` on this machine (the local target), else ``None``."""
-    if target.name != "local":
-        return None
-    return Path(target.cfg.run_dir) / "edge" / str(replica) / "access.log"
-
-
-def access_log(target: Target, replica: int = 0) -> list[dict[str, Any]] | None:
-    """The requests PoP ``edge-<replica>`` logged (one dict per JSON line), or ``None`` off the local target.
-
-    Lines that are not a JSON object (a line being written) are skipped. The PoP's exporter empties
-    the file when it grows past ``labkit.platform.layers.cdn.ACCESS_LOG_MAX_BYTES``, so this is the recent past.
-    """
-    path = access_log_path(target, replica)
-    if path is None:
-        return None
-    if not path.exists():
-        return []
-    from labkit.traffic.herd import parse_log_lines
-
-    return parse_log_lines(path.read_text(errors="replace").splitlines())
-
-
 def wait_for_sessions(target: Target, sessions: Collection[str], window: Sequence[float], *,
                       timeout: float = 60.0, interval: float = 0.5,
                       settle: float = cdn.LOG_FLUSH_S) -> pd.DataFrame:
@@ -113,22 +78,20 @@ def wait_for_sessions(target: Target, sessions: Collection[str], window: Sequenc
         requests = wait_for_sessions(target, set(audience.sessions["session"]), (t0, t1), timeout=120)
         edge = experience.edge_sessions(requests)
 
-    Only on the local target (the PoPs' logs are files of this machine); elsewhere a
-    :class:`labkit.core.errors.LabError`.
+    The logs come from :meth:`labkit.targets.base.Target.access_log`: a target that cannot read them
+    says why at once (:class:`labkit.core.errors.MissingCapabilityError`).
     """
-    if target.name != "local":
-        raise LabError(f"the PoPs' access logs of target {target.name!r} are not files of this machine",
-                       hint="read the per-session CMCD gauges ott_edge_cmcd_session_* in Prometheus instead")
     start, end = float(window[0]), float(window[1])
     wanted = set(sessions)
-    replicas = len(pop_urls(target))
+    every_pop = sorted(pop_urls(target))
+    replicas = len(every_pop)
     settled = time.monotonic() + settle
     missing = sorted(wanted)
     requests = experience.edge_requests([])
 
     def all_in() -> bool:
         nonlocal missing, requests
-        records = [r for replica in range(replicas) for r in (access_log(target, replica) or [])]
+        records = [r for pop in every_pop for r in target.access_log(pop)]
         requests = experience.edge_requests(records)
         requests = requests[requests["started"].between(start, end)].reset_index(drop=True)
         missing = sorted(wanted - set(requests["sid"].dropna()))

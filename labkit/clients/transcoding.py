@@ -145,6 +145,22 @@ def _error(response: httpx.Response) -> tuple[str, str]:
         return "error", response.text[:300]
 
 
+def sample_clip(target: Target, seconds: float, *, width: int = 1280, height: int = 720) -> Path:
+    """The lab's test clip of ``seconds`` (:func:`ott.media.sample.make_sample`), made once on this machine.
+
+    It is deterministic, so it is kept in the lab's data directory and every later call (another
+    notebook, a second run) reuses the file::
+
+        clip = sample_clip(target, 20)   # <lab>/data/sources/lab-clock-20s-1280x720.mp4
+    """
+    from ott.media.sample import make_sample
+
+    path = target.cfg.data_dir / "sources" / f"lab-clock-{seconds:g}s-{width}x{height}.mp4"
+    if not path.is_file():
+        make_sample(path, seconds, width=width, height=height)
+    return path
+
+
 def transcode(target: Target, source: str | Path, title_id: str, *, encrypt: bool = False, ladder: str = "default",
               preset: str | None = None, name: str | None = None, description: str | None = None,
               tier: str | None = None, progress: bool = True, timeout: float = 3600.0) -> Job:
@@ -156,12 +172,8 @@ def transcode(target: Target, source: str | Path, title_id: str, *, encrypt: boo
         validate_title_id(title_id)
     except InvalidTitleId as exc:
         raise ConfigError(str(exc)) from None
-    path = Path(source).expanduser()
-    if not path.is_file():
-        raise ConfigError(f"source {path} does not exist or is not a file", hint="check the path; make a test clip "
-                          "with `ottlab sample --seconds 20 --out clip.mp4`")
     spec = JobSpec.model_validate({
-        "source": str(path.resolve() if not path.is_absolute() else path), "title_id": title_id,
+        "source": target.transcoder_source(Path(source)), "title_id": title_id,
         "encrypt": encrypt, "ladder": ladder, "preset": preset, "name": name, "description": description,
         "tier": tier,
     })

@@ -133,6 +133,15 @@ class KubeError(LabError):
     """The Kubernetes API refused or failed an operation."""
 
 
+class MissingCapabilityError(LabError):
+    """The target cannot do what was asked (a file of this machine, on a cluster): why, and what instead."""
+
+    def __init__(self, target: str, capability: str, why: str, *, hint: str) -> None:
+        self.target = target
+        self.capability = capability
+        super().__init__(f"the {target} target cannot {capability}: {why}", hint=hint)
+
+
 class TimeoutExpired(LabError):
     """A bounded wait ran out."""
 

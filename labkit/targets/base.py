@@ -12,6 +12,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from labkit.core.config import LabConfig
@@ -109,6 +110,30 @@ class Target(abc.ABC):
     def service_token(self) -> str:
         """The lab's service-to-service secret, for admin calls such as seeding."""
         raise LabError(f"the {self.name} target cannot read the lab's service token")
+
+    # -- capabilities where the targets differ ---------------------------------------------
+    # A target that truly cannot do one raises MissingCapabilityError, saying why and what instead;
+    # notebooks and instruments call these and never ask which target they hold.
+
+    @abc.abstractmethod
+    def describe(self) -> str:
+        """Where this target keeps the platform, in words: ``lab directory /…/var``, ``namespace ottlab at …``."""
+
+    @abc.abstractmethod
+    def signing_secret(self) -> str:
+        """The lab's URL-signing secret, shared by license (which signs) and the PoPs (which check)."""
+
+    @abc.abstractmethod
+    def media_root(self) -> Path:
+        """The origin's media root as a folder of this machine: what the transcoder publishes, the origin serves."""
+
+    @abc.abstractmethod
+    def access_log(self, pop: str) -> list[dict[str, Any]]:
+        """The requests PoP ``pop`` (``edge-0``) logged, one dict per JSON line of its access log; ``[]`` before any."""
+
+    @abc.abstractmethod
+    def transcoder_source(self, path: Path) -> str:
+        """How the transcoder names the source file ``path`` of this machine, for a job's ``source``."""
 
     def status_frame(self) -> pd.DataFrame:
         """:meth:`status` as a DataFrame, for a notebook table."""

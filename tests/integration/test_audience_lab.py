@@ -14,7 +14,7 @@ import httpx
 import pytest
 from _labs import running_lab
 
-from labkit.clients import pops, transcoding
+from labkit.clients import transcoding
 from labkit.platform.layers import cdn
 from labkit.targets.local.target import LocalTarget
 from labkit.traffic import audience
@@ -59,7 +59,7 @@ def test_viewers_start_without_stalls_and_the_edge_logs_their_cmcd(lab: LocalTar
     sessions = set(result.sessions["session"])
 
     def logged() -> set[str]:
-        lines = pops.access_log(lab, 0) or []
+        lines = lab.access_log("edge-0")
         sids = {cmcd.parse(unquote(line["cmcd"])).sid for line in lines if line.get("cmcd") not in (None, "", "-")}
         return sessions & sids
 

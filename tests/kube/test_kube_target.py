@@ -44,6 +44,7 @@ from labkit.core.errors import (
     ClusterUnreachableError,
     ConfigError,
     KubeError,
+    MissingCapabilityError,
     NotRunningError,
     TimeoutExpired,
     UnknownComponentError,
@@ -550,6 +551,34 @@ def test_down_keeps_the_url_signing_secret_and_purge_deletes_it(fake_cluster: Fa
     assert [p for p in deleted if "/secrets/" in p] == [f"/api/v1/namespaces/{NAMESPACE}/secrets/{URL_SIGNING}"]
     last_deployment = max(i for i, p in enumerate(deleted) if "/deployments/" in p)
     assert deleted.index(f"/api/v1/namespaces/{NAMESPACE}/secrets/{URL_SIGNING}") > last_deployment
+
+
+def test_the_signing_secret_is_read_from_the_secret_up_created(fake_cluster: FakeCluster, lab_cfg: LabConfig) -> None:
+    settle_deployments(fake_cluster)
+    target = apis_target(fake_cluster, lab_cfg)
+    with pytest.raises(NotRunningError, match=f"no Secret {URL_SIGNING}"):
+        target.signing_secret()
+
+    target.up(["cdn"])
+
+    # The raw secret license signs with: a notebook's own signed URL then matches the PoPs' check.
+    assert target.signing_secret() == secret_data(fake_cluster, URL_SIGNING)["secret"].decode()
+    assert target.describe() == f"namespace {NAMESPACE} at {fake_cluster.url}"
+
+
+@pytest.mark.parametrize(("call", "says"), [
+    (lambda t: t.media_root(), "cannot reach the origin's media root from this machine"),
+    (lambda t: t.access_log("edge-0"), "cannot read the access log of PoP 'edge-0'"),
+    (lambda t: t.transcoder_source(Path("clip.mp4")), "cannot send clip.mp4 to the transcoder"),
+])
+def test_what_a_cluster_keeps_in_its_pods_is_a_missing_capability(
+    fake_cluster: FakeCluster, lab_cfg: LabConfig, call: Any, says: str
+) -> None:
+    target = make_target(fake_cluster, lab_cfg)
+    with pytest.raises(MissingCapabilityError, match=f"the kube target {says}") as caught:
+        call(target)
+    assert caught.value.hint and caught.value.target == "kube"
+    assert fake_cluster.requests() == []   # decided without asking the cluster
 
 
 class SecretStore:

@@ -1,9 +1,8 @@
-"""labkit.clients.pops: PoP URLs, reachable signed URLs, the local secret and access logs, Prometheus waits."""
+"""labkit.clients.pops: PoP URLs, reachable signed URLs, Prometheus waits."""
 
 from __future__ import annotations
 
 import doctest
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,8 +13,6 @@ import pytest
 from labkit.clients import pops
 from labkit.core.config import LabConfig
 from labkit.core.errors import TimeoutExpired
-from labkit.platform import credentials
-from labkit.platform.layers import cdn
 from labkit.targets.base import ComponentStatus
 
 
@@ -75,27 +72,6 @@ def test_a_url_is_moved_to_the_named_or_the_only_pop() -> None:
 def test_a_url_at_no_known_pop_needs_a_name_when_there_are_several() -> None:
     with pytest.raises(ValueError, match="none of the PoPs"):
         pops.reachable("http://elsewhere:8080/s/t/1/a/m.m3u8", POPS)
-
-
-def test_the_signing_secret_is_read_only_on_the_local_target(cfg: LabConfig) -> None:
-    assert pops.local_signing_secret(StubTarget(cfg)) is None   # not written yet
-    cfg.conf_dir.mkdir(parents=True)
-    (cfg.conf_dir / credentials.SIGNING_SECRET_FILE).write_text("s3cret\n")
-    assert pops.local_signing_secret(StubTarget(cfg)) == "s3cret"
-    assert pops.local_signing_secret(StubTarget(cfg, name="kube")) is None
-
-
-def test_the_access_log_is_parsed_line_by_line(cfg: LabConfig) -> None:
-    target = StubTarget(cfg)
-    assert pops.access_log(target, 1) == []   # no request yet
-    path = pops.access_log_path(target, 1)
-    assert path == Path(cfg.run_dir) / "edge" / "1" / "access.log"
-    path.parent.mkdir(parents=True)
-    lines = [json.dumps({"path": "/a", "status": 200}), "not json", "[1, 2]", json.dumps({"path": "/b"}), '{"pa']
-    path.write_text("\n".join(lines))
-    assert pops.access_log(target, 1) == [{"path": "/a", "status": 200}, {"path": "/b"}]
-    assert pops.access_log(StubTarget(cfg, name="kube"), 1) is None
-    assert pops.access_log_path(StubTarget(cfg, name="kube")) is None
 
 
 class StubPrometheus:

@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from labkit.clients import pops
 from labkit.core.config import LabConfig
-from labkit.core.errors import LabError, TimeoutExpired
+from labkit.core.errors import MissingCapabilityError, TimeoutExpired
 from labkit.targets.base import ComponentStatus
+from labkit.traffic.herd import parse_log_lines
 from ott import cmcd
 
 POPS = {"edge-0": "http://127.0.0.1:29100", "edge-1": "http://127.0.0.1:29101"}
@@ -19,15 +21,24 @@ T0 = 1_700_000_000.0
 
 
 class LogTarget:  # a stand-in for labkit.targets.base.Target (duck-typed): two PoPs whose logs are files
-    def __init__(self, cfg: LabConfig, name: str = "local") -> None:
+    def __init__(self, cfg: LabConfig, *, logs_readable: bool = True) -> None:
         self.cfg = cfg
-        self.name = name
+        self.logs_readable = logs_readable
 
     def status(self) -> list[ComponentStatus]:
         return [ComponentStatus("edge", "cdn", "running", True, replica_urls=POPS)]
 
     def endpoint(self, component: str, port: str = "http") -> str:
         return POPS["edge-0"]
+
+    def log_path(self, pop: str) -> Path:
+        return self.cfg.run_dir / pop / "access.log"
+
+    def access_log(self, pop: str) -> list[dict[str, Any]]:
+        if not self.logs_readable:
+            raise MissingCapabilityError("kube", f"read the access log of PoP {pop!r}", "in its pod", hint="Prometheus")
+        path = self.log_path(pop)
+        return parse_log_lines(path.read_text().splitlines()) if path.exists() else []
 
 
 def _line(sid: str, started: float, *, pop: str = "edge-0", seconds: float = 0.2) -> str:
@@ -37,8 +48,7 @@ def _line(sid: str, started: float, *, pop: str = "edge-0", seconds: float = 0.2
 
 
 def _append(target: LogTarget, replica: int, *lines: str) -> None:
-    path = pops.access_log_path(target, replica)  # type: ignore[arg-type]
-    assert path is not None
+    path = target.log_path(f"edge-{replica}")
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as log:
         log.writelines(line + "\n" for line in lines)
@@ -84,6 +94,8 @@ def test_the_logs_are_read_again_once_the_pops_have_flushed(target: LogTarget) -
     assert time.monotonic() - started >= 0.3 and list(requests["sid"]) == ["a"]
 
 
-def test_off_the_local_target_there_are_no_log_files(target: LogTarget) -> None:
-    with pytest.raises(LabError, match="not files of this machine"):
-        pops.wait_for_sessions(LogTarget(target.cfg, name="kube"), {"a"}, (T0, T0 + 1))  # type: ignore[arg-type]
+def test_a_target_that_cannot_read_the_logs_says_so_at_once(target: LogTarget) -> None:
+    started = time.monotonic()
+    with pytest.raises(MissingCapabilityError, match="cannot read the access log of PoP 'edge-0'"):
+        pops.wait_for_sessions(LogTarget(target.cfg, logs_readable=False), {"a"}, (T0, T0 + 1), timeout=5)  # type: ignore[arg-type]
+    assert time.monotonic() - started < 1

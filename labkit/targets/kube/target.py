@@ -22,11 +22,12 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from labkit.core.config import LabConfig
 from labkit.core.console import progress
-from labkit.core.errors import ConfigError, KubeError, NotRunningError
+from labkit.core.errors import ConfigError, KubeError, MissingCapabilityError, NotRunningError
 from labkit.core.wait import until
 from labkit.platform.component import Component
 from labkit.targets.base import ComponentStatus, Target
@@ -257,6 +258,40 @@ class KubeTarget(Target):
         if found is None:
             raise NotRunningError(f"the apis layer in namespace {self.namespace} (no Secret {secrets.SERVICE_TOKEN})")
         return base64.b64decode(found["data"][secrets.SERVICE_TOKEN_KEY]).decode().strip()
+
+    # -- capabilities ----------------------------------------------------------------------
+
+    def describe(self) -> str:
+        return f"namespace {self.namespace} at {self._cluster.host}"
+
+    def signing_secret(self) -> str:
+        """The lab's URL-signing secret, from the Secret ``labkit.targets.kube.secrets`` created at ``up``."""
+        import base64
+
+        found = self._cluster.get(SECRETS, secrets.URL_SIGNING, self.namespace)
+        if found is None:
+            raise NotRunningError(f"the cdn layer in namespace {self.namespace} (no Secret {secrets.URL_SIGNING})")
+        return base64.b64decode(found["data"][secrets.URL_SIGNING_SECRET_KEY]).decode().strip()
+
+    def media_root(self) -> Path:
+        raise MissingCapabilityError(
+            self.name, "reach the origin's media root from this machine",
+            f"it is the volume claim the transcoder and origin pods mount in namespace {self.namespace}",
+            hint="read the media through the origin's URL (target.endpoint('origin')), or run this on the local target")
+
+    def access_log(self, pop: str) -> list[dict[str, Any]]:
+        raise MissingCapabilityError(
+            self.name, f"read the access log of PoP {pop!r}",
+            "each PoP's JSON access log is a file inside its pod, read only by the exporter sidecar there",
+            hint="query the per-session CMCD gauges ott_edge_cmcd_session_* in Prometheus, "
+                 "or run this on the local target")
+
+    def transcoder_source(self, path: Path) -> str:
+        raise MissingCapabilityError(
+            self.name, f"send {path.name} to the transcoder",
+            "a job names its source as a path on the transcoder's filesystem, and the transcoder pod cannot see "
+            "this machine's files",
+            hint="run the transcode lessons on the local target (TARGET='local')")
 
     def endpoint(self, component: str, port: str = "http") -> str:
         """``http://127.0.0.1:<port>``: a port-forward to the component's Service (kept open, reused)."""

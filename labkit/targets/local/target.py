@@ -10,6 +10,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -19,7 +20,9 @@ from labkit.core.console import progress
 from labkit.core.errors import ComponentFailedError, ConfigError, MissingBinaryError, NotRunningError, TimeoutExpired
 from labkit.core.wait import until
 from labkit.platform.component import Component
+from labkit.platform.credentials import SIGNING_SECRET_FILE
 from labkit.platform.layer import Layer
+from labkit.platform.layers import cdn, media
 from labkit.platform.readiness import probe
 from labkit.targets.base import ComponentStatus, Target
 from labkit.targets.local.labdir import LabDir
@@ -186,6 +189,47 @@ class LocalTarget(Target):
         if not path.exists():
             raise NotRunningError("the APIs layer (it creates the lab's service token)")
         return path.read_text().strip()
+
+    # -- capabilities ----------------------------------------------------------------------
+
+    def describe(self) -> str:
+        return f"lab directory {self.cfg.home}"
+
+    def signing_secret(self) -> str:
+        """The secret license and the PoPs share: a file of the lab directory, written when the platform came up."""
+        path = self.cfg.conf_dir / SIGNING_SECRET_FILE
+        if not path.is_file():
+            raise NotRunningError("the cdn layer (it creates the lab's URL-signing secret)")
+        return path.read_text().strip()
+
+    def media_root(self) -> Path:
+        return media.media_root(self.cfg)
+
+    def access_log(self, pop: str) -> list[dict[str, Any]]:
+        """PoP ``edge-<n>``'s JSON access log, a file of the lab directory (its exporter reads it too).
+
+        Lines that are not a JSON object (a line being written) are skipped. The exporter empties the
+        file past :data:`labkit.platform.layers.cdn.ACCESS_LOG_MAX_BYTES`, so this is the recent past.
+        """
+        from labkit.traffic.herd import parse_log_lines
+
+        known = [cdn.pop_id(replica) for replica in range(cdn.EDGE.max_replicas)]
+        if pop not in known:
+            raise ConfigError(f"no PoP named {pop!r}",
+                              hint=f"a PoP is {known[0]} to {known[-1]}; "
+                                   "labkit.pops.pop_urls(target) names the running ones")
+        path = self.cfg.run_dir / cdn.EDGE.name / str(known.index(pop)) / "access.log"
+        if not path.exists():
+            return []
+        return parse_log_lines(path.read_text(errors="replace").splitlines())
+
+    def transcoder_source(self, path: Path) -> str:
+        """The file's absolute path: the transcoder is a process of this machine and reads it there."""
+        resolved = path.expanduser().resolve()
+        if not resolved.is_file():
+            raise ConfigError(f"source {resolved} does not exist or is not a file",
+                              hint="check the path; make a test clip with `ottlab sample --seconds 20 --out clip.mp4`")
+        return str(resolved)
 
     # -- internals -----------------------------------------------------------------------
 
