@@ -1,5 +1,6 @@
 """Viewers: simulated players and a real browser, and what shapes them.
 
+- :mod:`~labkit.traffic.playback`: the simulated player's core (clocks, buffer model, CMCD, request records);
 - :mod:`~labkit.traffic.audience`: an audience of simulated ABR players;
 - :mod:`~labkit.traffic.wave`: fixed-rung viewers for the CDN drills;
 - :mod:`~labkit.traffic.herd`: thundering herds and scratch nginx servers;

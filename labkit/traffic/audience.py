@@ -3,10 +3,12 @@
 Each simulated viewer behaves like a player (hls.js or dash.js with HLS): it fetches the
 multivariant playlist from its PoP, picks a rung with an ABR rule (:mod:`labkit.traffic.abr`), fetches that
 rung's media playlist, the content key of an encrypted title (with the playback authorisation, as
-a player's key loader does), the init segment and then segment after segment. A buffer model
-decides when: playback starts once the first segment has arrived and then consumes media in real
+a player's key loader does), the init segment and then segment after segment. The buffer model
+of :mod:`labkit.traffic.playback`, the player core every simulated viewer shares, decides when:
+playback starts once the first segment has arrived and then consumes media in real
 time; when the buffer runs dry the viewer stalls until the next segment arrives; it stops loading
-while ``max_buffer_s`` seconds are buffered. Every request carries CMCD (:mod:`ott.cmcd`); a
+while ``max_buffer_s`` seconds are buffered. Every request carries CMCD (:mod:`ott.cmcd`,
+:func:`~labkit.traffic.playback.request_cmcd`); a
 bandwidth limit (:mod:`labkit.traffic.bandwidth`) paces each download. The viewer records the QoE events
 the browser player sends (play, start, stall, switch, progress, error, end) and posts them as
 version-1 beacons (``client: "simulator"``) to ``{gateway}/api/qoe/beacons`` every
@@ -36,8 +38,9 @@ and fails when none is left. A 404 media object is retried once, then fatal
 start (end reason ``exit``; ``exit`` before the first frame is an exit before video start). A viewer
 who reaches the end of the title ends with ``ended`` and does not loop: a session is one playback,
 as a QoE collector counts it; for longer runs use a longer title. Arrivals, PoP assignment, session
-ids and trace offsets come from ``random.Random(seed)``. With a :class:`VirtualClock` and a mock
-transport the whole result is a function of the seed: the same seed gives identical DataFrames.
+ids and trace offsets come from ``random.Random(seed)``. With a
+:class:`~labkit.traffic.playback.VirtualClock` and a mock transport the whole result is a function
+of the seed: the same seed gives identical DataFrames.
 
 **Scale.** One process runs the whole audience in one event loop, so CPU per request decides how
 many viewers keep up: each viewer has its own connections (its own small pool, as a player has)
@@ -54,7 +57,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import heapq
 import json
 import math
 import random
@@ -62,14 +64,13 @@ import ssl
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Coroutine, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin
 
 import aiohttp
 import httpx
-import m3u8
 import yarl
 
 from labkit.analysis import experience
@@ -79,7 +80,21 @@ from labkit.core.errors import ConfigError
 from labkit.platform.layers.player import BEACON_PATH
 from labkit.traffic import abr as abr_rules
 from labkit.traffic.bandwidth import Fixed, Limit, Link, Trace
-from labkit.traffic.wave import unsigned_path, with_cmcd
+from labkit.traffic.playback import (
+    DEFAULT_MAX_BUFFER_S,
+    Clock,
+    Deadline,
+    ManifestError,
+    MediaPlaylist,
+    Playback,
+    Playlists,
+    RealClock,
+    Request,
+    fetch,
+    request_cmcd,
+    requests_frame,
+    unsigned_path,
+)
 from ott import beacon, cmcd
 from ott.beacon import Reason
 from ott.media.errors import InvalidTitleId
@@ -89,7 +104,6 @@ if TYPE_CHECKING:
     import pandas as pd
 
 DEFAULT_REQUEST_TIMEOUT = 10.0
-DEFAULT_MAX_BUFFER_S = 30.0  # hls.js' maxBufferLength
 DEFAULT_BEACON_S = 10.0
 DEVICE_ID = "ottlab-simulator"
 RETRY_DELAY_S = 0.5
@@ -101,212 +115,10 @@ VIEWER_CONNECTIONS = 4
 # Idle connections are kept 30 s, as a browser keeps them (and below nginx's 75 s): a beacon every 10 s and a
 # segment every few seconds reuse theirs instead of connecting again.
 KEEPALIVE_S = 30.0
-READ_CHUNK = 64 * 1024  # bytes handed to the pacing at a time
 PACING_MIN_SLEEP_S = 0.02  # shorter pacing waits are carried over (the real clock only)
 
 _DENIALS: dict[str, Reason] = {"not_entitled": "not_entitled", "stream_limit": "stream_limit",
                                "device_limit": "device_limit", "unknown_title": "unknown_title"}
-
-
-# -- clocks -------------------------------------------------------------------------------------
-
-
-class Clock(Protocol):
-    """Where simulated time comes from: seconds since an arbitrary origin, epoch seconds, and sleeping."""
-
-    virtual: bool
-
-    def now(self) -> float: ...
-
-    def wall(self) -> float: ...
-
-    async def sleep(self, seconds: float) -> None: ...
-
-    async def drive(self, jobs: Sequence[Coroutine[Any, Any, None]], timeout: float) -> None: ...
-
-
-class RealClock:
-    """Wall-clock time: the simulator runs in real time against a real platform."""
-
-    virtual = False
-
-    def __init__(self) -> None:
-        self._origin = time.monotonic()
-
-    def now(self) -> float:
-        return time.monotonic() - self._origin
-
-    def wall(self) -> float:
-        return time.time()
-
-    async def sleep(self, seconds: float) -> None:
-        await asyncio.sleep(max(seconds, 0.0))
-
-    async def drive(self, jobs: Sequence[Coroutine[Any, Any, None]], timeout: float) -> None:
-        """Run ``jobs`` concurrently; those still running after ``timeout`` seconds are cancelled."""
-        tasks = [asyncio.create_task(job) for job in jobs]
-        _, pending = await asyncio.wait(tasks, timeout=timeout)
-        for task in pending:
-            task.cancel()
-        for result in await asyncio.gather(*tasks, return_exceptions=True):
-            if isinstance(result, Exception):
-                raise result
-
-
-class VirtualClock:
-    """Simulated time for tests: sleeping costs no real time, and time moves only when everyone sleeps.
-
-    :meth:`drive` runs the viewers as tasks; whenever every one of them is asleep on this clock it
-    jumps to the earliest wake-up (ties in the order they fell asleep). Work that does not sleep on
-    the clock (a mock transport answering) happens at one instant. With a real transport it still
-    works, but the measured times then leave out the network.
-
-    >>> clock = VirtualClock()
-    >>> async def nap(seconds: float, log: list[float]) -> None:
-    ...     await clock.sleep(seconds)
-    ...     log.append(clock.now())
-    >>> log: list[float] = []
-    >>> eventloop.run(clock.drive([nap(5, log), nap(2, log)], timeout=10))
-    >>> log
-    [2.0, 5.0]
-    """
-
-    virtual = True
-
-    def __init__(self, epoch: float = 1_700_000_000.0) -> None:
-        self.epoch = epoch
-        self._now = 0.0
-        self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
-        self._seq = 0
-        self._asleep = 0
-        self._active = 0
-        self._changed: asyncio.Event | None = None
-
-    def now(self) -> float:
-        return self._now
-
-    def wall(self) -> float:
-        return self.epoch + self._now
-
-    def _signal(self) -> None:
-        if self._changed is not None:
-            self._changed.set()
-
-    async def sleep(self, seconds: float) -> None:
-        if seconds <= 0:
-            await asyncio.sleep(0)
-            return
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._sleepers, (self._now + seconds, self._seq, future))
-        self._seq += 1
-        self._asleep += 1
-        self._signal()
-        try:
-            await future
-        except asyncio.CancelledError:
-            if future.cancelled():  # not woken by drive(), which counts the sleepers it wakes
-                self._asleep -= 1
-            raise
-
-    def _finished(self, _: asyncio.Task[None]) -> None:
-        self._active -= 1
-        self._signal()
-
-    async def drive(self, jobs: Sequence[Coroutine[Any, Any, None]], timeout: float) -> None:
-        """Run ``jobs`` in virtual time; ``timeout`` bounds the *real* time it may take."""
-        self._changed = asyncio.Event()
-        tasks = [asyncio.create_task(job) for job in jobs]
-        self._active = len(tasks)
-        for task in tasks:
-            task.add_done_callback(self._finished)
-
-        async def advance() -> None:
-            assert self._changed is not None
-            while self._active:
-                if self._asleep < self._active:
-                    self._changed.clear()
-                    await self._changed.wait()
-                    continue
-                when, _, future = heapq.heappop(self._sleepers)
-                if future.cancelled():
-                    continue
-                self._now = max(self._now, when)
-                self._asleep -= 1
-                future.set_result(None)
-
-        try:
-            await asyncio.wait_for(advance(), timeout)
-        finally:
-            for task in tasks:
-                task.cancel()
-            results = await asyncio.gather(*tasks, return_exceptions=True)
-        for result in results:
-            if isinstance(result, Exception):
-                raise result
-
-
-# -- playlists ------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Variant:
-    uri: str
-    kbps: int
-    audio: bool
-
-
-@dataclass(frozen=True)
-class _Segment:
-    uri: str
-    duration: float
-    key: str | None  # the AES-128 key URI, None when clear
-
-
-@dataclass(frozen=True)
-class _Media:
-    init: str | None
-    segments: tuple[_Segment, ...]
-
-
-class _ManifestError(Exception):
-    pass
-
-
-class _Playlists:
-    """Parsed playlists shared by every viewer: the same text is parsed once (m3u8 is not cheap)."""
-
-    def __init__(self) -> None:
-        self.masters: dict[str, tuple[_Variant, ...]] = {}
-        self.media: dict[str, _Media] = {}
-
-    def master(self, text: str) -> tuple[_Variant, ...]:
-        if text not in self.masters:
-            try:
-                parsed = m3u8.loads(text)
-            except Exception as exc:  # noqa: BLE001 - m3u8 raises anything on garbage
-                raise _ManifestError(f"unreadable multivariant playlist: {exc}") from None
-            variants = sorted((_Variant(str(p.uri), int(p.stream_info.bandwidth) // 1000,
-                                        "mp4a" in str(p.stream_info.codecs or ""))
-                               for p in parsed.playlists if p.stream_info.bandwidth), key=lambda v: v.kbps)
-            if not variants:
-                raise _ManifestError("the multivariant playlist lists no variant with a BANDWIDTH")
-            self.masters[text] = tuple(variants)
-        return self.masters[text]
-
-    def media_playlist(self, text: str) -> _Media:
-        if text not in self.media:
-            try:
-                parsed = m3u8.loads(text)
-            except Exception as exc:  # noqa: BLE001
-                raise _ManifestError(f"unreadable media playlist: {exc}") from None
-            segments = tuple(_Segment(str(s.uri), float(s.duration),
-                                      str(s.key.uri) if s.key and s.key.method == "AES-128" and s.key.uri else None)
-                             for s in parsed.segments)
-            if not segments:
-                raise _ManifestError("the media playlist has no segment")
-            init = str(parsed.segment_map[0].uri) if parsed.segment_map else None
-            self.media[text] = _Media(init, segments)
-        return self.media[text]
 
 
 # -- the shared grant -------------------------------------------------------------------------------
@@ -416,102 +228,11 @@ class _Grants:
 # -- one viewer -----------------------------------------------------------------------------------
 
 
-class _Deadline(Exception):
-    """The run's end came: the viewer leaves."""
-
-
 class _Fatal(Exception):
     def __init__(self, reason: Reason, detail: str) -> None:
         super().__init__(detail)
         self.reason = reason
         self.detail = detail[:200]
-
-
-class Playback:
-    """The buffer model: media downloaded, a playhead that moves in real time once playback started.
-
-    Playback starts when the first segment is in (:meth:`add` answers ``("start", 0)``); the playhead
-    then moves in real time; when it reaches the end of what is downloaded the viewer stalls (``starved``
-    is set, for CMCD ``bs``) until the next segment arrives (:meth:`add` answers ``("stall", seconds)``).
-    The caller keeps the buffer below its maximum by waiting while :meth:`level` is above it. Times are
-    the caller's clock (``now``), so the Locust baseline (``bench/locustfile_viewers.py``) paces with it too.
-
-    >>> playback = Playback(t0=0.0)
-    >>> playback.add(4.0, 700, now=0.5), playback.level(now=2.5)
-    (('start', 0.0), 2.0)
-    >>> playback.level(now=6.0), playback.state, playback.add(4.0, 700, now=7.0)
-    (0.0, 'stalled', ('stall', 2.5))
-    """
-
-    def __init__(self, t0: float) -> None:
-        self.downloaded = 0.0
-        self.position = 0.0
-        self.at = t0
-        self.state: Literal["waiting", "playing", "stalled", "ended"] = "waiting"
-        self.complete = False  # the last segment is in
-        self.started_at: float | None = None
-        self.stall_since = 0.0
-        self.starved = False  # since the last request (CMCD bs)
-        self.played_s = self.stalled_s = self.kbit = 0.0
-        self.stalls = 0
-        self.chunks: list[tuple[float, float, int]] = []  # media (start, end, kbps)
-        self._chunk = 0
-        self.progress_played = self.progress_kbit = 0.0  # since the last progress event
-
-    def _play_to(self, position: float) -> None:
-        while self.position < position and self._chunk < len(self.chunks):
-            _, end, kbps = self.chunks[self._chunk]
-            step = min(end, position) - self.position
-            self.kbit += step * kbps
-            self.progress_kbit += step * kbps
-            self.played_s += step
-            self.progress_played += step
-            self.position += step
-            if self.position >= end:
-                self._chunk += 1
-
-    def advance(self, now: float) -> None:
-        if self.state == "playing":
-            reach = self.position + (now - self.at)
-            if reach >= self.downloaded:
-                ran_dry_at = self.at + (self.downloaded - self.position)
-                self._play_to(self.downloaded)
-                if self.complete:
-                    self.state = "ended"
-                else:
-                    self.state, self.stall_since, self.starved = "stalled", ran_dry_at, True
-            else:
-                self._play_to(reach)
-        self.at = now
-
-    def play_out(self, now: float) -> None:
-        """The playhead reached the end of the title."""
-        self.advance(now)
-        self._play_to(self.downloaded)
-        self.state = "ended"
-
-    def level(self, now: float) -> float:
-        self.advance(now)
-        return self.downloaded - self.position
-
-    def add(self, seconds: float, kbps: int, now: float) -> tuple[str, float] | None:
-        """A segment arrived; ``("start", 0)`` or ``("stall", duration)`` when playback (re)starts."""
-        self.advance(now)
-        self.chunks.append((self.downloaded, self.downloaded + seconds, kbps))
-        self.downloaded += seconds
-        if self.state == "waiting":
-            self.state, self.started_at = "playing", now
-            return ("start", 0.0)
-        if self.state == "stalled":
-            return ("stall", self._end_stall(now))
-        return None
-
-    def _end_stall(self, now: float) -> float:
-        duration = now - self.stall_since
-        self.stalled_s += duration
-        self.stalls += 1
-        self.state = "playing"
-        return duration
 
 
 class _Body(httpx.AsyncByteStream):
@@ -624,12 +345,12 @@ class _Run:
     gateway: str
     title: str
     grants: _Grants
-    playlists: _Playlists
+    playlists: Playlists
     max_buffer_s: float
     beacons: bool
     beacon_s: float
     deadline: float = 0.0
-    requests: list[dict[str, Any]] = field(default_factory=list)
+    requests: list[Request] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
     timeline: list[dict[str, Any]] = field(default_factory=list)
     beacons_sent: int = 0
@@ -638,11 +359,6 @@ class _Run:
 
 # Every viewer on a PoP asks for the same few URLs: parsing them once saves a few % of the CPU per request.
 _join = functools.lru_cache(maxsize=4096)(urljoin)
-_unsigned_path = functools.lru_cache(maxsize=4096)(unsigned_path)
-
-
-def _round_to(value: float, step: int) -> int:
-    return int(round(value / step) * step)
 
 
 class _Viewer:
@@ -730,7 +446,7 @@ class _Viewer:
                 self.run.beacons_failed += 1
 
     async def sleep_until(self, t: float) -> None:
-        """Wait until ``t`` (run time), sending beacons when due; _Deadline at the run's end."""
+        """Wait until ``t`` (run time), sending beacons when due; Deadline at the run's end."""
         while True:
             now = self.clock.now()
             until = min(t, self.next_beacon, self.run.deadline)
@@ -738,7 +454,7 @@ class _Viewer:
                 await self.clock.sleep(until - now)
             now = self.clock.now()
             if now >= self.run.deadline and t > self.run.deadline:
-                raise _Deadline
+                raise Deadline
             if now >= self.next_beacon:
                 self.playback.advance(now)
                 self.progress()
@@ -754,55 +470,23 @@ class _Viewer:
 
     def cmcd_of(self, ot: cmcd.ObjectType, *, br: int | None = None, tb: int | None = None,
                 duration_s: float | None = None, nor: str | None = None) -> cmcd.Cmcd:
-        media = ot in ("v", "av", "i")
-        level = self.playback.level(self.clock.now())
-        starved, self.playback.starved = self.playback.starved, False
-        waiting = self.playback.state in ("waiting", "stalled")
+        """The request's CMCD, ``mtp`` being the ABR estimate once a segment measured the link."""
         estimate = self.estimator.estimate_kbps() if self.estimator.last_kbps is not None else None
-        return cmcd.Cmcd(br=br, tb=tb, ot=ot, bl=_round_to(level * 1000, 100) if media else None,
-                         bs=True if starved else None, su=True if waiting else None,
-                         mtp=max(100, _round_to(estimate, 100)) if estimate is not None else None,
-                         d=round(duration_s * 1000) if duration_s is not None else None, nor=nor,
-                         sid=self.session, cid=self.run.title, sf="h", st="v")
+        return request_cmcd(self.playback, self.clock.now(), ot=ot, session=self.session,
+                                     content_id=self.run.title, bitrate_kbps=br, top_kbps=tb, duration_s=duration_s,
+                                     throughput_kbps=estimate, next_object=nor)
 
     async def fetch(self, kind: str, url: str, data: cmcd.Cmcd, *, bitrate: int | None = None,
                     headers: Mapping[str, str] | None = None, keep: bool = True,
                     paced: bool = False) -> tuple[int, bytes, int]:
         """GET ``url`` with CMCD; ``(status, body if keep, bytes)``; status 0 with an exception re-raised."""
-        started, clock0 = self.clock.wall(), self.clock.now()
-        row: dict[str, Any] = {"viewer": self.index, "session": self.session, "kind": kind, "bitrate_kbps": bitrate,
-                               "path": _unsigned_path(url), "status": 0, "cache": "", "pop": self.pop, "bytes": 0,
-                               "started": started, "seconds": 0.0, "cmcd": cmcd.format(data), "error": ""}
-        self.run.requests.append(row)
-        body: list[bytes] = []
-        size = 0
-        try:
-            async with self.http.stream("GET", with_cmcd(url, data), headers=headers) as response:
-                row["status"] = response.status_code
-                row["cache"] = response.headers.get("x-cache-status", "")
-                # Unpaced, the body comes as the socket reads it (at most 64 KiB at a time) without re-chunking.
-                async for chunk in response.aiter_bytes(READ_CHUNK if paced and self.link is not None else None):
-                    size += len(chunk)
-                    if keep or response.status_code != 200:
-                        body.append(chunk)
-                    if paced and self.link is not None:
-                        await self.link.pace(len(chunk))
-                        if self.clock.now() >= self.run.deadline:
-                            raise _Deadline
-                if paced and self.link is not None:
-                    await self.link.drain()
-        except httpx.HTTPError as exc:
-            row["error"] = f"{type(exc).__name__}: {exc}".strip()[:200]
-            raise
-        except _Deadline:
-            row["error"] = "exit"
-            raise
-        finally:
-            row["bytes"] = size
-            row["seconds"] = round(self.clock.now() - clock0, 6)
-        if kind == "segment" and response.status_code == 200:
-            self.estimator.sample(download_s=self.clock.now() - clock0, nbytes=size)
-        return response.status_code, b"".join(body), size
+        request = Request(self.index, self.session, kind, url, pop=self.pop, bitrate_kbps=bitrate)
+        self.run.requests.append(request)
+        body = await fetch(self.http, request, self.clock, data=data, headers=headers, keep=keep,
+                                    link=self.link if paced else None, deadline=self.run.deadline)
+        if kind == "segment" and request.status == 200:
+            self.estimator.sample(download_s=request.seconds, nbytes=request.bytes)
+        return request.status, body, request.bytes
 
     async def media(self, kind: str, rel: Sequence[str], *, ot: cmcd.ObjectType, bitrate: int | None = None,
                     tb: int | None = None, duration_s: float | None = None, nor: str | None = None,
@@ -885,7 +569,7 @@ class _Viewer:
         self.event("play")
         try:
             if self.t0 >= self.run.deadline:
-                raise _Deadline
+                raise Deadline
             if isinstance(grant, _Refused):
                 raise _Fatal(grant.reason, grant.detail)
             self.grant = grant
@@ -894,7 +578,7 @@ class _Viewer:
         except _Fatal as fatal:
             self.failure, self.exit = fatal.reason, "error"
             self.error(fatal.reason, fatal=True, detail=fatal.detail)
-        except _Deadline:
+        except Deadline:
             self.exit = "exit"
         await self.finish()
 
@@ -905,7 +589,7 @@ class _Viewer:
         now = min(self.clock.now(), self.run.deadline)
         self.playback.advance(now)
         if self.playback.state == "stalled":
-            self.event("stall", duration_ms=round(self.playback._end_stall(now) * 1000))
+            self.event("stall", duration_ms=round(self.playback.end_stall(now) * 1000))
         self.progress()
         self.exit = self.exit or "exit"
         self.event("end", reason=self.exit, started=self.playback.started_at is not None,
@@ -925,11 +609,11 @@ class _Viewer:
         master_text = await self.media("master", [], ot="m")
         try:
             variants = self.run.playlists.master(master_text.decode(errors="replace"))
-        except _ManifestError as exc:
+        except ManifestError as exc:
             raise _Fatal("manifest_error", str(exc)) from None
         ladder = [v.kbps for v in variants]
         top = ladder[-1]
-        medias: dict[int, _Media] = {}
+        medias: dict[int, MediaPlaylist] = {}
         index = 0
         while True:
             level = self.playback.level(self.clock.now())
@@ -953,7 +637,7 @@ class _Viewer:
                 text = await self.media("playlist", [variant.uri], ot="m")
                 try:
                     medias[rung] = self.run.playlists.media_playlist(text.decode(errors="replace"))
-                except _ManifestError as exc:
+                except ManifestError as exc:
                     raise _Fatal("manifest_error", str(exc)) from None
             media = medias[rung]
             if index >= len(media.segments):
@@ -992,8 +676,6 @@ class _Viewer:
 SESSION_COLUMNS = [*experience.SESSION_COLUMNS, "pop", "user", "rule"]
 EVENT_COLUMNS = [*experience.EVENT_COLUMNS, "detail"]
 TIMELINE_COLUMNS = ["viewer", "t_s", "buffer_s", "bitrate_kbps", "estimate_kbps", "limit_kbps"]
-REQUEST_COLUMNS = ["viewer", "session", "kind", "bitrate_kbps", "path", "status", "cache", "pop", "bytes", "started",
-                   "seconds", "cmcd", "error"]
 
 
 @dataclass
@@ -1110,7 +792,7 @@ async def run_async(gateway_url: str, title: str, count: int, seconds: float, *,
         crowd: list[_Viewer] = []
         try:
             order = _pop_orders(grant, pops, [p[1] for p in plans])
-            shared = _Run(clients, clock, gateway, title, grants, _Playlists(), max_buffer_s, beacons, beacon_s)
+            shared = _Run(clients, clock, gateway, title, grants, Playlists(), max_buffer_s, beacons, beacon_s)
             shared.deadline = clock.now() + seconds
             start = clock.now()
             for i, (arrival, _, session, offset) in enumerate(plans):
@@ -1174,7 +856,7 @@ def _audience(crowd: Sequence[_Viewer], shared: _Run, user: DemoUser, rule: str,
         sessions=pd.DataFrame(rows, columns=SESSION_COLUMNS),
         events=events,
         timeline=pd.DataFrame(shared.timeline, columns=TIMELINE_COLUMNS),
-        requests=pd.DataFrame(shared.requests, columns=REQUEST_COLUMNS),
+        requests=requests_frame(shared.requests),
         title=shared.title, rule=rule, seed=seed, seconds=seconds, grants=grants,
         beacons_sent=shared.beacons_sent, beacons_failed=shared.beacons_failed, cpu_s=cpu_s,
     )
@@ -1196,7 +878,7 @@ def run(gateway_url: str, title: str, count: int, seconds: float, *, user: str |
     ``align_traces``. ``pops`` restricts the PoPs viewers start on (default: all of the grant's,
     spread at random). Viewers arrive uniformly at random over ``arrivals_s`` seconds (default a
     quarter of ``seconds``, at most 10). ``beacons=False`` sends none. ``transport`` and ``clock``
-    (a :class:`VirtualClock`) replace the network and the time in tests. Bad arguments raise
+    (a :class:`~labkit.traffic.playback.VirtualClock`) replace the network and the time in tests. Bad arguments raise
     :class:`~labkit.core.errors.ConfigError`.
     """
     return eventloop.run(run_async(gateway_url, title, count, seconds, user=user, abr=abr, bandwidth=bandwidth,

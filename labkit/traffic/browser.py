@@ -43,7 +43,7 @@ from urllib.parse import urlencode, urlsplit
 from labkit.clients import seed
 from labkit.core.errors import LabError, TimeoutExpired
 from labkit.platform.layers.player import BEACON_PATH, URL_PREFIX
-from labkit.traffic.wave import unsigned_path
+from labkit.traffic.playback import unsigned_path
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -11,8 +11,8 @@ import pytest
 
 from labkit.core.errors import ConfigError
 from labkit.traffic import bandwidth
-from labkit.traffic.audience import VirtualClock
 from labkit.traffic.bandwidth import Fixed, Link, Trace
+from labkit.traffic.playback import VirtualClock
 
 
 def test_doctests() -> None:
