@@ -6,7 +6,6 @@ import doctest
 import json
 import math
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -542,18 +541,25 @@ def test_run_waits_between_polls_and_stops_promptly(log_file: Path, got: Collect
             polls += 1
             return super().poll()
 
+    class Stop(threading.Event):  # the wait between polls, without waiting: the line arrives during the 2nd
+        def __init__(self) -> None:
+            super().__init__()
+            self.waits: list[float | None] = []
+
+        def wait(self, timeout: float | None = None) -> bool:
+            self.waits.append(timeout)
+            if len(self.waits) == 2:
+                log_file.write_bytes(b"hello\n")
+            if len(self.waits) == 4:
+                self.set()
+            return self.is_set()
+
     tailer = Counting(log_file, got.line, got.bad, poll_interval=0.05)
-    stop = threading.Event()
-    thread = threading.Thread(target=tailer.run, args=(stop,))
-    thread.start()
-    time.sleep(0.1)
-    log_file.write_bytes(b"hello\n")
-    time.sleep(0.3)
-    stop.set()
-    thread.join(timeout=1)
-    assert not thread.is_alive()
+    stop = Stop()
+    tailer.run(stop)
     assert got.lines == [b"hello"]
-    assert 3 <= polls <= 15  # about one per interval: no busy loop
+    assert stop.waits == [0.05] * 4  # one wait of the interval after every poll that caught up: no busy loop
+    assert polls == 4  # and none once stopped
 
 
 # -- command line and HTTP ----------------------------------------------------------------------------

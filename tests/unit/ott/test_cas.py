@@ -92,12 +92,14 @@ def test_stream_limit_denies_with_the_active_sessions_until_one_is_ended(tmp_pat
         assert start(client, tokens, device="tv").status_code == 403
 
 
-def test_a_session_without_heartbeat_expires_and_frees_its_stream(tmp_path: Path, tokens: Tokens) -> None:
+def test_a_session_without_heartbeat_expires_and_frees_its_stream(tmp_path: Path, tokens: Tokens,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = Clock(monkeypatch)
     with cas_client(tmp_path, tokens, stream_limit=1, heartbeat_timeout=1) as client:
         session_id = start(client, tokens).json()["session_id"]
         assert error_code(start(client, tokens)) == "stream_limit"
 
-        time.sleep(1.1)
+        clock.at = T0 + 1.1
         late = client.post(f"/sessions/{session_id}/heartbeat", headers=tokens.headers("ana"))
         assert late.status_code == 404
         assert error_code(late) == "unknown_session"

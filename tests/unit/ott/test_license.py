@@ -223,12 +223,14 @@ def test_key_requests_without_a_valid_authorisation_are_refused(
         assert (expired.status_code, error_code(expired)) == (401, "authorization_expired")
 
 
-def test_an_authorisation_expires_after_the_playback_ttl(open_platform: PlatformFactory) -> None:
+def test_an_authorisation_expires_after_the_playback_ttl(open_platform: PlatformFactory,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     with open_platform(playback_ttl=1) as p:
         p.create_key()
         authorization = p.authorize().json()["authorization"]
         assert p.fetch_key(authorization).status_code == 200
-        time.sleep(1.1)
+        later = time.time() + 1.1
+        monkeypatch.setattr(license, "now", lambda: later)
         expired = p.license.get(f"/keys/{TITLE}", params={"authorization": authorization})
         assert (expired.status_code, error_code(expired)) == (401, "authorization_expired")
 
