@@ -11,6 +11,7 @@
     ottlab restart COMPONENT
     ottlab stop COMPONENT / ottlab start COMPONENT
     ottlab scale edge 3
+    ottlab env license OTT_PLAYBACK_TTL=5 [--unset OTT_PLAYBACK_TTL]
     ottlab down [--purge]
 """
 
@@ -157,6 +158,28 @@ def restart(target_name: str | None, component: str) -> None:
 def scale(target_name: str | None, component: str, replicas: int) -> None:
     """Run REPLICAS copies of COMPONENT (a CDN PoP per edge replica); waits until they are ready."""
     _print_table([_target(target_name).scale(component, replicas)])
+
+
+@main.command()
+@_target_option
+@click.argument("component")
+@click.argument("settings", nargs=-1, metavar="[OTT_NAME=VALUE]...")
+@click.option("--unset", "unset", multiple=True, metavar="OTT_NAME", help="remove a setting set before (repeatable)")
+@_handle_errors
+def env(target_name: str | None, component: str, settings: tuple[str, ...], unset: tuple[str, ...]) -> None:
+    """Set a service's OTT_* settings on the local target, restart it with them, print its settings.
+
+    They last until `ottlab down`: `ottlab env license OTT_PLAYBACK_TTL=5`, then `--unset OTT_PLAYBACK_TTL`.
+    """
+    changes: dict[str, str | None] = {}
+    for setting in settings:
+        name, sep, value = setting.partition("=")
+        if not sep:
+            raise ConfigError(f"{setting!r} is not NAME=VALUE", hint="e.g. ottlab env license OTT_PLAYBACK_TTL=5")
+        changes[name] = value
+    changes.update({name: None for name in unset})
+    for name, value in sorted(_target(target_name).set_env(component, changes).items()):
+        click.echo(f"{component}: {name}={value}")
 
 
 @main.command()

@@ -10,13 +10,13 @@ A notebook or the CLI holds a :class:`Target` and never asks which kind it is::
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from labkit.core.config import LabConfig
-from labkit.core.errors import LabError, UnknownComponentError
+from labkit.core.errors import LabError, MissingCapabilityError, UnknownComponentError
 from labkit.platform.component import Component
 
 if TYPE_CHECKING:
@@ -110,6 +110,17 @@ class Target(abc.ABC):
     def service_token(self) -> str:
         """The lab's service-to-service secret, for admin calls such as seeding."""
         raise LabError(f"the {self.name} target cannot read the lab's service token")
+
+    def set_env(self, component: str, changes: Mapping[str, str | None]) -> dict[str, str]:
+        """Set (or, with ``None``, remove) ``OTT_*`` settings of ``component`` and restart it with them.
+
+        Returns the component's settings set this way. On Kubernetes a service's settings are its
+        Deployment's: edit ``k8s/`` (or ``kubectl set env``), so the cluster keeps one source of truth.
+        """
+        raise MissingCapabilityError(
+            self.name, "set a service's settings", "they are the Deployment's environment, declared in k8s/",
+            hint=f"edit the Deployment in k8s/ or run: kubectl -n {self.cfg.namespace} set env "
+                 f"deployment/{component} NAME=VALUE")
 
     # -- capabilities where the targets differ ---------------------------------------------
     # A target that truly cannot do one raises MissingCapabilityError, saying why and what instead;

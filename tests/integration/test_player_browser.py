@@ -12,7 +12,6 @@ import os
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -102,13 +101,13 @@ def event_types(run: BrowserPlay) -> list[str]:
 
 @contextlib.contextmanager
 def service_env(lab: LocalTarget, service: str, **env: str) -> Iterator[None]:
-    """``service`` restarted with ``env`` added (``OTT_SIGNED_URL_TTL="2"``), then restored as declared."""
-    short = [replace(c, env={**c.env, **env}) if c.name == service else c for c in lab.components]
-    LocalTarget(lab.cfg, short, lab.layers).up(["apis"])
+    """``service`` restarted with ``env`` added (``OTT_SIGNED_URL_TTL="2"``), then restored as declared:
+    the supported way, ``ottlab env``."""
+    assert lab.set_env(service, env) == env
     try:
         yield
     finally:
-        lab.up(["apis"])
+        assert lab.set_env(service, dict.fromkeys(env)) == {}
 
 
 @pytest.mark.parametrize("title", [CLEAR, ENCRYPTED])

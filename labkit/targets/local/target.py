@@ -5,9 +5,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,9 @@ from labkit.targets.local.supervisor import Supervisor, log_tail, program_names
 _DEAD = {"FATAL", "EXITED", "STOPPED", "UNKNOWN"}
 
 
+_OTT_SETTING = re.compile(r"OTT_[A-Z0-9_]+")
+
+
 class LocalTarget(Target):
     """Real processes on this machine under one lab directory.
 
@@ -54,6 +58,8 @@ class LocalTarget(Target):
         # `down` forgets both.
         self._replicas_file = cfg.run_dir / "replicas.json"
         self._layers_file = cfg.run_dir / "layers.json"
+        # Services' OTT_* settings set with `set_env` (`ottlab env`); `down` forgets them too.
+        self._env_file = cfg.run_dir / "service-env.json"
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -66,7 +72,7 @@ class LocalTarget(Target):
             active = sorted(set(self._active_layers()) | {c.layer for c in selected})
             self._layers_file.write_text(json.dumps(active))
             self._write_layer_configs()
-            self.supervisor.write_config(self.components)
+            self.supervisor.write_config(self._configured_components())
             if not self.supervisor.is_running():
                 self._reap_orphans()
             running = self._running_programs()
@@ -96,6 +102,7 @@ class LocalTarget(Target):
                     self.supervisor.shutdown()
                 self._replicas_file.unlink(missing_ok=True)
                 self._layers_file.unlink(missing_ok=True)
+                self._env_file.unlink(missing_ok=True)
                 self._reap_orphans()
                 self._wait_ports_closed()
         if purge:
@@ -257,6 +264,44 @@ class LocalTarget(Target):
         """The declarations with the replica counts `scale` set (gateway upstreams, scrape targets)."""
         counts = self._replica_overrides()
         return [replace(c, replicas=counts[c.name]) if c.name in counts else c for c in self.components]
+
+    def set_env(self, component: str, changes: Mapping[str, str | None]) -> dict[str, str]:
+        comp = self.component(component)
+        for name, value in changes.items():
+            if not _OTT_SETTING.fullmatch(name):
+                raise ConfigError(f"{name!r} is not a service setting",
+                                  hint="service settings are OTT_ and capitals, e.g. OTT_PLAYBACK_TTL=5")
+            if name in comp.env:
+                raise ConfigError(f"{component} gets {name} from the lab (its declaration)",
+                                  hint="the lab wires ports, URLs, files and limits itself; set another OTT_* setting")
+            if value is not None and ("\n" in value or '"' in value):
+                raise ConfigError(f"{name}: a value may not hold a newline or a double quote",
+                                  hint="give a plain value, e.g. OTT_PLAYBACK_TTL=5")
+        with self.labdir.lock():
+            overrides = self._env_overrides()
+            mine = {**overrides.get(comp.name, {}), **{k: v for k, v in changes.items() if v is not None}}
+            for name in (k for k, v in changes.items() if v is None):
+                mine.pop(name, None)
+            overrides[comp.name] = mine
+            self._env_file.parent.mkdir(parents=True, exist_ok=True)
+            self._env_file.write_text(json.dumps({k: v for k, v in overrides.items() if v}, sort_keys=True))
+            if self.supervisor.is_running() and self.supervisor.write_config(self._configured_components()):
+                self.supervisor.reload()
+                self._start(next(c for c in self._scaled_components() if c.name == comp.name))
+        return mine
+
+    def _env_overrides(self) -> dict[str, dict[str, str]]:
+        try:
+            return {str(c): {str(k): str(v) for k, v in env.items()}
+                    for c, env in json.loads(self._env_file.read_text()).items()}
+        except (OSError, ValueError, AttributeError):
+            return {}
+
+    def _configured_components(self) -> list[Component]:
+        """The declarations with the settings `set_env` added: what supervisord runs."""
+        overrides = self._env_overrides()
+        return [replace(c, env={**c.env, **overrides[c.name]}) if c.name in overrides else c
+                for c in self.components]
 
     def _replica_overrides(self) -> dict[str, int]:
         try:
