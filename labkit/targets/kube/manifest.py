@@ -6,7 +6,7 @@ labelled ``app.kubernetes.io/name: <component>``.
 
 Example::
 
-    objects = render(overlay_dir("kind"))      # prints: + kubectl kustomize k8s/overlays/kind
+    objects = render(overlay_dir("kind"))      # prints: + .venv/bin/kubectl kustomize k8s/overlays/kind
     monitoring = of_layers(objects, ["monitoring"])
 """
 
@@ -21,9 +21,10 @@ from typing import Any
 
 import yaml
 
+from labkit.core import programs
 from labkit.core.config import repo_root
 from labkit.core.console import echo_command
-from labkit.core.errors import ConfigError, KubeError, MissingBinaryError, TimeoutExpired
+from labkit.core.errors import ConfigError, KubeError, TimeoutExpired
 
 KubeObject = dict[str, Any]
 
@@ -91,21 +92,25 @@ def overlay_dir(overlay: str) -> Path:
 def render(directory: Path, *, timeout: float = RENDER_TIMEOUT) -> list[KubeObject]:
     """The objects ``kubectl kustomize directory`` renders, in its output order.
 
-    The command is echoed as ``+ kubectl kustomize <dir>`` (relative to the checkout, where
-    it runs) so it can be pasted into a shell.
+    The kubectl is :func:`labkit.core.programs.kubectl` (the virtualenv's pinned one first). The
+    command is echoed as ``+ .venv/bin/kubectl kustomize <dir>`` (paths relative to the checkout,
+    where it runs) so it can be pasted into a shell.
     """
     root = repo_root()
-    shown = directory.relative_to(root) if directory.is_relative_to(root) else directory
-    cmd = ["kubectl", "kustomize", str(shown)]
+
+    def shown(path: Path) -> str:
+        return str(path.relative_to(root) if path.is_relative_to(root) else path)
+
+    cmd = [shown(programs.kubectl()), "kustomize", shown(directory)]
     echo_command(cmd)
     try:
         proc = subprocess.run(
             cmd, cwd=root, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout, check=False
         )
-    except FileNotFoundError:
-        raise MissingBinaryError("kubectl", "kubectl") from None
     except subprocess.TimeoutExpired:
         raise TimeoutExpired(f"`{shlex.join(cmd)}`", timeout) from None
+    except OSError as exc:  # found a moment ago, gone or unrunnable now
+        raise KubeError(f"`{shlex.join(cmd)}` cannot run: {exc}", hint="run `make bootstrap`") from None
     if proc.returncode != 0:
         raise KubeError(
             f"`{shlex.join(cmd)}` failed (exit {proc.returncode}): {proc.stderr.strip()}",
