@@ -14,11 +14,14 @@ Example::
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import httpx
 
 from labkit.core.errors import LabError
+
+if TYPE_CHECKING:
+    from labkit.targets.base import Target
 
 DEFAULT_TIMEOUT = 15.0
 
@@ -147,3 +150,36 @@ class OttClient:
             error = {"code": "http_error", "message": response.text[:200]}
         raise ApiRefused(method, path, response.status_code, str(error.get("code", "")),
                          str(error.get("message", "")), error.get("details"))
+
+
+def read_token(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A JWT's header and claims, read without checking the signature: what anyone holding it can see.
+
+    >>> header, claims = read_token(forge_token({"sub": "42"}, kid="k1"))
+    >>> header["alg"], header["kid"], claims["sub"]
+    ('ES256', 'k1', '42')
+    """
+    import jwt
+
+    header = jwt.get_unverified_header(token)
+    return dict(header), dict(jwt.decode(token, options={"verify_signature": False}))
+
+
+def forge_token(claims: dict[str, Any], *, kid: str) -> str:
+    """``claims`` signed ES256 by a new key that auth never issued, under auth's key id ``kid``: a forgery."""
+    import jwt
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    return jwt.encode(claims, ec.generate_private_key(ec.SECP256R1()), algorithm="ES256", headers={"kid": kid})
+
+
+def service_client(target: Target, component: str, *, timeout: float = DEFAULT_TIMEOUT) -> httpx.Client:
+    """An HTTP client of ``component``'s internal routes (``/admin/...``) with the lab's service token.
+
+    The caller closes the client::
+
+        with service_client(target, "license") as admin:
+            admin.post("/admin/keys/ocean-documentary").json()["key_hex"]
+    """
+    return httpx.Client(base_url=target.endpoint(component), headers={"X-Service-Token": target.service_token()},
+                        timeout=timeout)

@@ -183,3 +183,82 @@ def transcode(target: Target, source: str | Path, title_id: str, *, encrypt: boo
             return client.wait(job.id, timeout=timeout)
         with progress_bar(title_id) as bar:
             return client.wait(job.id, on_progress=bar, timeout=timeout)
+
+
+# -- looking at what a job made ---------------------------------------------------------------
+
+# An MPEG transport stream is packets of 188 bytes, each starting with the sync byte 0x47.
+TS_PACKET = 188
+TS_SYNC = 0x47
+
+
+def published_folder(target: Target, job: Job) -> Path:
+    """The folder of the version ``job`` published, in the origin's media root (``<root>/<title>/<version>``)."""
+    if job.result is None:
+        raise ConfigError(f"transcode job {job.id} published nothing ({job.state})", hint="transcode the title first")
+    title, version = httpx.URL(job.result.master_url).path.strip("/").split("/")[:2]
+    return target.media_root() / title / version
+
+
+def still_frame(source: Path, *, at_s: float = 1.5, width: int = 640, timeout: float = 60.0) -> bytes:
+    """One JPEG frame of ``source`` at ``at_s`` seconds, ``width`` pixels wide (ffmpeg, echoed as ``+ cmd``)."""
+    import subprocess
+
+    from labkit.core.console import echo_command
+    from ott.media import process
+
+    command = [process.FFMPEG, "-v", "error", "-ss", f"{at_s:g}", "-i", str(source), "-frames:v", "1",
+               "-vf", f"scale={width}:-2", "-q:v", "4", "-f", "image2pipe", "-c:v", "mjpeg", "-"]
+    echo_command(command)
+    return subprocess.run(command, capture_output=True, check=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL).stdout
+
+
+def command_lines(args: list[str]) -> str:
+    """A command one option per line, ready to paste into a shell.
+
+    >>> print(command_lines(["ffmpeg", "-i", "in.mp4", "-c:v", "libx264", "out dir/x.m3u8"]))
+    ffmpeg \\
+        -i in.mp4 \\
+        -c:v libx264 'out dir/x.m3u8'
+    """
+    import shlex
+
+    lines: list[list[str]] = [[args[0]]]
+    for arg in args[1:]:
+        if arg.startswith("-") and len(arg) > 1 and not arg[1].isdigit():
+            lines.append([arg])
+        else:
+            lines[-1].append(arg)
+    return " \\\n    ".join(shlex.join(line) for line in lines)
+
+
+def ts_facts(data: bytes) -> dict[str, object]:
+    """What a demuxer sees in a segment: its first bytes, the 188-byte packets starting 0x47, ffprobe's streams."""
+    import tempfile
+
+    from ott.media.errors import ProbeFailed
+    from ott.media.probe import ffprobe_json
+
+    starts = range(0, len(data) - TS_PACKET + 1, TS_PACKET)
+    with tempfile.NamedTemporaryFile(suffix=".ts") as fh:
+        fh.write(data)
+        fh.flush()
+        try:
+            streams = ", ".join(f"{s['codec_type']} {s['codec_name']}"
+                                for s in ffprobe_json(fh.name, "-show_streams").get("streams", []))
+        except ProbeFailed as exc:
+            streams = "ffprobe failed: " + str(exc).rsplit(": ", 1)[-1]   # after the temp file's name
+    return {"bytes": len(data), "first bytes": data[:8].hex(" "),
+            "packets starting 0x47": f"{sum(data[i] == TS_SYNC for i in starts)} of {len(starts)}",
+            "ffprobe finds": streams or "nothing"}
+
+
+def decrypt_segment(ciphertext: bytes, key: bytes, iv: str) -> bytes:
+    """An HLS AES-128 segment decrypted: AES-128-CBC with the playlist's IV (``0x…``), PKCS#7 padding removed."""
+    from cryptography.hazmat.primitives import padding
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    decryptor = Cipher(algorithms.AES(key), modes.CBC(bytes.fromhex(iv.removeprefix("0x")))).decryptor()
+    unpadder = padding.PKCS7(128).unpadder()
+    return unpadder.update(decryptor.update(ciphertext) + decryptor.finalize()) + unpadder.finalize()
