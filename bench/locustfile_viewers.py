@@ -2,11 +2,13 @@
 
 Each user plays through one signed multivariant URL (``OTT_BENCH_MASTER_URLS``, a JSON list, one URL
 per PoP; user ``i`` takes URL ``i mod n``): the multivariant playlist, the top rung's media playlist,
-its init segment and every segment in order, each with CMCD in the query argument (as
-:func:`labkit.traffic.wave.play` sends it), paced by the simulator's own buffer model
-(:class:`labkit.traffic.audience.Playback`: playback starts with the first segment and plays in real
-time; before a segment the user waits while it holds more than ``OTT_BENCH_MAX_BUFFER_S`` seconds of
-media). A *stall* is a segment arriving after the buffer ran dry: the user's pacing fell behind.
+its init segment and every segment in order. It is the simulated player's core of
+:mod:`labkit.traffic.playback`, which the simulator's viewers are built on, on Locust's client: the
+same playlists, the same CMCD in the query argument (:func:`~labkit.traffic.playback.request_cmcd`)
+and the same buffer model (:class:`~labkit.traffic.playback.Playback`: playback starts with the first
+segment and plays in real time; before a segment the user waits while it holds more than
+``OTT_BENCH_MAX_BUFFER_S`` seconds of media). A *stall* is a segment arriving after the buffer ran
+dry: the user's pacing fell behind.
 
 Stalls, starts and finished plays are fired as requests of type ``VIEWER`` (names ``stall``,
 ``start``, ``ended``), so they show in Locust's statistics; when ``OTT_BENCH_REPORT`` is set, a JSON
@@ -30,18 +32,17 @@ from typing import Any
 from urllib.parse import urljoin
 
 import gevent
-import m3u8
 from locust import between, events, task
 from locust.contrib.fasthttp import FastHttpUser
 from locust.env import Environment
 
-from labkit.traffic.audience import Playback
-from labkit.traffic.wave import with_cmcd
+from labkit.traffic.playback import DEFAULT_MAX_BUFFER_S, ManifestError, Playback, Playlists, request_cmcd, with_cmcd
 from ott import cmcd
 
 MASTER_URLS: list[str] = json.loads(os.environ.get("OTT_BENCH_MASTER_URLS", "[]"))
 CONTENT_ID = os.environ.get("OTT_BENCH_TITLE") or None
-MAX_BUFFER_S = float(os.environ.get("OTT_BENCH_MAX_BUFFER_S", "12"))
+MAX_BUFFER_S = float(os.environ.get("OTT_BENCH_MAX_BUFFER_S", str(DEFAULT_MAX_BUFFER_S)))
+PLAYLISTS = Playlists()  # parsed once for every user of this process, as the simulator parses them
 VIEWERS = int(os.environ.get("OTT_BENCH_VIEWERS", "0"))
 REPORT = os.environ.get("OTT_BENCH_REPORT", "")
 
@@ -116,49 +117,48 @@ class Viewer(FastHttpUser):
     def _play(self) -> bool:
         sid, t0 = str(uuid.uuid4()), time.monotonic()
         buffer = Playback(t0)
-        mtp: int | None = None
+        mtp: float | None = None  # the last segment's measured throughput, kbit/s
 
-        def get(kind: str, url: str, **data: Any) -> Any:
+        def get(kind: str, url: str, *, ot: cmcd.ObjectType = "m", kbps: int | None = None, top: int | None = None,
+                duration_s: float | None = None) -> Any:
             nonlocal mtp
-            ahead = buffer.level(time.monotonic())
-            starved, buffer.starved = buffer.starved, False
-            playing = buffer.state != "waiting"
-            payload = cmcd.Cmcd(bl=round(ahead * 10) * 100 if playing else None, bs=True if starved else None,
-                                mtp=mtp, su=True if not playing or starved else None, sid=sid, cid=CONTENT_ID,
-                                sf="h", st="v", **data)
+            payload = request_cmcd(buffer, time.monotonic(), ot=ot, session=sid, content_id=CONTENT_ID,
+                                   bitrate_kbps=kbps, top_kbps=top, duration_s=duration_s, throughput_kbps=mtp)
             clock = time.perf_counter()
             response = self.client.get(with_cmcd(url, payload), name=kind)
             seconds = time.perf_counter() - clock
             if kind == "segment" and response.status_code == 200 and seconds > 0:
-                mtp = max(100, round(len(response.content or b"") * 8 / seconds / 1000 / 100) * 100)
+                mtp = len(response.content or b"") * 8 / seconds / 1000
             return response if response.status_code == 200 else None
 
-        master_response = get("master", self.master_url, ot="m")
+        master_response = get("master", self.master_url)
         if master_response is None:
             return False
-        variants = list(m3u8.loads(master_response.text).playlists)
-        if not variants:
+        try:
+            variants = PLAYLISTS.master(master_response.text)
+        except ManifestError:
             return False
-        variant = variants[0]  # the top rung, as a player on loopback settles on
-        br = int(variant.stream_info.bandwidth) // 1000
-        tb = max(int(v.stream_info.bandwidth) for v in variants) // 1000
-        ot = "av" if "mp4a" in str(variant.stream_info.codecs or "") else "v"
-        media_url = urljoin(self.master_url, str(variant.uri))
-        media_response = get("playlist", media_url, ot="m")
+        variant = variants[-1]  # the top rung, as a player on loopback settles on
+        br, tb = variant.kbps, variants[-1].kbps
+        ot: cmcd.ObjectType = "av" if variant.audio else "v"
+        media_url = urljoin(self.master_url, variant.uri)
+        media_response = get("playlist", media_url)
         if media_response is None:
             return False
-        media = m3u8.loads(media_response.text)
-        if media.segment_map and get("init", urljoin(media_url, str(media.segment_map[0].uri)), br=br, tb=tb,
-                                     ot="i") is None:
+        try:
+            media = PLAYLISTS.media_playlist(media_response.text)
+        except ManifestError:
+            return False
+        if media.init and get("init", urljoin(media_url, media.init), ot="i", kbps=br, top=tb) is None:
             return False
         for segment in media.segments:
             ahead = buffer.level(time.monotonic())
             if ahead > MAX_BUFFER_S:
                 gevent.sleep(ahead - MAX_BUFFER_S)
-            if get("segment", urljoin(media_url, str(segment.uri)), br=br, tb=tb, ot=ot,
-                   d=round(float(segment.duration) * 1000)) is None:
+            if get("segment", urljoin(media_url, segment.uri), ot=ot, kbps=br, top=tb,
+                   duration_s=segment.duration) is None:
                 return False
-            change = buffer.add(float(segment.duration), br, time.monotonic())
+            change = buffer.add(segment.duration, br, time.monotonic())
             if change is not None and change[0] == "start":
                 _tally["started"] += 1
                 _tally["startup_s"].append(time.monotonic() - t0)
