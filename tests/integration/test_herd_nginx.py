@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import unquote
 
 import httpx
 import pytest
@@ -20,8 +21,9 @@ from labkit.core.config import LabConfig
 from labkit.core.errors import ComponentFailedError
 from labkit.platform.layers import media
 from labkit.targets.local.target import LocalTarget
-from labkit.traffic import herd
+from labkit.traffic import herd, wave
 from labkit.traffic.herd import ScratchNginx, ScratchPop, ScratchStatic
+from ott import cmcd
 
 pytestmark = pytest.mark.integration
 SEGMENT_BYTES = 650 * 1024
@@ -99,3 +101,23 @@ def test_without_the_cache_lock_the_herd_reaches_the_origin(lab: LocalTarget, sl
         assert pop.origin_fetches(f"/{TITLE}/720p/seg_00002.m4s") > 1
         # Every later viewer is served from the copy one of them stored.
         assert httpx.get(pop.signed(TITLE, "/720p/seg_00002.m4s"), timeout=10).headers["x-cache-status"] == "HIT"
+
+
+def test_a_wave_of_viewers_plays_through_a_pop_which_logs_their_cmcd(lab: LocalTarget) -> None:
+    # The simple viewers of the CDN drills over real sockets: each object is a MISS once, then HITs.
+    segments = "".join(f"#EXTINF:4.000,\nseg_{i:05d}.m4s\n" for i in range(4))
+    (media.media_root(lab.cfg) / TITLE / "720p" / "index.m3u8").write_text(
+        f"#EXTM3U\n#EXT-X-TARGETDURATION:4\n#EXT-X-PLAYLIST-TYPE:VOD\n{segments}#EXT-X-ENDLIST\n")
+    with ScratchPop(lab.cfg, pop="scratch-wave") as pop:
+        fetches = wave.frame(wave.wave([pop.signed(TITLE, "/master.m3u8")], 3, arrivals_s=1, content_id=TITLE,
+                                       timeout=60))
+        logged = pop.log_lines()
+    assert (fetches["status"] == 200).all(), fetches[fetches["status"] != 200]
+    assert fetches.groupby("viewer").size().tolist() == [6, 6, 6]   # master, playlist, four segments
+    assert set(fetches["pop"]) == {"scratch-wave"} and fetches["path"].str.startswith(f"/{TITLE}/").all()
+    misses = fetches[fetches["cache"] == "MISS"]
+    assert misses["path"].is_unique and len(misses) == 6 and set(fetches["cache"]) == {"MISS", "HIT"}
+    assert (fetches[fetches["kind"] == "segment"]["bytes"] == SEGMENT_BYTES).all()
+    sent = [cmcd.parse(unquote(line["cmcd"])) for line in logged if line.get("cmcd")]
+    assert len(sent) == len(fetches) and {c.sid for c in sent} == set(fetches["session"])
+    assert {c.cid for c in sent} == {TITLE} and all(c.mtp for c in sent if c.ot == "v" and c.bl)
