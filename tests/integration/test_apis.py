@@ -14,6 +14,7 @@ from _sessions import signed_in
 
 from labkit.clients import seed
 from labkit.clients.api import ApiRefused, OttClient
+from labkit.core.wait import until
 from labkit.platform.layers import apis
 from labkit.platform.layers.apis.routes import LOGIN_LIMIT
 from labkit.targets.local.target import LocalTarget
@@ -79,9 +80,14 @@ def test_login_is_rate_limited_per_client(lab: LocalTarget) -> None:
     assert set(statuses) == {422, 429}, statuses  # those let through reached auth, which refused the empty body
     allowed = LOGIN_LIMIT.burst + LOGIN_LIMIT.requests_per_second * elapsed + 1
     assert statuses.count(422) <= allowed, (statuses.count(422), elapsed)
-    time.sleep(1.5)  # the bucket refills
-    assert httpx.post(gateway + "/api/auth/login", json={"email": "x@example.com", "password": "wrong-pass"},
-                      timeout=10).status_code == 401
+
+    def let_through() -> int | None:
+        status = httpx.post(gateway + "/api/auth/login", json={"email": "x@example.com", "password": "wrong-pass"},
+                            timeout=10).status_code
+        return None if status == 429 else status
+
+    # The bucket refills: a login reaches auth again (asked more slowly than the bucket refills).
+    assert until(let_through, 5, 2 / LOGIN_LIMIT.requests_per_second, "the login limit to let a login through") == 401
     assert '"uri":"/api/auth/login","status":429' in lab.logs("gateway", lines=400)
 
 
@@ -117,14 +123,14 @@ def test_state_survives_kill_9_of_every_service(lab: LocalTarget) -> None:
         client.subscribe("basic")
         for service in apis.SERVICES:
             lab.kill(service.name)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
+        states: dict[str, bool] = {}
+
+        def all_back() -> bool:
+            nonlocal states
             states = {s.name: s.healthy for s in lab.status() if s.layer == "apis"}
-            if all(states.values()):
-                break
-            time.sleep(0.5)
-        else:
-            pytest.fail(f"services did not come back: {states}")
+            return all(states.values())
+
+        until(all_back, 60, 0.5, lambda: f"every service to come back after kill -9 (last seen: {states})")
         # A new login works (user and its password hash survived), and so does the subscription.
         client.login("durable@example.com", "durable-password-1")
         assert client.subscription()["plan"] == "basic"

@@ -6,7 +6,6 @@ import asyncio
 import json
 import os
 import socket
-import time
 from collections.abc import Iterator
 from urllib.parse import unquote
 
@@ -15,6 +14,7 @@ import pytest
 from _labs import running_lab
 
 from labkit.clients import transcoding
+from labkit.core.wait import until
 from labkit.platform.layers import cdn
 from labkit.targets.local.target import LocalTarget
 from labkit.traffic import audience
@@ -37,16 +37,6 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalTarget]:
         yield target
 
 
-def _eventually(check: object, timeout: float) -> bool:
-    assert callable(check)
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.3)
-    return True
-
-
 def test_viewers_start_without_stalls_and_the_edge_logs_their_cmcd(lab: LocalTarget) -> None:
     result = audience.run(lab.endpoint("gateway"), TITLE, VIEWERS, 12, arrivals_s=2, pops=["edge-0"], seed=1)
     summary = result.summary()
@@ -63,7 +53,8 @@ def test_viewers_start_without_stalls_and_the_edge_logs_their_cmcd(lab: LocalTar
         sids = {cmcd.parse(unquote(line["cmcd"])).sid for line in lines if line.get("cmcd") not in (None, "", "-")}
         return sessions & sids
 
-    assert _eventually(lambda: logged() == sessions, timeout=15), logged()
+    until(lambda: logged() == sessions, 15, 0.3,
+          lambda: f"every session in edge-0's access log (missing: {sorted(sessions - logged())})")
 
 
 def test_a_low_limit_keeps_the_lower_rungs_without_stalls(lab: LocalTarget) -> None:
@@ -122,7 +113,7 @@ def test_beacons_reach_the_collector(lab: LocalTarget) -> None:
         return any(line.startswith("ott_qoe_beacons_total") and 'client="simulator"' in line
                    and float(line.rsplit(" ", 1)[1]) >= result.beacons_sent for line in text.splitlines())
 
-    assert _eventually(counted, timeout=10)
+    until(counted, 10, 0.3, f"the collector to count the {result.beacons_sent} simulator beacons")
 
 
 def test_the_viewers_transport_speaks_http_as_httpx_does() -> None:

@@ -9,7 +9,7 @@ import concurrent.futures
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -18,6 +18,7 @@ import pytest
 from labkit import platform
 from labkit.core.config import LabConfig
 from labkit.core.errors import ConfigError
+from labkit.core.wait import until
 from labkit.platform import credentials
 from labkit.platform.layers import cdn, media
 from labkit.targets.local.target import LocalTarget
@@ -26,7 +27,7 @@ from ott import signing
 pytestmark = pytest.mark.integration
 SEGMENT_BYTES = 650 * 1024
 # nginx keeps validity in whole seconds from the second the entry was stored: a 2 s TTL ends
-# 2 to 3 s later, so wait past the latest end.
+# 2 to 3 s later; a wait for the expiry is bounded past the latest end.
 LIVE_EXPIRY_S = cdn.OBJECT_TYPES[0].ttl_s + 1.2
 
 
@@ -156,11 +157,11 @@ def test_live_playlists_expire_and_the_edge_serves_stale_when_the_origin_is_down
     assert httpx.get(url, timeout=10).headers["x-cache-status"] == "HIT"
     playlist = media.media_root(lab.cfg) / "live" / "channel" / "index.m3u8"
     playlist.write_text("#EXTM3U\n#EXT-X-MEDIA-SEQUENCE:2\n")  # the live edge moved on
-    time.sleep(LIVE_EXPIRY_S)
-    # Expired: the viewer gets the stale copy at once while the PoP refreshes it in the background ...
-    expired = httpx.get(url, timeout=10)
-    assert expired.headers["x-cache-status"] in ("STALE", "UPDATING") and "SEQUENCE:1" in expired.text
-    # ... and the next viewer gets the new one.
+    # HITs of the old copy until the TTL ends; then the viewer gets the stale copy at once while the
+    # PoP refreshes it in the background ...
+    expired = _wait_for_cache_status(url, ("STALE", "UPDATING"))
+    assert "SEQUENCE:1" in expired.text
+    # ... and the next viewers get the new one.
     fresh = _wait_for_text(url, "SEQUENCE:2")
     assert fresh.headers["x-cache-status"] == "HIT"
     # A VOD playlist is kept far longer.
@@ -170,9 +171,9 @@ def test_live_playlists_expire_and_the_edge_serves_stale_when_the_origin_is_down
 
     assert not lab.stop("origin").healthy
     try:
-        time.sleep(LIVE_EXPIRY_S)
-        stale = httpx.get(url, timeout=10)
-        assert (stale.status_code, stale.headers["x-cache-status"]) == (200, "STALE")
+        # Expired again, and no origin to refresh it from: the stale copy.
+        stale = _wait_for_cache_status(url, ("STALE",))
+        assert stale.status_code == 200 and "SEQUENCE:2" in stale.text
         never_cached = httpx.get(signed(lab, "vod-title", "/720p/seg_09999.m4s"), timeout=10)
         assert never_cached.status_code == 502
     finally:
@@ -181,12 +182,25 @@ def test_live_playlists_expire_and_the_edge_serves_stale_when_the_origin_is_down
 
 
 def _wait_for_text(url: str, text: str, timeout: float = 5) -> httpx.Response:
-    deadline = time.monotonic() + timeout
-    while True:
+    """Ask ``url`` until its body holds ``text``: that answer."""
+
+    def answered() -> httpx.Response | None:
         response = httpx.get(url, timeout=10)
-        if text in response.text or time.monotonic() > deadline:
-            return response
-        time.sleep(0.05)
+        return response if text in response.text else None
+
+    return until(answered, timeout, 0.05, f"{text!r} in the body of {url}")
+
+
+def _wait_for_cache_status(url: str, statuses: tuple[str, ...], timeout: float = LIVE_EXPIRY_S + 5) -> httpx.Response:
+    """Ask ``url`` until the PoP's ``X-Cache-Status`` is one of ``statuses``: that answer."""
+    last: list[httpx.Response] = []
+
+    def answered() -> httpx.Response | None:
+        last[:] = [httpx.get(url, timeout=10)]
+        return last[0] if last[0].headers.get("x-cache-status") in statuses else None
+
+    return until(answered, timeout, 0.05, lambda: f"X-Cache-Status {' or '.join(statuses)} from {url} (last answer: "
+                 f"{last[0].status_code} {last[0].headers.get('x-cache-status')})")
 
 
 def test_the_edge_writes_a_json_access_log_line_per_request(lab: LocalTarget) -> None:
@@ -212,12 +226,8 @@ def _value(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: s
     return sum(v for (n, ls), v in samples.items() if n == name and set(labels.items()) <= ls)
 
 
-def _eventually(check: object, timeout: float = 10) -> None:
-    assert callable(check)
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.2)
+def _eventually(check: Callable[[], object], timeout: float = 10) -> None:
+    until(check, timeout, 0.2, "the PoP's log and exporter to catch up")
 
 
 def test_each_pops_exporter_counts_its_requests_and_cmcd(lab: LocalTarget) -> None:

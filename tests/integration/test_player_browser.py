@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from labkit.clients import seed, transcoding
 from labkit.clients.api import OttClient
 from labkit.clients.prometheus import Prometheus
+from labkit.core.wait import until
 from labkit.platform.layers import cdn, media
 from labkit.targets.local.target import LocalTarget
 from labkit.traffic.browser import Browser, BrowserPlay, Network
@@ -71,10 +71,7 @@ def play(lab: LocalTarget, browser: Browser, title: str, user: str = "alice", *,
     with OttClient(lab.endpoint("gateway")) as client:
         account = seed.demo_user(user)
         client.login(account.email, account.password)
-        deadline = time.monotonic() + 5
-        while (sessions := client.sessions()) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert sessions == []
+        until(lambda: client.sessions() == [], 5, 0.2, lambda: f"{user}'s stream sessions to end: {client.sessions()}")
     return run
 
 
@@ -87,11 +84,14 @@ def collector_counter(lab: LocalTarget, name: str, **labels: str) -> float:
 
 def wait_for_counter(lab: LocalTarget, name: str, at_least: float, **labels: str) -> float:
     """The collector's counter once it reached ``at_least`` (a beacon sent as a page closes lands later)."""
-    deadline = time.monotonic() + 10
-    while (value := collector_counter(lab, name, **labels)) < at_least:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{name}{labels} is still {value} after 10 s, expected at least {at_least}")
-        time.sleep(0.2)
+    value = 0.0
+
+    def reached() -> bool:
+        nonlocal value
+        value = collector_counter(lab, name, **labels)
+        return value >= at_least
+
+    until(reached, 10, 0.2, lambda: f"{name}{labels} to reach {at_least} (still {value})")
     return value
 
 
@@ -139,13 +139,8 @@ def test_startup_reaches_prometheus(lab: LocalTarget, browser: Browser) -> None:
     assert run.state == "playing"
     prometheus = Prometheus(lab.endpoint("prometheus"))
     query = f'sum(ott_qoe_startup_seconds_count{{client="browser", title="{CLEAR}"}})'
-    deadline = time.monotonic() + 30
-    while True:
-        frame = prometheus.query(query)
-        if not frame.empty and frame["value"].iloc[0] >= 1:
-            break
-        assert time.monotonic() < deadline, f"no browser startup in Prometheus after 30 s: {frame}"
-        time.sleep(1)
+    until(lambda: not (frame := prometheus.query(query)).empty and frame["value"].iloc[0] >= 1, 30, 1,
+          "a browser startup in Prometheus")
     assert collector_counter(lab, "ott_qoe_plays_total", client="browser", title=CLEAR) >= 1
 
 

@@ -11,7 +11,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from labkit.clients.api import OttClient
 from labkit.clients.prometheus import Prometheus
 from labkit.clients.transcoding import TranscodeFailed, TranscoderClient, TranscoderRefused, transcode
 from labkit.core.errors import ConfigError, LabError
+from labkit.core.wait import until
 from labkit.platform.layers import media
 from labkit.targets.local.target import LocalTarget
 from ott.media import errors, verify
@@ -213,16 +213,8 @@ def _alive(pid: int) -> bool:
 
 
 def _wait_for(what: str, check: Callable[[], object], timeout: float = 60) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            result = check()
-        except (LabError, httpx.HTTPError, OSError):  # the transcoder is restarting
-            result = None
-        if result:
-            return result
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+    # Errors reaching the transcoder mean "not yet": it is restarting.
+    return until(check, timeout, 0.2, what, ignoring=(LabError, httpx.HTTPError, OSError))
 
 
 @pytest.fixture(scope="module")
