@@ -7,12 +7,12 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
 import httpx
 import pandas as pd
+import psutil
 import pytest
 
 from labkit import platform
@@ -20,6 +20,7 @@ from labkit.clients.prometheus import Prometheus
 from labkit.core.config import LabConfig
 from labkit.core.errors import ComponentFailedError, LabBusyError, MissingBinaryError, PortInUseError
 from labkit.core.ports import listening
+from labkit.core.wait import until
 from labkit.platform.layers import monitoring
 from labkit.targets.local.labdir import LabDir
 from labkit.targets.local.target import LocalTarget
@@ -90,18 +91,17 @@ def test_killed_component_is_restarted_and_keeps_its_data(local_lab: LocalTarget
     assert any(data_dir.iterdir())
     old_pid = local_lab.status()[0].pids[0]
     prom.wait_for_targets(["prometheus", "alertmanager"], timeout=30)
-    time.sleep(6)  # at least one scrape of both after they were up
+    # At least one scrape of both is in the TSDB before the kill.
+    prom.wait_for_samples("up", by="job", count=1, groups=["prometheus", "alertmanager"], minutes=2, timeout=30)
     killed_at = pd.Timestamp.now(tz="UTC")
 
     local_lab.kill("prometheus")
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+
+    def restarted() -> bool:
         status = {s.name: s for s in local_lab.status()}["prometheus"]
-        if status.healthy and status.pids and status.pids[0] != old_pid:
-            break
-        time.sleep(0.5)
-    else:
-        pytest.fail(f"prometheus did not come back after SIGKILL: {status}")
+        return status.healthy and bool(status.pids) and status.pids[0] != old_pid
+
+    until(restarted, 30, 0.5, "prometheus to come back (healthy, a new pid) after SIGKILL")
     # The TSDB written before the kill is still there: samples from before the restart answer.
     frame = prom.query_range("up", minutes=2, step="1s")
     before = frame[frame["timestamp"] < killed_at]
@@ -167,6 +167,7 @@ def test_orphan_free_after_supervisor_is_killed(local_lab: LocalTarget) -> None:
     pid = local_lab.supervisor.pid()
     assert pid is not None
     os.kill(pid, signal.SIGKILL)
-    time.sleep(0.5)
+    until(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, 10, 0.05,
+          f"supervisord (pid {pid}) to die", ignoring=(psutil.NoSuchProcess,))
     local_lab.down()
     assert listening(_all_ports(local_lab.cfg)) == []
