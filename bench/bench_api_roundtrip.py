@@ -9,7 +9,10 @@ twice with only the upstreams different, and with the per-address login limit li
 bench client shares one address): ours in front of the real services, the baseline in front of
 ``minimal_asgi.py`` on uvicorn. The ratio says what the OTT services cost on top of the gateway.
 
-    python bench/bench_api_roundtrip.py [--concurrency 8] [--seconds 15]
+Routes the journey does not take (QoE beacons, the player's page) lead to the minimal app on
+both sides: the gateway is rendered with every route it has, and only these are measured.
+
+    python bench/bench_api_roundtrip.py [--smoke] [--concurrency 8] [--seconds 15]
 """
 
 from __future__ import annotations
@@ -30,10 +33,11 @@ from labkit.clients import seed
 from labkit.core.config import LabConfig
 from labkit.core.console import echo_command
 from labkit.core.ports import ensure_free
+from labkit.core.wait import until
 from labkit.platform.component import Readiness
 from labkit.platform.layers import apis
 from labkit.platform.layers.apis import gateway
-from labkit.platform.layers.apis.routes import LOGIN_LIMIT, RateLimit
+from labkit.platform.layers.apis.routes import LOGIN_LIMIT, ROUTES, RateLimit
 from labkit.platform.readiness import probe
 from labkit.targets.local.target import LocalTarget
 
@@ -91,6 +95,11 @@ def summary(name: str, latencies: list[float], seconds: float) -> float:
     return rate
 
 
+def upstreams(journey: dict[str, str], other: str) -> dict[str, list[str]]:
+    """Every gateway route's peer: ``journey[service]`` for the services a trip calls, else ``other``."""
+    return {r.service: [journey.get(r.service, other)] for r in ROUTES}
+
+
 def start_gateway(
     name: str, listen_port: int, upstreams: dict[str, list[str]], workdir: Path
 ) -> subprocess.Popen[bytes]:
@@ -116,12 +125,18 @@ def start_minimal_asgi(port: int) -> subprocess.Popen[bytes]:
 def _spawn(cmd: list[str], url: str) -> subprocess.Popen[bytes]:
     echo_command(cmd)
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while not probe(url, Readiness(path="/api/catalog/titles" if "nginx" in cmd[0] else "/titles"))[0]:
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError(f"{cmd[0]} did not start serving {url} within 30 s")
-        time.sleep(0.2)
+    readiness = Readiness(path="/api/catalog/titles" if "nginx" in cmd[0] else "/titles")
+
+    def serving() -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{cmd[0]} exited with status {proc.returncode} before serving {url}")
+        return probe(url, readiness)[0]
+
+    try:
+        until(serving, 30, 0.2, f"{cmd[0]} to serve {url}")
+    except BaseException:
+        proc.kill()
+        raise
     return proc
 
 
@@ -141,7 +156,10 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--base-port", type=int, default=29000)
+    parser.add_argument("--smoke", action="store_true", help="2 viewers for 1 s each: proves the benchmark runs")
     args = parser.parse_args()
+    if args.smoke:
+        args.concurrency, args.seconds = 2, 1.0
 
     with tempfile.TemporaryDirectory(prefix="ottlab-bench-") as tmp:
         cfg = LabConfig(home=Path(tmp) / "lab", base_port=args.base_port, ready_timeout=60)
@@ -152,11 +170,11 @@ def main() -> None:
             seed.seed_target(target)
             # One account per viewer: the CAS stream limit (2 per account) must not refuse the bench.
             users = bench_users(target, args.concurrency)
-            services = {s.name: [target.endpoint(s.name).removeprefix("http://")] for s in apis.SERVICES}
-            minimal = {s.name: [f"127.0.0.1:{args.base_port + 900}"] for s in apis.SERVICES}
+            minimal = f"127.0.0.1:{args.base_port + 900}"
+            services = {s.name: target.endpoint(s.name).removeprefix("http://") for s in apis.SERVICES}
             procs.append(start_minimal_asgi(args.base_port + 900))
-            procs.append(start_gateway("ours", args.base_port + 901, services, Path(tmp)))
-            procs.append(start_gateway("baseline", args.base_port + 902, minimal, Path(tmp)))
+            procs.append(start_gateway("ours", args.base_port + 901, upstreams(services, minimal), Path(tmp)))
+            procs.append(start_gateway("baseline", args.base_port + 902, upstreams({}, minimal), Path(tmp)))
             print(f"\nconcurrency {args.concurrency}, {args.seconds:g} s each; one trip = login, catalog, "
                   "license authorisation, end session")
             ours = summary("ottlab", asyncio.run(load(f"http://127.0.0.1:{args.base_port + 901}", users,

@@ -13,7 +13,7 @@ misses overlap is luck) and in front of a slow origin (the same media root throu
 Goal: exactly 1 origin fetch per object with the lock; we print
 ``ratio: ours/no-lock origin fetches``.
 
-    python bench/bench_edge_herd.py [--quick] [--objects 5] [--clients 200] [--slow-rate 400k]
+    python bench/bench_edge_herd.py [--smoke | --quick] [--objects 5] [--clients 200] [--slow-rate 400k]
 """
 
 from __future__ import annotations
@@ -80,9 +80,12 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=200)
     parser.add_argument("--slow-rate", default="400k", help="the slow origin's limit_rate (nginx syntax)")
     parser.add_argument("--base-port", type=int, default=29700)
+    parser.add_argument("--smoke", action="store_true", help="1 object, 10 clients: proves the benchmark runs")
     args = parser.parse_args()
     if args.quick:
         args.objects = 2
+    if args.smoke:
+        args.objects, args.clients = 1, 10
     if not (1 <= args.objects <= 20 and 1 <= args.clients <= 400):
         parser.error("need 1 <= objects <= 20 and 1 <= clients <= 400")
 

@@ -13,7 +13,7 @@ With two CPUs or more, both nginx servers (master and worker) are pinned to the 
 ``wrk`` to the second (``--no-pin``: leave it to the scheduler): on two cores, whether the load
 generator shares the server's core decides more than anything measured here.
 
-    python bench/bench_edge_hit.py [--quick] [--runs 5] [--seconds 4] [--threads 1] [--connections 8]
+    python bench/bench_edge_hit.py [--smoke | --quick] [--runs 5] [--seconds 4] [--threads 1] [--connections 8]
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ import psutil
 from labkit import platform
 from labkit.core.config import LabConfig
 from labkit.core.console import echo_command
+from labkit.core.wait import until
 from labkit.platform.layers import cdn, media
 from labkit.targets.local.target import LocalTarget
 from labkit.traffic.herd import ScratchStatic
@@ -95,17 +96,15 @@ def pin(pid: int, cpus: set[int]) -> None:
 
 def warm(url: str, expected: bytes) -> None:
     """Fetch until the PoP answers HIT with the file's bytes."""
-    deadline = time.monotonic() + 10
-    while True:
+
+    def hit() -> bool:
         response = httpx.get(url, timeout=10)
         response.raise_for_status()
         if response.content != expected:
             raise RuntimeError(f"{url} does not serve the segment's bytes")
-        if response.headers.get("x-cache-status") == "HIT":
-            return
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{url} is still not a cache HIT after 10 s")
-        time.sleep(0.1)
+        return bool(response.headers.get("x-cache-status") == "HIT")
+
+    until(hit, 10, 0.1, f"{url} to be a cache HIT")
 
 
 def main() -> int:
@@ -118,9 +117,12 @@ def main() -> int:
     parser.add_argument("--no-pin", dest="pin", action="store_false", help="do not pin servers and wrk to CPUs")
     parser.add_argument("--segment-kb", type=int, default=650)
     parser.add_argument("--base-port", type=int, default=29300)
+    parser.add_argument("--smoke", action="store_true", help="1 round of 1 s runs: proves the benchmark runs")
     args = parser.parse_args()
     if args.quick:
         args.runs, args.seconds = 2, 2.0
+    if args.smoke:
+        args.runs, args.seconds = 1, 1.0
     if not (1 <= args.runs <= 10 and 0 < args.seconds <= 30 and 1 <= args.threads <= args.connections <= 512):
         parser.error("need 1 <= runs <= 10, 0 < seconds <= 30, 1 <= threads <= connections <= 512")
     wrk = shutil.which("wrk")

@@ -8,7 +8,7 @@ sees). For each wave the hit ratio (``HIT`` answers over all answers) is read fr
 exporters (``ott_edge_requests_total`` by ``cache``, deltas over the wave) and cross-checked with
 the ``X-Cache-Status`` headers the viewers got. Goal: at least 99 % once warm.
 
-    python bench/bench_edge_hitratio.py [--quick] [--viewers 200] [--segments 10] [--waves 1]
+    python bench/bench_edge_hitratio.py [--smoke | --quick] [--viewers 200] [--segments 10] [--waves 1]
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from labkit import platform
 from labkit.core.config import LabConfig
+from labkit.core.errors import TimeoutExpired
+from labkit.core.wait import until
 from labkit.platform.layers import cdn, media
 from labkit.targets.local.target import LocalTarget
 from ott import signing
@@ -153,15 +155,18 @@ def measure(cfg: LabConfig, wave: Wave, masters: list[tuple[int, str]], pops: in
     before = {p: exporter_counts(cfg, p) for p in range(pops)}
     asyncio.run(run_wave(wave, masters, timeout))
     # The exporters follow the access logs: wait (bounded) until they have counted every answer.
-    deadline = time.monotonic() + EXPORTER_LAG_S
-    while True:
+    behind: list[int] = []
+
+    def counted() -> bool:
+        nonlocal behind
         wave.exporter = {p: exporter_counts(cfg, p) - before[p] for p in range(pops)}
         behind = [p for p in range(pops) if sum(wave.exporter[p].values()) < len(
             [a for a in wave.answers if a[0] == p])]
-        if not behind or time.monotonic() > deadline:
-            break
-        time.sleep(0.3)
-    if behind:
+        return not behind
+
+    try:
+        until(counted, EXPORTER_LAG_S, 0.3, "the exporters to count every answer")
+    except TimeoutExpired:
         print(f"  warning: exporter(s) of PoP(s) {behind} had not counted every answer after {EXPORTER_LAG_S:g} s")
 
 
@@ -187,9 +192,12 @@ def main() -> int:
     parser.add_argument("--waves", type=int, default=1, help="warm waves after the cold one (default: 1)")
     parser.add_argument("--wave-timeout", type=float, default=30.0, help="seconds a wave may take at most")
     parser.add_argument("--base-port", type=int, default=30100)
+    parser.add_argument("--smoke", action="store_true", help="2 segments, 6 viewers: proves the benchmark runs")
     args = parser.parse_args()
     if args.quick:
         args.segments, args.viewers = 4, 100
+    if args.smoke:
+        args.segments, args.viewers, args.segment_kb = 2, 6, 64
     if not (1 <= args.viewers <= 400 and 1 <= args.segments <= 100 and 1 <= args.waves <= 5
             and 0 < args.wave_timeout <= 120):
         parser.error("need 1 <= viewers <= 400, 1 <= segments <= 100, 1 <= waves <= 5, 0 < wave-timeout <= 120")

@@ -13,7 +13,7 @@ seconds the ffmpeg children used (``RUSAGE_CHILDREN`` deltas), then ``ratio: our
 (below 1: ours is faster). The clip is made with :func:`ott.media.make_sample` in a temp dir unless
 ``--source`` names one; everything written goes to a temp dir that is removed at the end.
 
-    python bench/bench_ladder.py [--seconds 20] [--ladder default|small] [--source clip.mp4]
+    python bench/bench_ladder.py [--smoke] [--seconds 20] [--ladder default|small] [--source clip.mp4]
                                  [--presets ultrafast,veryfast] [--no-sequential]
 """
 
@@ -174,7 +174,11 @@ def main() -> None:
     parser.add_argument("--presets", default="ultrafast,veryfast", help="comma-separated x264 presets")
     parser.add_argument("--no-sequential", dest="sequential", action="store_false",
                         help="skip the one-after-the-other naive run")
+    parser.add_argument("--smoke", action="store_true",
+                        help="a 2 s clip, ladder small, ultrafast only: proves the benchmark runs")
     args = parser.parse_args()
+    if args.smoke:
+        args.seconds, args.ladder, args.presets, args.sequential = 2.0, "small", "ultrafast", False
     presets = [p.strip() for p in args.presets.split(",") if p.strip()]
     unknown = [p for p in presets if p not in PRESETS]
     if unknown or not presets:

@@ -18,7 +18,7 @@ its init segment and the first segment. ``ratio: browser/http`` of the warm medi
 player adds on top of the network (hls.js, MSE, decode, the first frame on screen). The goal is a
 warm startup p95 under 1 s on loopback.
 
-    python bench/bench_player_startup.py [--quick] [--plays 10] [--titles 3] [--sample-s 12] [--encrypt]
+    python bench/bench_player_startup.py [--smoke | --quick] [--plays 10] [--titles 3] [--sample-s 12] [--encrypt]
 """
 
 from __future__ import annotations
@@ -112,11 +112,15 @@ def main() -> int:
     parser.add_argument("--encrypt", action="store_true", help="publish AES-128 titles (one key request more)")
     parser.add_argument("--timeout", type=float, default=20.0, help="bound on one play's start (default: 20 s)")
     parser.add_argument("--base-port", type=int, default=31500)
+    parser.add_argument("--smoke", action="store_true",
+                        help="1 title, 2 warm plays, a 4 s sample: proves the benchmark runs (its p95 means nothing)")
     args = parser.parse_args()
     if args.quick:
         args.titles, args.plays, args.sample_s = 2, 10, 8.0
     if not (1 <= args.titles <= 10 and MIN_PLAYS <= args.plays <= 200 and 4 <= args.sample_s <= 120):
         parser.error(f"need 1 <= titles <= 10, {MIN_PLAYS} <= plays <= 200, 4 <= sample-s <= 120")
+    if args.smoke:
+        args.titles, args.plays, args.sample_s = 1, 2, 4.0
 
     cold: list[BrowserPlay] = []
     warm: list[BrowserPlay] = []

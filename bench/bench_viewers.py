@@ -21,9 +21,7 @@ only when those match. On loopback ours settles on the top rung after its first 
 starts low), Locust fetches the top rung throughout. The lab (edges, origin, gateway,
 APIs) runs on the same cores as the load generators: every figure includes that contention.
 
-    python bench/bench_viewers.py [--quick] [--counts 25,50,100,200,400,800] [--sample-seconds 24]
-
-With the environment variable CI set, the counts and the clip are small (a smoke run).
+    python bench/bench_viewers.py [--smoke | --quick] [--counts 25,50,100,200,400,800] [--sample-seconds 24]
 """
 
 from __future__ import annotations
@@ -185,18 +183,20 @@ def sustained(steps: list[Step], side: str) -> int:
 
 
 def main() -> int:
-    ci = bool(os.environ.get("CI"))
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="counts 10,20,40 and a 12 s clip")
-    parser.add_argument("--counts", default="4,8" if ci else "25,50,100,200,400,800",
-                        help="viewer counts to ramp through, comma-separated (default: 25..800; CI: 4,8)")
-    parser.add_argument("--sample-seconds", type=float, default=8.0 if ci else 24.0, help="length of the clip")
+    parser.add_argument("--smoke", action="store_true", help="2 viewers of a 4 s clip: proves the benchmark runs")
+    parser.add_argument("--counts", default="25,50,100,200,400,800",
+                        help="viewer counts to ramp through, comma-separated (default: 25..800)")
+    parser.add_argument("--sample-seconds", type=float, default=24.0, help="length of the clip")
     parser.add_argument("--arrivals", type=float, default=5.0, help="the viewers arrive over this many seconds")
     parser.add_argument("--side", choices=("both", "ours", "locust"), default="both")
     parser.add_argument("--base-port", type=int, default=31100)
     args = parser.parse_args()
     if args.quick:
         args.counts, args.sample_seconds = "10,20,40", 12.0
+    if args.smoke:
+        args.counts, args.sample_seconds, args.arrivals = "2", 4.0, 1.0
     counts = sorted({int(c) for c in args.counts.split(",") if c.strip()})
     if not counts or counts[0] < 1 or counts[-1] > 2000 or not 4 <= args.sample_seconds <= 120:
         parser.error("need counts from 1 to 2000 and --sample-seconds from 4 to 120")
