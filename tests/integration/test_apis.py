@@ -104,9 +104,15 @@ def test_idempotent_requests_are_retried_past_a_dead_replica(lab: LocalTarget) -
         assert statuses == [200] * 20
         catalog = lab.component("catalog")
         dead, alive = (f"{lab.cfg.host}:{catalog.local_port(lab.cfg, 'http', i)}" for i in (0, 1))
-        lines = [json.loads(line) for line in lab.logs("gateway", lines=200).splitlines() if line.startswith("{")]
-        answered = [r for r in lines if r.get("uri") == "/api/catalog/titles"][-20:]
-        assert [r["status"] for r in answered] == [200] * 20
+
+        def by_the_live_replica() -> list[dict[str, str]]:
+            # Only these 20 requests reached replica 1: it was started for this test.
+            lines = [json.loads(line) for line in lab.logs("gateway", lines=400).splitlines() if line.startswith("{")]
+            found = [r for r in lines if r.get("uri") == "/api/catalog/titles" and alive in r["upstream"]]
+            return found if len(found) >= 20 else []
+
+        answered = until(by_the_live_replica, timeout=10, what="the gateway's log lines of the 20 requests")
+        assert len(answered) == 20 and all(str(r["status"]) == "200" for r in answered), answered
         # Each was answered by the live replica; the first (at least) was refused by the dead one and retried.
         assert all(r["upstream"].split(", ")[-1] == alive for r in answered), answered
         retried = [r for r in answered if r["upstream"].split(", ")[0] == dead]
