@@ -11,7 +11,7 @@ labkit is organised by kind; each package's docstring lists its modules:
 - :mod:`labkit.core`: settings, errors, console output, the one wait helper;
 - :mod:`labkit.platform`: the components and layers, declared once for both targets;
 - :mod:`labkit.targets`: ``local`` and ``kube`` behind one interface;
-- :mod:`labkit.clients`: the APIs, seeding, transcode jobs, Prometheus, the PoPs;
+- :mod:`labkit.clients`: the APIs, seeding, transcode jobs, Prometheus, the PoPs, one URL fetched, HLS playlists;
 - :mod:`labkit.traffic`: simulated viewers, herds and the browser;
 - :mod:`labkit.analysis`: QoE maths, plots and panels;
 - :mod:`labkit.drills`: faults a lesson injects and clears.
@@ -52,6 +52,8 @@ _LAZY = {
     "seed": "labkit.clients.seed",
     "transcoding": "labkit.clients.transcoding",
     "pops": "labkit.clients.pops",
+    "web": "labkit.clients.web",
+    "hls": "labkit.clients.hls",
     "audience": "labkit.traffic.audience",
     "wave": "labkit.traffic.wave",
     "herd": "labkit.traffic.herd",

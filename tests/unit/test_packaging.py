@@ -73,6 +73,69 @@ def test_notebooks_are_committed_without_outputs() -> None:
                 assert cell.get("execution_count") is None, f"{path.name} cell {index} has an execution count"
 
 
+# A notebook orchestrates: longer code, a function, or a question about which target it runs on
+# belongs in labkit. The modules of ott a lesson opens on purpose are the ones README lists.
+MAX_CELL_LINES = 20
+NOTEBOOK_IMPORTS = {"labkit", "pandas", "matplotlib", "IPython"}
+OTT_MODULES_OPENED_ON_PURPOSE = {
+    "ott.media.probe",     # 02: what the transcoder asks ffprobe about a source
+    "ott.media.analysis",  # 02: the transcoder's own measurement of every segment it wrote
+    "ott.signing",         # 03: the anatomy of a signed URL, and signing one with the lab's secret
+    "ott.cmcd",            # 03: the CMCD a viewer sent, parsed as the edge's exporter parses it
+}
+
+
+def _code_cells(path: Path) -> list[tuple[int, str]]:
+    nb = json.loads(path.read_text())
+    # IPython's line magics (%matplotlib inline) are not Python: blanked out, keeping the line count.
+    return [(i, "".join("\n" if line.startswith(("%", "!")) else line for line in c["source"]))
+            for i, c in enumerate(nb["cells"]) if c["cell_type"] == "code"]
+
+
+def test_notebooks_are_thin_and_never_ask_which_target_they_run_on() -> None:
+    for path in sorted((REPO / "notebooks").glob("[0-9][0-9]-*.ipynb")):
+        for index, source in _code_cells(path):
+            where = f"{path.name} cell {index}"
+            assert len(source.splitlines()) <= MAX_CELL_LINES, f"{where}: {len(source.splitlines())} lines"
+            tree = ast.parse(source)
+            kinds = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+            defined = [n for n in ast.walk(tree) if isinstance(n, kinds)]
+            assert not defined, f"{where} defines {ast.unparse(defined[0])[:60]!r}: move it into labkit"
+            assert not re.search(r"\.name\b\s*[=!]=|\bLOCAL\b|\.target\s*[=!]=|cfg\.target\b", source), \
+                f"{where} asks which target it runs on: make the difference a Target method"
+
+
+def _imported_modules(source: str) -> list[str]:
+    """The modules a cell imports: `from ott import signing` opens ott.signing, `from ott.cmcd import x` ott.cmcd."""
+    names = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            for alias in node.names:
+                submodule = REPO.joinpath(*node.module.split("."), alias.name)
+                is_module = submodule.with_suffix(".py").is_file() or submodule.is_dir()
+                names.append(f"{node.module}.{alias.name}" if is_module else node.module)
+    return names
+
+
+def test_notebooks_import_labkit_and_the_standard_library_only() -> None:
+    import sys
+
+    opened = set()
+    for path in sorted((REPO / "notebooks").glob("[0-9][0-9]-*.ipynb")):
+        for index, source in _code_cells(path):
+            for name in _imported_modules(source):
+                top = name.split(".")[0]
+                if top == "ott":
+                    opened.add(name)
+                ok = (top in NOTEBOOK_IMPORTS or top in sys.stdlib_module_names
+                      or name in OTT_MODULES_OPENED_ON_PURPOSE)
+                assert ok, f"{path.name} cell {index} imports {name}: go through labkit, or list it in README"
+    # README lists exactly these: a module no lesson opens any more leaves the list.
+    assert opened == OTT_MODULES_OPENED_ON_PURPOSE, OTT_MODULES_OPENED_ON_PURPOSE - opened
+
+
 def test_notebooks_have_one_literal_parameters_cell() -> None:
     for path in sorted((REPO / "notebooks").glob("[0-9][0-9]-*.ipynb")):
         nb = json.loads(path.read_text())
