@@ -107,6 +107,27 @@ class Prometheus:
         until(enough, timeout, 1, lambda: f"{count} samples of {selector!r} per {by} (have:\n{counts.to_string()})")
         return self.query_range(selector, minutes=minutes, step=step)
 
+    def wait_for_scrape_after(self, selector: str, after: float, *, by: str, groups: Collection[str],
+                              timeout: float = 60.0) -> pd.Series:
+        """Wait until every group of ``selector`` has a sample scraped after ``after`` (epoch seconds).
+
+        A scrape's samples carry the time the scrape began, so a sample newer than the moment the
+        last request ended counts that request: queries from then on see all of it. ``groups``
+        names the values of ``by`` that must all be there. Returns the newest sample time of each
+        group, epoch seconds.
+        """
+        newest = pd.Series(dtype=float)
+
+        def scraped() -> bool:
+            nonlocal newest
+            frame = self.query(f"max by ({by}) (timestamp({selector}))")
+            newest = frame.set_index(by)["value"] if not frame.empty else pd.Series(dtype=float)
+            return set(groups) <= set(newest.index) and bool((newest.reindex(list(groups)) > after).all())
+
+        until(scraped, timeout, 0.5, lambda: f"a scrape of {selector!r} per {by} after {after:.3f} "
+              f"(newest samples:\n{newest.to_string()})")
+        return newest
+
     def _call(self, method: Any, *args: Any, **kwargs: Any) -> Any:
         try:
             return method(*args, **kwargs)
