@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
@@ -83,14 +83,18 @@ class BodyLimit:
     A declared Content-Length is checked first; a streamed body is read up to the limit and
     replayed to the app (the limit is small, so buffering costs little), because an error raised
     from ``receive`` would be swallowed by the framework's body parsing as a 400.
+
+    The ``streamed`` paths are passed through untouched: their handlers read the body as a stream
+    (a file upload, far larger than this limit) and enforce a limit of their own as they read.
     """
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+    def __init__(self, app: ASGIApp, limit: int, streamed: Collection[str] = ()) -> None:
         self.app = app
         self.limit = limit
+        self.streamed = frozenset(streamed)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope.get("path") in self.streamed:
             await self.app(scope, receive, send)
             return
         declared = dict(scope.get("headers", [])).get(b"content-length")
@@ -184,8 +188,13 @@ def create_app(
     description: str = "",
     on_startup: Callable[[Service], None] | None = None,
     on_shutdown: Callable[[Service], None] | None = None,
+    streamed_bodies: Collection[str] = (),
 ) -> FastAPI:
-    """A FastAPI app with the shared middleware, error handlers and endpoints."""
+    """A FastAPI app with the shared middleware, error handlers and endpoints.
+
+    ``streamed_bodies`` are paths whose handlers stream the request body and limit it themselves
+    (see :class:`BodyLimit`); every other body is limited to ``OTT_MAX_BODY``.
+    """
     service = Service(name, settings)
 
     @asynccontextmanager
@@ -271,7 +280,7 @@ def create_app(
         service.log.exception("unhandled error")
         return JSONResponse(error_body(500, "internal", "the service failed; see its log"), status_code=500)
 
-    app.add_middleware(BodyLimit, limit=settings.max_body)
+    app.add_middleware(BodyLimit, limit=settings.max_body, streamed=streamed_bodies)
     return app
 
 

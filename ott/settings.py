@@ -19,6 +19,8 @@
 | ``OTT_MAX_BODY`` | ``65536`` | the largest request body accepted, bytes |
 | ``OTT_PUBLIC_URL`` | none | the gateway as players reach it; key URIs go through it when set |
 | ``OTT_MEDIA_ROOT`` | ``media`` | the origin's media root (transcoder) |
+| ``OTT_MAX_SOURCE_BYTES`` | ``2147483648`` | the largest source file the transcoder accepts as an upload (2 GiB) |
+| ``OTT_SOURCE_TTL`` | ``3600`` | seconds an uploaded source waits for its job before the transcoder deletes it |
 | ``OTT_ORIGIN_URL`` | ``http://127.0.0.1:8060`` | the origin as players reach it: catalog playback URLs |
 | ``OTT_SIGNING_SECRET_FILE`` | none | the CDN's URL-signing secret (license signs playback URLs with it) |
 | ``OTT_EDGES_FILE`` | none | JSON ``{"<pop>": "<url>"}`` of the CDN's PoPs, re-read per request (license) |
@@ -62,6 +64,9 @@ class Settings:
     max_body: int = 65536
     public_url: str = ""
     media_root: Path = Path("media")
+    # Uploaded sources (the transcoder): the largest accepted, and how long one may wait for its job.
+    max_source_bytes: int = 2 * 1024**3
+    source_ttl: int = 3600
     origin_url: str = "http://127.0.0.1:8060"
     metrics_linger: float = 0.0
     signing_secret_file: str = ""

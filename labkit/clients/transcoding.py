@@ -2,8 +2,10 @@
 
 The transcoder (:mod:`ott.transcoder`) runs one job at a time: a content key from license for an
 encrypted title, one ffmpeg for the whole ladder into staging, verification, one atomic rename
-into the origin's media root, and only then the catalog entry. This client submits a job, drives
-a progress bar from the job's progress (speed, ETA), and returns the finished job or raises.
+into the origin's media root, and only then the catalog entry. This client uploads the source
+file (its bytes: the transcoder's filesystem is not this machine's, on any target), submits a job
+for it, drives a progress bar from the job's progress (speed, ETA), and returns the finished job
+or raises. Every call carries the lab's service token.
 
 Example::
 
@@ -18,24 +20,33 @@ Example::
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from labkit.core.console import progress as progress_line
 from labkit.core.errors import ConfigError, LabError, TimeoutExpired
 from labkit.core.wait import until
 from labkit.targets import Target
 from ott.media.errors import InvalidTitleId
 from ott.media.publish import validate_title_id
 from ott.media.transcode import progress_bar
-from ott.transcoder import Job, JobSpec
+from ott.transcoder import Job, JobOptions, JobSpec, Source, SourceList
 
 POLL_S = 0.5
 # No progress at all for this long means the transcoder is stuck or gone.
 STALL_TIMEOUT_S = 180.0
 ProgressCallback = Callable[[float, float, float], None]
+# An upload: bytes sent so far, of the file's size.
+UploadProgress = Callable[[int, int], None]
+UPLOAD_CHUNK = 1024 * 1024
+# Each upload step is bounded: a chunk written within `write`, the answer (after the transcoder's
+# ffprobe of the whole file) within `read`.
+UPLOAD_TIMEOUT = httpx.Timeout(10.0, read=120.0, write=60.0)
+# A progress line at most this often during an upload.
+UPLOAD_REPORT_S = 2.0
 
 
 class TranscodeFailed(LabError):
@@ -52,20 +63,39 @@ class TranscodeFailed(LabError):
 
 
 class TranscoderRefused(LabError):
-    """The transcoder would not take the job (bad parameters, unknown file)."""
+    """The transcoder would not take the job or the upload (bad parameters, not a video, too large)."""
 
-    def __init__(self, status: int, code: str, message: str, hint: str = "") -> None:
+    def __init__(self, status: int, code: str, message: str, hint: str = "", *, what: str = "the job") -> None:
         self.status = status
         self.code = code
-        super().__init__(f"the transcoder refused the job ({status} {code}): {message}", hint=hint)
+        super().__init__(f"the transcoder refused {what} ({status} {code}): {message}", hint=hint)
+
+
+_REFUSAL_HINTS = {
+    401: "send the lab's service token (target.service_token()) as X-Service-Token",
+    403: "the service token is not this lab's: use target.service_token()",
+    413: "send a shorter or smaller encode of the file, or raise OTT_MAX_SOURCE_BYTES on the transcoder",
+    415: "send the file's bytes with Content-Type video/mp4 or application/octet-stream",
+}
 
 
 class TranscoderClient:
-    """The transcoder's job API at ``url``; every call bounded by ``timeout``."""
+    """The transcoder's API at ``url`` with the lab's service ``token``; every call bounded by ``timeout``.
 
-    def __init__(self, url: str, *, timeout: float = 10.0) -> None:
+    ``transport`` replaces the network (tests pass an ``httpx.MockTransport``).
+
+    Example::
+
+        with TranscoderClient(target.endpoint("transcoder"), token=target.service_token()) as client:
+            source = client.upload(Path("clip.mp4"))
+            job = client.wait(client.submit(JobSpec(source_id=source.id, title_id="lab-clock")).id)
+    """
+
+    def __init__(self, url: str, *, token: str, timeout: float = 10.0,
+                 transport: httpx.BaseTransport | None = None) -> None:
         self.url = url.rstrip("/")
-        self.http = httpx.Client(base_url=self.url, timeout=timeout)
+        self.http = httpx.Client(base_url=self.url, timeout=timeout, headers={"X-Service-Token": token},
+                                 transport=transport)
 
     def close(self) -> None:
         self.http.close()
@@ -76,13 +106,61 @@ class TranscoderClient:
     def __exit__(self, *_: object) -> None:
         self.close()
 
+    def sources(self) -> SourceList:
+        """The uploads on the transcoder, and the largest it accepts."""
+        response = self._request("GET", "/sources")
+        if response.status_code != 200:
+            raise _refused(response, "the listing of sources")
+        return SourceList.model_validate(response.json())
+
+    def upload(self, path: Path, *, on_progress: UploadProgress | None = None) -> Source:
+        """Send ``path``'s bytes to the transcoder; the probed source, whose ``id`` a job names.
+
+        A file over the transcoder's limit is refused before a byte is sent; one the transcoder's
+        ffprobe cannot use is refused (422, naming the problem) and not kept.
+        """
+        what = f"the upload of {path.name}"
+        try:
+            size = path.stat().st_size
+        except OSError as exc:
+            raise ConfigError(f"cannot read the source {path}: {exc.strerror or exc}",
+                              hint="check the path; make a test clip with "
+                                   "`ottlab sample --seconds 20 --out clip.mp4`") from None
+        limit = self.sources().max_bytes
+        if size > limit:
+            raise TranscoderRefused(413, "source_too_large", f"{path.name} is {size} bytes, over the transcoder's "
+                                    f"limit of {limit} bytes (OTT_MAX_SOURCE_BYTES)", _REFUSAL_HINTS[413], what=what)
+
+        def chunks() -> Iterator[bytes]:
+            sent = 0
+            with path.open("rb") as fh:
+                while chunk := fh.read(UPLOAD_CHUNK):
+                    yield chunk
+                    sent += len(chunk)
+                    if on_progress is not None:
+                        on_progress(sent, size)
+
+        headers = {"Content-Type": "application/octet-stream", "Content-Length": str(size)}
+        try:
+            response = self.http.post("/sources", params={"name": path.name}, content=chunks(), headers=headers,
+                                      timeout=UPLOAD_TIMEOUT)
+        except httpx.HTTPError as exc:
+            raise LabError(f"{what} to the transcoder at {self.url} broke off: {exc!r}; the transcoder keeps no part "
+                           "of it", hint="send it again; if it breaks again, see `ottlab logs transcoder`") from None
+        if response.status_code != 201:
+            raise _refused(response, what)
+        return Source.model_validate(response.json())
+
+    def delete_source(self, source_id: str) -> None:
+        """Delete an upload no job uses."""
+        response = self._request("DELETE", f"/sources/{source_id}")
+        if response.status_code != 204:
+            raise _refused(response, f"the deletion of source {source_id}")
+
     def submit(self, spec: JobSpec) -> Job:
         response = self._request("POST", "/jobs", json=spec.model_dump(exclude_none=True))
         if response.status_code != 202:
-            code, message = _error(response)
-            hint = ("the transcoder reads the source from its own filesystem: on kube, run the Job in "
-                    "k8s/base/media/transcode-job.yaml" if code == "source_not_found" else "")
-            raise TranscoderRefused(response.status_code, code, message, hint)
+            raise _refused(response, "the job")
         return Job.model_validate(response.json())
 
     def job(self, job_id: str) -> Job:
@@ -132,6 +210,12 @@ class TranscoderClient:
                            hint="start the media layer: `ottlab up` (check it with `ottlab status`)") from None
 
 
+def _refused(response: httpx.Response, what: str) -> TranscoderRefused:
+    code, message = _error(response)
+    return TranscoderRefused(response.status_code, code, message, _REFUSAL_HINTS.get(response.status_code, ""),
+                             what=what)
+
+
 def _error(response: httpx.Response) -> tuple[str, str]:
     try:
         error = response.json()["error"]
@@ -164,25 +248,64 @@ def sample_clip(target: Target, seconds: float, *, width: int = 1280, height: in
 def transcode(target: Target, source: str | Path, title_id: str, *, encrypt: bool = False, ladder: str = "default",
               preset: str | None = None, name: str | None = None, description: str | None = None,
               tier: str | None = None, progress: bool = True, timeout: float = 3600.0) -> Job:
-    """Transcode ``source`` into title ``title_id`` on ``target``; the published job (or an error).
+    """Upload ``source`` to ``target``'s transcoder and transcode it into title ``title_id``; the published job.
 
-    ``progress`` shows a bar (terminal or notebook widget) with speed and ETA.
+    The same on every target: the file's bytes travel to the transcoder (:meth:`TranscoderClient.upload`),
+    which deletes them when the job ends. ``progress`` prints upload progress lines and shows a
+    bar (terminal or notebook widget) with the encode's speed and ETA. Bad parameters are refused
+    before anything is sent; a file the transcoder refuses raises :class:`TranscoderRefused`, a
+    job that fails :class:`TranscodeFailed`.
     """
     try:
         validate_title_id(title_id)
     except InvalidTitleId as exc:
         raise ConfigError(str(exc)) from None
-    spec = JobSpec.model_validate({
-        "source": target.transcoder_source(Path(source)), "title_id": title_id,
-        "encrypt": encrypt, "ladder": ladder, "preset": preset, "name": name, "description": description,
-        "tier": tier,
+    options = JobOptions.model_validate({
+        "title_id": title_id, "encrypt": encrypt, "ladder": ladder, "preset": preset, "name": name,
+        "description": description, "tier": tier,
     })
-    with TranscoderClient(target.endpoint("transcoder")) as client:
-        job = client.submit(spec)
+    path = Path(source).expanduser().absolute()
+    if not path.is_file():
+        raise ConfigError(f"source {path} does not exist or is not a file",
+                          hint="check the path; make a test clip with `ottlab sample --seconds 20 --out clip.mp4`")
+    with TranscoderClient(target.endpoint("transcoder"), token=target.service_token()) as client:
+        started = time.monotonic()
+        uploaded = client.upload(path, on_progress=upload_reporter(path.name) if progress else None)
+        if progress:
+            progress_line(f"uploaded {path.name}: {uploaded.bytes / 1e6:.1f} MB, {uploaded.width}x{uploaded.height}, "
+                          f"{uploaded.duration_s:.1f} s, in {time.monotonic() - started:.1f} s (source {uploaded.id})")
+        try:
+            job = client.submit(JobSpec(source_id=uploaded.id, **options.model_dump()))
+        except TranscoderRefused:
+            # No job will use it: delete it now rather than leave it to the transcoder's OTT_SOURCE_TTL.
+            _forget_source(client, uploaded)
+            raise
         if not progress:
             return client.wait(job.id, timeout=timeout)
         with progress_bar(title_id) as bar:
             return client.wait(job.id, on_progress=bar, timeout=timeout)
+
+
+def _forget_source(client: TranscoderClient, source: Source) -> None:
+    try:
+        client.delete_source(source.id)
+    except LabError as exc:  # the refusal being raised matters more; the transcoder's TTL removes it
+        progress_line(f"source {source.id} ({source.name}) stays on the transcoder until OTT_SOURCE_TTL: "
+                      f"{exc.message}")
+
+
+def upload_reporter(name: str, *, every_s: float | None = None) -> UploadProgress:
+    """A progress callback for :meth:`TranscoderClient.upload`: a line at most every ``every_s`` seconds."""
+    every_s = UPLOAD_REPORT_S if every_s is None else every_s
+    last = [time.monotonic()]
+
+    def report(sent: int, size: int) -> None:
+        now = time.monotonic()
+        if sent < size and now - last[0] >= every_s:
+            last[0] = now
+            progress_line(f"uploading {name}: {sent / 1e6:.1f} of {size / 1e6:.1f} MB ({sent / size:.0%})")
+
+    return report
 
 
 # -- looking at what a job made ---------------------------------------------------------------

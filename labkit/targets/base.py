@@ -142,10 +142,6 @@ class Target(abc.ABC):
     def access_log(self, pop: str) -> list[dict[str, Any]]:
         """The requests PoP ``pop`` (``edge-0``) logged, one dict per JSON line of its access log; ``[]`` before any."""
 
-    @abc.abstractmethod
-    def transcoder_source(self, path: Path) -> str:
-        """How the transcoder names the source file ``path`` of this machine, for a job's ``source``."""
-
     def status_frame(self) -> pd.DataFrame:
         """:meth:`status` as a DataFrame, for a notebook table."""
         import pandas as pd

@@ -36,9 +36,11 @@ import attrs
 import httpx
 import kmock
 import pytest
+from _fake_transcoder import FakeTranscoder, wire
 from kubernetes import client as k8s_client
 
 from labkit import platform
+from labkit.clients import transcoding
 from labkit.core.config import LabConfig
 from labkit.core.errors import (
     ClusterUnreachableError,
@@ -569,7 +571,6 @@ def test_the_signing_secret_is_read_from_the_secret_up_created(fake_cluster: Fak
 @pytest.mark.parametrize(("call", "says"), [
     (lambda t: t.media_root(), "cannot reach the origin's media root from this machine"),
     (lambda t: t.access_log("edge-0"), "cannot read the access log of PoP 'edge-0'"),
-    (lambda t: t.transcoder_source(Path("clip.mp4")), "cannot send clip.mp4 to the transcoder"),
 ])
 def test_what_a_cluster_keeps_in_its_pods_is_a_missing_capability(
     fake_cluster: FakeCluster, lab_cfg: LabConfig, call: Any, says: str
@@ -579,6 +580,34 @@ def test_what_a_cluster_keeps_in_its_pods_is_a_missing_capability(
         call(target)
     assert caught.value.hint and caught.value.target == "kube"
     assert fake_cluster.requests() == []   # decided without asking the cluster
+
+
+def test_transcode_sends_the_files_bytes_through_the_transcoders_endpoint_with_the_clusters_token(
+    fake_cluster: FakeCluster, lab_cfg: LabConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The pod cannot see this machine's files: the source travels as an upload. Offline, the
+    # port-forward is replaced by a fake transcoder at the URL endpoint() would give.
+    token = "the-token-this-cluster-holds"
+    fake_cluster.put(SECRETS, secrets.SERVICE_TOKEN, {"apiVersion": "v1", "kind": "Secret", "metadata": {},
+                                                      "data": {secrets.SERVICE_TOKEN_KEY: base64.b64encode(
+                                                          token.encode()).decode()}})
+    target = make_target(fake_cluster, lab_cfg)
+    reached: list[str] = []
+
+    def endpoint(component: str, port: str = "http") -> str:
+        reached.append(component)
+        return "http://127.0.0.1:1"
+
+    monkeypatch.setattr(target, "endpoint", endpoint)
+    fake = wire(FakeTranscoder(token=token), monkeypatch)
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(5000))
+
+    job = transcoding.transcode(target, clip, "lab-clock", progress=False)
+
+    assert job.state == "published" and reached == ["transcoder"]
+    assert list(fake.uploads.values()) == [clip.read_bytes()]
+    assert {r.headers["x-service-token"] for r in fake.requests} == {token}
 
 
 class SecretStore:

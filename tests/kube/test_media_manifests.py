@@ -274,8 +274,7 @@ def test_the_job_runs_the_one_shot_mode_with_arguments_the_command_line_accepts(
     assert re.fullmatch(TITLE_ID_PATTERN, args.title)
     ladders.load(args.ladder)  # a ladder of ladder.yml
     # What main() builds from them: a valid job (main would exit 2 otherwise).
-    transcoder.JobSpec(
-        source="<sample>",
+    transcoder.JobOptions(
         title_id=args.title,
         encrypt=args.encrypt,
         ladder=args.ladder,

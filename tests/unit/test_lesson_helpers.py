@@ -59,7 +59,8 @@ def _job(master_url: str | None) -> Job:
         "master_url": master_url, "path": "/elsewhere", "encrypted": False, "key_uri": None, "speed": 1.0,
         "encode_seconds": 1.0, "duration_s": 1.0, "rungs": [], "command": ["ffmpeg"]}
     return Job.model_validate({
-        "id": "j1", "title_id": "clip", "spec": {"source": "/s.mp4", "title_id": "clip"}, "state": "published",
+        "id": "j1", "title_id": "clip", "spec": {"source_id": "0" * 32, "title_id": "clip"}, "source_name": "s.mp4",
+        "state": "published",
         "outcome": None, "error_code": None, "error_message": None, "progress": None, "result": result,
         "created_at": 0.0, "started_at": None, "finished_at": None})
 

@@ -51,12 +51,3 @@ def test_a_pop_that_cannot_exist_is_named(target: LocalTarget) -> None:
         target.access_log("edge-99")
     assert "edge-0 to edge-" in caught.value.hint
 
-
-def test_a_transcoder_source_is_the_files_absolute_path(target: LocalTarget, tmp_path: Path,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    (tmp_path / "clip.mp4").write_bytes(b"\0")
-    monkeypatch.chdir(tmp_path)
-    assert target.transcoder_source(Path("clip.mp4")) == str(tmp_path / "clip.mp4")
-    with pytest.raises(ConfigError, match=r"missing\.mp4 does not exist") as caught:
-        target.transcoder_source(Path("missing.mp4"))
-    assert "ottlab sample" in caught.value.hint

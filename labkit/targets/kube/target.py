@@ -286,13 +286,6 @@ class KubeTarget(Target):
             hint="query the per-session CMCD gauges ott_edge_cmcd_session_* in Prometheus, "
                  "or run this on the local target")
 
-    def transcoder_source(self, path: Path) -> str:
-        raise MissingCapabilityError(
-            self.name, f"send {path.name} to the transcoder",
-            "a job names its source as a path on the transcoder's filesystem, and the transcoder pod cannot see "
-            "this machine's files",
-            hint="run the transcode lessons on the local target (TARGET='local')")
-
     def endpoint(self, component: str, port: str = "http") -> str:
         """``http://127.0.0.1:<port>``: a port-forward to the component's Service (kept open, reused)."""
         comp = self.component(component)

@@ -230,14 +230,6 @@ class LocalTarget(Target):
             return []
         return parse_log_lines(path.read_text(errors="replace").splitlines())
 
-    def transcoder_source(self, path: Path) -> str:
-        """The file's absolute path: the transcoder is a process of this machine and reads it there."""
-        resolved = path.expanduser().resolve()
-        if not resolved.is_file():
-            raise ConfigError(f"source {resolved} does not exist or is not a file",
-                              hint="check the path; make a test clip with `ottlab sample --seconds 20 --out clip.mp4`")
-        return str(resolved)
-
     # -- internals -----------------------------------------------------------------------
 
     def _check_binaries(self, comps: Sequence[Component]) -> None:

@@ -31,7 +31,7 @@ from labkit.targets.local.target import LocalTarget
 from ott.media import errors, verify
 from ott.media.publish import STAGING_DIR
 from ott.media.sample import make_sample
-from ott.transcoder import Job, JobSpec, error_code
+from ott.transcoder import UPLOADS_DIR, Job, JobSpec, error_code
 
 pytestmark = pytest.mark.integration
 FAST = {"ladder": "small", "preset": "ultrafast"}
@@ -72,6 +72,20 @@ def no_staging_left(media_root: Path) -> bool:
     return not staging.exists() or not any(staging.iterdir())
 
 
+def no_upload_left(media_root: Path) -> bool:
+    """Every uploaded source went with its job (or its refusal), whole or partial."""
+    return not [p for p in (media_root / UPLOADS_DIR).rglob("*") if p.is_file()]
+
+
+def transcoder(lab: LocalTarget) -> TranscoderClient:
+    return TranscoderClient(lab.endpoint("transcoder"), token=lab.service_token())
+
+
+def submit_file(client: TranscoderClient, path: Path, title_id: str, **options: object) -> Job:
+    source = client.upload(path)
+    return client.submit(JobSpec.model_validate({"source_id": source.id, "title_id": title_id, **options}))
+
+
 def test_a_clear_title_is_published_then_listed_and_served_by_the_origin(
         lab: LocalTarget, media_root: Path, sample_clip: Path) -> None:
     assert catalog_title(lab, "clear-clock").status_code == 404
@@ -103,7 +117,8 @@ def test_a_clear_title_is_published_then_listed_and_served_by_the_origin(
     assert segment.headers["content-type"] == init.headers["content-type"] == "video/mp4"
     assert "immutable" in segment.headers["cache-control"]
     assert segment.content == (Path(job.result.path) / "720p" / media_playlist.segments[0].uri).read_bytes()
-    assert no_staging_left(media_root)
+    assert no_staging_left(media_root) and no_upload_left(media_root)
+    assert job.source_name == sample_clip.name
 
 
 def test_an_encrypted_title_plays_with_the_key_license_delivers_through_the_gateway(
@@ -149,24 +164,38 @@ def test_republishing_swaps_the_title_and_keeps_the_old_key_version_for_old_play
     assert no_staging_left(media_root)
 
 
+# What ffprobe cannot see is found by the job: a full decode (a cut mdat), the ladder's smallest rung.
+FOUND_BY_THE_JOB = {"truncated_data", "too_small"}
+
+
 @pytest.mark.parametrize(("make", "error", "message"), BAD_INPUTS,
                          ids=[make.__name__.strip("_") for make, _, _ in BAD_INPUTS])
 def test_a_bad_source_is_rejected_and_changes_nothing(
         make: Callable[[Path, Path], Path], error: type[errors.MediaError], message: str,
         lab: LocalTarget, media_root: Path, sample_clip: Path, tmp_path: Path) -> None:
-    title_id = "bad-" + make.__name__.strip("_").replace("_", "-")
+    kind = make.__name__.strip("_")
+    title_id = "bad-" + kind.replace("_", "-")
     source = make(tmp_path, sample_clip)
-    with pytest.raises(TranscodeFailed, match=message) as info:
-        transcode(lab, source, title_id, encrypt=True, progress=False, **FAST)
-    job = info.value.job
-    assert (job.state, job.outcome) == ("failed", "rejected")
-    assert job.error_code == info.value.code == error_code(error)
-    assert str(source) in (job.error_message or "")
-    # Nothing published, nothing listed, no key version left, no staging.
+    if kind in FOUND_BY_THE_JOB:
+        with pytest.raises(TranscodeFailed, match=message) as failed:
+            transcode(lab, source, title_id, encrypt=True, progress=False, **FAST)
+        job = failed.value.job
+        assert (job.state, job.outcome) == ("failed", "rejected")
+        assert job.error_code == failed.value.code == error_code(error)
+        assert f"source {source.name} " in (job.error_message or "")
+    else:
+        # Refused at the upload (ffprobe): 422 naming the problem and the file, and no job at all.
+        with pytest.raises(TranscoderRefused, match=message) as refused:
+            transcode(lab, source, title_id, encrypt=True, progress=False, **FAST)
+        assert (refused.value.status, refused.value.code) == (422, error_code(error))
+        assert f"refused the upload of {source.name}" in str(refused.value)
+        with transcoder(lab) as client:
+            assert title_id not in {j.title_id for j in client.jobs(100)}
+    # Nothing published, nothing listed, no key version left, no staging, no upload kept.
     assert not (media_root / title_id).exists()
     assert catalog_title(lab, title_id).status_code == 404
     assert key_versions(lab, title_id).status_code == 404
-    assert no_staging_left(media_root)
+    assert no_staging_left(media_root) and no_upload_left(media_root)
 
 
 @pytest.mark.parametrize("title_id", ["../etc", "a;rm -rf ~", "$(id)", ".staging", "UPPER", "x" * 64, "tab\tbed"])
@@ -175,26 +204,33 @@ def test_a_hostile_title_id_is_refused_by_the_client_and_by_the_service(
     with pytest.raises(ConfigError, match="invalid title id"):
         transcode(lab, sample_clip, title_id, progress=False)
     # Straight at the service, bypassing the client's check: 422 naming the field.
-    response = httpx.post(f"{lab.endpoint('transcoder')}/jobs", timeout=10,
-                          json={"source": str(sample_clip), "title_id": title_id})
+    response = httpx.post(f"{lab.endpoint('transcoder')}/jobs", timeout=10, headers=internal(lab),
+                          json={"source_id": "0" * 32, "title_id": title_id})
     assert response.status_code == 422
     assert response.json()["error"]["details"][0]["where"] == "body.title_id"
     assert not any(p.name == title_id for p in media_root.iterdir())
 
 
-def test_the_service_refuses_jobs_it_cannot_run(lab: LocalTarget, sample_clip: Path) -> None:
-    with TranscoderClient(lab.endpoint("transcoder")) as client:
-        with pytest.raises(TranscoderRefused, match="source_not_found"):
-            client.submit(JobSpec(source="/nonexistent/clip.mp4", title_id="nope"))
-        with pytest.raises(TranscoderRefused, match="relative_source"):
-            client.submit(JobSpec(source="clip.mp4", title_id="nope"))
+def test_the_service_refuses_jobs_it_cannot_run(lab: LocalTarget, media_root: Path, sample_clip: Path) -> None:
+    with transcoder(lab) as client:
+        with pytest.raises(TranscoderRefused, match="unknown_source"):
+            client.submit(JobSpec(source_id="f" * 32, title_id="nope"))
+        source = client.upload(sample_clip)
         with pytest.raises(TranscoderRefused, match="unknown_ladder"):
-            client.submit(JobSpec(source=str(sample_clip), title_id="nope", ladder="gigantic"))
+            client.submit(JobSpec(source_id=source.id, title_id="nope", ladder="gigantic"))
         with pytest.raises(TranscoderRefused, match="unknown_job"):
             client.job("0" * 32)
-    unknown_field = httpx.post(f"{lab.endpoint('transcoder')}/jobs", timeout=10,
-                               json={"source": str(sample_clip), "title_id": "nope", "bitrate": 9})
+        assert "nope" not in {j.title_id for j in client.jobs(100)}
+        client.delete_source(source.id)
+    unknown_field = httpx.post(f"{lab.endpoint('transcoder')}/jobs", timeout=10, headers=internal(lab),
+                               json={"source_id": source.id, "title_id": "nope", "bitrate": 9})
     assert unknown_field.status_code == 422
+    # Without the lab's service token: neither uploads nor jobs.
+    anonymous = httpx.post(f"{lab.endpoint('transcoder')}/sources", timeout=10, content=sample_clip.read_bytes(),
+                           headers={"Content-Type": "video/mp4"})
+    assert (anonymous.status_code, anonymous.json()["error"]["code"]) == (401, "unauthorized")
+    assert httpx.get(f"{lab.endpoint('transcoder')}/jobs", timeout=10).status_code == 401
+    assert no_upload_left(media_root)
 
 
 def _children(pid: int) -> list[int]:
@@ -224,9 +260,8 @@ def long_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _start_long_job(lab: LocalTarget, long_clip: Path, title_id: str) -> tuple[TranscoderClient, Job, int]:
-    client = TranscoderClient(lab.endpoint("transcoder"))
-    job = client.submit(JobSpec(source=str(long_clip), title_id=title_id, encrypt=True, ladder="default",
-                                preset="medium"))
+    client = transcoder(lab)
+    job = submit_file(client, long_clip, title_id, encrypt=True, ladder="default", preset="medium")
     _wait_for("the encode to make progress", lambda: (p := client.job(job.id).progress) and p.fraction > 0)
     (transcoder_pid,) = next(s for s in lab.status() if s.name == "transcoder").pids
     (ffmpeg_pid,) = [c for c in _children(transcoder_pid) if "ffmpeg" in Path(f"/proc/{c}/comm").read_text()]
@@ -243,8 +278,10 @@ def _interrupted_cleanly(lab: LocalTarget, media_root: Path, client: TranscoderC
     assert no_staging_left(media_root)
     assert not (media_root / title_id).exists()
     assert catalog_title(lab, title_id).status_code == 404
+    # The interrupted job's upload went with it.
+    assert no_upload_left(media_root)
     # The service still works after it.
-    after = client.submit(JobSpec(source=str(sample_clip), title_id=f"{title_id}-after", **FAST))
+    after = submit_file(client, sample_clip, f"{title_id}-after", **FAST)
     assert client.wait(after.id, timeout=120).state == "published"
     client.close()
 
@@ -293,7 +330,7 @@ def test_the_cli_prints_the_playlist_url_and_fails_clearly(lab: LocalTarget, sam
     failed = subprocess.run([*cli, str(empty), "--title", "cli-empty", "--ladder", "small"], env=env,
                             capture_output=True, text=True, timeout=60, check=False)
     assert failed.returncode == 1
-    assert "rejected: [empty_source]" in failed.stderr and "is empty" in failed.stderr
+    assert "refused the upload of empty.mp4 (422 empty_source)" in failed.stderr and "is empty" in failed.stderr
     hostile = subprocess.run([*cli, str(sample_clip), "--title", "../../etc"], env=env, capture_output=True,
                              text=True, timeout=60, check=False)
     assert hostile.returncode != 0 and "path traversal" in hostile.stderr
