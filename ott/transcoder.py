@@ -491,18 +491,7 @@ class Sources:
                 await asyncio.to_thread(_write_all, fh, pieces)
                 await asyncio.to_thread(_sync_file, fh)
             info = await asyncio.to_thread(self._probe, partial, name)
-            final = self.path(source_id, name)
-            partial.replace(final)
-            _sync_folder(self.folder)
-            now = time.time()
-            try:
-                with self.service.engine.begin() as conn:
-                    conn.execute(insert(sources_table).values(
-                        id=source_id, name=name, bytes=received, duration_s=info.duration, width=info.width,
-                        height=info.height, created_at=now))
-            except Exception:
-                final.unlink(missing_ok=True)
-                raise
+            await asyncio.to_thread(self._keep, partial, source_id, name, received, info)
         except ClientDisconnect:
             self.service.log.warning("upload cut short", extra={"event": "upload_incomplete", "source_name": name,
                                                                 "received_bytes": received})
@@ -519,6 +508,20 @@ class Sources:
         self.service.log.info("source received", extra={"event": "source_received", "source_id": source_id,
                                                          "source_name": name, "bytes": received})
         return self.get(source_id)
+
+    def _keep(self, partial: Path, source_id: str, name: str, size: int, info: probe.SourceInfo) -> None:
+        """Rename the probed file into place (durably), then list it: from here on it counts."""
+        final = self.path(source_id, name)
+        partial.replace(final)
+        _sync_folder(self.folder)
+        try:
+            with self.service.engine.begin() as conn:
+                conn.execute(insert(sources_table).values(
+                    id=source_id, name=name, bytes=size, duration_s=info.duration, width=info.width,
+                    height=info.height, created_at=time.time()))
+        except Exception:
+            final.unlink(missing_ok=True)
+            raise
 
     def _probe(self, path: Path, name: str) -> probe.SourceInfo:
         # ffprobe only: the full decode (a cut mdat) is the job's, which reports it as the job's error.
