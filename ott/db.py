@@ -18,7 +18,7 @@ from typing import Any, overload
 
 from sqlalchemy import Connection, Engine, MetaData, Table, create_engine, event, insert, text, update
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
 metadata = MetaData()
 
@@ -48,13 +48,15 @@ def create_tables(engine: Engine, attempts: int = 5) -> None:
     """Create every table the imported service modules declared (idempotent).
 
     Services start together and share one database: two may race to create the same table,
-    so "already exists" from the loser is retried (and then finds the table there).
+    so "already exists" from the loser is retried (and then finds the table there). SQLite says
+    it as an OperationalError; PostgreSQL as a ProgrammingError (the table) or an IntegrityError
+    (its row type in pg_type), both "... already exists".
     """
     for attempt in range(attempts):
         try:
             metadata.create_all(engine)
             return
-        except OperationalError as exc:
+        except (OperationalError, ProgrammingError, IntegrityError) as exc:
             if "already exists" not in str(exc) or attempt == attempts - 1:
                 raise
 
