@@ -5,12 +5,13 @@ export PYTHONDONTWRITEBYTECODE := 1
 # Jupyter refuses to start as root unless told; containers and CI machines often are root.
 JUPYTER_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
 
-.PHONY: lab test bootstrap lint typecheck pytest unit integration notebooks bench down clean help
+.PHONY: lab test image bootstrap lint typecheck pytest unit integration notebooks bench down clean help
 
 help:
 	@echo "make lab        bootstrap, start the local platform, open JupyterLab on notebooks/"
 	@echo "make test       bootstrap, then ruff, mypy and the whole test suite"
 	@echo "make bench      run the benchmarks in bench/"
+	@echo "make image      build the services image for the kube target (then: ottlab image load)"
 	@echo "make down       stop the platform (ottlab down)"
 
 bootstrap:
@@ -31,6 +32,10 @@ typecheck:
 
 pytest:
 	$(BIN)/pytest
+
+# The services image ottlab/ott-services:<version> with docker or podman (labkit/targets/kube/image.py).
+image: bootstrap
+	$(BIN)/ottlab image build
 
 unit: bootstrap
 	$(BIN)/pytest tests/unit

@@ -13,6 +13,7 @@
     ottlab scale edge 3
     ottlab env license OTT_PLAYBACK_TTL=5 [--unset OTT_PLAYBACK_TTL]
     ottlab down [--purge]
+    ottlab image build / ottlab image load [--cluster kind|minikube|k3d] [--name NAME]
 """
 
 from __future__ import annotations
@@ -326,6 +327,37 @@ def seed(target_name: str | None) -> None:
     click.echo(f"seeded {counts['users']} users and {counts['titles']} titles")
     for user in seeding.USERS:
         click.echo(f"  {user.email:22} password {user.password:26} plan {user.plan or '-'}")
+
+
+@main.group()
+def image() -> None:
+    """The services image (ottlab/ott-services) for the kube target: build it, load it into a local cluster."""
+
+
+@image.command("build")
+@_handle_errors
+def image_build() -> None:
+    """Build the services image with docker or podman (the first on PATH; $OTTLAB_IMAGE_ENGINE chooses)."""
+    from labkit.targets.kube import image as services_image
+
+    click.echo(services_image.build())
+
+
+@image.command("load")
+@click.option("--cluster", "cluster_kind", default=None, metavar="kind|minikube|k3d",
+              help="the kind of local cluster (default: $OTTLAB_KUBE_OVERLAY when it is one of these, else kind)")
+@click.option("--name", "cluster_name", default=None, help="the cluster (kind, k3d) or profile (minikube), if not "
+              "the default one")
+@_handle_errors
+def image_load(cluster_kind: str | None, cluster_name: str | None) -> None:
+    """Copy the built services image into a kind, minikube or k3d cluster (no registry involved)."""
+    from labkit.targets.kube import image as services_image
+    from labkit.targets.kube import manifest
+
+    if cluster_kind is None:
+        overlay = manifest.default_overlay()
+        cluster_kind = overlay if overlay in services_image.CLUSTERS else "kind"
+    click.echo(services_image.load(cluster_kind, cluster_name))
 
 
 def _scrape_targets(target: Target, statuses: list[ComponentStatus]) -> list[dict[str, str]] | None:

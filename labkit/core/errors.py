@@ -140,6 +140,23 @@ class KubeError(LabError):
     """The Kubernetes API refused or failed an operation."""
 
 
+class ImageError(LabError):
+    """The services image could not be built, found or loaded into a cluster."""
+
+
+class ImageMissingError(LabError):
+    """The cluster cannot start the lab's pods: it does not hold the services image, and no registry has it."""
+
+    def __init__(self, image: str, pods: list[str]) -> None:
+        self.image = image
+        self.pods = pods
+        super().__init__(
+            f"the cluster does not have the image {image}: {', '.join(pods)}",
+            hint="build it and load it into the cluster: `make image && ottlab image load` "
+            "(add --cluster minikube or --cluster k3d for those), then run `ottlab up --target kube` again",
+        )
+
+
 class MissingCapabilityError(LabError):
     """The target cannot do what was asked (a file of this machine, on a cluster): why, and what instead."""
 
