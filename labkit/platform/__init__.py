@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from labkit.core.errors import UnknownComponentError
 from labkit.platform.component import Component
 from labkit.platform.layer import Layer
@@ -31,3 +33,15 @@ def layer(name: str) -> Layer:
 def components() -> list[Component]:
     """Every declared component, in start order."""
     return [c for lay in LAYERS for c in lay.components]
+
+
+def scrape_jobs(layer_names: Sequence[str] | None = None) -> list[str]:
+    """The Prometheus job of every component (of ``layer_names``, or all) that has metrics, in start order.
+
+    The same names on every target: what a notebook waits for with ``Prometheus.wait_for_targets``.
+
+    >>> scrape_jobs(["monitoring"])
+    ['prometheus', 'alertmanager']
+    """
+    wanted = None if layer_names is None else [layer(name) for name in layer_names]
+    return [c.scrape_job for lay in (wanted or LAYERS) for c in lay.components if c.scrape_job is not None]

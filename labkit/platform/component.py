@@ -71,7 +71,7 @@ class Component:
     restart: RestartPolicy = "always"
     replicas: int = 1
     max_replicas: int = 1
-    # Prometheus scrapes ``metrics_path`` on the "http" port when set.
+    # Prometheus scrapes ``metrics_path`` on the "http" port when set, as the job :attr:`scrape_job`.
     metrics_path: str | None = None
     description: str = ""
     # Other names the same program has elsewhere (upstream releases, conda-forge).
@@ -93,6 +93,16 @@ class Component:
         if len(set(names)) != len(names):
             raise ValueError(f"{self.name}: duplicate port names {names}")
         self.port(self.readiness.port)
+
+    @property
+    def scrape_job(self) -> str | None:
+        """The Prometheus job of this component's metrics, on every target; None when it has none.
+
+        The local target names its scrape config so; on Kubernetes the pods carrying the metrics
+        say it in the annotation ``prometheus.io/job``, which Prometheus relabels into ``job``
+        (even for a sidecar, whose pods are named after the component it follows).
+        """
+        return None if self.metrics_path is None else self.name
 
     def port(self, name: str) -> Port:
         for p in self.ports:

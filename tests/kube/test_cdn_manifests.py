@@ -272,6 +272,8 @@ def test_the_pods_are_scraped_on_the_exporters_port() -> None:
         "prometheus.io/scrape": "true",
         "prometheus.io/port": str(port),
         "prometheus.io/path": cdn.EXPORTER.metrics_path,
+        # The exporter's job, not the pod's name (edge): test_monitoring_manifests.py relabels it.
+        "prometheus.io/job": cdn.EXPORTER.scrape_job,
     }
     (declared,) = [p for p in exporter_container()["ports"] if p["containerPort"] == port]
     # "http" is nginx's port (the Service's target); port names are unique in a pod.

@@ -63,7 +63,8 @@ def test_the_collector_keeps_nothing_but_its_tmp_and_mounts_no_secret() -> None:
 def test_prometheus_scrapes_the_collector_as_its_declaration_says() -> None:
     annotations = only("Deployment", player.QOE.name)["spec"]["template"]["metadata"]["annotations"]
     assert annotations == {"prometheus.io/scrape": "true", "prometheus.io/path": player.QOE.metrics_path,
-                           "prometheus.io/port": str(player.QOE.port("http").container)}
+                           "prometheus.io/port": str(player.QOE.port("http").container),
+                           "prometheus.io/job": player.QOE.scrape_job}
 
 
 # -- the player's nginx ------------------------------------------------------------------------

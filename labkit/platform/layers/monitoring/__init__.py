@@ -67,12 +67,12 @@ def prometheus_config(cfg: LabConfig, platform: Sequence[Component]) -> dict[str
     """Prometheus' configuration for the local target, as a dict."""
     scrape_configs: list[dict[str, object]] = []
     for comp in platform:
-        if comp.metrics_path is None:
+        if comp.scrape_job is None or comp.metrics_path is None:
             continue
         targets = [f"{cfg.host}:{comp.local_port(cfg, 'http', i)}" for i in range(comp.replicas)]
         scrape_configs.append(
             {
-                "job_name": comp.name,
+                "job_name": comp.scrape_job,
                 "metrics_path": comp.metrics_path,
                 "static_configs": [{"targets": targets, "labels": {"layer": comp.layer}}],
             }

@@ -1,0 +1,161 @@
+"""Prometheus' jobs and labels are the same on both targets: one declaration, two configurations.
+
+The local target writes one scrape config per component with metrics, named
+:attr:`~labkit.platform.component.Component.scrape_job`; on Kubernetes one pod scrape config
+discovers the pods and relabels their annotations. Here the shipped ``prometheus.yml`` ConfigMap's
+relabel rules are applied (tests/_scrape.py) to every pod template of every rendered overlay, and:
+
+- each component with metrics becomes a kube target with the local job name, on its declared
+  port and metrics path, served by its own container (a sidecar's too), with the same labels as
+  the local target's but those that name one target (``instance``, ``pod``);
+- no other job exists on kube (a pod asking to be scraped without ``prometheus.io/job`` would be
+  ``kubernetes-pods``), and a finished pod is not scraped;
+- the alert rules, which both targets load, and their promtool tests select only declared jobs.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from typing import Any
+
+import pytest
+import yaml
+from _scrape import ScrapeTarget, discovered, relabel, targets
+
+from labkit import platform
+from labkit.core.config import LabConfig
+from labkit.platform.component import Component
+from labkit.platform.layers import monitoring
+from labkit.targets.kube import manifest
+
+NAMESPACE = "ottlab"
+OVERLAYS = manifest.overlays()
+SCRAPED = [c for c in platform.components() if c.scrape_job is not None]
+# Labels naming one target: its address, its pod. Every other label must read the same on both targets.
+PER_TARGET = {"instance", "pod"}
+RULES_TESTS = manifest.k8s_dir().parent / "tests" / "monitoring" / "alert-rules.test.yml"
+
+
+@functools.cache
+def rendered(overlay: str) -> tuple[dict[str, Any], ...]:
+    return tuple(manifest.render(manifest.overlay_dir(overlay)))
+
+
+def kube_config(overlay: str) -> dict[str, Any]:
+    (config_map,) = [o for o in rendered(overlay) if o["kind"] == "ConfigMap" and "prometheus.yml" in o.get("data", {})]
+    config: dict[str, Any] = yaml.safe_load(config_map["data"]["prometheus.yml"])
+    return config
+
+
+@functools.cache
+def kube_targets(overlay: str) -> tuple[ScrapeTarget, ...]:
+    return tuple(targets(kube_config(overlay), rendered(overlay), NAMESPACE))
+
+
+def local_jobs() -> dict[str, dict[str, Any]]:
+    config = monitoring.prometheus_config(LabConfig(base_port=20000), platform.components())
+    jobs: list[dict[str, Any]] = config["scrape_configs"]  # type: ignore[assignment]
+    return {job["job_name"]: job for job in jobs}
+
+
+def runs(container: dict[str, Any], component: Component) -> bool:
+    """Whether ``container`` runs ``component``'s program (by its name, or its ``python -m`` module)."""
+    if container["name"] == component.name:
+        return True
+    command = [*container.get("command", []), *container.get("args", [])]
+    return component.args[:1] == ("-m",) and command[1:3] == ["-m", component.args[1]]
+
+
+# -- the evaluator, on the documentation's own rules -----------------------------------------
+
+
+def test_relabelling_follows_prometheus_semantics() -> None:
+    labels = {"__address__": "10.0.0.7:8080", "__meta_kubernetes_pod_annotation_prometheus_io_port": "9145", "a": "x"}
+    # The documented address rewrite (kubernetes example config): host from the address, port from the annotation.
+    port_rule = {"source_labels": ["__address__", "__meta_kubernetes_pod_annotation_prometheus_io_port"],
+                 "regex": r"([^:]+)(?::\d+)?;(\d+)", "replacement": "$1:$2", "target_label": "__address__"}
+    assert relabel(labels, [port_rule])["__address__"] == "10.0.0.7:9145"  # type: ignore[index]
+    # Regexes are anchored; keep drops on no match, drop on a match.
+    assert relabel(labels, [{"source_labels": ["a"], "action": "keep", "regex": "x|y"}]) == labels
+    assert relabel(labels, [{"source_labels": ["a"], "action": "keep", "regex": "xx?y"}]) is None
+    assert relabel(labels, [{"source_labels": ["a"], "action": "drop", "regex": "."}]) is None
+    # A source that is absent reads as "": replaced with an empty value, the target label is deleted.
+    assert "a" not in relabel(labels, [{"source_labels": ["missing"], "target_label": "a"}])  # type: ignore[operator]
+    # ... and with regex (.+) nothing matches: the label stays.
+    assert relabel(labels, [{"source_labels": ["missing"], "regex": "(.+)", "target_label": "a"}])["a"] == "x"  # type: ignore[index]
+    mapped = relabel({"__meta_kubernetes_pod_label_app": "web"},
+                     [{"action": "labelmap", "regex": "__meta_kubernetes_pod_label_(.+)"}])
+    assert mapped == {"__meta_kubernetes_pod_label_app": "web", "app": "web"}
+    with pytest.raises(NotImplementedError):
+        relabel(labels, [{"action": "hashmod", "source_labels": ["a"], "modulus": 2, "target_label": "b"}])
+
+
+# -- one job name, one set of labels -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_kube_has_exactly_the_declared_scrape_jobs(overlay: str) -> None:
+    declared = platform.scrape_jobs()
+    assert set(local_jobs()) == set(declared)
+    found = {t.job for t in kube_targets(overlay)}
+    assert found == set(declared), (
+        f"kube jobs {sorted(found)} != declared {sorted(declared)}: each scraped pod template says its "
+        "component's scrape_job in the annotation prometheus.io/job")
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("component", SCRAPED, ids=lambda c: c.name)
+def test_the_kube_relabelling_gives_the_local_job_and_labels(overlay: str, component: Component) -> None:
+    local = local_jobs()[str(component.scrape_job)]
+    (static,) = local["static_configs"]
+    local_labels = {"job": local["job_name"], **static["labels"]}
+
+    mine = [t for t in kube_targets(overlay) if t.job == component.scrape_job]
+    assert mine, f"no pod of overlay {overlay} is scraped as job {component.scrape_job}"
+    for target in mine:
+        assert (target.port, target.metrics_path) == (component.port("http").container, component.metrics_path), target
+        assert {k: v for k, v in target.labels if k not in PER_TARGET} == local_labels, target
+        workload = next(o for o in rendered(overlay) if o["kind"] in {"Deployment", "Job"}
+                        and o["metadata"]["name"] == target.workload)
+        (container,) = [c for c in workload["spec"]["template"]["spec"]["containers"] if c["name"] == target.container]
+        assert runs(container, component), f"{target.workload}: scraped {target.container}, not {component.name}"
+    # The component's own pods (or those it follows) are among them: as many targets as pods.
+    assert component.follows or component.name in {t.workload for t in mine}
+    assert not component.follows or component.follows in {t.workload for t in mine}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_a_finished_pod_is_not_scraped(overlay: str) -> None:
+    # A Job's pod stays listed once done: scraped, it would be a target down (ComponentDown) forever.
+    (job,) = [o for o in rendered(overlay) if o["kind"] == "Job"]
+    config = kube_config(overlay)
+    assert targets(config, [job], NAMESPACE), "the Job's pod is scraped while it runs"
+    (pods,) = [c for c in config["scrape_configs"] if c.get("kubernetes_sd_configs")]
+    for phase in ("Succeeded", "Failed"):
+        for labels in discovered(job, NAMESPACE):
+            done = {**labels, "__meta_kubernetes_pod_phase": phase, "job": pods["job_name"]}
+            assert relabel(done, pods["relabel_configs"]) is None
+
+
+# -- the alert rules, shared by both targets, select declared jobs -----------------------------
+
+JOB_MATCHER = re.compile(r"""\bjob\s*(=~|!~|!=|=)\s*["']([^"']*)["']""")
+
+
+def job_matchers(text: str) -> list[tuple[str, str]]:
+    return [(m.group(1), m.group(2)) for m in JOB_MATCHER.finditer(text)]
+
+
+def test_alert_rules_and_their_tests_select_only_declared_jobs() -> None:
+    declared = set(platform.scrape_jobs())
+    rules = yaml.safe_load(monitoring.rules_file().read_text())
+    exprs = [r["expr"] for g in rules["groups"] for r in g["rules"]]
+    series = [s["series"] for t in yaml.safe_load(RULES_TESTS.read_text())["tests"] for s in t.get("input_series", [])]
+    for op, value in [m for text in (*exprs, *series) for m in job_matchers(text)]:
+        if op == "=":
+            assert value in declared, f'job="{value}" is no declared scrape job: {sorted(declared)}'
+        elif op == "=~":
+            assert any(re.fullmatch(value, job) for job in declared), f'job=~"{value}" matches no declared job'
+    # The promtool tests stand for real series: they name jobs (else this test would check nothing there).
+    assert any(job_matchers(s) for s in series)
