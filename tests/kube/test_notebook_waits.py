@@ -1,0 +1,240 @@
+"""What notebooks 00-04 wait for and reach on a target, the rendered kube manifests produce.
+
+The notebooks' code is read (ast), not copied here, so a new wait is picked up:
+
+- ``target.up(layers)``: each component of those layers is a Deployment of those layers (a
+  follower: a container in the pods of the one it follows);
+- ``target.endpoint(name)`` and ``service_client(target, name)``: a Service ``name`` among the
+  objects ``up`` applied, on the component's http port, selecting its pods (the kube target
+  port-forwards to it); ``target.stop/start(name)``: its Deployment;
+- ``wait_for_targets(jobs)`` and ``wait_for_samples(by="job", groups=jobs)``: the argument is
+  evaluated as the notebook writes it (a labkit declaration) and each job is a target the shipped
+  Prometheus relabelling makes of the pods ``up`` applied (tests/_scrape.py);
+- each ``ott_*`` metric the notebook names: an ott module defines it, and a component running
+  that module is scraped on kube among those pods;
+- ``target.signing_secret()`` / ``service_token()``: the Secret labkit.targets.kube.secrets
+  creates for those layers holds the key the target reads, and the edges mount the key they include;
+- any other ``target`` method, or labkit function given the target, must be classified below:
+  an unknown one fails this test until someone says what it needs on kube.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from _scrape import targets
+
+import labkit
+from labkit import platform
+from labkit.core.config import repo_root
+from labkit.platform.component import Component
+from labkit.platform.layers import apis, cdn
+from labkit.targets.kube import manifest, secrets
+
+NAMESPACE = "ottlab"
+NOTEBOOKS = sorted((repo_root() / "notebooks").glob("0[0-4]-*.ipynb"))
+# Target methods a notebook may call that ask nothing of the manifests beyond what `up` applied.
+INERT = {"describe", "status", "status_frame"}
+# ... and the ones the kube target cannot answer from the manifests: it says so (MissingCapabilityError).
+NOT_ON_KUBE = {"access_log", "media_root"}
+CHECKED = {"up", "endpoint", "stop", "start", "signing_secret", "service_token"}
+# labkit functions given the target: what each reaches on it (endpoints; secrets).
+TAKES_TARGET: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "seed_target": (("catalog",), ("service_token",)),
+    "sample_clip": ((), ()),
+    "transcode": (("transcoder",), ()),
+    "pop_urls": ((cdn.EDGE.name,), ()),
+    "wait_for_sessions": ((), ("access_log",)),
+    "service_client": ((), ("service_token",)),
+    "status_panel": ((), ()),
+    "published_folder": ((), ("media_root",)),
+    "new": ((), ("media_root", "signing_secret")),  # labkit.drills.live_playlist.LiveChannel.new
+    "herds": ((), ("media_root",)),  # labkit.drills.cache_lock.herds: a scratch PoP on this machine
+}
+
+
+@dataclass
+class Waits:
+    """What one notebook asks of its target."""
+
+    notebook: str
+    layers: list[str] | None = None
+    endpoints: set[str] = field(default_factory=set)
+    deployments: set[str] = field(default_factory=set)
+    secrets: set[str] = field(default_factory=set)
+    jobs: set[str] = field(default_factory=set)
+    metrics: set[str] = field(default_factory=set)
+    unknown: set[str] = field(default_factory=set)
+
+
+def code(notebook: Path) -> ast.Module:
+    cells = yaml.safe_load(notebook.read_text())["cells"]
+    source = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
+    # IPython magics are not Python.
+    return ast.parse("\n".join(line for line in source.splitlines() if not line.lstrip().startswith(("%", "!"))))
+
+
+def _strings(node: ast.AST) -> list[str]:
+    return [n.value for n in ast.walk(node) if isinstance(n, ast.Constant) and isinstance(n.value, str)]
+
+
+@functools.cache
+def waits(notebook: Path) -> Waits:
+    tree = code(notebook)
+    found = Waits(notebook.stem)
+    assigned = {t.id: node.value for node in ast.walk(tree) if isinstance(node, ast.Assign)
+                for t in node.targets if isinstance(t, ast.Name)}
+
+    def value(expr: ast.expr) -> Any:
+        """The argument as the notebook computes it, from labkit's declarations."""
+        if isinstance(expr, ast.Name) and expr.id in assigned:
+            expr = assigned[expr.id]
+        try:
+            return eval(compile(ast.Expression(expr), notebook.name, "eval"), {"labkit": labkit})
+        except Exception as exc:  # any failure: say which wait cannot be resolved offline
+            raise AssertionError(f"{notebook.name}: cannot evaluate {ast.unparse(expr)!r} offline ({exc}): "
+                                 "write the wait's argument from labkit's declarations") from exc
+
+    for call in (n for n in ast.walk(tree) if isinstance(n, ast.Call)):
+        func, args = call.func, call.args
+        keywords = {k.arg: k.value for k in call.keywords}
+        if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) and func.value.id == "target":
+            method = func.attr
+            if method == "up":
+                found.layers = value(args[0]) if args else None
+            elif method == "endpoint":
+                found.endpoints.add(value(args[0]))
+            elif method in {"stop", "start"}:
+                found.deployments.add(value(args[0]))
+            elif method in {"signing_secret", "service_token"} | NOT_ON_KUBE:
+                found.secrets.add(method)
+            elif method not in INERT:
+                found.unknown.add(f"target.{method}")
+        name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
+        if any(isinstance(a, ast.Name) and a.id == "target" for a in args) and name:
+            if name not in TAKES_TARGET:
+                found.unknown.add(name)
+            else:
+                endpoints, needs = TAKES_TARGET[name]
+                found.endpoints.update(endpoints)
+                found.secrets.update(needs)
+                if name == "service_client":
+                    found.endpoints.add(value(args[1]))
+        if name == "wait_for_targets":
+            found.jobs.update(value(args[0]))
+        by = keywords.get("by")
+        if name == "wait_for_samples" and isinstance(by, ast.Constant) and by.value == "job":
+            found.jobs.update(value(keywords["groups"]))
+    found.metrics = {m for s in _strings(tree) for m in re.findall(r"\bott_[a-z0-9_]+", s)}
+    return found
+
+
+def test_the_notebooks_are_read() -> None:
+    assert [n.stem[:2] for n in NOTEBOOKS] == ["00", "01", "02", "03", "04"]
+    # The extraction finds the waits the lessons are known to have (else it reads nothing).
+    assert waits(NOTEBOOKS[0]).jobs == set(platform.scrape_jobs())
+    assert waits(NOTEBOOKS[1]).layers == ["monitoring", apis.LAYER.name]
+    assert "ott_http_requests_total" in waits(NOTEBOOKS[1]).metrics
+    assert "origin" in waits(NOTEBOOKS[3]).deployments and "signing_secret" in waits(NOTEBOOKS[3]).secrets
+
+
+# -- against the rendered overlays ----------------------------------------------------------------
+
+
+@functools.cache
+def applied(overlay: str, layers: tuple[str, ...] | None) -> tuple[dict[str, Any], ...]:
+    """What ``target.up(layers)`` applies of ``overlay``."""
+    objects = manifest.render(manifest.overlay_dir(overlay))
+    return tuple(manifest.of_layers(objects, None if layers is None else list(layers)))
+
+
+def one(objects: tuple[dict[str, Any], ...], kind: str, name: str) -> dict[str, Any]:
+    found = [o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name]
+    assert len(found) == 1, f"expected one {kind} {name!r} among what up() applies, found {len(found)}"
+    return found[0]
+
+
+def component(name: str) -> Component:
+    (found,) = [c for c in platform.components() if c.name == name]
+    return found
+
+
+def metric_components(metric: str) -> set[str]:
+    """The components whose program defines ``metric``'s family (``ott_<word>_...``): its module, or one it imports."""
+    prefix = "ott_" + metric.split("_")[1] + "_"
+    defining = {p for p in (repo_root() / "ott").rglob("*.py") if f'"{prefix}' in p.read_text()}
+    modules = {".".join(p.relative_to(repo_root()).with_suffix("").parts) for p in defining}
+    names = set()
+    for comp in platform.components():
+        if comp.args[:1] != ("-m",):
+            continue
+        path = repo_root().joinpath(*comp.args[1].split(".")).with_suffix(".py")
+        if not path.is_file():
+            continue
+        imported = {comp.args[1]}
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                imported |= {node.module, *(f"{node.module}.{a.name}" for a in node.names)}
+            elif isinstance(node, ast.Import):
+                imported |= {a.name for a in node.names}
+        if imported & modules:
+            names.add(comp.name)
+    return names
+
+
+CASES = [(overlay, nb) for overlay in manifest.overlays() for nb in NOTEBOOKS]
+
+
+@pytest.mark.parametrize(("overlay", "notebook"), CASES, ids=[f"{o}-{n.stem[:2]}" for o, n in CASES])
+def test_the_manifests_produce_what_the_notebook_waits_for(overlay: str, notebook: Path) -> None:
+    asked = waits(notebook)
+    assert not asked.unknown, f"{notebook.name} calls {sorted(asked.unknown)}: classify it in this test"
+    layers = None if asked.layers is None else tuple(asked.layers)
+    objects = applied(overlay, layers)
+
+    for comp in (c for lay in platform.layers() if layers is None or lay.name in layers for c in lay.components):
+        deployment = one(objects, "Deployment", comp.follows or comp.name)
+        assert comp.name in {c["name"] for c in deployment["spec"]["template"]["spec"]["containers"]}
+
+    for name in asked.endpoints:
+        comp = component(name)
+        assert comp.follows is None, f"{name} is a sidecar: it has no Service to port-forward to"
+        service = one(objects, "Service", name)
+        (http,) = [p for p in service["spec"]["ports"] if p["name"] == "http"]
+        assert (http["port"], http["targetPort"]) == (comp.port("http").container, "http")
+        pod_labels = one(objects, "Deployment", name)["spec"]["template"]["metadata"]["labels"]
+        assert service["spec"]["selector"].items() <= pod_labels.items()
+    for name in asked.deployments:
+        assert component(name).follows is None
+        one(objects, "Deployment", name)
+
+    config_map = one(objects, "ConfigMap", next(o["metadata"]["name"] for o in objects if o["kind"] == "ConfigMap"
+                                                and "prometheus.yml" in o.get("data", {})))
+    made = targets(yaml.safe_load(config_map["data"]["prometheus.yml"]), objects, NAMESPACE)
+    jobs = {t.job for t in made}
+    assert asked.jobs <= jobs, f"waits for jobs {sorted(asked.jobs - jobs)} no applied pod is scraped as"
+    for metric in asked.metrics:
+        producers = {component(n).scrape_job for n in metric_components(metric)}
+        assert producers & jobs, f"{metric}: no scraped job among {sorted(jobs)} runs a program defining it"
+
+    wanted = set(layers) if layers is not None else {lay.name for lay in platform.layers()}
+    reads = {"signing_secret": (secrets.URL_SIGNING, secrets.URL_SIGNING_SECRET_KEY),
+             "service_token": (secrets.SERVICE_TOKEN, secrets.SERVICE_TOKEN_KEY)}
+    for method in asked.secrets - NOT_ON_KUBE:
+        name, key = reads[method]
+        (lab_secret,) = [s for s in secrets.LAB_SECRETS if s.name == name]
+        assert wanted & set(lab_secret.layers), f"up({layers}) does not create Secret {name}"
+        assert key in lab_secret.make(), f"Secret {name} has no key {key}"
+    if "signing_secret" in asked.secrets:
+        # The edges include the other key of the same Secret.
+        volumes = one(objects, "Deployment", cdn.EDGE.name)["spec"]["template"]["spec"]["volumes"]
+        (mounted,) = [v["secret"] for v in volumes if v.get("secret", {}).get("secretName") == secrets.URL_SIGNING]
+        (url_signing,) = [s for s in secrets.LAB_SECRETS if s.name == secrets.URL_SIGNING]
+        assert {i["key"] for i in mounted["items"]} <= set(url_signing.make())
