@@ -81,6 +81,7 @@ SERVICES = ResourceType("v1", "Service", "services", namespaced=True)
 PVCS = ResourceType("v1", "PersistentVolumeClaim", "persistentvolumeclaims", namespaced=True)
 SECRETS = ResourceType("v1", "Secret", "secrets", namespaced=True)
 DEPLOYMENTS = ResourceType("apps/v1", "Deployment", "deployments", namespaced=True)
+NODES = ResourceType("v1", "Node", "nodes", namespaced=False)
 
 
 def load_api_client(*, probe_timeout: float = PROBE_TIMEOUT) -> k8s_client.ApiClient:

@@ -91,12 +91,15 @@ def wait_all(
     *,
     progress: Callable[[str], None] | None = print,
     poll_interval: float = POLL_INTERVAL,
+    check: Callable[[], None] | None = None,
 ) -> dict[str, RolloutStatus]:
     """Wait until the rollout of every Deployment in ``names`` is complete; their statuses.
 
     The Deployments roll out side by side, so they share one deadline, ``timeout`` seconds
     from now. When it passes, :class:`~labkit.core.errors.TimeoutExpired` names each Deployment
-    still rolling out, how far it got and why its pods are stuck, when they say.
+    still rolling out, how far it got and why its pods are stuck, when they say. ``check`` is
+    called at every poll and ends the wait at once by raising, for trouble no waiting can mend
+    (an image the cluster cannot get).
     """
     pending = list(dict.fromkeys(names))
     done: dict[str, RolloutStatus] = {}
@@ -105,6 +108,8 @@ def wait_all(
 
     def rolled_out() -> bool:
         nonlocal pending
+        if check is not None:
+            check()
         waiting.clear()
         for name in pending:
             deployment = cluster.get(DEPLOYMENTS, name, namespace)

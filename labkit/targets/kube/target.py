@@ -27,12 +27,12 @@ from typing import TYPE_CHECKING, Any
 
 from labkit.core.config import LabConfig
 from labkit.core.console import progress
-from labkit.core.errors import ConfigError, KubeError, MissingCapabilityError, NotRunningError
+from labkit.core.errors import ConfigError, ImageMissingError, KubeError, MissingCapabilityError, NotRunningError
 from labkit.core.wait import until
 from labkit.platform.component import Component
 from labkit.targets.base import ComponentStatus, Target
-from labkit.targets.kube import cluster, manifest, rollout, secrets
-from labkit.targets.kube.cluster import DEPLOYMENTS, NAMESPACES, PODS, PVCS, SECRETS, SERVICES, Cluster
+from labkit.targets.kube import cluster, image, manifest, rollout, secrets
+from labkit.targets.kube.cluster import DEPLOYMENTS, NAMESPACES, NODES, PODS, PVCS, SECRETS, SERVICES, Cluster
 from labkit.targets.kube.manifest import KubeObject
 from labkit.targets.kube.portforward import PortForward, Stream
 
@@ -45,6 +45,9 @@ STOPPED_REPLICAS = "ottlab.io/stopped-replicas"
 LAB_SELECTOR = f"{manifest.PART_OF_LABEL}={manifest.PART_OF}"
 # Kinds that hold the lab's state: the database volume and the per-lab keys.
 _STATE_KINDS = frozenset({"PersistentVolumeClaim", "Secret"})
+# What a pod's container waits with when its node has not got the image and cannot pull it.
+IMAGE_PULL_FAILURES = frozenset({"ErrImagePull", "ImagePullBackOff", "ErrImageNeverPull", "InvalidImageName"})
+DATABASE_URL = "OTT_DATABASE_URL"
 
 
 class KubeTarget(Target):
@@ -84,9 +87,13 @@ class KubeTarget(Target):
         """Server-side apply the objects of ``layers`` (all when None) and wait for their rollouts.
 
         The per-lab Secrets of those layers are created first when missing (:mod:`labkit.targets.kube.secrets`).
+        Two mistakes stop it early with what to do: services on SQLite (the default) on a cluster
+        of several schedulable nodes, refused before anything is applied; and pods that cannot
+        get the services image (never loaded into the cluster), reported as soon as they say so.
         """
         chosen = self.select(layers)
         objects = manifest.in_apply_order(manifest.of_layers(self._manifests(), layers or None))
+        self._refuse_sqlite_on_several_nodes(objects)
         which = ", ".join(layers) if layers else "every layer"
         progress(f"applying {len(objects)} objects ({which}) to namespace {self.namespace} at {self._cluster.host}")
         wants_secrets = secrets.needed_by(objects)
@@ -102,7 +109,8 @@ class KubeTarget(Target):
         for component in chosen:
             if _workload(component) not in deployments:
                 progress(f"  note: {component.name} has no Deployment in k8s/overlays/{self.overlay}")
-        rollout.wait_all(self._cluster, self.namespace, deployments, self.cfg.ready_timeout)
+        rollout.wait_all(self._cluster, self.namespace, deployments, self.cfg.ready_timeout,
+                         check=self._require_the_services_image)
         return [self._status_of(c, self._cluster.get(DEPLOYMENTS, _workload(c), self.namespace)) for c in chosen]
 
     def down(self, *, purge: bool = False) -> None:
@@ -316,6 +324,47 @@ class KubeTarget(Target):
 
     # -- helpers -------------------------------------------------------------------------
 
+    def _refuse_sqlite_on_several_nodes(self, objects: Sequence[KubeObject]) -> None:
+        """A :class:`ConfigError` when services of ``objects`` use SQLite and the cluster has several schedulable nodes.
+
+        SQLite lives in a file on a ReadWriteOnce claim: a pod scheduled on another node cannot
+        mount it (and SQLite must not be shared over a network filesystem anyway).
+        """
+        on_sqlite = sorted(
+            manifest.name(obj)
+            for obj in objects
+            if obj.get("kind") == "Deployment"
+            for container in obj.get("spec", {}).get("template", {}).get("spec", {}).get("containers") or []
+            for env in container.get("env") or []
+            if env.get("name") == DATABASE_URL and str(env.get("value", "")).startswith("sqlite")
+        )
+        if not on_sqlite:
+            return
+        nodes = [manifest.name(n) for n in self._cluster.list(NODES) if _schedulable(n)]
+        if len(nodes) <= 1:
+            return
+        raise ConfigError(
+            f"the cluster has {len(nodes)} schedulable nodes ({', '.join(nodes)}), but the services "
+            f"({', '.join(on_sqlite)}) keep their database in SQLite on one ReadWriteOnce volume, "
+            "which only the pods of one node can mount",
+            hint="on a multi-node cluster give them PostgreSQL: an overlay with the k8s/components/postgres "
+            "component (README: the kube target, PostgreSQL); or use a one-node cluster (kind, minikube, k3d)",
+        )
+
+    def _require_the_services_image(self) -> None:
+        """An :class:`ImageMissingError` when a lab pod cannot get the services image."""
+        wanted = image.services_image()
+        stuck = []
+        for pod in self._cluster.list(PODS, self.namespace, label_selector=LAB_SELECTOR):
+            status = pod.get("status") or {}
+            for container in [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]:
+                reason = ((container.get("state") or {}).get("waiting") or {}).get("reason")
+                if reason in IMAGE_PULL_FAILURES and image.same_image(str(container.get("image", "")), wanted):
+                    stuck.append(f"pod/{manifest.name(pod)} is {reason}")
+                    break
+        if stuck:
+            raise ImageMissingError(wanted, sorted(stuck))
+
     def _manifests(self) -> list[KubeObject]:
         objects = manifest.render(self.overlay_dir)
         namespaces = [manifest.name(o) for o in objects if o.get("kind") == "Namespace"]
@@ -421,6 +470,14 @@ class KubeTarget(Target):
 def _workload(comp: Component) -> str:
     """The Deployment a component runs in: its own, or, for a sidecar, the one it follows."""
     return comp.follows or comp.name
+
+
+def _schedulable(node: KubeObject) -> bool:
+    """Whether ordinary pods may run on ``node``: not cordoned, no NoSchedule or NoExecute taint."""
+    spec = node.get("spec") or {}
+    if spec.get("unschedulable"):
+        return False
+    return not any(t.get("effect") in ("NoSchedule", "NoExecute") for t in spec.get("taints") or [])
 
 
 def _ready(pod: KubeObject) -> bool:
