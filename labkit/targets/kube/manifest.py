@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import shlex
 import subprocess
+import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,13 +24,17 @@ import yaml
 
 from labkit.core import programs
 from labkit.core.config import repo_root
-from labkit.core.console import echo_command
+from labkit.core.console import echo_command, progress
 from labkit.core.errors import ConfigError, KubeError, TimeoutExpired
 
 KubeObject = dict[str, Any]
 
 OVERLAY_ENV = "OTTLAB_KUBE_OVERLAY"
 DEFAULT_OVERLAY = "kind"
+# Where the services keep their data: SQLite on a one-node claim (the base), or a PostgreSQL
+# server, the kustomize component k8s/components/postgres added to the overlay.
+DATABASE_ENV = "OTTLAB_KUBE_DATABASE"
+DATABASES: dict[str, tuple[str, ...]] = {"sqlite": (), "postgres": ("postgres",)}
 PART_OF_LABEL = "app.kubernetes.io/part-of"
 PART_OF = "ottlab"
 LAYER_LABEL = "ottlab.io/layer"
@@ -89,13 +94,52 @@ def overlay_dir(overlay: str) -> Path:
     return k8s_dir() / "overlays" / overlay
 
 
-def render(directory: Path, *, timeout: float = RENDER_TIMEOUT) -> list[KubeObject]:
+def database(environ: Mapping[str, str] | None = None) -> str:
+    """``$OTTLAB_KUBE_DATABASE``: ``sqlite`` (the default) or ``postgres``; a :class:`ConfigError` otherwise."""
+    env = os.environ if environ is None else environ
+    chosen = env.get(DATABASE_ENV, "").strip() or "sqlite"
+    if chosen not in DATABASES:
+        raise ConfigError(f"{DATABASE_ENV}={chosen!r} is not a database the lab's manifests offer",
+                          hint=f"set it to one of: {', '.join(DATABASES)} (or unset it for sqlite)")
+    return chosen
+
+
+def component_dir(component: str) -> Path:
+    """``k8s/components/<component>``; a :class:`ConfigError` if it has no kustomization."""
+    directory = k8s_dir() / "components" / component
+    if not (directory / "kustomization.yaml").is_file():
+        raise ConfigError(f"no kustomize component {directory}", hint="is this checkout complete? (git status)")
+    return directory
+
+
+def render(directory: Path, *, components: Sequence[str] = (), timeout: float = RENDER_TIMEOUT) -> list[KubeObject]:
     """The objects ``kubectl kustomize directory`` renders, in its output order.
 
     The kubectl is :func:`labkit.core.programs.kubectl` (the virtualenv's pinned one first). The
     command is echoed as ``+ .venv/bin/kubectl kustomize <dir>`` (paths relative to the checkout,
-    where it runs) so it can be pasted into a shell.
+    where it runs) so it can be pasted into a shell. ``components`` (names under
+    ``k8s/components``) are added on top, through a kustomization written for the purpose in a
+    scratch folder (kustomize takes components from a kustomization file only).
     """
+    if not components:
+        return _kustomize(directory, timeout)
+    with tempfile.TemporaryDirectory(prefix="ottlab-kustomize-") as scratch:
+        # kustomize refuses absolute paths here: relative ones, from the scratch folder.
+        kustomization = {
+            "apiVersion": "kustomize.config.k8s.io/v1beta1",
+            "kind": "Kustomization",
+            "resources": [os.path.relpath(directory, scratch)],
+            "components": [os.path.relpath(component_dir(c), scratch) for c in components],
+        }
+        (Path(scratch) / "kustomization.yaml").write_text(yaml.safe_dump(kustomization, sort_keys=False))
+        root = repo_root()
+        base = directory.relative_to(root) if directory.is_relative_to(root) else directory
+        added = ", ".join(f"k8s/components/{c}" for c in components)
+        progress(f"{scratch}/kustomization.yaml: {base} with the component(s) {added}")
+        return _kustomize(Path(scratch), timeout)
+
+
+def _kustomize(directory: Path, timeout: float) -> list[KubeObject]:
     root = repo_root()
 
     def shown(path: Path) -> str:

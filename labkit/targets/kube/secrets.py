@@ -6,7 +6,10 @@
   (``ott.internal`` reads it from ``OTT_SERVICE_TOKEN_FILE``);
 - ``ott-url-signing`` (cdn): the lab's URL-signing secret (:mod:`ott.signing`), under the key
   ``secure-link.conf`` as the nginx line the edges include (``labkit.platform.layers.cdn.secure_link_directive``)
-  and raw under the key ``secret``.
+  and raw under the key ``secret``;
+- ``ott-postgres`` (apis, only when an applied object refers to it: the PostgreSQL option,
+  ``k8s/components/postgres``): the database password under ``password`` and the services'
+  SQLAlchemy URL under ``url``.
 
 The kube target creates those of the layers it applies before it applies their pods, and only
 when they are missing: a plain create (POST), never an apply, so an existing key survives every
@@ -47,6 +50,11 @@ CDN_LAYER = cdn.LAYER.name
 URL_SIGNING = "ott-url-signing"
 URL_SIGNING_DIRECTIVE_KEY = "secure-link.conf"
 URL_SIGNING_SECRET_KEY = "secret"
+# The PostgreSQL option's: the server's user, database and Service (k8s/components/postgres/postgres.yaml).
+POSTGRES = "ott-postgres"
+POSTGRES_USER = "ott"
+POSTGRES_DB = "ott"
+POSTGRES_PORT = 5432
 
 
 def signing_key_pem() -> bytes:
@@ -75,6 +83,13 @@ def url_signing() -> dict[str, bytes]:
     }
 
 
+def postgres() -> dict[str, bytes]:
+    """A new database password (hex, so the URL needs no escaping) and the services' URL with it."""
+    password = secrets.token_hex(24)
+    url = f"postgresql+psycopg://{POSTGRES_USER}:{password}@{POSTGRES}:{POSTGRES_PORT}/{POSTGRES_DB}"
+    return {"password": password.encode("ascii"), "url": url.encode("ascii")}
+
+
 @dataclass(frozen=True)
 class LabSecret:
     """A Secret labkit generates: its name, the layers whose pods need it, and what it holds."""
@@ -83,6 +98,8 @@ class LabSecret:
     # The first one labels the Secret.
     layers: tuple[str, ...]
     make: Callable[[], dict[str, bytes]]
+    # Made only when an applied object refers to it (an option of the manifests, not the default).
+    optional: bool = False
 
 
 # What each Secret holds, made only when the Secret has to be created.
@@ -91,8 +108,10 @@ LAB_SECRETS: tuple[LabSecret, ...] = (
     LabSecret(SERVICE_TOKEN, (LAYER,), lambda: {SERVICE_TOKEN_KEY: service_token().encode("ascii")}),
     # The edges check signed URLs with it, license (apis) signs them.
     LabSecret(URL_SIGNING, (CDN_LAYER, LAYER), url_signing),
+    LabSecret(POSTGRES, (LAYER,), postgres, optional=True),
 )
-NAMES = tuple(s.name for s in LAB_SECRETS)
+# The Secrets every lab gets; the optional ones come with the option that refers to them.
+NAMES = tuple(s.name for s in LAB_SECRETS if not s.optional)
 
 
 def secret(name: str, data: dict[str, bytes], layer: str = LAYER) -> KubeObject:
@@ -125,16 +144,44 @@ def needed_by(objects: Iterable[KubeObject]) -> bool:
     return any(wanted.intersection(s.layers) for s in LAB_SECRETS)
 
 
-def ensure(cluster: Cluster, namespace: str, layers: Iterable[str] | None = None) -> list[str]:
+def referenced_by(objects: Iterable[KubeObject]) -> set[str]:
+    """The Secrets the pods of ``objects`` refer to: secret volumes, ``secretKeyRef`` and ``secretRef``."""
+    names: set[str] = set()
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "secret" and isinstance(value, dict) and value.get("secretName"):
+                    names.add(str(value["secretName"]))
+                elif key in ("secretKeyRef", "secretRef") and isinstance(value, dict) and value.get("name"):
+                    names.add(str(value["name"]))
+                else:
+                    walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    for obj in objects:
+        walk(obj.get("spec"))
+    return names
+
+
+def ensure(
+    cluster: Cluster, namespace: str, layers: Iterable[str] | None = None, *, referenced: Iterable[str] = ()
+) -> list[str]:
     """Create each Secret of ``layers`` (every one when None) that ``namespace`` lacks; the names of those created.
 
+    An optional Secret is created only when it is in ``referenced`` (:func:`referenced_by`).
     An existing Secret is left as it is, whatever it holds. Two ``up`` racing are safe: the
     loser's create fails (409), finds the winner's Secret, and uses it.
     """
     wanted = None if layers is None else set(layers)
+    refers = set(referenced)
     created = []
     for lab_secret in LAB_SECRETS:
         if wanted is not None and not wanted.intersection(lab_secret.layers):
+            continue
+        if lab_secret.optional and lab_secret.name not in refers:
             continue
         name = lab_secret.name
         if cluster.get(SECRETS, name, namespace) is not None:

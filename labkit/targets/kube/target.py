@@ -55,7 +55,8 @@ class KubeTarget(Target):
 
     ``api_client`` replaces the kubeconfig (tests pass one aimed at a fake API server); the
     target then neither probes nor closes it. ``overlay`` defaults to ``$OTTLAB_KUBE_OVERLAY``,
-    else ``kind``. Every wait is bounded by ``cfg.ready_timeout``, every API call by
+    else ``kind``; ``database`` to ``$OTTLAB_KUBE_DATABASE``, else ``sqlite`` (``postgres`` adds
+    the component ``k8s/components/postgres``). Every wait is bounded by ``cfg.ready_timeout``, every API call by
     :data:`labkit.targets.kube.cluster.REQUEST_TIMEOUT`.
     """
 
@@ -68,10 +69,15 @@ class KubeTarget(Target):
         *,
         api_client: ApiClient | None = None,
         overlay: str | None = None,
+        database: str | None = None,
     ) -> None:
         super().__init__(cfg, components)
         self.overlay = overlay or manifest.default_overlay()
         self.overlay_dir = manifest.overlay_dir(self.overlay)
+        self.database = database or manifest.database()
+        if self.database not in manifest.DATABASES:
+            raise ConfigError(f"no database option {self.database!r}",
+                              hint=f"choose one of: {', '.join(manifest.DATABASES)} ({manifest.DATABASE_ENV})")
         self._owns_client = api_client is None
         self._cluster = Cluster(cluster.load_api_client() if api_client is None else api_client)
         self._forwards: dict[tuple[str, str], PortForward] = {}
@@ -103,7 +109,9 @@ class KubeTarget(Target):
             # The Namespace comes first; the layers' pods mount their per-lab Secrets, made here
             # (when missing, never overwritten) so that they exist before those pods do.
             if wants_secrets and obj.get("kind") == "Namespace":
-                for created in secrets.ensure(self._cluster, self.namespace, secrets.layers_of(objects)):
+                made = secrets.ensure(self._cluster, self.namespace, secrets.layers_of(objects),
+                                      referenced=secrets.referenced_by(objects))
+                for created in made:
                     progress(f"  created secret/{created} (generated for this lab)")
         deployments = [manifest.name(obj) for obj in objects if obj.get("kind") == "Deployment"]
         for component in chosen:
@@ -366,7 +374,7 @@ class KubeTarget(Target):
             raise ImageMissingError(wanted, sorted(stuck))
 
     def _manifests(self) -> list[KubeObject]:
-        objects = manifest.render(self.overlay_dir)
+        objects = manifest.render(self.overlay_dir, components=manifest.DATABASES[self.database])
         namespaces = [manifest.name(o) for o in objects if o.get("kind") == "Namespace"]
         if namespaces != [self.namespace]:
             raise ConfigError(
