@@ -124,7 +124,7 @@ def test_up_refuses_sqlite_on_several_schedulable_nodes_before_applying(fake: Fa
     message = str(caught.value)
     assert "2 schedulable nodes (lab-worker, lab-worker2)" in message
     assert "SQLite" in message and "auth" in message
-    assert "k8s/components/postgres" in message
+    assert "OTTLAB_KUBE_DATABASE=postgres" in message and "k8s/components/postgres" in message
     assert fake.requests("PATCH") == [] and fake.requests("POST") == [], "nothing applied"
 
 

@@ -355,8 +355,8 @@ class KubeTarget(Target):
             f"the cluster has {len(nodes)} schedulable nodes ({', '.join(nodes)}), but the services "
             f"({', '.join(on_sqlite)}) keep their database in SQLite on one ReadWriteOnce volume, "
             "which only the pods of one node can mount",
-            hint="on a multi-node cluster give them PostgreSQL: an overlay with the k8s/components/postgres "
-            "component (README: the kube target, PostgreSQL); or use a one-node cluster (kind, minikube, k3d)",
+            hint="on a multi-node cluster give them PostgreSQL: set OTTLAB_KUBE_DATABASE=postgres (the "
+            "component k8s/components/postgres) and run `ottlab up --target kube` again; or use a one-node cluster",
         )
 
     def _require_the_services_image(self) -> None:
