@@ -4,8 +4,8 @@
 # which is why it carries ffmpeg, ffprobe and the sample clip's font (ott.media.sample.FONT), and the
 # QoE collector of k8s/base/player (`python -m ott.qoe`), with the web player's files for its nginx.
 #
-#   docker build -t ottlab/ott-services:0.1.0 .
-#   kind load docker-image ottlab/ott-services:0.1.0      # or: minikube image load ...
+#   make image              # docker build -t ottlab/ott-services:0.1.0 .  (podman if there is no docker)
+#   ottlab image load       # kind load docker-image ... / minikube image load ... / k3d image import ...
 #
 # tests/kube/test_apis_manifests.py checks this file: pinned base, the pinned dependency set,
 # no dev tools, a non-root user.
