@@ -14,6 +14,7 @@
     ottlab env license OTT_PLAYBACK_TTL=5 [--unset OTT_PLAYBACK_TTL]
     ottlab down [--purge]
     ottlab image build / ottlab image load [--cluster kind|minikube|k3d] [--name NAME]
+    ottlab addons list / ottlab addons install [NAME ...] [--dry-run]
 """
 
 from __future__ import annotations
@@ -358,6 +359,35 @@ def image_load(cluster_kind: str | None, cluster_name: str | None) -> None:
         overlay = manifest.default_overlay()
         cluster_kind = overlay if overlay in services_image.CLUSTERS else "kind"
     click.echo(services_image.load(cluster_kind, cluster_name))
+
+
+@main.group()
+def addons() -> None:
+    """The cluster add-ons (metrics-server, Istio, Grafana, prometheus-adapter, Argo CD) from their official charts."""
+
+
+@addons.command("list")
+@_handle_errors
+def addons_list() -> None:
+    """The add-ons, pinned in k8s/addons/addons.yaml, in install order: release, chart, version, namespace, repo."""
+    from labkit.targets.kube import addons as cluster_addons
+
+    header = ("NAME", "CHART", "VERSION", "NAMESPACE", "REPOSITORY")
+    rows = [(a.name, a.chart, a.version, a.namespace, a.repo) for a in cluster_addons.declared()]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
+@addons.command("install")
+@click.argument("names", nargs=-1, metavar="[NAME]...")
+@click.option("--dry-run", is_flag=True, help="print the helm commands, run none")
+@_handle_errors
+def addons_install(names: tuple[str, ...], dry_run: bool) -> None:
+    """Install or upgrade the add-ons (all, or those NAMEd) with helm into the cluster KUBECONFIG points at."""
+    from labkit.targets.kube import addons as cluster_addons
+
+    cluster_addons.install(names, lab_namespace=LabConfig.from_env().namespace, dry_run=dry_run)
 
 
 def _scrape_targets(target: Target, statuses: list[ComponentStatus]) -> list[dict[str, str]] | None:

@@ -144,6 +144,19 @@ class ImageError(LabError):
     """The services image could not be built, found or loaded into a cluster."""
 
 
+class AddonError(LabError):
+    """A cluster add-on (an official Helm chart of k8s/addons/addons.yaml) could not be installed."""
+
+
+class ChartsUnreachableError(AddonError):
+    """The add-ons' Helm repositories do not answer from here; ``repos`` maps each to why."""
+
+    def __init__(self, repos: dict[str, str], *, hint: str) -> None:
+        self.repos = repos
+        lines = "\n".join(f"    {url}: {why}" for url, why in repos.items())
+        super().__init__(f"cannot reach the Helm chart repositories of the add-ons:\n{lines}", hint=hint)
+
+
 class ImageMissingError(LabError):
     """The cluster cannot start the lab's pods: it does not hold the services image, and no registry has it."""
 
