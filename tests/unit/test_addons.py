@@ -1,7 +1,7 @@
 """``ottlab addons``: the declaration of k8s/addons/addons.yaml and the helm commands, with a stand-in helm.
 
 No cluster and no chart repository is reached here: ``helm`` is a tiny shell script that records
-its arguments and exits as told (per subcommand). tests/kube/test_addons.py runs the real helm
+its arguments and exits as told (per subcommand). tests/kube/test_addons_with_helm.py runs the real helm
 against a chart repository served on 127.0.0.1, and installs the real charts where a cluster is.
 """
 
@@ -199,3 +199,9 @@ def test_cli_list_and_refusal_exit_codes(helm: FakeHelm) -> None:
     assert refused.exit_code == 1
     assert "cannot reach the Helm chart repositories" in refused.output
     assert not [c for c in helm.calls if c.startswith("upgrade")]
+
+
+def test_readme_lists_the_declared_addons_in_order() -> None:
+    readme = (addons.addons_dir().parents[1] / "README.md").read_text()
+    rows = re.findall(r"^\| `([a-z-]+)` \| `([a-z-]+)` \| ([0-9.]+) \| `([a-z-]+)` \| (\S+) \|$", readme, re.MULTILINE)
+    assert rows == [(a.name, a.chart, a.version, a.namespace, a.repo) for a in addons.declared()]
