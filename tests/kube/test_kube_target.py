@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import re
 import socket
@@ -219,9 +220,9 @@ class _ServerThread:
             await self._stop.wait()
 
 
-@pytest.fixture
-def fake_cluster() -> Iterator[FakeCluster]:
-    """A fake Kubernetes API server on 127.0.0.1 and an ApiClient aimed at it."""
+@contextlib.contextmanager
+def running_fake_cluster() -> Iterator[FakeCluster]:
+    """A fake Kubernetes API server on 127.0.0.1 and an ApiClient aimed at it, for as long as the block runs."""
     thread = _ServerThread()
     thread.start()
     assert thread.server is not None
@@ -233,6 +234,12 @@ def fake_cluster() -> Iterator[FakeCluster]:
     finally:
         api_client.close()  # type: ignore[no-untyped-call]
         thread.stop()
+
+
+@pytest.fixture
+def fake_cluster() -> Iterator[FakeCluster]:
+    with running_fake_cluster() as fake:
+        yield fake
 
 
 # -- helpers -----------------------------------------------------------------------------------

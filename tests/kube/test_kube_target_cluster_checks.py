@@ -16,8 +16,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from kubernetes import client as k8s_client
-from test_kube_target import FakeCluster, _ServerThread, apis_target, pod, settle_deployments
+from test_kube_target import FakeCluster, apis_target, pod, running_fake_cluster, settle_deployments
 
 from labkit.core.config import LabConfig
 from labkit.core.errors import ConfigError, ImageMissingError, TimeoutExpired
@@ -31,17 +30,8 @@ SERVICES_IMAGE = image.services_image()
 
 @pytest.fixture
 def fake() -> Iterator[FakeCluster]:
-    thread = _ServerThread()
-    thread.start()
-    assert thread.server is not None
-    configuration = k8s_client.Configuration()
-    configuration.host = thread.url
-    api_client = k8s_client.ApiClient(configuration)
-    try:
-        yield FakeCluster(server=thread.server, url=thread.url, api_client=api_client)
-    finally:
-        api_client.close()  # type: ignore[no-untyped-call]
-        thread.stop()
+    with running_fake_cluster() as cluster:
+        yield cluster
 
 
 def lab_target(fake: FakeCluster, lab_cfg: LabConfig, *, ready_timeout: float = 5.0) -> KubeTarget:

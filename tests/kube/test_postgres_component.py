@@ -21,8 +21,13 @@ from typing import Any
 
 import kubernetes_validate
 import pytest
-from kubernetes import client as k8s_client
-from test_kube_target import APIS_SECRETS, FakeCluster, _ServerThread, apis_target, settle_deployments
+from test_kube_target import (
+    APIS_SECRETS,
+    FakeCluster,
+    apis_target,
+    running_fake_cluster,
+    settle_deployments,
+)
 from test_manifests import K8S_VERSION, NAMESPACE
 
 from labkit.core.config import LabConfig
@@ -152,17 +157,8 @@ def test_an_unknown_database_option_is_a_config_error(monkeypatch: pytest.Monkey
 
 @pytest.fixture
 def fake() -> Iterator[FakeCluster]:
-    thread = _ServerThread()
-    thread.start()
-    assert thread.server is not None
-    configuration = k8s_client.Configuration()
-    configuration.host = thread.url
-    api_client = k8s_client.ApiClient(configuration)
-    try:
-        yield FakeCluster(server=thread.server, url=thread.url, api_client=api_client)
-    finally:
-        api_client.close()  # type: ignore[no-untyped-call]
-        thread.stop()
+    with running_fake_cluster() as cluster:
+        yield cluster
 
 
 def test_up_with_postgres_creates_its_secret_and_goes_ahead_on_several_nodes(
