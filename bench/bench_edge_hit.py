@@ -301,6 +301,7 @@ def main() -> int:
                 print(f"\n{args.segment_kb} KB segment, wrk -t{args.threads} -c{args.connections} "
                       f"-d{args.seconds:g}s, {args.runs} alternating round(s), {len(cpus)} CPUs ({placement})",
                       flush=True)
+                load_before = os.getloadavg()
                 runs: list[WrkRun] = []
                 for round_ in range(args.runs):
                     for label, url in sides if round_ % 2 == 0 else sides[::-1]:
@@ -311,6 +312,7 @@ def main() -> int:
                         runs.append(run)
                         print(f"  round {round_ + 1} {label:6} {runs[-1].requests_per_s:9.1f} req/s  "
                               f"{runs[-1].bytes_per_s / 1e6:8.1f} MB/s", flush=True)
+                load_after = os.getloadavg()
             # Still HITs after the load: the figure is the cache's.
             if httpx.get(ours_url, timeout=10).headers.get("x-cache-status") != "HIT":
                 raise RuntimeError("the PoP no longer answers HIT")
@@ -328,6 +330,9 @@ def main() -> int:
               f"{min(rates):7.0f}..{max(rates):<7.0f}")
     meter.report({"ours": "edge HIT", "static": "static"})
     ratio = medians["ours"] / medians["static"]
+    # Other work on the machine shows here and in the 'outside these' row above.
+    print("load average (1, 5, 15 min): " + " ".join(f"{x:.2f}" for x in load_before) + " before the rounds, "
+          + " ".join(f"{x:.2f}" for x in load_after) + " after")
     print(f"best runs: ours/static = {best['ours'] / best['static']:.3f}")
     print(f"ratio: ours/static = {ratio:.3f}   (median req/s; goal >= {GOAL}: {'met' if ratio >= GOAL else 'NOT met'})")
     return 0
