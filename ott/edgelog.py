@@ -286,6 +286,9 @@ class EdgeMetrics:
             self.lines.labels(pop, result)
         for result in ("valid", "invalid", "absent"):
             self.cmcd_requests.labels(pop, result)
+        self._parsed = self._child(self.lines, pop, "parsed")
+        self._cmcd_absent = self._child(self.cmcd_requests, pop, "absent")
+        self._shapes: dict[tuple[str, str, int], tuple[Any, Any, Any]] = {}
         self.sessions = Sessions(pop, ttl=session_ttl, max_sessions=max_sessions, clock=clock)
         registry.register(self.sessions)
         self._invalid_unreported = 0
@@ -299,24 +302,43 @@ class EdgeMetrics:
         except ValidationError as exc:
             self.invalid(f"{exc.error_count()} problem(s), first: {exc.errors()[0]['msg']}")
             return False
-        self._child(self.lines, self.pop, "parsed").inc()
-        cache, kind = cache_label(line.cache), object_type(line.path)
-        self._child(self.requests, self.pop, cache, kind, status_class(line.status)).inc()
-        self._child(self.bytes, self.pop, cache, kind).inc(line.body_bytes)
-        self._child(self.duration, self.pop, cache, kind).observe(line.request_time)
-        for upstream in upstream_statuses(line.upstream_status):
-            self._child(self.origin_fetches, self.pop, kind, upstream).inc()
+        self._parsed.inc()
+        kind = object_type(line.path)
+        requests, body_bytes, duration = self._shape(cache_label(line.cache), kind, line.status)
+        requests.inc()
+        body_bytes.inc(line.body_bytes)
+        duration.observe(line.request_time)
+        if line.upstream_status:  # a HIT never reached the origin: most lines of a busy PoP
+            for upstream in upstream_statuses(line.upstream_status):
+                self._child(self.origin_fetches, self.pop, kind, upstream).inc()
+        if not (line.cmcd or line.cmcd_request or line.cmcd_object or line.cmcd_status or line.cmcd_session):
+            self._cmcd_absent.inc()  # what cmcd.from_request says of a request without any CMCD
+            return True
         try:
             data = cmcd.from_request(line.cmcd, line.cmcd_headers())
         except cmcd.CmcdError:
             self._child(self.cmcd_requests, self.pop, "invalid").inc()
             return True
         if data is None:
-            self._child(self.cmcd_requests, self.pop, "absent").inc()
+            self._cmcd_absent.inc()
             return True
         self._child(self.cmcd_requests, self.pop, "valid").inc()
         self.sessions.record(data)
         return True
+
+    def _shape(self, cache: str, kind: str, status: int) -> tuple[Any, Any, Any]:
+        """The request, byte and duration series of one (cache, object type, status): one lookup a line.
+
+        Bounded: ``cache`` is one of nine labels, ``kind`` of five and ``status`` of 1,000 values.
+        """
+        key = (cache, kind, status)
+        children = self._shapes.get(key)
+        if children is None:
+            children = self._shapes[key] = (
+                self._child(self.requests, self.pop, cache, kind, status_class(status)),
+                self._child(self.bytes, self.pop, cache, kind),
+                self._child(self.duration, self.pop, cache, kind))
+        return children
 
     def _child(self, metric: Any, *labels: str) -> Any:
         """``metric.labels(*labels)``, remembered: at thousands of lines a second the lookup is the cost."""

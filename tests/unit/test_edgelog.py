@@ -15,6 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, generate_latest
+from pydantic import ValidationError
 
 from ott import cmcd, edgelog
 from ott.edgelog import EdgeMetrics, Sessions, Tailer
@@ -368,6 +369,53 @@ def test_no_log_content_breaks_the_handler(raws: list[bytes]) -> None:
         assert sorted(lines) == [0, 1]
         assert all(math.isfinite(v) for v in after.values())
     assert b"ott_edge_log_lines_total" in generate_latest(registry)  # /metrics still renders
+
+
+def _reference_accounting(metrics: EdgeMetrics, raw: bytes) -> None:
+    """The exporter's accounting of one line as it was before its per-line fast path (shape lookup,
+    no CMCD parse without CMCD, no origin loop without an origin attempt): one plain metric update
+    at a time. The oracle of the test below."""
+    try:
+        line = edgelog.LogLine.model_validate_json(raw.decode("utf-8", "replace"))
+    except ValidationError as exc:
+        metrics.invalid(f"{exc.error_count()} problem(s)")
+        return
+    pop = metrics.pop
+    metrics.lines.labels(pop, "parsed").inc()
+    cache, kind = edgelog.cache_label(line.cache), edgelog.object_type(line.path)
+    metrics.requests.labels(pop, cache, kind, edgelog.status_class(line.status)).inc()
+    metrics.bytes.labels(pop, cache, kind).inc(line.body_bytes)
+    metrics.duration.labels(pop, cache, kind).observe(line.request_time)
+    for upstream in edgelog.upstream_statuses(line.upstream_status):
+        metrics.origin_fetches.labels(pop, kind, upstream).inc()
+    try:
+        data = cmcd.from_request(line.cmcd, line.cmcd_headers())
+    except cmcd.CmcdError:
+        metrics.cmcd_requests.labels(pop, "invalid").inc()
+        return
+    if data is None:
+        metrics.cmcd_requests.labels(pop, "absent").inc()
+        return
+    metrics.cmcd_requests.labels(pop, "valid").inc()
+    metrics.sessions.record(data)
+
+
+def _exposed(registry: CollectorRegistry) -> dict[tuple[str, str, tuple[tuple[str, str], ...]], float]:
+    """Every sample /metrics shows, by family type, name and labels (``_created`` times aside)."""
+    return {(f.type, s.name, tuple(sorted(s.labels.items()))): s.value
+            for f in registry.collect() for s in f.samples if not s.name.endswith("_created")}
+
+
+@settings(max_examples=300, deadline=None, database=None, derandomize=True)
+@given(st.lists(raw_lines | log_objects.map(lambda d: json.dumps({**SAMPLE, **d}).encode()), min_size=1, max_size=12))
+def test_the_fast_path_exposes_exactly_what_line_by_line_accounting_did(raws: list[bytes]) -> None:
+    fast_registry, reference_registry = CollectorRegistry(), CollectorRegistry()
+    fast = EdgeMetrics(fast_registry, POP, max_sessions=2, clock=Clock())
+    reference = EdgeMetrics(reference_registry, POP, max_sessions=2, clock=Clock())
+    for raw in raws:
+        fast.handle_line(raw)
+        _reference_accounting(reference, raw)
+    assert _exposed(fast_registry) == _exposed(reference_registry)
 
 
 # -- following the file -------------------------------------------------------------------------------
