@@ -30,6 +30,9 @@ PROGRAMS=(
   "node:nodejs"
   "npm:npm"
   "wrk:wrk"
+  "prometheus-blackbox-exporter:prometheus-blackbox-exporter"
+  "prometheus-nginx-exporter:prometheus-nginx-exporter"
+  "prometheus-process-exporter:prometheus-process-exporter"
 )
 
 # ---- 1. system programs ------------------------------------------------------------------
