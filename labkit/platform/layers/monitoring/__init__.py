@@ -36,6 +36,8 @@ PROMETHEUS = Component(
         "--storage.tsdb.retention.time=2d",
         "--web.listen-address={host}:{port_http}",
         "--web.enable-lifecycle",
+        # POST /api/v1/write: `ottlab k6` pushes k6's metrics here, as the kube Job does (k8s/loadtest).
+        "--web.enable-remote-write-receiver",
     ),
     ports=(Port("http", offset=90, container=9090),),
     readiness=Readiness(path="/-/ready"),
