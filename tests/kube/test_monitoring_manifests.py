@@ -32,8 +32,9 @@ from labkit.targets.kube import manifest
 NAMESPACE = "ottlab"
 OVERLAYS = manifest.overlays()
 SCRAPED = [c for c in platform.components() if c.scrape_job is not None]
-# Labels naming one target: its address, its pod. Every other label must read the same on both targets.
-PER_TARGET = {"instance", "pod"}
+# Labels naming one target: its address, its pod (and the pod's namespace, which prometheus-adapter
+# needs). Every other label must read the same on both targets.
+PER_TARGET = {"instance", "pod", "namespace"}
 RULES_TESTS = manifest.k8s_dir().parent / "tests" / "monitoring" / "alert-rules.test.yml"
 
 

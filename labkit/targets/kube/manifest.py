@@ -39,6 +39,7 @@ PART_OF_LABEL = "app.kubernetes.io/part-of"
 PART_OF = "ottlab"
 LAYER_LABEL = "ottlab.io/layer"
 NAME_LABEL = "app.kubernetes.io/name"
+AUTOSCALER_KIND = "HorizontalPodAutoscaler"
 # kustomize renders the lab in well under a second; a minute means it is stuck.
 RENDER_TIMEOUT = 60.0
 
@@ -193,6 +194,16 @@ def of_layers(objects: Iterable[KubeObject], layers: Sequence[str] | None) -> li
         for obj in objects
         if obj.get("kind") == "Namespace" or wanted is None or labels(obj).get(LAYER_LABEL) in wanted
     ]
+
+
+def autoscalers(objects: Iterable[KubeObject]) -> list[KubeObject]:
+    """The HorizontalPodAutoscalers among ``objects`` (k8s/base/autoscaling): `ottlab autoscale on` applies them."""
+    return [obj for obj in objects if obj.get("kind") == AUTOSCALER_KIND]
+
+
+def without_autoscalers(objects: Iterable[KubeObject]) -> list[KubeObject]:
+    """``objects`` but the HorizontalPodAutoscalers: what ``up`` applies (autoscaling is switched on apart)."""
+    return [obj for obj in objects if obj.get("kind") != AUTOSCALER_KIND]
 
 
 def in_apply_order(objects: Iterable[KubeObject]) -> list[KubeObject]:

@@ -98,7 +98,9 @@ class KubeTarget(Target):
         get the services image (never loaded into the cluster), reported as soon as they say so.
         """
         chosen = self.select(layers)
-        objects = manifest.in_apply_order(manifest.of_layers(self._manifests(), layers or None))
+        # The HorizontalPodAutoscalers are not applied here: `autoscale(on=True)` does.
+        objects = manifest.in_apply_order(manifest.without_autoscalers(
+            manifest.of_layers(self._manifests(), layers or None)))
         self._refuse_sqlite_on_several_nodes(objects)
         which = ", ".join(layers) if layers else "every layer"
         progress(f"applying {len(objects)} objects ({which}) to namespace {self.namespace} at {self._cluster.host}")
