@@ -8,6 +8,7 @@
     ottlab transcode clip.mp4 --title lab-clock [--encrypt] [--ladder small]
     ottlab playback lab-clock --user alice
     ottlab viewers --count 20 --seconds 60 --title lab-clock [--abr bola] [--kbps 800 | --trace commute]
+    ottlab k6 --vus 20 --duration 1m [--ramp 10s] [--title sample]
     ottlab restart COMPONENT
     ottlab stop COMPONENT / ottlab start COMPONENT
     ottlab scale edge 3
@@ -315,6 +316,29 @@ def viewers(count: int, seconds: float, title_id: str, user_name: str, rule: str
         raise LabError(f"no viewer started: {reasons}",
                        hint="is the platform up (`ottlab status`) and the title published? try `ottlab playback "
                             f"{title_id}`")
+
+
+@main.command("k6")
+@click.option("--vus", type=int, required=True, help="virtual users: each one viewer playing the title to its end")
+@click.option("--duration", required=True, help="how long the VUs keep playing after the ramp, e.g. 30s, 2m")
+@click.option("--ramp", default="0s", show_default=True, help="ramp from 0 to --vus over this long, e.g. 10s")
+@click.option("--title", "title_id", default="sample", show_default=True, help="the catalog title they play")
+@_target_option
+@_handle_errors
+def k6_run(vus: int, duration: str, ramp: str, title_id: str, target_name: str | None) -> None:
+    """Run the real k6 with k8s/loadtest/viewer-journey.js against the lab; prints its figures as JSON.
+
+    Its metrics go to the lab's Prometheus (remote write, label testid), its summary to the lab's
+    reports/k6/. Exit status 1 when a threshold of the script failed.
+    """
+    from labkit.traffic import loadtest
+
+    result = loadtest.run(_target(target_name), vus=vus, duration=duration, ramp=ramp, title=title_id)
+    click.echo(json.dumps({**result.figures(), "summary": str(result.summary_path),
+                           "thresholds": result.thresholds}, indent=2))
+    if not result.passed:
+        failed = ", ".join(name for name, held in result.thresholds.items() if not held) or f"exit {result.exit_code}"
+        raise LabError(f"k6's thresholds failed: {failed}", hint=f"see {result.summary_path}")
 
 
 @main.command()
