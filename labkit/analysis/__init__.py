@@ -2,5 +2,6 @@
 
 - :mod:`~labkit.analysis.experience`: QoE maths, from the players', the collector's and the edge's accounts;
 - :mod:`~labkit.analysis.plots`: plots that take data and return a matplotlib Figure;
-- :mod:`~labkit.analysis.panels`: thin ipywidgets panels for interactive use.
+- :mod:`~labkit.analysis.panels`: thin ipywidgets panels for interactive use;
+- :mod:`~labkit.analysis.dashboards`: the Grafana dashboards as code, and their matplotlib renderer.
 """
