@@ -450,7 +450,8 @@ class Request:
     """One request of one viewer, filled in by :func:`fetch` as it goes; ``status`` 0 means no response.
 
     ``pop`` is the PoP the viewer addressed, or else the one that answered (``X-PoP``); ``started``
-    is epoch seconds; ``seconds`` runs from the request to the last body byte (or the error);
+    is epoch seconds; ``seconds`` runs from the request to the last body byte (or the error),
+    ``ttfb_s`` to the response's headers (time to first byte; NaN without a response);
     ``cmcd`` is the payload sent (decoded), "" when none; ``bitrate_kbps`` the rung of a media object.
     """
 
@@ -466,6 +467,7 @@ class Request:
     cache: str = ""  # X-Cache-Status, "" when absent
     bytes: int = 0
     seconds: float = 0.0
+    ttfb_s: float = math.nan
     error: str = ""
 
     @property
@@ -475,7 +477,7 @@ class Request:
 
 
 REQUEST_COLUMNS = ["viewer", "session", "kind", "bitrate_kbps", "path", "status", "cache", "pop", "bytes", "started",
-                   "seconds", "cmcd", "error"]
+                   "seconds", "ttfb_s", "cmcd", "error"]
 
 
 def requests_frame(requests: Sequence[Request]) -> pd.DataFrame:
@@ -483,7 +485,8 @@ def requests_frame(requests: Sequence[Request]) -> pd.DataFrame:
     import pandas as pd
 
     return pd.DataFrame([(r.viewer, r.session, r.kind, r.bitrate_kbps, r.path, r.status, r.cache, r.pop, r.bytes,
-                          r.started, round(r.seconds, 6), r.cmcd, r.error) for r in requests], columns=REQUEST_COLUMNS)
+                          r.started, round(r.seconds, 6), round(r.ttfb_s, 6), r.cmcd, r.error) for r in requests],
+                        columns=REQUEST_COLUMNS)
 
 
 async def fetch(http: httpx.AsyncClient, request: Request, clock: Clock, *, data: cmcd.Cmcd | None,
@@ -502,6 +505,7 @@ async def fetch(http: httpx.AsyncClient, request: Request, clock: Clock, *, data
     try:
         async with http.stream("GET", with_cmcd(request.url, data), headers=headers) as response:
             request.status = response.status_code
+            request.ttfb_s = clock.now() - begun
             request.cache = response.headers.get("x-cache-status", "")
             request.pop = request.pop or response.headers.get("x-pop", "")
             # Unpaced, the body comes as the socket reads it (at most 64 KiB at a time) without re-chunking.
