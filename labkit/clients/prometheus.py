@@ -75,6 +75,15 @@ class Prometheus:
         ]
         return pd.DataFrame(rows, columns=["job", "instance", "health", "last_error", "last_scrape"])
 
+    def metric_names(self) -> set[str]:
+        """The metrics Prometheus knows: those with samples, and those its targets declare (# TYPE) without any yet.
+
+        A labelled counter nobody has incremented has no sample but is declared by its target.
+        """
+        with_samples = self._call(self._client.all_metrics)
+        declared = self._call(self._client.get_metric_metadata, None)
+        return {str(n) for n in with_samples} | {str(entry["metric_name"]) for entry in declared or []}
+
     def wait_for_targets(self, jobs: list[str], timeout: float = 60.0) -> pd.DataFrame:
         """Wait until every job in ``jobs`` has all its targets up; return :meth:`targets`."""
         frame = pd.DataFrame()

@@ -42,6 +42,23 @@ class ComponentStatus:
         return asdict(self)
 
 
+@dataclass
+class AutoscalerStatus:
+    """One HorizontalPodAutoscaler as a target runs it: its metrics, replicas and last decisions."""
+
+    hpa: str
+    target: str
+    active: bool  # the autoscaler acts on it now
+    metrics: list[dict[str, Any]] = field(default_factory=list)  # name, current, target
+    current: int | None = None
+    desired: int | None = None
+    # The newest last: at (epoch seconds), current, desired, reason, message.
+    decisions: list[dict[str, Any]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 class Target(abc.ABC):
     """Where the platform runs. Every method is bounded by a timeout."""
 
@@ -141,6 +158,20 @@ class Target(abc.ABC):
     @abc.abstractmethod
     def access_log(self, pop: str) -> list[dict[str, Any]]:
         """The requests PoP ``pop`` (``edge-0``) logged, one dict per JSON line of its access log; ``[]`` before any."""
+
+    def autoscale(self, on: bool, *, scale_down_window: float | None = None) -> list[AutoscalerStatus]:
+        """Switch the lab's HorizontalPodAutoscalers (k8s/base/autoscaling) on or off; their status after.
+
+        Kubernetes' controller acts on kube; labkit's, on the same objects and algorithm, locally.
+        ``scale_down_window`` (seconds) shortens every scaleDown stabilization window, for a lesson
+        that cannot wait the default 300 s; where the target cannot, it says so.
+        """
+        raise MissingCapabilityError(self.name, "autoscale", "it has no autoscaler", hint="scale by hand: ottlab scale")
+
+    def autoscale_status(self) -> list[AutoscalerStatus]:
+        """Each HPA: its metrics (current and target), current and desired replicas, its last decisions."""
+        raise MissingCapabilityError(self.name, "report autoscaling", "it has no autoscaler",
+                                     hint="ottlab status shows the replicas")
 
     def status_frame(self) -> pd.DataFrame:
         """:meth:`status` as a DataFrame, for a notebook table."""
