@@ -16,6 +16,7 @@
     ottlab down [--purge]
     ottlab image build / ottlab image load [--cluster kind|minikube|k3d] [--name NAME]
     ottlab addons list / ottlab addons install [NAME ...] [--dry-run]
+    ottlab dashboard viewer-qoe --png qoe.png [--minutes 15] [--var pop=edge-0] / ottlab dashboard --list
 """
 
 from __future__ import annotations
@@ -316,6 +317,44 @@ def viewers(count: int, seconds: float, title_id: str, user_name: str, rule: str
         raise LabError(f"no viewer started: {reasons}",
                        hint="is the platform up (`ottlab status`) and the title published? try `ottlab playback "
                             f"{title_id}`")
+
+
+@main.command()
+@click.argument("name", required=False)
+@click.option("--png", "png", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="write the dashboard to this PNG file")
+@click.option("--minutes", type=click.FloatRange(min=0.5, max=1440), default=15.0, show_default=True,
+              help="the window: the last N minutes")
+@click.option("--var", "assignments", multiple=True, metavar="NAME=VALUE",
+              help="a template variable's value instead of All (repeatable), e.g. --var pop=edge-0")
+@click.option("--list", "listing", is_flag=True, help="name the dashboards and stop")
+@_target_option
+@_handle_errors
+def dashboard(name: str | None, png: Path | None, minutes: float, assignments: tuple[str, ...], listing: bool,
+              target_name: str | None) -> None:
+    """Draw dashboard NAME (the committed Grafana JSON) from the lab's Prometheus into a PNG file."""
+    from labkit.analysis import dashboards
+
+    if listing:
+        for known in dashboards.names():
+            model = dashboards.load(known)
+            count = sum(1 for p in model["panels"] if p["type"] != "row")
+            click.echo(f"{known:12} {model['title']} ({count} panels)")
+        return
+    if name is None or png is None:
+        raise ConfigError("give a dashboard NAME and --png FILE, or --list",
+                          hint=f"e.g. ottlab dashboard {dashboards.names()[0]} --png qoe.png")
+    variables: dict[str, str] = {}
+    for assignment in assignments:
+        key, sep, value = assignment.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--var {assignment!r} is not NAME=VALUE", hint="e.g. --var pop=edge-0")
+        variables[key] = value
+    model = dashboards.load(name)
+    prometheus = Prometheus(_target(target_name).endpoint(PROMETHEUS.name))
+    fig = dashboards.render(model, prometheus, minutes=minutes, variables=variables)
+    fig.savefig(png, dpi=90)
+    click.echo(f"wrote {png} ({model['title']}, last {minutes:g} min)")
 
 
 @main.command("k6")

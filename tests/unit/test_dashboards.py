@@ -198,3 +198,30 @@ def test_a_stat_is_its_last_value_in_its_unit_and_threshold_colour() -> None:
     assert numbers == {"610 ms": figure.threshold_colour(0.61, model["panels"][0]["fieldConfig"]["defaults"]
                                                              ["thresholds"]["steps"])}
     assert numbers["610 ms"] == "#c4162a"
+
+
+def test_ottlab_dashboard_lists_writes_and_refuses(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    from click.testing import CliRunner
+
+    from labkit import cli
+
+    runner = CliRunner()
+    listed = runner.invoke(cli.main, ["dashboard", "--list"])
+    assert listed.exit_code == 0 and [line.split()[0] for line in listed.output.splitlines()] == dashboards.names()
+    unknown = runner.invoke(cli.main, ["dashboard", "nope", "--png", str(tmp_path / "x.png")])
+    assert unknown.exit_code == 2 and "viewer-qoe, delivery" in unknown.output
+    asked: list[str] = []
+
+    def fake(url: str, timeout: float = 10.0) -> FakePrometheus:
+        prom = FakePrometheus()
+        prom.asked = asked
+        return prom
+
+    monkeypatch.setattr(cli, "Prometheus", fake)
+    png = tmp_path / "cmcd.png"
+    wrote = runner.invoke(cli.main, ["dashboard", "cmcd", "--png", str(png), "--minutes", "3", "--var", "pop=edge-1"])
+    assert wrote.exit_code == 0, wrote.output
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert asked and all('pop=~"edge-1"' in q for q in asked)
+    bad = runner.invoke(cli.main, ["dashboard", "cmcd", "--png", str(png), "--var", "pop"])
+    assert bad.exit_code == 2 and "NAME=VALUE" in bad.output

@@ -8,19 +8,29 @@ matplotlib from the lab's Prometheus. Regenerate them after changing a module::
     python -m labkit.analysis.dashboards            # writes the JSON files
     python -m labkit.analysis.dashboards --check    # exit 1 when a committed file is stale
 
+and draw one from the lab's Prometheus (``ottlab dashboard NAME --png FILE`` does the same)::
+
+    fig = labkit.dashboards.render("viewer-qoe", labkit.Prometheus(target.endpoint("prometheus")), minutes=10)
+
 Names: ``viewer-qoe``, ``delivery``, ``cmcd``, ``platform``, ``capacity``.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from labkit.analysis.dashboards import capacity, cmcd, delivery, platform, viewer_qoe
 from labkit.core.config import repo_root
 from labkit.core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from labkit.clients.prometheus import Prometheus
 
 # name -> its module's build(); in the order they are listed.
 BUILDERS: dict[str, Callable[[], dict[str, Any]]] = {
@@ -99,3 +109,16 @@ def queries(model: dict[str, Any]) -> list[tuple[str, str]]:
     """Every (panel title, PromQL) of a dashboard's JSON model, rows excluded, in panel order."""
     return [(panel.get("title", ""), target["expr"]) for panel in model.get("panels", [])
             if panel.get("type") != "row" for target in panel.get("targets", []) if target.get("expr")]
+
+
+def render(dashboard: str | Mapping[str, Any], prometheus: Prometheus, *, minutes: float = 15.0,
+           variables: Mapping[str, str | Sequence[str]] | None = None, end: datetime | None = None) -> Figure:
+    """Dashboard ``dashboard`` (a name: its committed JSON; or a JSON model) drawn from ``prometheus`` as one figure.
+
+    See :mod:`labkit.analysis.dashboards.figure`: every panel's queries over the last ``minutes``,
+    template variables All (``.*``) unless ``variables`` names values.
+    """
+    from labkit.analysis.dashboards import figure
+
+    model = load(dashboard) if isinstance(dashboard, str) else dashboard
+    return figure.render(model, prometheus, minutes=minutes, variables=variables, end=end)

@@ -208,7 +208,8 @@ def _draw(ax: Axes, panel: Mapping[str, Any], window: _Window) -> None:
             if target.get("expr"):
                 frames.append((target, window.query(target["expr"])))
     except LabError as exc:
-        _message(ax, "query failed:\n" + textwrap.fill(str(exc), 60), "#c4162a")
+        columns = max(24, 5 * panel.get("gridPos", {}).get("w", 12))   # about the panel's width in characters
+        _message(ax, "query failed:\n" + textwrap.fill(str(exc), columns), "#c4162a")
         return
     if kind == "timeseries":
         _timeseries(ax, frames, unit, steps, panel)
