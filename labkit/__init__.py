@@ -63,6 +63,7 @@ _LAZY = {
     "experience": "labkit.analysis.experience",
     "plots": "labkit.analysis.plots",
     "panels": "labkit.analysis.panels",
+    "dashboards": "labkit.analysis.dashboards",
     "apis": "labkit.platform.layers.apis",
     "media": "labkit.platform.layers.media",
     "cdn": "labkit.platform.layers.cdn",
