@@ -173,6 +173,36 @@ class Target(abc.ABC):
         raise MissingCapabilityError(self.name, "report autoscaling", "it has no autoscaler",
                                      hint="ottlab status shows the replicas")
 
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU seconds (user + system) each running component's processes and their children used so far.
+
+        By component name, replicas summed; the difference between two calls is the CPU a step of
+        load cost. Read from the processes of this machine (:attr:`ComponentStatus.pids`); a
+        target whose components are not processes of this machine (pods) raises
+        :class:`MissingCapabilityError`.
+        """
+        import psutil
+
+        statuses = [s for s in self.status() if s.pids]
+        if not statuses:
+            raise MissingCapabilityError(
+                self.name, "measure CPU per component", "no component runs as a process of this machine",
+                hint="read CPU per container from the cluster (metrics-server, `kubectl top pods`)")
+        used: dict[str, float] = {}
+        for status in statuses:
+            total = 0.0
+            for pid in status.pids:
+                try:
+                    root = psutil.Process(pid)
+                    for proc in [root, *root.children(recursive=True)]:
+                        with proc.oneshot():
+                            times = proc.cpu_times()
+                        total += times.user + times.system
+                except psutil.Error:
+                    continue  # exited between status() and now: its CPU is gone with it
+            used[status.name] = total
+        return used
+
     def status_frame(self) -> pd.DataFrame:
         """:meth:`status` as a DataFrame, for a notebook table."""
         import pandas as pd
