@@ -123,8 +123,9 @@ def test_helm_template_gets_each_addons_values_and_settings(chart_repo: str, nam
     if name == "grafana":
         # --set-string changes the one field and keeps the rest of the list item from the values file.
         assert values["datasources"]["datasources.yaml"]["datasources"] == [{
-            "name": "Prometheus", "type": "prometheus", "access": "proxy", "isDefault": True,
-            "url": "http://prometheus.lab2.svc:9090"}]
+            "name": "Prometheus", "uid": "prometheus", "type": "prometheus", "access": "proxy", "isDefault": True,
+            "url": "http://prometheus.lab2.svc:9090", "jsonData": {"timeInterval": "5s"}}]
+        assert values["sidecar"]["dashboards"]["searchNamespace"] == "lab2"
     elif name == "prometheus-adapter":
         assert values["prometheus"] == {"url": "http://prometheus.lab2.svc", "port": 9090, "path": ""}
     elif name == "metrics-server":

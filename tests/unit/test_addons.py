@@ -97,7 +97,8 @@ def test_values_point_at_the_labs_prometheus_and_metrics_server_skips_kubelet_tl
     assert "--kubelet-insecure-tls" in metrics["args"]
     # The settings follow another lab namespace.
     assert dict(by_name["grafana"].settings_for("lab2")) == {
-        r"datasources.datasources\.yaml.datasources[0].url": "http://prometheus.lab2.svc:9090"}
+        r"datasources.datasources\.yaml.datasources[0].url": "http://prometheus.lab2.svc:9090",
+        "sidecar.dashboards.searchNamespace": "lab2"}
     assert dict(by_name["prometheus-adapter"].settings_for("lab2")) == {"prometheus.url": "http://prometheus.lab2.svc"}
 
 
@@ -128,6 +129,7 @@ def test_install_checks_every_chart_then_installs_in_order(helm: FakeHelm,
         "--namespace", "monitoring", "--create-namespace", "--wait", "--timeout", f"{grafana.timeout:g}s",
         "-f", str(grafana.values_file()), "--set-string",
         r"datasources.datasources\.yaml.datasources[0].url=http://prometheus.lab2.svc:9090",
+        "--set-string", "sidecar.dashboards.searchNamespace=lab2",
     ]).replace("'", "")
     out = capsys.readouterr().out
     assert out.count(f"+ {helm.path} upgrade --install") == len(installed)
