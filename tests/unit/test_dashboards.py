@@ -225,3 +225,23 @@ def test_ottlab_dashboard_lists_writes_and_refuses(monkeypatch: pytest.MonkeyPat
     assert asked and all('pop=~"edge-1"' in q for q in asked)
     bad = runner.invoke(cli.main, ["dashboard", "cmcd", "--png", str(png), "--var", "pop"])
     assert bad.exit_code == 2 and "NAME=VALUE" in bad.output
+
+
+def test_dead_queries_are_the_empty_the_nan_and_the_refused() -> None:
+    class Answers(FakePrometheus):
+        def query_range(self, promql: str, *, minutes: float, step: str, end: Any = None) -> pd.DataFrame:
+            if "renamed" in promql:
+                return pd.DataFrame(columns=["timestamp", "value"])
+            if "quantile" in promql:
+                return pd.DataFrame([{"timestamp": pd.Timestamp("2026-01-01T12:00:00Z"), "value": float("nan")}])
+            return super().query_range(promql, minutes=minutes, step=step, end=end)
+
+    def one(expr: str) -> dict[str, Any]:
+        return {"type": "timeseries", "title": expr, "gridPos": {"x": 0, "y": 0, "w": 1, "h": 1},
+                "targets": [{"expr": expr}]}
+
+    model = {"panels": [one("renamed_total"), one("histogram_quantile(0.5, x)"), one("up"), one("fails")]}
+    dead = figure.dead_queries(model, Answers(failing="fails"), minutes=5)  # type: ignore[arg-type]
+    assert dead == ["renamed_total: no data: renamed_total",
+                    "histogram_quantile(0.5, x): no data: histogram_quantile(0.5, x)",
+                    "fails: failed (Prometheus at http://127.0.0.1:1: refused the request: bad_data): fails"]

@@ -180,6 +180,33 @@ def render(model: Mapping[str, Any], prometheus: Prometheus, *, minutes: float =
     return fig
 
 
+def dead_queries(model: Mapping[str, Any], prometheus: Prometheus, *, minutes: float = 15.0,
+                 variables: Mapping[str, str | Sequence[str]] | None = None,
+                 end: datetime | None = None) -> list[str]:
+    """The queries of ``model`` that show nothing over the last ``minutes``, each as ``panel: why: query``.
+
+    A query is dead when Prometheus refuses it, returns no series, or only NaN and infinities: the
+    panel would say "No data" (a renamed metric does that). Empty list: every panel has data.
+    """
+    values = values_of(model, variables)
+    step = step_seconds(minutes)
+    window = _Window(prometheus, minutes, f"{step}s", end or datetime.now(UTC), values, rate_interval(step))
+    dead = []
+    for panel in model.get("panels", []):
+        for target in panel.get("targets", []):
+            expr = target.get("expr")
+            if not expr:
+                continue
+            try:
+                frame = window.query(expr)
+            except LabError as exc:
+                dead.append(f"{panel.get('title')}: failed ({exc.message}): {expr}")
+                continue
+            if frame.empty or not np.isfinite(frame["value"].to_numpy(dtype=float)).any():
+                dead.append(f"{panel.get('title')}: no data: {expr}")
+    return dead
+
+
 class _Window:
     """The range every panel is queried over, and its queries' substitutions."""
 
