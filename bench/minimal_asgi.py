@@ -1,4 +1,4 @@
-"""The baseline's upstream: the smallest ASGI app that answers every route of the journey.
+"""The baseline's upstream: the smallest ASGI app that answers every route of the play and of sign-in.
 
 It does no work at all (no database, no hashing, no token checks), so the gateway in front of
 it measures what the gateway, uvicorn and the loopback cost on their own.
@@ -13,8 +13,10 @@ _BODIES = {
     "/login": {"access_token": "t", "refresh_token": "r", "token_type": "bearer", "expires_in": 900},
     "/verify": {"sub": "u", "email": "e"},
     "/titles": {"items": [], "page": 1, "per_page": 20, "total": 0},
-    "/authorizations": {"authorization": "a", "session_id": "0" * 32, "expires_at": "", "key_uri": ""},
+    "/authorizations": {"authorization": "a", "session_id": "0" * 32, "expires_at": "", "key_uri": "",
+                        "playback": []},
 }
+_KEY = b"\0" * 16
 
 
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -22,8 +24,14 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         return
     while (await receive()).get("more_body"):
         pass
-    body = json.dumps(_BODIES.get(scope["path"], {})).encode()
+    path: str = scope["path"]
+    if path.startswith("/keys/"):
+        body, kind = _KEY, b"application/octet-stream"
+    elif path.endswith("/heartbeat"):
+        body, kind = json.dumps({"session_id": "0" * 32, "expires_at": ""}).encode(), b"application/json"
+    else:
+        body, kind = json.dumps(_BODIES.get(path, {})).encode(), b"application/json"
     status = 204 if scope["method"] == "DELETE" else 200
-    headers = [(b"content-type", b"application/json"), (b"x-user-id", b"u")]
+    headers = [(b"content-type", kind), (b"x-user-id", b"u")]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": b"" if status == 204 else body})

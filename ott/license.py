@@ -20,6 +20,7 @@ Run it with ``python -m ott.license``.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import secrets
@@ -31,6 +32,7 @@ from urllib.parse import urlsplit
 
 import httpx
 from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import Counter
 from pydantic import BaseModel, Field, ValidationError
@@ -197,11 +199,11 @@ def _unexpected(who: str, response: httpx.Response) -> ApiError:
                     {"service": who, "status": response.status_code})
 
 
-def _check_entitlement(lic: License, title_id: str, token: str) -> None:
+async def _check_entitlement(lic: License, title_id: str, token: str) -> None:
     """Raise unless subscription says the caller is entitled to ``title_id``."""
     settings = lic.service.settings
-    response = call(lic.service, "GET", f"{settings.subscription_url}/entitlements/{title_id}",
-                    headers={"Authorization": f"Bearer {token}"})
+    response = await call(lic.service, "GET", f"{settings.subscription_url}/entitlements/{title_id}",
+                          headers={"Authorization": f"Bearer {token}"})
     if response.status_code == 404:
         raise ApiError(404, "unknown_title", f"there is no title {title_id!r}")
     if response.status_code == 401:
@@ -240,13 +242,13 @@ def _signing_secret(settings: Settings) -> str | None:
         return None
 
 
-def _playback_urls(lic: License, title_id: str) -> list[SignedUrl]:
+async def _playback_urls(lic: License, title_id: str) -> list[SignedUrl]:
     """The title's playlist signed for every PoP; none when there is no CDN or the title is unpublished."""
     settings = lic.service.settings
     edges, secret = _edges(settings), _signing_secret(settings)
     if not edges or secret is None:
         return []
-    response = call(lic.service, "GET", f"{settings.catalog_url}/titles/{title_id}")
+    response = await call(lic.service, "GET", f"{settings.catalog_url}/titles/{title_id}")
     if response.status_code == 404:
         raise ApiError(404, "unknown_title", f"title {title_id!r} is not in the catalog")
     if response.status_code != 200:
@@ -266,11 +268,11 @@ def _playback_urls(lic: License, title_id: str) -> list[SignedUrl]:
                       expires_at=from_epoch(expires)) for pop, url in sorted(edges.items())]
 
 
-def _open_session(lic: License, body: AuthorizationRequest, token: str) -> str:
+async def _open_session(lic: License, body: AuthorizationRequest, token: str) -> str:
     """A CAS stream session for the caller, or CAS's refusal passed through with its code."""
-    response = call(lic.service, "POST", f"{lic.service.settings.cas_url}/sessions",
-                    headers={"Authorization": f"Bearer {token}"},
-                    json={"title_id": body.title_id, "device_id": body.device_id})
+    response = await call(lic.service, "POST", f"{lic.service.settings.cas_url}/sessions",
+                          headers={"Authorization": f"Bearer {token}"},
+                          json={"title_id": body.title_id, "device_id": body.device_id})
     if response.status_code in _CAS_REFUSALS:
         code, message, details = _error_of(response)
         raise ApiError(response.status_code, code or "cas_denied", message or "conditional access refused", details)
@@ -294,15 +296,24 @@ _playback = HTTPBearer(auto_error=False, scheme_name="PlaybackAuthorization",
 
 @router.post("/authorizations", status_code=201, response_model=PlaybackAuthorization,
              responses=error_responses(_ERRORS, 400, 401, 403, 404, 413, 422, 502, 503, 504))
-def authorize(
+async def authorize(
     body: AuthorizationRequest, user: CurrentUser, token: Annotated[str, Depends(bearer_token)], lic: LicenseState
 ) -> PlaybackAuthorization:
-    """Entitlement, then a CAS session, then a short-lived playback authorisation for the title's key."""
+    """Entitlement, then a CAS session, then a short-lived playback authorisation for the title's key.
+
+    The entitlement and the title's playback URLs are asked for at once (neither needs the other);
+    the CAS session is opened only once both are known, so a refused viewer never holds a stream.
+    """
     context = {"user_id": user.id, "title_id": body.title_id, "device_id": body.device_id}
     try:
-        _check_entitlement(lic, body.title_id, token)
-        playback = _playback_urls(lic, body.title_id)
-        session_id = _open_session(lic, body, token)
+        entitled, playback = await asyncio.gather(_check_entitlement(lic, body.title_id, token),
+                                                  _playback_urls(lic, body.title_id), return_exceptions=True)
+        # The entitlement's refusal comes first, as when the two were asked one after the other.
+        for outcome in (entitled, playback):
+            if isinstance(outcome, BaseException):
+                raise outcome
+        assert isinstance(playback, list)
+        session_id = await _open_session(lic, body, token)
     except ApiError as refusal:
         details = refusal.details if refusal.code == "not_entitled" else None
         lic.decide("deny", refusal.code, status=refusal.status, details=details, **context)
@@ -310,15 +321,21 @@ def authorize(
     authorization = secrets.token_urlsafe(32)
     at = now()
     expires = at + lic.service.settings.playback_ttl
-    with lic.service.engine.begin() as conn:
-        conn.execute(insert(license_authorizations).values(
-            token_sha256=_digest(authorization), user_id=user.id, title_id=body.title_id,
-            device_id=body.device_id, session_id=session_id, created_at=at, expires_at=expires,
-        ))
-        conn.execute(delete(license_authorizations).where(license_authorizations.c.expires_at < at - _KEEP_EXPIRED_S))
+    await run_in_threadpool(_record, lic, authorization, user.id, body, session_id, at, expires)
     lic.decide("grant", "authorized", session_id=session_id, **context)
     return PlaybackAuthorization(authorization=authorization, expires_at=from_epoch(expires), session_id=session_id,
                                  key_uri=lic.key_uri(body.title_id), playback=playback)
+
+
+def _record(lic: License, authorization: str, user_id: str, body: AuthorizationRequest, session_id: str,
+            at: float, expires: float) -> None:
+    """Store the authorisation's digest (a database write: off the event loop, in the thread pool)."""
+    with lic.service.engine.begin() as conn:
+        conn.execute(insert(license_authorizations).values(
+            token_sha256=_digest(authorization), user_id=user_id, title_id=body.title_id,
+            device_id=body.device_id, session_id=session_id, created_at=at, expires_at=expires,
+        ))
+        conn.execute(delete(license_authorizations).where(license_authorizations.c.expires_at < at - _KEEP_EXPIRED_S))
 
 
 _KEY_RESPONSES: Any = {

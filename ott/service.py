@@ -37,6 +37,7 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ott import db
+from ott.calls import Peers
 from ott.errors import ApiError, document_error_bodies, error_body
 from ott.settings import Settings
 
@@ -148,6 +149,8 @@ class Service:
             ["service", "route", "method"], buckets=LATENCY_BUCKETS, registry=self.registry,
         )
         self.engine: Engine = db.connect(settings.database_url)
+        # Clients of the other services, pooled for the service's life (closed on shutdown).
+        self.peers = Peers(settings.call_timeout)
         # Set by ott.security on first use (auth sets its own, key-based, at startup).
         self.verifier: Any = None
 
@@ -206,6 +209,7 @@ def create_app(
         yield
         if on_shutdown is not None:
             on_shutdown(service)
+        await service.peers.aclose()
         service.engine.dispose()
 
     app = _App(title=f"ott {name}", description=description, version="0.1.0", lifespan=lifespan)

@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal, cast
 
 from fastapi import APIRouter, FastAPI, Path, Request, Response
+from fastapi.concurrency import run_in_threadpool
 from prometheus_client import Counter
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy import Column, DateTime, Engine, String, Table, select, update
@@ -169,10 +170,10 @@ def cancel(user: CurrentUser, service: Svc) -> Subscription:
     502: {"description": "the catalog answered unexpectedly"},
     503: {"description": "the catalog is unreachable"}, 504: {"description": "the catalog is too slow"},
 })
-def entitlement(title_id: TitleId, user: CurrentUser, service: Svc, request: Request) -> Entitlement:
+async def entitlement(title_id: TitleId, user: CurrentUser, service: Svc, request: Request) -> Entitlement:
     """Whether the caller may watch ``title_id`` now, and the reason."""
-    required_tier = _title_tier(service, title_id)
-    row = _find(service.engine, user.id)
+    required_tier = await _title_tier(service, title_id)
+    row = await run_in_threadpool(_find, service.engine, user.id)
     plan_id: PlanId | None = None
     reason: Reason
     if row is None:
@@ -191,9 +192,9 @@ def entitlement(title_id: TitleId, user: CurrentUser, service: Svc, request: Req
                        required_tier=required_tier)
 
 
-def _title_tier(service: Service, title_id: str) -> Tier:
+async def _title_tier(service: Service, title_id: str) -> Tier:
     """The tier of ``title_id``, asked of the catalog; 404 ``unknown_title`` if it has no such title."""
-    response = call(service, "GET", f"{service.settings.catalog_url}/titles/{title_id}")
+    response = await call(service, "GET", f"{service.settings.catalog_url}/titles/{title_id}")
     if response.status_code == 404:
         raise ApiError(404, "unknown_title", f"the catalog has no title {title_id!r}")
     if response.status_code != 200:

@@ -144,3 +144,29 @@ def test_state_survives_kill_9_of_every_service(lab: LocalTarget) -> None:
         with pytest.raises(ApiRefused) as refused:
             client.signup("durable@example.com", "durable-password-1")
         assert refused.value.code == "email_taken"
+
+
+def test_pooled_service_calls_survive_a_restarted_peer(lab: LocalTarget, alice: OttClient) -> None:
+    # license keeps pooled connections to subscription and cas, subscription to catalog: a restarted peer
+    # leaves them stale, and the very next authorisation must still work (a new connection, or one retry).
+    def play(device: str) -> None:
+        grant = alice.authorize("lab-clock", device_id=device)
+        alice.end_session(grant["session_id"])
+
+    play("restart-tv")  # every pooled connection of the authorisation's path now exists
+    for peer in ("subscription", "catalog", "cas"):
+        before = {s.name: s.pids for s in lab.status()}[peer]
+        after = lab.restart(peer)
+        assert after.healthy and after.pids != before, peer
+        play("restart-tv")
+    # A crash (SIGKILL) rather than a stop: supervisord brings cas back, and the next call reaches it.
+    old = {s.name: s for s in lab.status()}["cas"].pids
+    lab.kill("cas")
+
+    def cas_back() -> bool:
+        status = {s.name: s for s in lab.status()}["cas"]
+        return status.healthy and bool(status.pids) and status.pids != old
+
+    until(cas_back, 30, 0.2, "cas to come back (healthy, a new pid) after SIGKILL")
+    for _ in range(3):
+        play("restart-tv")

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import json as jsonlib
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,6 +78,11 @@ def metric(client: TestClient, name: str, **labels: str) -> float:
     return 0.0
 
 
+def detached(response: httpx.Response) -> httpx.Response:
+    """``response`` (say, a TestClient's, read already) as an async transport must hand it over."""
+    return httpx.Response(response.status_code, headers=response.headers, content=response.content)
+
+
 def error_code(response: httpx.Response) -> str:
     """The stable ``error.code`` of a JSON error response."""
     body = response.json()
@@ -88,7 +94,7 @@ def error_code(response: httpx.Response) -> str:
 
 @dataclass
 class Upstreams:
-    """Stands in for ``httpx.request`` in ``ott.calls``: a fake subscription, the real CAS app.
+    """The network of license's pooled peers (``transport``): a fake subscription, the real CAS app.
 
     ``entitlements`` maps a title id to the answer for it (absent: 404); ``calls`` records what
     license sent, so tests can check that the user's token was forwarded.
@@ -98,16 +104,23 @@ class Upstreams:
     entitlements: dict[str, dict[str, Any]] = field(default_factory=dict)
     # The catalog's answer per title id (absent: 404).
     titles: dict[str, dict[str, Any]] = field(default_factory=dict)
-    calls: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)
+    calls: list[tuple[str, str, httpx.Headers]] = field(default_factory=list)
     fail: Callable[[str], None] | None = None
 
     def entitle(self, title_id: str, entitled: bool = True, reason: str = "ok") -> None:
         self.entitlements[title_id] = {"title_id": title_id, "entitled": entitled, "reason": reason,
                                        "plan": "basic", "required_tier": "basic"}
 
-    def request(self, method: str, url: str, *, headers: dict[str, str] | None = None, json: Any = None,
-                timeout: float | None = None) -> httpx.Response:
-        self.calls.append((method, url, dict(headers or {})))
+    @property
+    def transport(self) -> httpx.MockTransport:
+        """What ``service.peers.transport`` is set to: every call of license's goes to :meth:`request`."""
+        return httpx.MockTransport(lambda request: detached(self.request(
+            request.method, str(request.url), headers=request.headers, json=jsonlib.loads(request.content)
+            if request.content else None)))
+
+    def request(self, method: str, url: str, *, headers: Mapping[str, str] | None = None,
+                json: Any = None) -> httpx.Response:
+        self.calls.append((method, url, httpx.Headers(headers or {})))
         if self.fail is not None:
             self.fail(url)
         if url.startswith(f"{SUBSCRIPTION_URL}/entitlements/"):

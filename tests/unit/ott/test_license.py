@@ -76,10 +76,11 @@ def open_platform(tmp_path: Path, tokens: Tokens, monkeypatch: pytest.MonkeyPatc
 def platform(tmp_path: Path, tokens: Tokens, monkeypatch: pytest.MonkeyPatch, **overrides: Any) -> Iterator[Platform]:
     settings = make_settings(tmp_path, **overrides)
     upstreams = Upstreams()
-    # ott.calls' own httpx.request: the timeout and error mapping of ott.calls.call stay in the path.
-    monkeypatch.setattr("ott.calls.httpx.request", upstreams.request)
+    license_app = license.build_app(settings)
+    # Under license's pooled peers: their retries, timeout and error mapping stay in the path.
+    license_app.state.service.peers.transport = upstreams.transport
     with running(cas.build_app(settings), tokens) as cas_client, \
-            running(license.build_app(settings), tokens) as license_client:
+            running(license_app, tokens) as license_client:
         upstreams.cas = cas_client
         upstreams.entitle(TITLE)
         yield Platform(license_client, cas_client, upstreams, tokens)

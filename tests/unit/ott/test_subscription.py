@@ -1,17 +1,19 @@
 """subscription: plans, subscribing, cancelling, expiry and entitlement decisions, in-process.
 
 The entitlement check asks the catalog over HTTP; here that call is routed to a real catalog app
-running in-process (``httpx.request`` is patched to reach its TestClient).
+running in-process (the service's pooled peers get a transport that reaches its TestClient).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
+from _fixtures_playback import detached
 from _responses import expect_error
 from fastapi.testclient import TestClient
 
@@ -38,26 +40,38 @@ def catalog_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestCli
         yield client
 
 
+@dataclass
+class CatalogRoute:
+    """The service's calls to http://catalog.test, answered by the in-process catalog (or ``answer``)."""
+
+    catalog: TestClient
+    seen: list[str] = field(default_factory=list)
+    answer: Callable[[httpx.Request], httpx.Response] | None = None
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        assert request.url.host == "catalog.test", request.url
+        assert request.extensions["timeout"]["read"] == 5.0  # calls are bounded by settings.call_timeout
+        self.seen.append(str(request.url))
+        if self.answer is not None:
+            return self.answer(request)
+        return detached(self.catalog.request(request.method, request.url.raw_path.decode(),
+                                             headers=request.headers, content=request.content))
+
+
 @pytest.fixture
-def catalog_calls(catalog_client: TestClient, monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Route the service's calls to http://catalog.test to the in-process catalog; record their URLs."""
-    seen: list[str] = []
-
-    def route(method: str, url: str, **kwargs: Any) -> httpx.Response:
-        parsed = httpx.URL(url)
-        assert parsed.host == "catalog.test", url
-        assert kwargs.get("timeout") == 5.0  # calls are bounded by settings.call_timeout
-        seen.append(url)
-        response: httpx.Response = catalog_client.request(method, parsed.raw_path.decode(),
-                                                          headers=kwargs.get("headers"), json=kwargs.get("json"))
-        return response
-
-    monkeypatch.setattr(httpx, "request", route)
-    return seen
+def catalog_route(catalog_client: TestClient) -> CatalogRoute:
+    return CatalogRoute(catalog_client)
 
 
-def _start(settings: Settings, key: SigningKey) -> TestClient:
+@pytest.fixture
+def catalog_calls(catalog_route: CatalogRoute) -> list[str]:
+    """The URLs of the service's calls to the catalog."""
+    return catalog_route.seen
+
+
+def _start(settings: Settings, key: SigningKey, route: CatalogRoute) -> TestClient:
     app = subscription.build_app(settings)
+    app.state.service.peers.transport = httpx.MockTransport(route)
     client = TestClient(app)
     client.__enter__()
     # Verify tokens with the test's key instead of fetching auth's JWKS.
@@ -66,8 +80,8 @@ def _start(settings: Settings, key: SigningKey) -> TestClient:
 
 
 @pytest.fixture
-def client(settings: Settings, test_key: SigningKey, catalog_calls: list[str]) -> Iterator[TestClient]:
-    client = _start(settings, test_key)
+def client(settings: Settings, test_key: SigningKey, catalog_route: CatalogRoute) -> Iterator[TestClient]:
+    client = _start(settings, test_key, catalog_route)
     try:
         yield client
     finally:
@@ -248,15 +262,15 @@ def test_title_ids_not_matching_the_pattern_are_refused_without_a_catalog_call(
     ],
 )
 def test_a_failing_catalog_is_a_clear_5xx_never_a_crash(client: TestClient, tokens: Any,
-                                                        monkeypatch: pytest.MonkeyPatch,
+                                                        catalog_route: CatalogRoute,
                                                         failure: Exception | httpx.Response, status: int,
                                                         code: str) -> None:
-    def broken(method: str, url: str, **kwargs: Any) -> httpx.Response:
+    def broken(request: httpx.Request) -> httpx.Response:
         if isinstance(failure, Exception):
             raise failure
         return failure
 
-    monkeypatch.setattr(httpx, "request", broken)
+    catalog_route.answer = broken
     _subscribe(client, tokens, "premium")
     expect_error(client.get("/entitlements/tears", headers=tokens.headers()), status, code)
 
@@ -332,14 +346,14 @@ def test_admin_put_refuses_bad_bodies(client: TestClient, internal: dict[str, st
 
 
 def test_subscriptions_survive_a_restart(settings: Settings, test_key: SigningKey, tokens: Any,
-                                         catalog_calls: list[str]) -> None:
-    first = _start(settings, test_key)
+                                         catalog_route: CatalogRoute) -> None:
+    first = _start(settings, test_key, catalog_route)
     try:
         subscribed = _subscribe(first, tokens, "basic")
         first.delete("/subscriptions/me", headers=tokens.headers())
     finally:
         first.__exit__(None, None, None)
-    second = _start(settings, test_key)
+    second = _start(settings, test_key, catalog_route)
     try:
         body = second.get("/subscriptions/me", headers=tokens.headers()).json()
         assert (body["plan"], body["status"], body["expires_at"]) == ("basic", "cancelled", subscribed["expires_at"])
