@@ -10,7 +10,7 @@ A notebook or the CLI holds a :class:`Target` and never asks which kind it is::
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -179,7 +179,15 @@ class Target(abc.ABC):
         By component name, replicas summed; the difference between two calls is the CPU a step of
         load cost. Read from the processes of this machine (:attr:`ComponentStatus.pids`); a
         target whose components are not processes of this machine (pods) raises
-        :class:`MissingCapabilityError`.
+        :class:`MissingCapabilityError`. :meth:`cpu_meter` reads the same often and cheaply.
+        """
+        return self.cpu_meter()()
+
+    def cpu_meter(self) -> Callable[[], dict[str, float]]:
+        """A reader of :meth:`cpu_seconds` for the processes running now, cheap enough to call every 0.1 s.
+
+        It asks for the components' processes once (:meth:`status` probes every component) and then
+        reads only their CPU times (and their children's, found again at each reading).
         """
         import psutil
 
@@ -188,20 +196,33 @@ class Target(abc.ABC):
             raise MissingCapabilityError(
                 self.name, "measure CPU per component", "no component runs as a process of this machine",
                 hint="read CPU per container from the cluster (metrics-server, `kubectl top pods`)")
-        used: dict[str, float] = {}
+        roots: dict[str, list[psutil.Process]] = {}
         for status in statuses:
-            total = 0.0
             for pid in status.pids:
                 try:
-                    root = psutil.Process(pid)
-                    for proc in [root, *root.children(recursive=True)]:
-                        with proc.oneshot():
+                    roots.setdefault(status.name, []).append(psutil.Process(pid))
+                except psutil.NoSuchProcess:
+                    continue  # exited since status(): it uses no more CPU
+
+        def read() -> dict[str, float]:
+            used: dict[str, float] = {}
+            for name, processes in roots.items():
+                total = 0.0
+                for root in processes:
+                    try:
+                        family = [root, *root.children(recursive=True)]
+                    except psutil.Error:
+                        continue  # the component's process is gone: nothing more to count
+                    for proc in family:
+                        try:
                             times = proc.cpu_times()
+                        except psutil.Error:
+                            continue  # a child that exited between the listing and now
                         total += times.user + times.system
-                except psutil.Error:
-                    continue  # exited between status() and now: its CPU is gone with it
-            used[status.name] = total
-        return used
+                used[name] = total
+            return used
+
+        return read
 
     def status_frame(self) -> pd.DataFrame:
         """:meth:`status` as a DataFrame, for a notebook table."""
