@@ -24,6 +24,7 @@ from __future__ import annotations
 import functools
 import json
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -162,6 +163,51 @@ def restart(target_name: str | None, component: str) -> None:
 def scale(target_name: str | None, component: str, replicas: int) -> None:
     """Run REPLICAS copies of COMPONENT (a CDN PoP per edge replica); waits until they are ready."""
     _print_table([_target(target_name).scale(component, replicas)])
+
+
+@main.command()
+@_target_option
+@click.argument("action", type=click.Choice(["on", "off", "status"]))
+@click.option("--scale-down-window", type=click.FloatRange(min=0, max=3600), default=None,
+              help="seconds: shorten every HPA's scaleDown stabilization window (default: the objects' own, 300)")
+@click.option("--decisions", type=click.IntRange(min=0, max=20), default=3, show_default=True,
+              help="how many of each HPA's last decisions to show")
+@click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
+@_handle_errors
+def autoscale(target_name: str | None, action: str, scale_down_window: float | None, decisions: int,
+              as_json: bool) -> None:
+    """Switch the HorizontalPodAutoscalers of k8s/base/autoscaling on or off, or show what they decided.
+
+    On kube the cluster's HPA controller acts on them; locally, labkit's controller applies the same
+    algorithm to the same objects and scales the supervised replicas as `ottlab scale` does.
+    """
+    target = _target(target_name)
+    if action == "status":
+        rows = target.autoscale_status()
+    else:
+        rows = target.autoscale(action == "on", scale_down_window=scale_down_window)
+    if as_json:
+        click.echo(json.dumps([r.as_dict() for r in rows], indent=2))
+        return
+    for r in rows:
+        metrics = ", ".join(
+            f"{m['metric']} {_amount(m.get('current'))}/{_amount(m.get('target'))}" for m in r.metrics)
+        desired = "-" if r.desired is None else r.desired
+        click.echo(f"{r.hpa:<14} {'on ' if r.active else 'off'} replicas {r.current} -> {desired}  {metrics}")
+        for d in r.decisions[-decisions:] if decisions else []:
+            when = "" if d.get("at") is None else time.strftime("%H:%M:%S", time.localtime(float(d["at"])))
+            click.echo(f"    {when} {d.get('current')} -> {d.get('desired')} {d.get('reason')}: {d.get('message')}")
+
+
+def _amount(value: object) -> str:
+    """A metric value for a table: 12.5, 40M, -."""
+    if value is None:
+        return "-"
+    number = float(str(value))
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(number) >= size:
+            return f"{number / size:.3g}{unit}"
+    return f"{number:.3g}"
 
 
 @main.command()

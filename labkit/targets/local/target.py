@@ -7,6 +7,8 @@ import json
 import os
 import re
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
@@ -20,12 +22,13 @@ from labkit.core.config import LabConfig
 from labkit.core.console import progress
 from labkit.core.errors import ComponentFailedError, ConfigError, MissingBinaryError, NotRunningError, TimeoutExpired
 from labkit.core.wait import until
+from labkit.platform import hpa
 from labkit.platform.component import Component
 from labkit.platform.credentials import SIGNING_SECRET_FILE
 from labkit.platform.layer import Layer
 from labkit.platform.layers import cdn, media
 from labkit.platform.readiness import probe
-from labkit.targets.base import ComponentStatus, Target
+from labkit.targets.base import AutoscalerStatus, ComponentStatus, Target
 from labkit.targets.local.labdir import LabDir
 from labkit.targets.local.supervisor import Supervisor, log_tail, program_names
 
@@ -97,6 +100,8 @@ class LocalTarget(Target):
         self.labdir.check()
         if self.labdir.exists():
             with self.labdir.lock():
+                self._stop_autoscaler()
+                (self.cfg.run_dir / "autoscaler.json").unlink(missing_ok=True)
                 if self.supervisor.pid() is not None:
                     progress("stopping every component and the supervisor")
                     self.supervisor.shutdown()
@@ -229,6 +234,138 @@ class LocalTarget(Target):
         if not path.exists():
             return []
         return parse_log_lines(path.read_text(errors="replace").splitlines())
+
+    # -- autoscaling (labkit.targets.local.autoscaling) ------------------------------------------
+
+    def autoscale(self, on: bool, *, scale_down_window: float | None = None,
+                  period: float = hpa.DEFAULT_SYNC_PERIOD) -> list[AutoscalerStatus]:
+        """Start (or stop) labkit's HPA controller for this lab, a process of its own that stops with the lab.
+
+        Before it starts, the HPAs are checked (components, bounds, adapter rules, metrics Prometheus
+        knows): a :class:`ConfigError` says what is wrong. ``period`` is the sync period (15 s).
+        """
+        from labkit.clients.prometheus import Prometheus
+        from labkit.targets.local import autoscaling
+
+        self._require_supervisor()
+        if on:
+            hpas = self.autoscalers(None, scale_down_window)
+            if not hpas:
+                raise ConfigError(f"no HorizontalPodAutoscaler of {hpa.autoscaling_dir()} scales a layer that is up",
+                                  hint="bring up the apis or cdn layer first: ottlab up --layer apis")
+            autoscaling.check(self, hpas, Prometheus(self.endpoint("prometheus")))
+        self._stop_autoscaler()
+        if on:
+            args = ["--period", str(period)]
+            if scale_down_window is not None:
+                args += ["--scale-down-window", str(scale_down_window)]
+            env = {**os.environ, "OTTLAB_TARGET": "local", "OTTLAB_HOME": str(self.cfg.home),
+                   "OTTLAB_BASE_PORT": str(self.cfg.base_port), "OTTLAB_READY_TIMEOUT": str(self.cfg.ready_timeout),
+                   # `down` (and `up` after a crash) stop every process carrying the lab's id: this one too.
+                   "OTTLAB_LAB_ID": self.labdir.lab_id() or ""}
+            self.cfg.log_dir.mkdir(parents=True, exist_ok=True)
+            with (self.cfg.log_dir / "autoscaler.log").open("ab") as log:
+                proc = subprocess.Popen([sys.executable, "-m", "labkit.targets.local.autoscaling", *args],
+                                        env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                        start_new_session=True)
+            (self.cfg.run_dir / autoscaling.PID_FILE).write_text(f"{proc.pid}\n")
+            progress(f"autoscaler started (pid {proc.pid}, a sync every {period:g} s)")
+            state = self.cfg.run_dir / autoscaling.STATE_FILE
+
+            def started() -> bool:
+                if proc.poll() is not None:
+                    raise ComponentFailedError("autoscaler", f"it exited with {proc.returncode}",
+                                               log_tail(self.cfg.log_dir / "autoscaler.log", 15))
+                return autoscaling.read_state(state).get("pid") == proc.pid
+
+            until(started, 30, 0.2, "the autoscaler to start")
+        return self.autoscale_status()
+
+    def autoscale_status(self) -> list[AutoscalerStatus]:
+        from labkit.targets.local import autoscaling
+
+        state = autoscaling.read_state(self.cfg.run_dir / autoscaling.STATE_FILE)
+        active = self._autoscaler_process() is not None
+        rows = []
+        for h in self.autoscalers():
+            mine = (state.get("hpas") or {}).get(h.name, {})
+            decisions = list(mine.get("decisions") or [])
+            last = decisions[-1] if decisions else {}
+            rows.append(AutoscalerStatus(
+                hpa=h.name, target=h.target, active=active,
+                metrics=list(last.get("metrics") or [{"metric": m.name, "current": None, "target": m.target}
+                                                     for m in h.metrics]),
+                current=self.replicas(h.target), desired=last.get("desired"),
+                decisions=[{"at": d.get("since", d.get("wall")), "last": d.get("wall"),
+                            "current": d.get("current"), "desired": d.get("desired"),
+                            "reason": d.get("reason"),
+                            "message": "; ".join(x for x in (d.get("rescale_reason"), d.get("outcome")) if x)}
+                           for d in decisions]))
+        return rows
+
+    def autoscalers(self, directory: Path | None = None, scale_down_window: float | None = None) -> list[hpa.Hpa]:
+        """The HPAs (k8s/base/autoscaling) of the layers that are up, checked, windows shortened if asked."""
+        from labkit.targets.local import autoscaling
+
+        hpas = hpa.load(directory)
+        hpa.check(hpas, self.components)
+        active = set(self._active_layers())
+        return autoscaling.stabilized([h for h in hpas if self.component(h.target).layer in active], scale_down_window)
+
+    def replicas(self, component: str) -> int:
+        """The replicas ``component`` is meant to run now (its declaration, or what `scale` set)."""
+        return next(c.replicas for c in self._scaled_components() if c.name == self.component(component).name)
+
+    def followers(self, component: str) -> list[Component]:
+        """The components that run one replica per replica of ``component`` (a pod's other containers)."""
+        return [c for c in self.components if c.follows == component]
+
+    def replica_pids(self, component: str, replica: int) -> list[int]:
+        """The pids of replica ``replica`` of ``component`` and of its followers (a pod's processes)."""
+        info = self.supervisor.all_info()
+        pids = []
+        for comp in (self.component(component), *self.followers(component)):
+            names = program_names(comp)
+            if replica < len(names) and info.get(names[replica], {}).get("statename") == "RUNNING":
+                pids.append(int(str(info[names[replica]]["pid"])))
+        return pids
+
+    def replica_states(self, component: str) -> dict[int, tuple[bool, bool]]:
+        """``{replica: (running, ready)}``: running under supervisord, answering its readiness probe."""
+        comp = self.component(component)
+        info = self.supervisor.all_info()
+        states = {}
+        for replica, program in enumerate(program_names(comp)):
+            running = info.get(program, {}).get("statename") == "RUNNING"
+            ready = running and probe(comp.url(self.cfg, comp.readiness.port, replica), comp.readiness)[0]
+            states[replica] = (running, ready)
+        return states
+
+    def _autoscaler_process(self) -> psutil.Process | None:
+        from labkit.targets.local import autoscaling
+
+        try:
+            proc = psutil.Process(int((self.cfg.run_dir / autoscaling.PID_FILE).read_text().strip()))
+            # A recycled pid runs something else: only our controller counts.
+            if "labkit.targets.local.autoscaling" in " ".join(proc.cmdline()) and proc.is_running():
+                return proc
+        except (OSError, ValueError, psutil.Error):
+            return None
+        return None
+
+    def _stop_autoscaler(self) -> None:
+        from labkit.targets.local import autoscaling
+
+        proc = self._autoscaler_process()
+        if proc is not None:
+            progress(f"stopping the autoscaler (pid {proc.pid})")
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.terminate()
+            _, alive = psutil.wait_procs([proc], timeout=self.cfg.ready_timeout + 10)
+            for each in alive:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    each.kill()
+        (self.cfg.run_dir / autoscaling.PID_FILE).unlink(missing_ok=True)
 
     # -- internals -----------------------------------------------------------------------
 

@@ -1,0 +1,137 @@
+"""The lab's HorizontalPodAutoscalers on a cluster: applied, deleted and read through the API server.
+
+The objects are the overlay's render of ``k8s/base/autoscaling``; the cluster's own HPA controller
+acts on them (CPU from metrics-server, the custom metrics from prometheus-adapter: ``ottlab addons
+install metrics-server prometheus-adapter``). What the lab reports is the objects' ``status``: the
+metrics' current values, current and desired replicas, and the conditions with their reasons
+(AbleToScale, ScalingActive, ScalingLimited), which say what the controller decided last and why.
+
+Example::
+
+    apply(cluster, "ottlab", objects, components)     # + the checks first
+    status(cluster, "ottlab", objects)                 # one AutoscalerStatus per HPA
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from kubernetes.utils.quantity import parse_quantity
+
+from labkit.core.console import progress
+from labkit.core.errors import ConfigError
+from labkit.platform import hpa
+from labkit.platform.component import Component
+from labkit.targets.base import AutoscalerStatus
+from labkit.targets.kube import manifest
+from labkit.targets.kube.cluster import Cluster, ResourceType
+from labkit.targets.kube.manifest import KubeObject
+
+HPAS = ResourceType(hpa.API_VERSION, hpa.KIND, "horizontalpodautoscalers", namespaced=True)
+
+
+def checked(objects: Sequence[KubeObject], components: Sequence[Component], *,
+            scale_down_window: float | None = None) -> list[KubeObject]:
+    """The rendered HPAs, refused with a ConfigError when one cannot work; windows shortened if asked.
+
+    Each must parse (min <= max ...), name a component within its bounds, name a workload of that
+    kind in the same render, and ask only for custom metrics a prometheus-adapter rule defines.
+    """
+    found = manifest.autoscalers(objects)
+    if not found:
+        raise ConfigError("the rendered manifests hold no HorizontalPodAutoscaler",
+                          hint="k8s/base/kustomization.yaml lists autoscaling among its resources")
+    workloads = {(str(o.get("kind")), manifest.name(o)) for o in objects if o.get("kind") in hpa.WORKLOADS}
+    rules = hpa.adapter_rules()
+    parsed = [hpa.parse(o) for o in found]
+    hpa.check(parsed, components)
+    for obj, h in zip(found, parsed, strict=True):
+        ref = obj["spec"]["scaleTargetRef"]
+        if (ref["kind"], ref["name"]) not in workloads:
+            raise ConfigError(f"HorizontalPodAutoscaler {h.name} scales {ref['kind']} {ref['name']}, "
+                              "which the manifests do not declare",
+                              hint=f"name the kind the component runs as: {_kinds_of(workloads, ref['name'])}")
+        for m in h.metrics:
+            if not m.is_cpu and m.name not in rules:
+                raise ConfigError(f"HorizontalPodAutoscaler {h.name}: no prometheus-adapter rule defines {m.name!r}",
+                                  hint=f"add one to {hpa.adapter_values_file()} (rules.custom, name.as)")
+    if scale_down_window is None:
+        return found
+    shortened = []
+    for obj in found:
+        copied = copy.deepcopy(obj)
+        behavior = copied["spec"].setdefault("behavior", {})
+        behavior.setdefault("scaleDown", {})["stabilizationWindowSeconds"] = int(scale_down_window)
+        shortened.append(copied)
+    return shortened
+
+
+def apply(cluster: Cluster, namespace: str, objects: Sequence[KubeObject]) -> None:
+    """Server-side apply the HPAs (field manager labkit), like ``up`` applies the rest."""
+    for obj in objects:
+        cluster.apply(obj, namespace=namespace)
+        progress(f"  applied {manifest.ref(obj)}")
+
+
+def delete(cluster: Cluster, namespace: str, objects: Sequence[KubeObject]) -> None:
+    """Delete the HPAs; the workloads keep the replicas they have."""
+    for obj in objects:
+        if cluster.delete(HPAS, manifest.name(obj), namespace):
+            progress(f"  deleted {manifest.ref(obj)}")
+
+
+def status(cluster: Cluster, namespace: str, objects: Sequence[KubeObject]) -> list[AutoscalerStatus]:
+    """One row per declared HPA, from the live object's status (inactive when it is not on the cluster)."""
+    rows = []
+    for obj in manifest.autoscalers(objects):
+        declared = hpa.parse(obj)
+        live = cluster.get(HPAS, manifest.name(obj), namespace)
+        if live is None:
+            rows.append(AutoscalerStatus(declared.name, declared.target, False,
+                                         [{"metric": m.name, "current": None, "target": m.target}
+                                          for m in declared.metrics]))
+            continue
+        state = live.get("status") or {}
+        current = _current_metrics(state.get("currentMetrics") or [])
+        metrics = [{"metric": m.name, "current": current.get(m.name), "target": m.target} for m in declared.metrics]
+        decisions = [
+            {"at": _epoch(c.get("lastTransitionTime")), "current": state.get("currentReplicas"),
+             "desired": state.get("desiredReplicas"), "reason": c.get("reason"),
+             "message": f"{c.get('type')}={c.get('status')}: {c.get('message', '')}"}
+            for c in sorted(state.get("conditions") or [], key=lambda c: str(c.get("lastTransitionTime", "")))
+        ]
+        rows.append(AutoscalerStatus(declared.name, declared.target, True, metrics, state.get("currentReplicas"),
+                                     state.get("desiredReplicas"), decisions))
+    return rows
+
+
+def _current_metrics(entries: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """status.currentMetrics by metric name: a utilization in percent, a value as a number."""
+    values: dict[str, float] = {}
+    for entry in entries:
+        if entry.get("type") == "Resource":
+            body = entry.get("resource") or {}
+            now = body.get("current") or {}
+            if "averageUtilization" in now:
+                values[str(body.get("name"))] = float(now["averageUtilization"])
+        elif entry.get("type") == "Pods":
+            body = entry.get("pods") or {}
+            now = body.get("current") or {}
+            if "averageValue" in now:
+                quantity = parse_quantity(now["averageValue"])  # type: ignore[no-untyped-call]
+                values[str((body.get("metric") or {}).get("name"))] = float(quantity)
+    return values
+
+
+def _epoch(stamp: object) -> float | None:
+    if not stamp:
+        return None
+    return datetime.fromisoformat(str(stamp).replace("Z", "+00:00")).timestamp()
+
+
+def _kinds_of(workloads: set[tuple[str, str]], name: str) -> str:
+    kinds = sorted(kind for kind, each in workloads if each == name)
+    return " or ".join(f"{k} {name}" for k in kinds) or f"(no workload named {name})"

@@ -1,0 +1,123 @@
+"""The HorizontalPodAutoscalers on kube: checked offline, applied, read and deleted against the fake API server.
+
+The objects are the kind overlay's render of k8s/base/autoscaling; the API calls go through the
+official client to kmock (test_kube_target's fake cluster), which records what labkit asked.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+from test_kube_target import NAMESPACE, header, running_fake_cluster
+
+from labkit import platform
+from labkit.core.errors import ConfigError
+from labkit.platform import hpa
+from labkit.targets.kube import autoscaling, manifest
+from labkit.targets.kube.cluster import Cluster
+
+HPAS = "autoscaling/v2/horizontalpodautoscalers"
+
+
+@pytest.fixture(scope="module")
+def rendered() -> list[dict[str, Any]]:
+    return manifest.render(manifest.overlay_dir("kind"))
+
+
+def test_up_leaves_the_autoscalers_to_autoscale_on(rendered: list[dict[str, Any]]) -> None:
+    found = manifest.autoscalers(rendered)
+    assert {manifest.name(o) for o in found} == {"auth", "catalog", "subscription", "license", "cas", "edge"}
+    assert manifest.autoscalers(manifest.without_autoscalers(rendered)) == []
+
+
+def test_the_shipped_autoscalers_pass_the_checks(rendered: list[dict[str, Any]]) -> None:
+    objects = autoscaling.checked(rendered, platform.components())
+    by_name = {manifest.name(o): o for o in objects}
+    for obj in objects:
+        ref = obj["spec"]["scaleTargetRef"]
+        # The workload the HPA names is rendered with that kind, and the HPA carries its layer.
+        assert any(o["kind"] == ref["kind"] and manifest.name(o) == ref["name"] for o in rendered)
+        layer = next(c.layer for c in platform.components() if c.name == ref["name"])
+        assert manifest.labels(obj)[manifest.LAYER_LABEL] == layer
+        assert "behavior" in obj["spec"]
+    shortened = autoscaling.checked(rendered, platform.components(), scale_down_window=10)
+    assert {o["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] for o in shortened} == {10}
+    assert by_name["edge"]["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] == 300
+
+
+def _with(rendered: list[dict[str, Any]], name: str, change: dict[str, Any]) -> list[dict[str, Any]]:
+    changed = copy.deepcopy(rendered)
+    for obj in changed:
+        if obj["kind"] == hpa.KIND and manifest.name(obj) == name:
+            obj["spec"].update(change)
+    return changed
+
+
+def test_bad_autoscalers_are_refused_before_anything_is_applied(rendered: list[dict[str, Any]]) -> None:
+    components = platform.components()
+    with pytest.raises(ConfigError, match=r"minReplicas \(3\) is above maxReplicas \(2\)"):
+        autoscaling.checked(_with(rendered, "catalog", {"minReplicas": 3, "maxReplicas": 2}), components)
+    nobody = {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "catalogue"}}
+    with pytest.raises(ConfigError, match="'catalogue', which is no component"):
+        autoscaling.checked(_with(rendered, "catalog", nobody), components)
+    kind = next(o["kind"] for o in rendered if o["kind"] in hpa.WORKLOADS and manifest.name(o) == "edge")
+    other = "Deployment" if kind == "StatefulSet" else "StatefulSet"
+    wrong = {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": other, "name": "edge"}}
+    with pytest.raises(ConfigError, match=f"scales {other} edge, which the manifests do not declare") as err:
+        autoscaling.checked(_with(rendered, "edge", wrong), components)
+    assert f"{kind} edge" in err.value.hint
+    unknown = copy.deepcopy(next(o for o in rendered if manifest.name(o) == "catalog" and o["kind"] == hpa.KIND))
+    unknown["spec"]["metrics"][1]["pods"]["metric"]["name"] = "ott_http_requests_per_week"
+    with pytest.raises(ConfigError, match="no prometheus-adapter rule defines 'ott_http_requests_per_week'"):
+        autoscaling.checked(_with(rendered, "catalog", {"metrics": unknown["spec"]["metrics"]}), components)
+
+
+def test_apply_status_and_delete_through_the_api_server(rendered: list[dict[str, Any]]) -> None:
+    with running_fake_cluster() as fake:
+        cluster = Cluster(fake.api_client)
+        objects = autoscaling.checked(rendered, platform.components())
+        assert not any(row.active for row in autoscaling.status(cluster, NAMESPACE, rendered))
+
+        autoscaling.apply(cluster, NAMESPACE, objects)
+
+        patches = fake.requests("PATCH")
+        assert [r.url.path for r in patches] == [
+            f"/apis/autoscaling/v2/namespaces/{NAMESPACE}/horizontalpodautoscalers/{manifest.name(o)}" for o in objects]
+        for request in patches:
+            assert header(request, "Content-Type") == "application/apply-patch+yaml"
+            assert request.params == {"fieldManager": "labkit", "force": "true"}
+        assert fake.stored(HPAS, "edge") is not None
+        # The cluster's controller writes the status; here, as it would.
+        live = fake.stored(HPAS, "edge")
+        assert live is not None
+        fake.put(HPAS, "edge", {**live, "status": {
+            "currentReplicas": 2, "desiredReplicas": 3,
+            "currentMetrics": [
+                {"type": "Resource", "resource": {"name": "cpu", "current": {"averageUtilization": 35}}},
+                {"type": "Pods", "pods": {"metric": {"name": "ott_edge_egress_bytes_per_second"},
+                                          "current": {"averageValue": "61M"}}}],
+            "conditions": [
+                {"type": "AbleToScale", "status": "True", "reason": "SucceededRescale",
+                 "message": "the HPA controller was able to update the target scale to 3",
+                 "lastTransitionTime": "2026-01-01T10:00:05Z"},
+                {"type": "ScalingLimited", "status": "False", "reason": "DesiredWithinRange",
+                 "message": "the desired count is within the acceptable range",
+                 "lastTransitionTime": "2026-01-01T10:00:00Z"}]}})
+
+        rows = {row.hpa: row for row in autoscaling.status(cluster, NAMESPACE, rendered)}
+        edge = rows["edge"]
+        assert edge.active and (edge.current, edge.desired) == (2, 3)
+        assert edge.metrics == [{"metric": "cpu", "current": 35.0, "target": 80.0},
+                                {"metric": "ott_edge_egress_bytes_per_second", "current": 61e6, "target": 40e6}]
+        assert [d["reason"] for d in edge.decisions] == ["DesiredWithinRange", "SucceededRescale"]
+        assert edge.decisions[-1]["message"].startswith("AbleToScale=True: the HPA controller was able")
+        assert rows["catalog"].active and rows["catalog"].current is None  # no status written yet
+
+        autoscaling.delete(cluster, NAMESPACE, objects)
+
+        deletes = fake.requests("DELETE")
+        assert {r.url.path.rsplit("/", 1)[-1] for r in deletes} == {manifest.name(o) for o in objects}
+        assert fake.stored(HPAS, "edge") is None
+        assert not any(row.active for row in autoscaling.status(cluster, NAMESPACE, rendered))
