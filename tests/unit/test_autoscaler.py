@@ -266,3 +266,88 @@ def test_min_above_max_and_malformed_objects_are_refused() -> None:
             "name": "memory", "target": {"type": "Utilization", "averageUtilization": 80}}}]))
     with pytest.raises(ConfigError, match="selectPolicy"):
         hpa_mod.parse(_object(behavior={"scaleDown": {"selectPolicy": "Largest"}}))
+
+
+# -- the local controller, on a stand-in target and Prometheus ------------------------------------
+
+
+class _Prometheus:
+    """Answers the adapter rule's query with recorded per-replica values, and remembers the query."""
+
+    url = "http://stand-in"
+
+    def __init__(self, rows: list[dict[str, Any]]) -> None:
+        self.rows = rows
+        self.queries: list[str] = []
+
+    def query(self, promql: str) -> Any:
+        import pandas as pd
+
+        self.queries.append(promql)
+        return pd.DataFrame(self.rows)
+
+
+class _Target:
+    """The few LocalTarget methods the controller uses, over a replica count it scales."""
+
+    def __init__(self, count: int) -> None:
+        from labkit import platform
+        from labkit.core.config import LabConfig
+
+        self.cfg = LabConfig(base_port=40000)
+        self.components = platform.components()
+        self.count = count
+        self.scaled: list[int] = []
+
+    def component(self, name: str) -> Any:
+        return next(c for c in self.components if c.name == name)
+
+    def followers(self, name: str) -> list[Any]:
+        return [c for c in self.components if c.follows == name]
+
+    def replicas(self, name: str) -> int:
+        return self.count
+
+    def replica_states(self, name: str) -> dict[int, tuple[bool, bool]]:
+        return {i: (True, True) for i in range(self.count)}
+
+    def replica_pids(self, name: str, replica: int) -> list[int]:
+        return []
+
+    def scale(self, name: str, replicas: int) -> None:
+        self.scaled.append(replicas)
+        self.count = replicas
+
+
+def test_the_controller_reads_the_adapter_rule_per_replica_and_scales() -> None:
+    """A recorded series of catalog's requests/s per replica (the lab's own HPA: 50 per replica, one pod
+    per 15 s up): each sync's decision is ceil(current × mean / 50) bounded by the policy, and the
+    controller scales to it."""
+    from labkit.targets.local.autoscaling import Controller
+
+    catalog = next(h for h in hpa_mod.load() if h.name == "catalog")
+    only_requests = Hpa(catalog.name, catalog.target, catalog.min_replicas, catalog.max_replicas,
+                        (catalog.metrics[1],), catalog.scale_up, catalog.scale_down)
+    target = _Target(1)
+    port = target.component("catalog").local_port(target.cfg, "http", 0)
+    # Recorded: 182 requests/s on the one replica, then 2 replicas sharing ~190/s, then the load gone.
+    series = [[182.0], [95.0, 96.0], [97.0, 93.0, 0.0], [1.2, 1.1, 1.0]]
+    prometheus = _Prometheus([])
+    clock = Clock()
+    controller = Controller(target, [only_requests], prometheus, clock=clock)  # type: ignore[arg-type]
+    decisions = []
+    for values in series:
+        prometheus.rows = [{"instance": f"127.0.0.1:{port + i}", "value": v} for i, v in enumerate(values)]
+        decisions += controller.sync()
+        clock.now += 15
+    assert prometheus.queries[0] == 'sum(rate(ott_http_requests_total{job=~"catalog"}[1m])) by (instance)'
+    assert [(d.current, d.proposed, d.desired) for d in decisions] == [
+        (1, 4, 2),  # ceil(1 × 182/50) = 4, one pod per 15 s: 2 (ScaleUpLimit)
+        (2, 4, 3),  # mean 95.5: ceil(2 × 1.91) = 4; one more is maxReplicas (TooManyReplicas, as horizontal.go says)
+        (3, 4, 3),  # mean 63.3 (the new replica at 0): ceil(3 × 1.27) = 4, capped at maxReplicas 3
+        (3, 1, 3),  # idle: 1 proposed, held by the 300 s scale-down window
+    ]
+    assert [d.reason for d in decisions] == ["ScaleUpLimit", "TooManyReplicas", "TooManyReplicas",
+                                             "ScaleDownStabilized"]
+    assert target.scaled == [2, 3]
+    assert controller.decisions["catalog"][0]["rescale_reason"] == "ott_http_requests_per_second above target"
