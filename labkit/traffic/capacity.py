@@ -1,0 +1,169 @@
+"""The capacity ramp: an audience played in steps of growing size, measured step by step.
+
+Each step is one run of the viewer simulator (:mod:`labkit.traffic.audience`): ``viewers``
+viewers arrive within ``arrivals_s`` seconds and play for ``step_seconds``. Around each step the
+target's CPU seconds per component are read (:meth:`~labkit.targets.base.Target.cpu_seconds`),
+so the step's row says how many cores each component used; the simulator's own CPU is the
+:data:`~labkit.analysis.capacity.GENERATOR` column (it runs on the same machine). The rows and
+what to read from them are :mod:`labkit.analysis.capacity`'s::
+
+    ramp = capacity.ramp(target, "lab-clock", steps=[25, 50, 100, 200], step_seconds=15)
+    ramp.steps, ramp.cpu            # one row per step
+    ramp.table()                    # knee, viewers per core, Gbit/s per core, what saturated
+
+Bounded: the largest step is checked against the sockets this machine can open before the
+first step starts (:func:`labkit.traffic.loadtest.check_sockets`), each step ends after
+``step_seconds`` (the simulator's own bound), and a ramp may stop at the first step past the
+knee (``stop_after_knee``), as there is nothing more to learn by pushing further.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import psutil
+
+from labkit.analysis import capacity as analysis
+from labkit.core.console import progress
+from labkit.core.errors import ConfigError
+from labkit.targets.base import Target
+from labkit.traffic import audience, loadtest
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from matplotlib.figure import Figure
+
+MAX_STEPS = 20
+
+
+@dataclass
+class Ramp:
+    """A finished ramp: ``steps`` (:data:`~labkit.analysis.capacity.STEP_COLUMNS`), ``cpu`` and ``peak``.
+
+    ``cpu``: the cores each component used on average over each step; ``peak``: the most over any
+    second of it. Both have the load generator's and the rest of the machine's columns too.
+    """
+
+    steps: pd.DataFrame
+    cpu: pd.DataFrame
+    peak: pd.DataFrame
+    cores: int
+    segment_s: float
+    shares: dict[str, float]
+    slo: analysis.Slo = analysis.SLO
+
+    def knee(self) -> analysis.Knee | None:
+        return analysis.knee(self.steps, self.slo, segment_s=self.segment_s)
+
+    def table(self) -> dict[str, Any]:
+        return analysis.table(self.steps, self.cpu, self.peak, cores=self.cores, slo=self.slo, segment_s=self.segment_s,
+                              shares=self.shares)
+
+    def curve(self, heading: str = "Capacity curve") -> Figure:
+        return analysis.curve(self.steps, self.cpu, self.knee(), self.slo, heading=heading)
+
+
+def _check_steps(steps: Sequence[int], step_seconds: float, arrivals_s: float) -> None:
+    if not steps or len(steps) > MAX_STEPS:
+        raise ConfigError(f"a ramp has 1 to {MAX_STEPS} steps, got {len(steps)}", hint="e.g. steps=[25, 50, 100]")
+    for n in steps:
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ConfigError(f"a step of {n!r} viewers: each step is a whole number of viewers, at least 1",
+                              hint="e.g. steps=[25, 50, 100]")
+    if list(steps) != sorted(set(steps)):
+        raise ConfigError(f"steps {list(steps)} must grow: each larger than the one before",
+                          hint="e.g. steps=[25, 50, 100]")
+    if n > audience.MAX_VIEWERS:
+        raise ConfigError(f"a step of {n} viewers is above the simulator's bound of {audience.MAX_VIEWERS}")
+    if not (isinstance(step_seconds, int | float) and math.isfinite(step_seconds) and 2 <= step_seconds <= 600):
+        raise ConfigError(f"step_seconds={step_seconds!r} must be from 2 to 600 seconds", hint="e.g. 15")
+    if not (isinstance(arrivals_s, int | float) and 0 <= arrivals_s < step_seconds):
+        raise ConfigError(f"arrivals_s={arrivals_s!r} must be at least 0 and less than step_seconds ({step_seconds})")
+
+
+def ramp(target: Target, title: str, steps: Sequence[int], step_seconds: float, *, arrivals_s: float = 2.0,
+         max_buffer_s: float = 8.0, segment_s: float = 4.0, abr: str = "ewma", seed: int = 0,
+         stop_after_knee: bool = True, slo: analysis.Slo = analysis.SLO,
+         budget: loadtest.SocketBudget | None = None) -> Ramp:
+    """Play ``steps`` audiences of ``title`` one after the other, each for ``step_seconds``; the :class:`Ramp`.
+
+    Viewers of a step arrive within ``arrivals_s`` (a crowd at kick-off) and keep at most
+    ``max_buffer_s`` buffered, so after their start they fetch one segment per segment duration, as
+    real players do. Bad input (steps that do not grow, a step larger than the machine can open
+    sockets for) raises :class:`ConfigError` before any viewer starts.
+    """
+    import pandas as pd
+
+    _check_steps(steps, step_seconds, arrivals_s)
+    loadtest.check_sockets(max(steps), per_viewer=audience.VIEWER_CONNECTIONS, budget=budget)
+    gateway = target.endpoint("gateway")
+    shares = {s.name: float(max(1, s.replicas)) for s in target.status() if s.pids}
+    rows: list[dict[str, Any]] = []
+    cpu_rows: list[dict[str, float]] = []
+    meter = target.cpu_meter()
+    peak_rows: list[dict[str, float]] = []
+    for i, viewers in enumerate(steps):
+        with _Sampler(meter) as sampler:
+            run = audience.run(gateway, title, viewers, step_seconds, arrivals_s=arrivals_s,
+                               max_buffer_s=max_buffer_s, abr=abr, seed=seed + i, beacons=False)
+        cores = sampler.mean()
+        cpu_rows.append(cores)
+        peak_rows.append(analysis.peak_cores(sampler.samples))
+        row = analysis.step_row(viewers, step_seconds, run.sessions, run.requests, cores[analysis.GENERATOR])
+        rows.append(row)
+        platform = sum(v for k, v in cores.items() if k not in analysis.NOT_PLATFORM)
+        progress(f"step {i + 1}/{len(steps)}: {viewers} viewers, startup p95 {row['startup_p95_s']:.2f} s, "
+                 f"rebuffering {row['rebuffering_ratio']:.2%}, {row['egress_gbps']:.3f} Gbit/s; cores: platform "
+                 f"{platform:.2f}, simulator {cores[analysis.GENERATOR]:.2f} (peak "
+                 f"{peak_rows[-1][analysis.GENERATOR]:.2f}), rest of the machine {cores[analysis.OTHER]:.2f}")
+        if stop_after_knee and slo.breaches(row, segment_s):
+            break
+    frame = pd.DataFrame(rows, columns=analysis.STEP_COLUMNS)
+    cpu, peak = pd.DataFrame(cpu_rows).fillna(0.0), pd.DataFrame(peak_rows).fillna(0.0)
+    busy = peak.drop(columns=list(analysis.NOT_PLATFORM)).max()
+    # Components that never used a hundredth of a core only clutter the table.
+    keep = [*busy[busy >= 0.01].index, *analysis.NOT_PLATFORM]
+    return Ramp(frame, cpu[keep], peak[keep], os.cpu_count() or 1, segment_s, shares, slo)
+
+
+class _Sampler:
+    """Reads the platform's CPU, this process' (the simulator) and the machine's every ``interval`` s meanwhile."""
+
+    def __init__(self, meter: Callable[[], dict[str, float]], interval: float = 0.5) -> None:
+        self.meter = meter
+        self.interval = interval
+        self.samples: list[tuple[float, dict[str, float]]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="capacity-cpu-sampler", daemon=True)
+
+    def _sample(self) -> None:
+        used = self.meter()
+        used[analysis.GENERATOR] = time.process_time()
+        machine = psutil.cpu_times()
+        busy = machine.user + machine.nice + machine.system + machine.irq + machine.softirq + machine.steal
+        used[analysis.OTHER] = busy - sum(used.values())
+        self.samples.append((time.monotonic(), used))
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):  # the sampler's pace, not a synchronisation
+            self._sample()
+
+    def __enter__(self) -> _Sampler:
+        self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5 * self.interval + 5)
+        self._sample()
+
+    def mean(self) -> dict[str, float]:
+        (t0, first), (t1, last) = self.samples[0], self.samples[-1]
+        return {name: max(0.0, last.get(name, 0.0) - used) / (t1 - t0) for name, used in first.items()}
