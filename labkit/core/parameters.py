@@ -94,6 +94,16 @@ LESSONS: dict[str, Lesson] = {
         "SEED": Range(-(2**63), 2**63 - 1, whole=True, hint="any integer, e.g. 7"),
         "WAIT_SECONDS": _WAIT,
     }, title_hint=f"{_TITLE_HINT}, at most 58 characters, e.g. 'lab-clock-qoe'", encrypted=True),
+    "07-load-autoscaling": Lesson({
+        "SAMPLE_SECONDS": Range(8, 600, unit="seconds", hint="20 s: five segments per viewer; the test uses 12"),
+        "K6_VUS": Range(1, 200, whole=True, hint="k6's viewers: 10 shows the journey; the test uses 4"),
+        "K6_SECONDS": Range(2, 600, unit="seconds", hint="how long k6 keeps its viewers playing; 20 s is plenty"),
+        "VIEWERS_FROM": Range(1, 10_000, whole=True, hint="the ramp's first step, e.g. 100"),
+        "VIEWERS_TO": Range(1, 10_000, whole=True, hint="the largest step, e.g. 3200 (doubling from VIEWERS_FROM)"),
+        "STEP_SECONDS": Range(4, 600, unit="seconds", hint="how long each step plays; 12 s is enough"),
+        "SEED": Range(-(2**63), 2**63 - 1, whole=True, hint="any integer, e.g. 7"),
+        "WAIT_SECONDS": _WAIT,
+    }, title_hint=f"{_TITLE_HINT}, e.g. 'lab-clock-load'"),
 }
 
 
