@@ -212,6 +212,17 @@ def check(hpas: Sequence[Hpa], components: Iterable[Component]) -> None:
                 hint=f"make maxReplicas at most {comp.max_replicas}")
 
 
+def check_metric_targets(hpas: Sequence[Hpa], metric_targets: Mapping[str, float] | None) -> None:
+    """Every metric named in ``metric_targets`` is one an HPA scales on, with a positive target."""
+    known = {m.name for h in hpas for m in h.metrics}
+    for name, value in (metric_targets or {}).items():
+        if name not in known:
+            raise ConfigError(f"no HorizontalPodAutoscaler scales on {name!r}",
+                              hint=f"name one of: {', '.join(sorted(known))}")
+        if not value > 0:
+            raise ConfigError(f"the target of {name} must be positive, not {value!r}", hint="e.g. 2e6")
+
+
 # -- the custom metrics: prometheus-adapter's rules ---------------------------------------------
 
 

@@ -159,12 +159,14 @@ class Target(abc.ABC):
     def access_log(self, pop: str) -> list[dict[str, Any]]:
         """The requests PoP ``pop`` (``edge-0``) logged, one dict per JSON line of its access log; ``[]`` before any."""
 
-    def autoscale(self, on: bool, *, scale_down_window: float | None = None) -> list[AutoscalerStatus]:
+    def autoscale(self, on: bool, *, scale_down_window: float | None = None,
+                  metric_targets: Mapping[str, float] | None = None) -> list[AutoscalerStatus]:
         """Switch the lab's HorizontalPodAutoscalers (k8s/base/autoscaling) on or off; their status after.
 
         Kubernetes' controller acts on kube; labkit's, on the same objects and algorithm, locally.
         ``scale_down_window`` (seconds) shortens every scaleDown stabilization window, for a lesson
-        that cannot wait the default 300 s; where the target cannot, it says so.
+        that cannot wait the default 300 s; ``metric_targets`` replaces the target of the metrics it
+        names (``{"ott_edge_egress_bytes_per_second": 2e6}``), for a machine too small to reach them.
         """
         raise MissingCapabilityError(self.name, "autoscale", "it has no autoscaler", hint="scale by hand: ottlab scale")
 

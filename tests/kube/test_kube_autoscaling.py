@@ -42,8 +42,14 @@ def test_the_shipped_autoscalers_pass_the_checks(rendered: list[dict[str, Any]])
         layer = next(c.layer for c in platform.components() if c.name == ref["name"])
         assert manifest.labels(obj)[manifest.LAYER_LABEL] == layer
         assert "behavior" in obj["spec"]
-    shortened = autoscaling.checked(rendered, platform.components(), scale_down_window=10)
+    shortened = autoscaling.checked(rendered, platform.components(), scale_down_window=10,
+                                    metric_targets={"ott_edge_egress_bytes_per_second": 2e6, "cpu": 60})
     assert {o["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] for o in shortened} == {10}
+    edge = next(o for o in shortened if manifest.name(o) == "edge")
+    assert edge["spec"]["metrics"][1]["pods"]["target"] == {"type": "AverageValue", "averageValue": "2000000"}
+    assert {o["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"] for o in shortened} == {60}
+    with pytest.raises(ConfigError, match="no HorizontalPodAutoscaler scales on 'memory'"):
+        autoscaling.checked(rendered, platform.components(), metric_targets={"memory": 1.0})
     assert by_name["edge"]["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] == 300
 
 

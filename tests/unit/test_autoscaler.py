@@ -351,3 +351,18 @@ def test_the_controller_reads_the_adapter_rule_per_replica_and_scales() -> None:
                                              "ScaleDownStabilized"]
     assert target.scaled == [2, 3]
     assert controller.decisions["catalog"][0]["rescale_reason"] == "ott_http_requests_per_second above target"
+
+
+def test_a_lesson_may_shorten_the_window_and_lower_a_metric_target() -> None:
+    from labkit.targets.local.autoscaling import adjusted
+
+    hpas = hpa_mod.load()
+    changed = adjusted(hpas, 20, {"ott_edge_egress_bytes_per_second": 2e6})
+    assert {h.scale_down.stabilization_window_seconds for h in changed} == {20}
+    edge = next(h for h in changed if h.target == "edge")
+    assert [m.target for m in edge.metrics] == [80.0, 2e6]
+    assert adjusted(hpas) == hpas
+    with pytest.raises(ConfigError, match="no HorizontalPodAutoscaler scales on 'ott_egress'"):
+        hpa_mod.check_metric_targets(hpas, {"ott_egress": 1.0})
+    with pytest.raises(ConfigError, match="must be positive"):
+        hpa_mod.check_metric_targets(hpas, {"cpu": 0.0})

@@ -15,7 +15,7 @@ Example::
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -34,8 +34,9 @@ HPAS = ResourceType(hpa.API_VERSION, hpa.KIND, "horizontalpodautoscalers", names
 
 
 def checked(objects: Sequence[KubeObject], components: Sequence[Component], *,
-            scale_down_window: float | None = None) -> list[KubeObject]:
-    """The rendered HPAs, refused with a ConfigError when one cannot work; windows shortened if asked.
+            scale_down_window: float | None = None,
+            metric_targets: Mapping[str, float] | None = None) -> list[KubeObject]:
+    """The rendered HPAs, refused with a ConfigError when one cannot work; adjusted as ``Target.autoscale`` asks.
 
     Each must parse (min <= max ...), name a component within its bounds, name a workload of that
     kind in the same render, and ask only for custom metrics a prometheus-adapter rule defines.
@@ -58,15 +59,24 @@ def checked(objects: Sequence[KubeObject], components: Sequence[Component], *,
             if not m.is_cpu and m.name not in rules:
                 raise ConfigError(f"HorizontalPodAutoscaler {h.name}: no prometheus-adapter rule defines {m.name!r}",
                                   hint=f"add one to {hpa.adapter_values_file()} (rules.custom, name.as)")
-    if scale_down_window is None:
-        return found
-    shortened = []
+    hpa.check_metric_targets(parsed, metric_targets)
+    adjusted = []
     for obj in found:
         copied = copy.deepcopy(obj)
-        behavior = copied["spec"].setdefault("behavior", {})
-        behavior.setdefault("scaleDown", {})["stabilizationWindowSeconds"] = int(scale_down_window)
-        shortened.append(copied)
-    return shortened
+        if scale_down_window is not None:
+            behavior = copied["spec"].setdefault("behavior", {})
+            behavior.setdefault("scaleDown", {})["stabilizationWindowSeconds"] = int(scale_down_window)
+        for entry in copied["spec"]["metrics"]:
+            body = entry.get("resource") or entry.get("pods") or {}
+            name = str(body.get("name") or (body.get("metric") or {}).get("name"))
+            if metric_targets and name in metric_targets:
+                goal = body["target"]
+                if goal.get("type") == "Utilization":
+                    goal["averageUtilization"] = round(metric_targets[name])
+                else:
+                    goal["averageValue"] = _quantity(metric_targets[name])
+        adjusted.append(copied)
+    return adjusted
 
 
 def apply(cluster: Cluster, namespace: str, objects: Sequence[KubeObject]) -> None:
@@ -124,6 +134,11 @@ def _current_metrics(entries: Sequence[dict[str, Any]]) -> dict[str, float]:
                 quantity = parse_quantity(now["averageValue"])  # type: ignore[no-untyped-call]
                 values[str((body.get("metric") or {}).get("name"))] = float(quantity)
     return values
+
+
+def _quantity(value: float) -> str:
+    """A Kubernetes quantity for ``value``: whole numbers as they are, else in milli-units (``1500m``)."""
+    return str(int(value)) if float(value).is_integer() else f"{round(value * 1000)}m"
 
 
 def _epoch(stamp: object) -> float | None:

@@ -235,11 +235,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--tolerance", type=float, default=hpa_mod.DEFAULT_TOLERANCE)
     parser.add_argument("--scale-down-window", type=float, default=None,
                         help="seconds; overrides every HPA's scaleDown.stabilizationWindowSeconds")
+    parser.add_argument("--metric-target", action="append", default=[], metavar="METRIC=VALUE",
+                        help="replace the target of METRIC in every HPA (repeatable)")
     parser.add_argument("--hpa-dir", type=Path, default=None)
     args = parser.parse_args(argv)
+    metric_targets = {name: float(value) for name, value in (t.split("=", 1) for t in args.metric_target)}
     target = make_target(target="local")
     assert isinstance(target, LocalTarget)
-    hpas = target.autoscalers(args.hpa_dir, args.scale_down_window)
+    hpas = target.autoscalers(args.hpa_dir, args.scale_down_window, metric_targets)
     prometheus = Prometheus(target.endpoint("prometheus"))
     controller = Controller(target, hpas, prometheus, tolerance=args.tolerance)
     state = target.cfg.run_dir / STATE_FILE
@@ -264,14 +267,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def stabilized(hpas: Sequence[Hpa], scale_down_window: float | None) -> list[Hpa]:
-    """``hpas`` with every scaleDown window set to ``scale_down_window`` seconds (a lesson's shortened wait)."""
-    if scale_down_window is None:
-        return list(hpas)
+def adjusted(hpas: Sequence[Hpa], scale_down_window: float | None = None,
+             metric_targets: Mapping[str, float] | None = None) -> list[Hpa]:
+    """``hpas`` with every scaleDown window set to ``scale_down_window`` seconds and the targets of the
+    metrics named in ``metric_targets`` replaced (a lesson's shortened wait, a small machine's load)."""
     from dataclasses import replace
 
-    return [replace(h, scale_down=replace(h.scale_down, stabilization_window_seconds=int(scale_down_window)))
-            for h in hpas]
+    adjusted = []
+    for h in hpas:
+        if scale_down_window is not None:
+            h = replace(h, scale_down=replace(h.scale_down, stabilization_window_seconds=int(scale_down_window)))
+        if metric_targets:
+            h = replace(h, metrics=tuple(replace(m, target=float(metric_targets.get(m.name, m.target)))
+                                         for m in h.metrics))
+        adjusted.append(h)
+    return adjusted
 
 
 def read_state(path: Path) -> Mapping[str, Any]:

@@ -238,6 +238,7 @@ class LocalTarget(Target):
     # -- autoscaling (labkit.targets.local.autoscaling) ------------------------------------------
 
     def autoscale(self, on: bool, *, scale_down_window: float | None = None,
+                  metric_targets: Mapping[str, float] | None = None,
                   period: float = hpa.DEFAULT_SYNC_PERIOD) -> list[AutoscalerStatus]:
         """Start (or stop) labkit's HPA controller for this lab, a process of its own that stops with the lab.
 
@@ -249,7 +250,7 @@ class LocalTarget(Target):
 
         self._require_supervisor()
         if on:
-            hpas = self.autoscalers(None, scale_down_window)
+            hpas = self.autoscalers(None, scale_down_window, metric_targets)
             if not hpas:
                 raise ConfigError(f"no HorizontalPodAutoscaler of {hpa.autoscaling_dir()} scales a layer that is up",
                                   hint="bring up the apis or cdn layer first: ottlab up --layer apis")
@@ -259,6 +260,8 @@ class LocalTarget(Target):
             args = ["--period", str(period)]
             if scale_down_window is not None:
                 args += ["--scale-down-window", str(scale_down_window)]
+            for name, value in (metric_targets or {}).items():
+                args += ["--metric-target", f"{name}={value!r}"]
             env = {**os.environ, "OTTLAB_TARGET": "local", "OTTLAB_HOME": str(self.cfg.home),
                    "OTTLAB_BASE_PORT": str(self.cfg.base_port), "OTTLAB_READY_TIMEOUT": str(self.cfg.ready_timeout),
                    # `down` (and `up` after a crash) stop every process carrying the lab's id: this one too.
@@ -303,14 +306,17 @@ class LocalTarget(Target):
                            for d in decisions]))
         return rows
 
-    def autoscalers(self, directory: Path | None = None, scale_down_window: float | None = None) -> list[hpa.Hpa]:
-        """The HPAs (k8s/base/autoscaling) of the layers that are up, checked, windows shortened if asked."""
+    def autoscalers(self, directory: Path | None = None, scale_down_window: float | None = None,
+                    metric_targets: Mapping[str, float] | None = None) -> list[hpa.Hpa]:
+        """The HPAs (k8s/base/autoscaling) of the layers that are up, checked, adjusted as :meth:`autoscale` asks."""
         from labkit.targets.local import autoscaling
 
         hpas = hpa.load(directory)
         hpa.check(hpas, self.components)
+        hpa.check_metric_targets(hpas, metric_targets)
         active = set(self._active_layers())
-        return autoscaling.stabilized([h for h in hpas if self.component(h.target).layer in active], scale_down_window)
+        return autoscaling.adjusted([h for h in hpas if self.component(h.target).layer in active],
+                                    scale_down_window, metric_targets)
 
     def replicas(self, component: str) -> int:
         """The replicas ``component`` is meant to run now (its declaration, or what `scale` set)."""
