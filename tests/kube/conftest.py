@@ -30,6 +30,18 @@ def _real_cluster_problem() -> str:
 
 
 @pytest.fixture(autouse=True)
+def _viewers_through_port_forwards(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Offline, the lab's node ports answer nowhere: the kube target gives viewers port-forwards.
+
+    Without this, an overlay that declares a public host (kind, k3d) would first wait for its node
+    ports to answer (labkit.targets.kube.entry). Tests of that choice set OTTLAB_KUBE_ENTRY themselves;
+    ``kube``-marked tests, on a real cluster, keep the overlay's choice.
+    """
+    if request.node.get_closest_marker("kube") is None:
+        monkeypatch.setenv("OTTLAB_KUBE_ENTRY", "forwards")
+
+
+@pytest.fixture(autouse=True)
 def _needs_a_real_cluster(request: pytest.FixtureRequest) -> None:
     """Skip a ``@pytest.mark.kube`` test unless KUBECONFIG points at a cluster that answers."""
     if request.node.get_closest_marker("kube") is None:

@@ -29,7 +29,7 @@ from labkit.platform.component import Component
 from labkit.platform.layers import apis
 from labkit.platform.layers.apis import gateway
 from labkit.platform.layers.apis.routes import MAX_BODY_BYTES
-from labkit.targets.kube import manifest, secrets
+from labkit.targets.kube import entry, manifest, secrets
 from ott import tokens
 
 # Where the manifests put what the declaration keeps under the lab directory.
@@ -63,12 +63,22 @@ def container(component: Component) -> dict[str, Any]:
     return dict(found)
 
 
+def public_ref(key: str) -> str:
+    """How :func:`env_of` shows a value read from the kube target's ConfigMap ott-public (a viewer's URL)."""
+    return f"configmap/{entry.PUBLIC_CONFIG}[{key}]"
+
+
 def env_of(component: Component) -> dict[str, str]:
+    """The container's environment; a value from ott-public as :func:`public_ref`, the only reference allowed."""
     entries = container(component)["env"]
-    assert all("value" in e for e in entries), "plain values only: the declaration has no references"
+    for e in entries:
+        if "value" not in e:
+            ref = e["valueFrom"]["configMapKeyRef"]
+            assert ref["name"] == entry.PUBLIC_CONFIG and "optional" not in ref, e
     names = [e["name"] for e in entries]
     assert len(set(names)) == len(names), f"{component.name}: a variable is set twice"
-    return {e["name"]: e["value"] for e in entries}
+    return {e["name"]: e["value"] if "value" in e else public_ref(e["valueFrom"]["configMapKeyRef"]["key"])
+            for e in entries}
 
 
 def volume_at(component: Component, path: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -100,6 +110,8 @@ CLUSTER_PATHS = {
     "OTT_SERVICE_TOKEN_FILE": TOKEN_FILE,
     "OTT_SIGNING_SECRET_FILE": "/var/run/ott/signing/secret",
     "OTT_EDGES_FILE": "/etc/ott/edges/edges.json",
+    # The URLs license writes for viewers: the lab's public entry, which the kube target writes.
+    "OTT_PUBLIC_URL": public_ref(entry.GATEWAY_KEY),
 }
 
 

@@ -38,7 +38,8 @@ LAYER = cdn.LAYER.name
 
 
 def deployment() -> dict[str, Any]:
-    return only("Deployment", cdn.EDGE.name)
+    """The edge's workload: a StatefulSet, so that its pods (the PoPs) are edge-0, edge-1 ..."""
+    return only("StatefulSet", cdn.EDGE.name)
 
 
 def container_named(name: str) -> dict[str, Any]:
@@ -198,14 +199,37 @@ def test_one_pod_per_pop() -> None:
     # A PoP is named by its pod's hostname: the pod must not set one of its own.
     assert "hostname" not in pod_spec(deployment())
     assert "X-PoP $hostname" in cdn.render_kube()
+    # A StatefulSet's pods are <name>-<ordinal>: the local target's PoP ids, edge-0, edge-1 ...
+    assert [cdn.pop_id(i) for i in range(2)] == ["edge-0", "edge-1"]
+    assert deployment()["spec"]["podManagementPolicy"] == "Parallel"
+    assert deployment()["spec"]["serviceName"] == cdn.EDGE.name
+
+
+def test_each_pop_has_a_service_of_its_own_at_a_node_port() -> None:
+    """edge-N selects the pod edge-N alone, on its http port, at node port 30000 + its local offset."""
+    pod_labels = pod_spec_labels = deployment()["spec"]["template"]["metadata"]["labels"]
+    services = [o for o in base() if o["kind"] == "Service" and o["metadata"]["name"].startswith("edge-")]
+    assert sorted(manifest.name(s) for s in services) == [cdn.pop_id(i) for i in range(cdn.MAX_POPS)]
+    for replica in range(cdn.MAX_POPS):
+        spec = only("Service", cdn.pop_id(replica))["spec"]
+        assert spec["selector"] == {manifest.NAME_LABEL: cdn.EDGE.name,
+                                    "statefulset.kubernetes.io/pod-name": cdn.pop_id(replica)}
+        # Its other selector labels are the pods' own: the Service would select nothing otherwise.
+        assert pod_labels[manifest.NAME_LABEL] == pod_spec_labels[manifest.NAME_LABEL] == cdn.EDGE.name
+        (port,) = spec["ports"]
+        assert port["targetPort"] == "http" and port["port"] == cdn.CONTAINER_PORT
+        assert spec["type"] == "NodePort"
+        assert port["nodePort"] == 30000 + cdn.EDGE.port("http").offset + replica
 
 
 @pytest.mark.parametrize("component", cdn.LAYER.components, ids=lambda c: c.name)
 def test_every_object_of_the_layer_is_labelled_cdn(component: Component) -> None:
     # A follower (the exporter) has no objects of its own: it lives in the pods it follows.
     name = component.follows or component.name
-    for kind in ("Deployment", "Service"):
+    for kind in ("StatefulSet", "Service"):
         assert manifest.labels(only(kind, name))[manifest.LAYER_LABEL] == LAYER
+    for pop in range(cdn.MAX_POPS):
+        assert manifest.labels(only("Service", cdn.pop_id(pop)))[manifest.LAYER_LABEL] == LAYER
 
 
 # -- the PoP's exporter ----------------------------------------------------------------------

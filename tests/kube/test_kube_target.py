@@ -244,7 +244,32 @@ def fake_cluster() -> Iterator[FakeCluster]:
 
 # -- helpers -----------------------------------------------------------------------------------
 
+
+
+def _free_base_port() -> int:
+    """A base port whose viewer ports (the local target's gateway, origin and PoPs) are free now.
+
+    The kube target's port-forwards for viewers listen on those ports (labkit.targets.kube.entry);
+    other test processes on this machine (local labs, another run of this suite) must not hold them.
+    """
+    offsets = [60, 80, *range(100, 100 + cdn.MAX_POPS)]
+    for base in range(40000, 60000, 500):
+        held = []
+        try:
+            for offset in offsets:
+                held.append(socket.create_server(("127.0.0.1", base + offset)))
+        except OSError:
+            continue
+        finally:
+            for sock in held:
+                sock.close()
+        return base
+    raise RuntimeError("no free block of ports for the kube target's port-forwards")
+
+
+KUBE_BASE_PORT = _free_base_port()
 DEPLOYMENTS = "apps/v1/deployments"
+STATEFULSETS = "apps/v1/statefulsets"
 PODS = "v1/pods"
 SERVICES = "v1/services"
 
@@ -261,22 +286,27 @@ def make_target(
 ) -> KubeTarget:
     components = [*platform.components(), WEB] if extra else platform.components()
     return KubeTarget(
-        lab_cfg.with_(ready_timeout=ready_timeout), components, api_client=fake.api_client, overlay="kind"
+        lab_cfg.with_(ready_timeout=ready_timeout, base_port=KUBE_BASE_PORT), components, api_client=fake.api_client,
+        overlay="kind",
     )
 
 
 def settle_deployments(fake: FakeCluster) -> None:
-    """Answer every read of a Deployment as if its rollout had completed (a deployment controller)."""
+    """Answer every read of a Deployment or a StatefulSet as if its rollout had completed (their controllers)."""
 
-    def settled(request: kmock.Request) -> dict[str, Any]:
-        stored = fake.stored(DEPLOYMENTS, str(request.name), request.namespace)
-        if stored is None:
-            raise kmock.KubernetesObjectNotFoundError()
-        replicas = stored.get("spec", {}).get("replicas", 1)
-        status = {"replicas": replicas, "updatedReplicas": replicas, "readyReplicas": replicas}
-        return {**stored, "status": {**status, "availableReplicas": replicas, "observedGeneration": 1}}
+    def settler(resource: str) -> Any:
+        def settled(request: kmock.Request) -> dict[str, Any]:
+            stored = fake.stored(resource, str(request.name), request.namespace)
+            if stored is None:
+                raise kmock.KubernetesObjectNotFoundError()
+            replicas = stored.get("spec", {}).get("replicas", 1)
+            status = {"replicas": replicas, "updatedReplicas": replicas, "readyReplicas": replicas}
+            return {**stored, "status": {**status, "availableReplicas": replicas, "observedGeneration": 1}}
 
-    fake.server[kmock.action.FETCH, kmock.resource("apps", "v1", "deployments")] << settled
+        return settled
+
+    fake.server[kmock.action.FETCH, kmock.resource("apps", "v1", "deployments")] << settler(DEPLOYMENTS)
+    fake.server[kmock.action.FETCH, kmock.resource("apps", "v1", "statefulsets")] << settler(STATEFULSETS)
 
 
 def deployment(name: str, *, replicas: int = 1, available: int = 0) -> dict[str, Any]:
@@ -401,7 +431,8 @@ def apis_target(fake: FakeCluster, lab_cfg: LabConfig) -> KubeTarget:
     """A target that knows the apis layer, whether or not labkit.platform registers it yet."""
     components = [*platform.components()]
     components += [c for c in apis.LAYER.components if c.name not in {d.name for d in components}]
-    return KubeTarget(lab_cfg.with_(ready_timeout=5.0), components, api_client=fake.api_client, overlay="kind")
+    return KubeTarget(lab_cfg.with_(ready_timeout=5.0, base_port=KUBE_BASE_PORT), components,
+                      api_client=fake.api_client, overlay="kind")
 
 
 def secret_data(fake: FakeCluster, name: str) -> dict[str, bytes]:
@@ -507,7 +538,7 @@ def test_up_cdn_creates_the_url_signing_secret_before_the_edges(fake_cluster: Fa
     ]
     order = fake_cluster.requests()
     edge_deployment = next(
-        i for i, r in enumerate(order) if r.method == "PATCH" and r.data["kind"] == "Deployment" and r.name == "edge"
+        i for i, r in enumerate(order) if r.method == "PATCH" and r.data["kind"] == "StatefulSet" and r.name == "edge"
     )
     namespace = next(i for i, r in enumerate(order) if r.url.path == f"/api/v1/namespaces/{NAMESPACE}")
     assert namespace < order.index(posts[0]) < edge_deployment
@@ -550,7 +581,7 @@ def test_down_keeps_the_url_signing_secret_and_purge_deletes_it(fake_cluster: Fa
     first = secret_data(fake_cluster, URL_SIGNING)
 
     target.down()
-    assert fake_cluster.stored(DEPLOYMENTS, "edge") is None
+    assert fake_cluster.stored(STATEFULSETS, "edge") is None
     target.up(["cdn"])
     assert secret_data(fake_cluster, URL_SIGNING) == first
 
@@ -558,7 +589,7 @@ def test_down_keeps_the_url_signing_secret_and_purge_deletes_it(fake_cluster: Fa
     assert fake_cluster.stored(SECRETS, URL_SIGNING) is None
     deleted = [r.url.path for r in fake_cluster.requests("DELETE")]
     assert [p for p in deleted if "/secrets/" in p] == [f"/api/v1/namespaces/{NAMESPACE}/secrets/{URL_SIGNING}"]
-    last_deployment = max(i for i, p in enumerate(deleted) if "/deployments/" in p)
+    last_deployment = max(i for i, p in enumerate(deleted) if "/statefulsets/" in p)
     assert deleted.index(f"/api/v1/namespaces/{NAMESPACE}/secrets/{URL_SIGNING}") > last_deployment
 
 
@@ -686,9 +717,11 @@ def test_status_reads_each_component_from_its_deployment(fake_cluster: FakeClust
     assert "0/1 available" in statuses["alertmanager"].detail
     assert (statuses["web"].state, statuses["web"].healthy) == ("absent", False)
     assert statuses["web"].layer == "monitoring"
-    (listing,) = fake_cluster.requests("GET")
-    assert listing.url.path == f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments"
-    assert listing.params["labelSelector"] == "app.kubernetes.io/part-of=ottlab"
+    # One list of each workload kind (the edge's PoPs are a StatefulSet), by the lab's label.
+    listings = fake_cluster.requests("GET")
+    assert [r.url.path for r in listings] == [f"/apis/apps/v1/namespaces/{NAMESPACE}/{kind}"
+                                              for kind in ("deployments", "statefulsets")]
+    assert all(r.params["labelSelector"] == "app.kubernetes.io/part-of=ottlab" for r in listings)
 
 
 def test_a_sidecar_reports_the_deployment_it_runs_in_and_cannot_be_scaled_alone(

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_manifests import DEPLOYED, K8S_VERSION, NAMESPACE
+from test_manifests import DEPLOYED, K8S_VERSION, NAMESPACE, WORKLOAD_KINDS
 
 from labkit.core import programs
 from labkit.core.config import repo_root
@@ -124,7 +124,7 @@ def test_the_pinned_kubectl_renders_with_no_other_kubectl_on_path(
     else:
         overlay = directory.removeprefix("overlays/")
         assert ("Namespace", NAMESPACE) in kinds_names
-        assert {("Deployment", c.name) for c in DEPLOYED} <= kinds_names
+        assert {(WORKLOAD_KINDS[c.name], c.name) for c in DEPLOYED} <= kinds_names
         assert {("Service", c.name) for c in DEPLOYED} <= kinds_names
         # The overlay itself applied, not only the base: every object carries its annotation.
         assert {o["metadata"].get("annotations", {}).get("ottlab.io/overlay") for o in objects} == {overlay}

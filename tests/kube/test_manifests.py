@@ -171,9 +171,19 @@ def test_overlays_deploy_the_same_objects_as_the_base(overlay: str) -> None:
 # -- one source of truth: the component declarations ----------------------------------------
 
 
+# What each component runs as: a Deployment, but the edge, whose pods are the PoPs edge-0, edge-1 ...
+# (a stable name each, and a Service each: k8s/base/cdn/pops.yaml), is a StatefulSet.
+WORKLOAD_KINDS = {**{c.name: "Deployment" for c in DEPLOYED}, "edge": "StatefulSet"}
+
+
+def workload(objects: tuple[dict[str, Any], ...], name: str) -> dict[str, Any]:
+    """The component's workload, of the kind :data:`WORKLOAD_KINDS` says."""
+    return only(objects, WORKLOAD_KINDS[name], name)
+
+
 @pytest.mark.parametrize("component", DEPLOYED, ids=lambda c: c.name)
 def test_the_deployment_agrees_with_the_component_declaration(component: Component) -> None:
-    deployment = only(rendered("base"), "Deployment", component.name)
+    deployment = workload(rendered("base"), component.name)
     assert manifest.labels(deployment).get(manifest.LAYER_LABEL) == component.layer
     assert deployment["spec"]["replicas"] == component.replicas
     template_labels = deployment["spec"]["template"]["metadata"]["labels"]
@@ -208,7 +218,7 @@ def test_the_deployment_agrees_with_the_component_declaration(component: Compone
 def test_the_service_targets_the_http_port_of_the_components_pods(component: Component) -> None:
     objects = rendered("base")
     service = only(objects, "Service", component.name)
-    deployment = only(objects, "Deployment", component.name)
+    deployment = workload(objects, component.name)
     template_labels = deployment["spec"]["template"]["metadata"]["labels"]
     selector = service["spec"]["selector"]
     assert selector and all(template_labels.get(k) == v for k, v in selector.items())
@@ -219,8 +229,10 @@ def test_the_service_targets_the_http_port_of_the_components_pods(component: Com
 
 def test_every_deployment_is_a_declared_component() -> None:
     declared = {c.name for c in DEPLOYED}
-    deployments = {o["metadata"]["name"] for o in rendered("base") if o["kind"] == "Deployment"}
+    deployments = {o["metadata"]["name"] for o in rendered("base") if o["kind"] in WORKLOAD_KINDS.values()}
     assert deployments == declared
+    assert {o["metadata"]["name"] for o in rendered("base") if o["kind"] == "StatefulSet"} == {
+        name for name, kind in WORKLOAD_KINDS.items() if kind == "StatefulSet"}
 
 
 @pytest.mark.parametrize("follower", FOLLOWERS, ids=lambda c: c.name)
@@ -232,7 +244,7 @@ def test_a_follower_is_a_sidecar_of_the_pods_it_follows(follower: Component) -> 
     assert (follower.replicas, follower.max_replicas) == (followed.replicas, followed.max_replicas)
     # Not a workload of its own, and nothing routes to it but Prometheus (by the pod's annotations).
     assert not [manifest.ref(o) for o in objects if o["metadata"]["name"] == follower.name]
-    deployment = only(objects, "Deployment", followed.name)
+    deployment = workload(objects, followed.name)
     (sidecar,) = [c for c in pod_spec(deployment)["containers"] if c["name"] == follower.name]
 
     # The declared program: `python -m <module>` in the services' image, else the binary itself.
@@ -330,7 +342,7 @@ def test_each_nginx_runs_its_rendered_config_as_non_root(name: str) -> None:
     objects = rendered("base")
     component = next(c for c in COMPONENTS if c.name == name)
     text = NGINX_CONFIGS[name].render_kube()
-    deployment = only(objects, "Deployment", name)
+    deployment = workload(objects, name)
     (spec,) = [c for c in pod_spec(deployment)["containers"] if c["name"] == name]
     mounts = {m["mountPath"]: m for m in spec["volumeMounts"]}
     volumes = {v["name"]: v for v in pod_spec(deployment)["volumes"]}

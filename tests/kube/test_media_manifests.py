@@ -35,13 +35,14 @@ from test_apis_manifests import (
     only,
     pod_spec,
     project_version,
+    public_ref,
 )
 
 from labkit.core.config import repo_root
 from labkit.platform.component import Component
 from labkit.platform.layers import media
 from labkit.platform.layers.media import origin
-from labkit.targets.kube import manifest, secrets
+from labkit.targets.kube import entry, manifest, secrets
 from ott import transcoder
 from ott.media import ladder as ladders
 from ott.media import sample
@@ -52,7 +53,8 @@ MEDIA_CLAIM = "ott-media"
 JOB = "transcode-sample"
 JOB_NAME_LABEL = "transcoder-job"
 # The media root the transcoder writes and the origin serves: the one the origin's config names.
-MEDIA_PATHS = {"OTT_MEDIA_ROOT": origin.KUBE_MEDIA_ROOT}
+# The origin's URL in the catalog is the one viewers reach, from the kube target's ConfigMap ott-public.
+MEDIA_PATHS = {"OTT_MEDIA_ROOT": origin.KUBE_MEDIA_ROOT, "OTT_ORIGIN_URL": public_ref(entry.ORIGIN_KEY)}
 
 
 def job() -> dict[str, Any]:
@@ -69,11 +71,16 @@ def main_container(workload: dict[str, Any]) -> dict[str, Any]:
 
 
 def env(workload: dict[str, Any]) -> dict[str, str]:
+    """The container's environment; a value from ott-public (a viewer's URL) as ``public_ref``, the only reference."""
     entries = main_container(workload)["env"]
-    assert all("value" in e for e in entries), "plain values only: the declaration has no references"
+    for e in entries:
+        if "value" not in e:
+            ref = e["valueFrom"]["configMapKeyRef"]
+            assert ref["name"] == entry.PUBLIC_CONFIG and "optional" not in ref, e
     names = [e["name"] for e in entries]
     assert len(set(names)) == len(names), f"{manifest.ref(workload)}: a variable is set twice"
-    return {e["name"]: e["value"] for e in entries}
+    return {e["name"]: e["value"] if "value" in e else public_ref(e["valueFrom"]["configMapKeyRef"]["key"])
+            for e in entries}
 
 
 def mounted_at(workload: dict[str, Any], path: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -123,7 +130,9 @@ def test_every_url_names_a_service_on_its_http_port(workload: str) -> None:
     kind, name = workload.split("/")
     variables = env(only(kind, name))
     urls = {k: v for k, v in variables.items() if k.endswith("_URL") and v.startswith("http://")}
-    assert {"OTT_ORIGIN_URL", "OTT_LICENSE_URL", "OTT_CATALOG_URL"} <= set(urls)
+    assert {"OTT_LICENSE_URL", "OTT_CATALOG_URL"} <= set(urls)
+    # The origin's, which the catalog lists for viewers, is the lab's public entry.
+    assert variables["OTT_ORIGIN_URL"] == public_ref(entry.ORIGIN_KEY)
     for key, url in urls.items():
         host, port = url.removeprefix("http://").split(":")
         (http,) = [p for p in only("Service", host)["spec"]["ports"] if p["name"] == "http"]

@@ -117,7 +117,7 @@ def test_the_kube_relabelling_gives_the_local_job_and_labels(overlay: str, compo
     for target in mine:
         assert (target.port, target.metrics_path) == (component.port("http").container, component.metrics_path), target
         assert {k: v for k, v in target.labels if k not in PER_TARGET} == local_labels, target
-        workload = next(o for o in rendered(overlay) if o["kind"] in {"Deployment", "Job"}
+        workload = next(o for o in rendered(overlay) if o["kind"] in {"Deployment", "StatefulSet", "Job"}
                         and o["metadata"]["name"] == target.workload)
         (container,) = [c for c in workload["spec"]["template"]["spec"]["containers"] if c["name"] == target.container]
         assert runs(container, component), f"{target.workload}: scraped {target.container}, not {component.name}"

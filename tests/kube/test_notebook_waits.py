@@ -14,6 +14,10 @@ The notebooks' code is read (ast), not copied here, so a new wait is picked up:
   that module is scraped on kube among those pods;
 - ``target.signing_secret()`` / ``service_token()``: the Secret labkit.targets.kube.secrets
   creates for those layers holds the key the target reads, and the edges mount the key they include;
+- the URLs viewers get: each endpoint a viewer uses (the gateway, the origin) is a NodePort of the lab's
+  public entry; ``pop_urls`` and ``wait_for_sessions``: the edge is a StatefulSet with one Service per
+  PoP (edge-0 ... up to MAX_POPS), each selecting that pod alone at a node port; the pods that write
+  viewers' URLs (license, the transcoder) read only keys of the ConfigMap ott-public the kube target writes;
 - any other ``target`` method, or labkit function given the target, must be classified below:
   an unknown one fails this test until someone says what it needs on kube.
 """
@@ -36,7 +40,7 @@ from labkit import platform
 from labkit.core.config import repo_root
 from labkit.platform.component import Component
 from labkit.platform.layers import apis, cdn
-from labkit.targets.kube import manifest, secrets
+from labkit.targets.kube import entry, manifest, secrets
 
 NAMESPACE = "ottlab"
 NOTEBOOKS = sorted((repo_root() / "notebooks").glob("0[0-4]-*.ipynb"))
@@ -45,6 +49,10 @@ INERT = {"describe", "status", "status_frame"}
 # ... and the ones the kube target cannot answer from the manifests: it says so (MissingCapabilityError).
 NOT_ON_KUBE = {"access_log", "media_root"}
 CHECKED = {"up", "endpoint", "stop", "start", "signing_secret", "service_token"}
+# Services whose URLs viewers get (key URIs, the player page; master playlists): the lab's public entry.
+VIEWER_FACING = {entry.GATEWAY, entry.ORIGIN}
+# labkit functions that reach each PoP on its own.
+PER_POP = {"pop_urls", "wait_for_sessions"}
 # labkit functions given the target: what each reaches on it (endpoints; secrets).
 TAKES_TARGET: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "seed_target": (("catalog",), ("service_token",)),
@@ -72,6 +80,8 @@ class Waits:
     jobs: set[str] = field(default_factory=set)
     metrics: set[str] = field(default_factory=set)
     unknown: set[str] = field(default_factory=set)
+    # It reaches the PoPs one by one (pop_urls, wait_for_sessions).
+    pops: bool = False
 
 
 def code(notebook: Path) -> ast.Module:
@@ -124,6 +134,7 @@ def waits(notebook: Path) -> Waits:
             else:
                 endpoints, needs = TAKES_TARGET[name]
                 found.endpoints.update(endpoints)
+                found.pops |= name in PER_POP
                 found.secrets.update(needs)
                 if name == "service_client":
                     found.endpoints.add(value(args[1]))
@@ -153,6 +164,24 @@ def applied(overlay: str, layers: tuple[str, ...] | None) -> tuple[dict[str, Any
     """What ``target.up(layers)`` applies of ``overlay``."""
     objects = manifest.render(manifest.overlay_dir(overlay))
     return tuple(manifest.of_layers(objects, None if layers is None else list(layers)))
+
+
+def public_keys(pod_spec: dict[str, Any]) -> set[str]:
+    """The keys of ott-public a pod reads: by environment references and by volume items."""
+    keys = {env["valueFrom"]["configMapKeyRef"]["key"] for c in pod_spec["containers"] for env in c.get("env") or []
+            if env.get("valueFrom", {}).get("configMapKeyRef", {}).get("name") == entry.PUBLIC_CONFIG}
+    for volume in pod_spec.get("volumes") or []:
+        if volume.get("configMap", {}).get("name") == entry.PUBLIC_CONFIG:
+            assert volume["configMap"].get("items"), "a volume of ott-public names the keys it mounts"
+            keys |= {item["key"] for item in volume["configMap"]["items"]}
+    return keys
+
+
+def workload(objects: tuple[dict[str, Any], ...], name: str) -> dict[str, Any]:
+    """The component's workload: its Deployment, or (the edge, whose pods are the PoPs) its StatefulSet."""
+    found = [o for o in objects if o["kind"] in {"Deployment", "StatefulSet"} and o["metadata"]["name"] == name]
+    assert len(found) == 1, f"expected one workload {name!r} among what up() applies, found {len(found)}"
+    return found[0]
 
 
 def one(objects: tuple[dict[str, Any], ...], kind: str, name: str) -> dict[str, Any]:
@@ -200,7 +229,7 @@ def test_the_manifests_produce_what_the_notebook_waits_for(overlay: str, noteboo
     objects = applied(overlay, layers)
 
     for comp in (c for lay in platform.layers() if layers is None or lay.name in layers for c in lay.components):
-        deployment = one(objects, "Deployment", comp.follows or comp.name)
+        deployment = workload(objects, comp.follows or comp.name)
         assert comp.name in {c["name"] for c in deployment["spec"]["template"]["spec"]["containers"]}
 
     for name in asked.endpoints:
@@ -209,11 +238,32 @@ def test_the_manifests_produce_what_the_notebook_waits_for(overlay: str, noteboo
         service = one(objects, "Service", name)
         (http,) = [p for p in service["spec"]["ports"] if p["name"] == "http"]
         assert (http["port"], http["targetPort"]) == (comp.port("http").container, "http")
-        pod_labels = one(objects, "Deployment", name)["spec"]["template"]["metadata"]["labels"]
+        pod_labels = workload(objects, name)["spec"]["template"]["metadata"]["labels"]
         assert service["spec"]["selector"].items() <= pod_labels.items()
+        if name in VIEWER_FACING:
+            # Its URL is one viewers get (key URIs, master playlists): a node port of the public entry.
+            assert name in entry.node_ports(objects), f"service/{name} is not part of the lab's public entry"
     for name in asked.deployments:
         assert component(name).follows is None
-        one(objects, "Deployment", name)
+        workload(objects, name)
+    if asked.pops:
+        edge = one(objects, "StatefulSet", cdn.EDGE.name)
+        template = edge["spec"]["template"]["metadata"]["labels"]
+        ports = entry.node_ports(objects)
+        for pop in entry.pop_services(cdn.MAX_POPS):
+            selector = one(objects, "Service", pop)["spec"]["selector"]
+            # The pod of that name only (the StatefulSet names its pods edge-0, edge-1 ...).
+            assert selector == {**{k: template[k] for k in selector if k in template},
+                                "statefulset.kubernetes.io/pod-name": pop}, selector
+            assert pop in ports, f"service/{pop} is not part of the lab's public entry"
+    readers = entry.readers(objects)
+    if readers:
+        # What they read of ott-public is what the kube target writes there.
+        every_port = entry.node_ports(applied(overlay, None))
+        written = set(entry.public_config(entry.Entry.nodeport("127.0.0.1", every_port), 2)["data"])
+        for name in readers:
+            keys = public_keys(one(objects, "Deployment", name)["spec"]["template"]["spec"])
+            assert keys and keys <= written, (name, keys - written)
 
     config_map = one(objects, "ConfigMap", next(o["metadata"]["name"] for o in objects if o["kind"] == "ConfigMap"
                                                 and "prometheus.yml" in o.get("data", {})))
@@ -234,7 +284,7 @@ def test_the_manifests_produce_what_the_notebook_waits_for(overlay: str, noteboo
         assert key in lab_secret.make(), f"Secret {name} has no key {key}"
     if "signing_secret" in asked.secrets:
         # The edges include the other key of the same Secret.
-        volumes = one(objects, "Deployment", cdn.EDGE.name)["spec"]["template"]["spec"]["volumes"]
+        volumes = workload(objects, cdn.EDGE.name)["spec"]["template"]["spec"]["volumes"]
         (mounted,) = [v["secret"] for v in volumes if v.get("secret", {}).get("secretName") == secrets.URL_SIGNING]
         (url_signing,) = [s for s in secrets.LAB_SECRETS if s.name == secrets.URL_SIGNING]
         assert {i["key"] for i in mounted["items"]} <= set(url_signing.make())

@@ -81,6 +81,8 @@ SERVICES = ResourceType("v1", "Service", "services", namespaced=True)
 PVCS = ResourceType("v1", "PersistentVolumeClaim", "persistentvolumeclaims", namespaced=True)
 SECRETS = ResourceType("v1", "Secret", "secrets", namespaced=True)
 DEPLOYMENTS = ResourceType("apps/v1", "Deployment", "deployments", namespaced=True)
+STATEFULSETS = ResourceType("apps/v1", "StatefulSet", "statefulsets", namespaced=True)
+CONFIGMAPS = ResourceType("v1", "ConfigMap", "configmaps", namespaced=True)
 NODES = ResourceType("v1", "Node", "nodes", namespaced=False)
 
 

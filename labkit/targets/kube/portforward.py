@@ -27,7 +27,7 @@ from types import TracebackType
 from typing import Protocol
 
 from labkit.core.config import HOST
-from labkit.core.errors import TimeoutExpired
+from labkit.core.errors import ConfigError, TimeoutExpired
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,9 @@ class Stream(Protocol):
 class PortForward:
     """Serves ``http://127.0.0.1:<port>``; each connection goes through a new ``connect()`` stream."""
 
-    def __init__(self, connect: Callable[[], Stream], *, name: str, connect_timeout: float = CONNECT_TIMEOUT) -> None:
+    def __init__(self, connect: Callable[[], Stream], *, name: str, connect_timeout: float = CONNECT_TIMEOUT,
+                 port: int = 0) -> None:
+        """``port``: the local port to listen on (0: any free one); a :class:`ConfigError` when it is taken."""
         self.name = name
         self.connect_timeout = connect_timeout
         self.last_error = ""
@@ -62,7 +64,14 @@ class PortForward:
         self._closed = threading.Event()
         self._lock = threading.Lock()
         self._open: set[socket.socket | Stream] = set()
-        self._listener = socket.create_server((HOST, 0))
+        try:
+            self._listener = socket.create_server((HOST, port))
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot forward {name} from {HOST}:{port}: {exc.strerror or exc}",
+                hint="another process holds that port: a local lab on the same ports (`ottlab down`), or another "
+                     "notebook holding the kube lab's port-forwards (close it, or call target.close() there)",
+            ) from None
         # accept() wakes up now and then to notice close().
         self._listener.settimeout(_TICK)
         self.port: int = self._listener.getsockname()[1]

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from labkit.core.wait import until
-from labkit.targets.kube.cluster import DEPLOYMENTS, PODS, Cluster
+from labkit.targets.kube.cluster import DEPLOYMENTS, PODS, Cluster, ResourceType
 from labkit.targets.kube.manifest import KubeObject
 
 # How often a wait reads the Deployments again: quick enough that a lab does not wait for
@@ -92,8 +92,12 @@ def wait_all(
     progress: Callable[[str], None] | None = print,
     poll_interval: float = POLL_INTERVAL,
     check: Callable[[], None] | None = None,
+    kinds: Mapping[str, ResourceType] | None = None,
 ) -> dict[str, RolloutStatus]:
     """Wait until the rollout of every Deployment in ``names`` is complete; their statuses.
+
+    ``kinds`` names the workloads that are not Deployments (the edge's StatefulSet), by name;
+    a StatefulSet's status has the same fields (updated, available, replicas, observed generation).
 
     The Deployments roll out side by side, so they share one deadline, ``timeout`` seconds
     from now. When it passes, :class:`~labkit.core.errors.TimeoutExpired` names each Deployment
@@ -102,6 +106,13 @@ def wait_all(
     (an image the cluster cannot get).
     """
     pending = list(dict.fromkeys(names))
+
+    def kind_of(name: str) -> ResourceType:
+        return (kinds or {}).get(name, DEPLOYMENTS)
+
+    def ref(name: str) -> str:
+        return f"{kind_of(name).kind.lower()}/{name}"
+
     done: dict[str, RolloutStatus] = {}
     said: dict[str, str] = {}
     waiting: dict[str, str] = {}
@@ -112,28 +123,29 @@ def wait_all(
             check()
         waiting.clear()
         for name in pending:
-            deployment = cluster.get(DEPLOYMENTS, name, namespace)
+            deployment = cluster.get(kind_of(name), name, namespace)
             if deployment is None:
-                waiting[name] = "the deployment does not exist"
+                waiting[name] = f"the {kind_of(name).kind.lower()} does not exist"
                 continue
             status = RolloutStatus.of(deployment)
             if status.complete:
                 done[name] = status
                 if progress is not None:
-                    progress(f"  deployment/{name} is ready ({status.available}/{status.desired} available)")
+                    progress(f"  {ref(name)} is ready ({status.available}/{status.desired} available)")
             else:
                 waiting[name] = status.describe()
         pending = [name for name in pending if name in waiting]
         if pending and progress is not None:
             for name, text in waiting.items():
                 if said.get(name) != text:
-                    progress(f"  waiting for deployment/{name}: {text}")
+                    progress(f"  waiting for {ref(name)}: {text}")
                     said[name] = text
         return not pending
 
     def stuck() -> str:
         return f"the rollout in namespace {namespace} of " + "; ".join(
-            f"deployment/{name} ({text}{_pod_trouble(cluster, namespace, name)})" for name, text in waiting.items()
+            f"{ref(name)} ({text}{_pod_trouble(cluster, namespace, name, kind_of(name))})"
+            for name, text in waiting.items()
         )
 
     until(rolled_out, timeout, poll_interval, stuck,
@@ -142,9 +154,9 @@ def wait_all(
     return done
 
 
-def _pod_trouble(cluster: Cluster, namespace: str, name: str) -> str:
-    """Why the Deployment's pods are not ready, as their statuses say (``ImagePullBackOff`` ...)."""
-    deployment = cluster.get(DEPLOYMENTS, name, namespace)
+def _pod_trouble(cluster: Cluster, namespace: str, name: str, kind: ResourceType = DEPLOYMENTS) -> str:
+    """Why the workload's pods are not ready, as their statuses say (``ImagePullBackOff`` ...)."""
+    deployment = cluster.get(kind, name, namespace)
     match_labels = ((deployment or {}).get("spec", {}).get("selector") or {}).get("matchLabels") or {}
     if not match_labels:
         return ""

@@ -27,12 +27,33 @@ from typing import TYPE_CHECKING, Any
 
 from labkit.core.config import LabConfig
 from labkit.core.console import progress
-from labkit.core.errors import ConfigError, ImageMissingError, KubeError, MissingCapabilityError, NotRunningError
+from labkit.core.errors import (
+    ConfigError,
+    ImageMissingError,
+    KubeError,
+    MissingCapabilityError,
+    NotRunningError,
+    TimeoutExpired,
+)
 from labkit.core.wait import until
 from labkit.platform.component import Component
+from labkit.platform.layers import cdn
 from labkit.targets.base import ComponentStatus, Target
-from labkit.targets.kube import cluster, image, manifest, rollout, secrets
-from labkit.targets.kube.cluster import DEPLOYMENTS, NAMESPACES, NODES, PODS, PVCS, SECRETS, SERVICES, Cluster
+from labkit.targets.kube import cluster, entry, image, manifest, rollout, secrets
+from labkit.targets.kube.cluster import (
+    CONFIGMAPS,
+    DEPLOYMENTS,
+    NAMESPACES,
+    NODES,
+    PODS,
+    PVCS,
+    SECRETS,
+    SERVICES,
+    STATEFULSETS,
+    Cluster,
+    ResourceType,
+)
+from labkit.targets.kube.entry import Entry
 from labkit.targets.kube.manifest import KubeObject
 from labkit.targets.kube.portforward import PortForward, Stream
 
@@ -45,6 +66,12 @@ STOPPED_REPLICAS = "ottlab.io/stopped-replicas"
 LAB_SELECTOR = f"{manifest.PART_OF_LABEL}={manifest.PART_OF}"
 # Kinds that hold the lab's state: the database volume and the per-lab keys.
 _STATE_KINDS = frozenset({"PersistentVolumeClaim", "Secret"})
+# The kinds a component runs as: a Deployment, or (the edge, whose pods are PoPs of stable names) a StatefulSet.
+_WORKLOAD_KINDS = {"Deployment": DEPLOYMENTS, "StatefulSet": STATEFULSETS}
+# How long the public entry may take to answer once the gateway is ready (kube-proxy programs node ports in seconds).
+ENTRY_TIMEOUT = 15.0
+# The port-forwards on the viewers' fixed ports this process holds, by local port (see KubeTarget._viewer_url).
+_FIXED_FORWARDS: dict[int, PortForward] = {}
 # What a pod's container waits with when its node has not got the image and cannot pull it.
 IMAGE_PULL_FAILURES = frozenset({"ErrImagePull", "ImagePullBackOff", "ErrImageNeverPull", "InvalidImageName"})
 DATABASE_URL = "OTT_DATABASE_URL"
@@ -81,6 +108,8 @@ class KubeTarget(Target):
         self._owns_client = api_client is None
         self._cluster = Cluster(cluster.load_api_client() if api_client is None else api_client)
         self._forwards: dict[tuple[str, str], PortForward] = {}
+        self._rendered: list[KubeObject] | None = None
+        self._entry: Entry | None = None
 
     @property
     def namespace(self) -> str:
@@ -105,9 +134,22 @@ class KubeTarget(Target):
         which = ", ".join(layers) if layers else "every layer"
         progress(f"applying {len(objects)} objects ({which}) to namespace {self.namespace} at {self._cluster.host}")
         wants_secrets = secrets.needed_by(objects)
+        # Where viewers reach the lab, for the pods that write it into URLs (license, the transcoder):
+        # the ConfigMap ott-public, applied after the Namespace; its hash on their pods rolls them when it changes.
+        readers = entry.readers(objects)
+        public = None
+        if readers or entry.node_ports(objects):
+            self._entry = entry.chosen(self._manifests(), self.cfg, self.components)
+            public = entry.public_config(self._entry, self._declared_pops())
+            digest = entry.config_hash(public)
+            objects = [entry.stamped(o, digest) if manifest.name(o) in readers and o.get("kind") == "Deployment"
+                       else o for o in objects]
         for obj in objects:
             self._cluster.apply(obj, namespace=self.namespace)
             progress(f"  applied {manifest.ref(obj)}")
+            if public is not None and obj.get("kind") == "Namespace":
+                self._cluster.apply(public, namespace=self.namespace)
+                progress(f"  applied configmap/{entry.PUBLIC_CONFIG} ({self._describe_entry()})")
             # The Namespace comes first; the layers' pods mount their per-lab Secrets, made here
             # (when missing, never overwritten) so that they exist before those pods do.
             if wants_secrets and obj.get("kind") == "Namespace":
@@ -115,13 +157,15 @@ class KubeTarget(Target):
                                       referenced=secrets.referenced_by(objects))
                 for created in made:
                     progress(f"  created secret/{created} (generated for this lab)")
-        deployments = [manifest.name(obj) for obj in objects if obj.get("kind") == "Deployment"]
+        workloads = [manifest.name(obj) for obj in objects if obj.get("kind") in _WORKLOAD_KINDS]
         for component in chosen:
-            if _workload(component) not in deployments:
+            if _workload(component) not in workloads:
                 progress(f"  note: {component.name} has no Deployment in k8s/overlays/{self.overlay}")
-        rollout.wait_all(self._cluster, self.namespace, deployments, self.cfg.ready_timeout,
-                         check=self._require_the_services_image)
-        return [self._status_of(c, self._cluster.get(DEPLOYMENTS, _workload(c), self.namespace)) for c in chosen]
+        rollout.wait_all(self._cluster, self.namespace, workloads, self.cfg.ready_timeout,
+                         check=self._require_the_services_image, kinds=self._workload_kinds())
+        if public is not None:
+            self._check_entry(objects, readers)
+        return [self._status_of(c, self._cluster.get(self._kind(c), _workload(c), self.namespace)) for c in chosen]
 
     def down(self, *, purge: bool = False) -> None:
         """Delete every object labkit applied (by its ``part-of: ottlab`` label) and wait for the pods.
@@ -174,7 +218,9 @@ class KubeTarget(Target):
     def status(self) -> list[ComponentStatus]:
         """One record per declared component, from its Deployment (``absent`` when there is none)."""
         found = {
-            manifest.name(d): d for d in self._cluster.list(DEPLOYMENTS, self.namespace, label_selector=LAB_SELECTOR)
+            manifest.name(d): d
+            for kind in (DEPLOYMENTS, STATEFULSETS)
+            for d in self._cluster.list(kind, self.namespace, label_selector=LAB_SELECTOR)
         }
         return [self._status_of(c, found.get(_workload(c))) for c in self.components]
 
@@ -206,14 +252,15 @@ class KubeTarget(Target):
         comp = self._not_a_sidecar(self.component(component), "restart")
         stamp = datetime.now(UTC).isoformat(timespec="microseconds")
         patch = {"spec": {"template": {"metadata": {"annotations": {RESTARTED_AT: stamp}}}}}
-        patched = self._cluster.patch(
-            DEPLOYMENTS, comp.name, self.namespace, patch, content_type=cluster.STRATEGIC_MERGE_PATCH
-        )
+        kind = self._kind(comp)
+        patched = self._cluster.patch(kind, comp.name, self.namespace, patch,
+                                      content_type=cluster.STRATEGIC_MERGE_PATCH)
         if patched is None:
             raise self._no_deployment(comp)
-        progress(f"restarting deployment/{comp.name}")
-        rollout.wait_all(self._cluster, self.namespace, [comp.name], self.cfg.ready_timeout)
-        return self._status_of(comp, self._cluster.get(DEPLOYMENTS, comp.name, self.namespace))
+        progress(f"restarting {kind.kind.lower()}/{comp.name}")
+        rollout.wait_all(self._cluster, self.namespace, [comp.name], self.cfg.ready_timeout,
+                         kinds=self._workload_kinds())
+        return self._status_of(comp, self._cluster.get(kind, comp.name, self.namespace))
 
     def scale(self, component: str, replicas: int) -> ComponentStatus:
         """Set the Deployment's replicas (1..``max_replicas``) through its scale subresource; wait."""
@@ -223,32 +270,39 @@ class KubeTarget(Target):
                 f"{comp.name} can run 1 to {comp.max_replicas} replicas, not {replicas!r}",
                 hint=f"choose a whole number from 1 to {comp.max_replicas} (max_replicas in its declaration)",
             )
+        kind = self._kind(comp)
         scaled = {"spec": {"replicas": replicas}}
-        if self._cluster.patch(DEPLOYMENTS, comp.name, self.namespace, scaled, subresource="scale") is None:
+        if self._cluster.patch(kind, comp.name, self.namespace, scaled, subresource="scale") is None:
             raise self._no_deployment(comp)
-        progress(f"scaling deployment/{comp.name} to {replicas} replica(s)")
-        rollout.wait_all(self._cluster, self.namespace, [comp.name], self.cfg.ready_timeout)
-        return self._status_of(comp, self._cluster.get(DEPLOYMENTS, comp.name, self.namespace))
+        progress(f"scaling {kind.kind.lower()}/{comp.name} to {replicas} replica(s)")
+        rollout.wait_all(self._cluster, self.namespace, [comp.name], self.cfg.ready_timeout,
+                         kinds=self._workload_kinds())
+        if comp.name == cdn.EDGE.name:
+            # License signs a URL for each PoP: as the local target rewrites its edges file, this
+            # rewrites ott-public's, and rolls license so that it reads it now (not at the kubelet's next sync).
+            self._publish_entry(self._current_entry(), replicas)
+        return self._status_of(comp, self._cluster.get(kind, comp.name, self.namespace))
 
     def stop(self, component: str) -> ComponentStatus:
         """Scale the Deployment to 0, remembering its replicas in an annotation for :meth:`start`."""
         comp = self._not_a_sidecar(self.component(component), "stop")
-        current = self._cluster.get(DEPLOYMENTS, comp.name, self.namespace)
+        kind = self._kind(comp)
+        current = self._cluster.get(kind, comp.name, self.namespace)
         if current is None:
             raise self._no_deployment(comp)
         replicas = int((current.get("spec") or {}).get("replicas") or 0)
         if replicas > 0:
             remember = {"metadata": {"annotations": {STOPPED_REPLICAS: str(replicas)}}}
-            self._cluster.patch(DEPLOYMENTS, comp.name, self.namespace, remember,
-                                content_type=cluster.STRATEGIC_MERGE_PATCH)
-        self._cluster.patch(DEPLOYMENTS, comp.name, self.namespace, {"spec": {"replicas": 0}}, subresource="scale")
-        progress(f"stopped deployment/{comp.name} (0 replicas; `start` brings back {replicas or comp.replicas})")
-        return self._status_of(comp, self._cluster.get(DEPLOYMENTS, comp.name, self.namespace))
+            self._cluster.patch(kind, comp.name, self.namespace, remember, content_type=cluster.STRATEGIC_MERGE_PATCH)
+        self._cluster.patch(kind, comp.name, self.namespace, {"spec": {"replicas": 0}}, subresource="scale")
+        progress(f"stopped {kind.kind.lower()}/{comp.name} "
+                 f"(0 replicas; `start` brings back {replicas or comp.replicas})")
+        return self._status_of(comp, self._cluster.get(kind, comp.name, self.namespace))
 
     def start(self, component: str) -> ComponentStatus:
         """Scale a stopped Deployment back to the replicas it had (its declared count if unknown); wait."""
         comp = self._not_a_sidecar(self.component(component), "start")
-        current = self._cluster.get(DEPLOYMENTS, comp.name, self.namespace)
+        current = self._cluster.get(self._kind(comp), comp.name, self.namespace)
         if current is None:
             raise self._no_deployment(comp)
         annotations = (current.get("metadata") or {}).get("annotations") or {}
@@ -305,8 +359,16 @@ class KubeTarget(Target):
                  "or run this on the local target")
 
     def endpoint(self, component: str, port: str = "http") -> str:
-        """``http://127.0.0.1:<port>``: a port-forward to the component's Service (kept open, reused)."""
+        """A URL of this machine for the component's Service.
+
+        The gateway and the origin, whose URLs viewers get, answer at the lab's public entry
+        (:mod:`labkit.targets.kube.entry`): their node port, or a port-forward from the local
+        target's port of the same component. Any other is ``http://127.0.0.1:<free port>``, a
+        port-forward to its Service (kept open, reused).
+        """
         comp = self.component(component)
+        if port == "http" and comp.name in (entry.GATEWAY, entry.ORIGIN):
+            return self._viewer_url(comp.name)
         if comp.follows is not None:
             raise ConfigError(f"{comp.name} has no Service: it is a sidecar in each {comp.follows} pod",
                               hint="Prometheus scrapes it in every pod: query its metrics with labkit.Prometheus")
@@ -376,6 +438,8 @@ class KubeTarget(Target):
             raise ImageMissingError(wanted, sorted(stuck))
 
     def _manifests(self) -> list[KubeObject]:
+        if self._rendered is not None:
+            return self._rendered
         objects = manifest.render(self.overlay_dir, components=manifest.DATABASES[self.database])
         namespaces = [manifest.name(o) for o in objects if o.get("kind") == "Namespace"]
         if namespaces != [self.namespace]:
@@ -384,7 +448,124 @@ class KubeTarget(Target):
                 f"but OTTLAB_NAMESPACE is {self.namespace!r}",
                 hint="unset OTTLAB_NAMESPACE, or make an overlay that sets `namespace:` and renames the Namespace",
             )
+        self._rendered = objects
         return objects
+
+    # -- the public entry (labkit.targets.kube.entry) ----------------------------------------
+
+    def _workload_kinds(self) -> dict[str, ResourceType]:
+        """The kind of each workload the manifests declare, by name (Deployments are the default)."""
+        return {manifest.name(o): _WORKLOAD_KINDS[str(o["kind"])] for o in self._manifests()
+                if o.get("kind") in _WORKLOAD_KINDS}
+
+    def _kind(self, comp: Component) -> ResourceType:
+        """What the component runs as: a Deployment, or the StatefulSet of the edge's PoPs."""
+        if _workload(comp) != cdn.EDGE.name:
+            return DEPLOYMENTS  # only the edge is another kind: no need to render the manifests for it
+        return self._workload_kinds().get(_workload(comp), DEPLOYMENTS)
+
+    def _declared_pops(self) -> int:
+        """The PoPs the manifests start: the edge StatefulSet's replicas."""
+        for obj in self._manifests():
+            if obj.get("kind") == "StatefulSet" and manifest.name(obj) == cdn.EDGE.name:
+                return int((obj.get("spec") or {}).get("replicas") or 1)
+        return cdn.DEFAULT_POPS
+
+    def _describe_entry(self) -> str:
+        current = self._current_entry()
+        if current.mode == "nodeport":
+            return f"viewers reach the lab at node ports of {current.host}, e.g. {current.url(entry.GATEWAY)}"
+        return f"viewers reach the lab through port-forwards this process holds, e.g. {current.url(entry.GATEWAY)}"
+
+    def _current_entry(self) -> Entry:
+        """The entry the lab runs with: the one ``up`` chose, else the one its ConfigMap ott-public records."""
+        if self._entry is None:
+            stored = self._cluster.get(CONFIGMAPS, entry.PUBLIC_CONFIG, self.namespace)
+            if stored is None:
+                raise NotRunningError(f"the lab in namespace {self.namespace} (no configmap/{entry.PUBLIC_CONFIG}; "
+                                      "`ottlab up --target kube` makes it)")
+            self._entry = entry.from_config(stored, self.cfg, self.components, self._manifests())
+        return self._entry
+
+    def _viewer_url(self, service: str) -> str:
+        """The URL viewers use for ``service`` (gateway, origin, edge-N): a node port, or a port-forward opened now."""
+        current = self._current_entry()
+        url = current.url(service)
+        if current.mode == "nodeport":
+            return url
+        forward = self._forwards.get((service, "http"))
+        if forward is not None and forward.alive:
+            return forward.url
+        comp = self.component(cdn.EDGE.name if service.startswith(f"{cdn.EDGE.name}-") else service)
+        port = int(url.rsplit(":", 1)[1])
+        # One process, one forward per port: a target made again (a notebook cell run twice) takes it over.
+        earlier = _FIXED_FORWARDS.pop(port, None)
+        if earlier is not None:
+            earlier.close()
+        forward = PortForward(functools.partial(self._tunnel, comp, "http", service), name=service, port=port)
+        _FIXED_FORWARDS[port] = forward
+        self._forwards[(service, "http")] = forward
+        progress(f"port-forward {forward.url} -> service/{service} in namespace {self.namespace}")
+        return forward.url
+
+    def _publish_entry(self, current: Entry, pops: int) -> None:
+        """Write ott-public for ``current`` and ``pops`` PoPs; when it changed, roll its readers and wait for them."""
+        self._entry = current
+        public = entry.public_config(current, pops)
+        before = self._cluster.get(CONFIGMAPS, entry.PUBLIC_CONFIG, self.namespace)
+        if before is not None and (before.get("data") or {}) == public["data"]:
+            return
+        self._cluster.apply(public, namespace=self.namespace)
+        digest = entry.config_hash(public)
+        progress(f"applied configmap/{entry.PUBLIC_CONFIG} ({pops} PoP(s); {self._describe_entry()})")
+        readers = [name for name in entry.readers(self._manifests())
+                   if self._cluster.get(DEPLOYMENTS, name, self.namespace) is not None]
+        stamp = {"spec": {"template": {"metadata": {"annotations": {entry.CONFIG_HASH_ANNOTATION: digest}}}}}
+        for name in readers:
+            self._cluster.patch(DEPLOYMENTS, name, self.namespace, stamp, content_type=cluster.STRATEGIC_MERGE_PATCH)
+            progress(f"  rolling deployment/{name}, which writes these URLs")
+        rollout.wait_all(self._cluster, self.namespace, readers, self.cfg.ready_timeout)
+
+    def _check_entry(self, objects: Sequence[KubeObject], readers: Sequence[str]) -> None:
+        """After ``up``: the node ports answer from this machine, else the lab falls back to port-forwards.
+
+        The gateway's ``/healthz`` at its node port is asked (when the gateway was applied). When it
+        does not answer within :data:`ENTRY_TIMEOUT`, the entry becomes port-forwards (license and
+        the transcoder are rolled with the new URLs) and a message says how to get the node ports.
+        """
+        import httpx
+
+        current = self._current_entry()
+        applied = {manifest.name(o) for o in objects if o.get("kind") == "Deployment"}
+        if current.mode != "nodeport" or entry.GATEWAY not in applied:
+            return
+        url = f"{current.url(entry.GATEWAY)}/healthz"
+        problem = [""]
+
+        def answers() -> bool:
+            try:
+                return httpx.get(url, timeout=2.0).status_code == 200
+            except httpx.HTTPError as exc:
+                problem[0] = f"{type(exc).__name__}: {exc}"
+                return False
+
+        try:
+            until(answers, ENTRY_TIMEOUT, 0.5, f"the lab's public entry {url}")
+            progress(f"public entry: {current.url(entry.GATEWAY)} answers ({self._describe_entry()})")
+            return
+        except TimeoutExpired:
+            pass
+        progress(
+            f"note: the lab's node ports do not answer at {current.host} ({url}: {problem[0] or 'no 200'}); "
+            f"falling back to port-forwards held by this process. For node ports, create the cluster with "
+            f"k8s/overlays/{self.overlay}/cluster.yaml (see README, The kube target), or set {entry.HOST_ENV} "
+            f"to an address of a node this machine reaches; {entry.ENTRY_ENV}=forwards skips this check"
+        )
+        self._publish_entry(Entry.forwards(self.cfg, self.components), self._running_pops())
+
+    def _running_pops(self) -> int:
+        found = self._cluster.get(STATEFULSETS, cdn.EDGE.name, self.namespace)
+        return int(((found or {}).get("spec") or {}).get("replicas") or self._declared_pops())
 
     def _status_of(self, comp: Component, deployment: KubeObject | None) -> ComponentStatus:
         urls = {port: f.url for (name, port), f in self._forwards.items() if name == comp.name and f.alive}
@@ -409,8 +590,16 @@ class KubeTarget(Target):
             state = "running"
         else:
             state = "starting"
+        # Each PoP (a pod of the edge StatefulSet) at the URL viewers reach it at, as license signs it.
+        replica_urls = {}
+        if comp.name == cdn.EDGE.name and desired > 0 and deployment.get("kind") == "StatefulSet":
+            try:
+                replica_urls = {pop: self._viewer_url(pop) for pop in entry.pop_services(desired)}
+            except NotRunningError as exc:  # a lab applied before the public entry existed: `up` again makes it
+                progress(f"note: the PoPs' URLs are unknown: {exc.message}")
         return ComponentStatus(
-            comp.name, comp.layer, state, healthy, urls=urls, replicas=available, detail=rollout_status.describe()
+            comp.name, comp.layer, state, healthy, urls=urls, replicas=available, detail=rollout_status.describe(),
+            replica_urls=replica_urls,
         )
 
     def _not_a_sidecar(self, comp: Component, action: str) -> Component:
@@ -427,11 +616,12 @@ class KubeTarget(Target):
         pods = self._cluster.list(PODS, self.namespace, label_selector=f"{manifest.NAME_LABEL}={_workload(comp)}")
         return sorted(pods, key=manifest.name)
 
-    def _backend(self, comp: Component, port: str) -> tuple[str, int]:
-        """A ready pod behind the component's Service, and its port number for ``port``."""
-        service = self._cluster.get(SERVICES, comp.name, self.namespace)
+    def _backend(self, comp: Component, port: str, service_name: str | None = None) -> tuple[str, int]:
+        """A ready pod behind the component's Service (or ``service_name``), and its port number for ``port``."""
+        service_name = service_name or comp.name
+        service = self._cluster.get(SERVICES, service_name, self.namespace)
         if service is None:
-            raise NotRunningError(f"component {comp.name!r} (no service/{comp.name} in namespace {self.namespace})")
+            raise NotRunningError(f"component {comp.name!r} (no service/{service_name} in namespace {self.namespace})")
         spec = service.get("spec") or {}
         target: str | int = port
         for service_port in spec.get("ports") or []:
@@ -443,7 +633,7 @@ class KubeTarget(Target):
         ready = sorted((p for p in pods if _ready(p)), key=manifest.name)
         if not ready:
             raise NotRunningError(
-                f"component {comp.name!r} (no ready pod behind service/{comp.name} in namespace {self.namespace})"
+                f"component {comp.name!r} (no ready pod behind service/{service_name} in namespace {self.namespace})"
             )
         pod = ready[0]
         if isinstance(target, int):
@@ -454,12 +644,12 @@ class KubeTarget(Target):
                     return manifest.name(pod), int(container_port["containerPort"])
         return manifest.name(pod), comp.port(port).container
 
-    def _tunnel(self, comp: Component, port: str) -> Stream:
-        """A new websocket port-forward to a ready pod of the component (one per connection)."""
+    def _tunnel(self, comp: Component, port: str, service_name: str | None = None) -> Stream:
+        """A new websocket port-forward to a ready pod of the component's Service (or ``service_name``)."""
         from kubernetes import client as k8s_client
         from kubernetes.stream import portforward
 
-        pod, number = self._backend(comp, port)
+        pod, number = self._backend(comp, port, service_name)
         # kubernetes.stream swaps the transport of the ApiClient it is given while it connects:
         # a private client keeps that away from the calls other threads make meanwhile.
         api_client = k8s_client.ApiClient(self._cluster.api_client.configuration)

@@ -1,0 +1,178 @@
+"""The kube target gives viewers URLs they reach, against the fake API server (kmock, test_kube_target.py's).
+
+- ``up`` applies the ConfigMap ott-public right after the Namespace, before the pods that read it,
+  and stamps its hash on license's and the transcoder's pod templates (a change rolls them);
+- each PoP is its own Service: ``labkit.pops.pop_urls`` gives one URL per PoP, and each one
+  reaches that PoP's pod, through a port-forward of its own on the local target's port;
+- ``scale edge 3`` rewrites ott-public's edges and rolls license, so it signs for three PoPs;
+- node ports that do not answer from this machine end in port-forwards, with a message saying why
+  and what to do (the cluster config), and the readers rolled with the new URLs.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from test_kube_target import (
+    KUBE_BASE_PORT,
+    NAMESPACE,
+    POD_REPLY,
+    STATEFULSETS,
+    FakeCluster,
+    apis_target,
+    deployment,
+    header,
+    pod,
+    running_fake_cluster,
+    settle_deployments,
+)
+
+from labkit.clients import pops
+from labkit.core.config import LabConfig
+from labkit.platform.layers import apis, cdn
+from labkit.targets.kube import entry, manifest
+from labkit.targets.kube import target as kube_target
+from labkit.targets.kube.target import KubeTarget
+
+CONFIGMAPS = "v1/configmaps"
+DEPLOYMENTS = "apps/v1/deployments"
+PODS = "v1/pods"
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeCluster]:
+    with running_fake_cluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def target(fake: FakeCluster, lab_cfg: LabConfig) -> Iterator[KubeTarget]:
+    made = apis_target(fake, lab_cfg)
+    try:
+        yield made
+    finally:
+        made.close()
+
+
+def public(fake: FakeCluster) -> dict[str, str]:
+    stored = fake.stored(CONFIGMAPS, entry.PUBLIC_CONFIG)
+    assert stored is not None, "no configmap/ott-public"
+    data: dict[str, str] = stored["data"]
+    return data
+
+
+def local(offset: int) -> str:
+    return f"http://127.0.0.1:{KUBE_BASE_PORT + offset}"
+
+
+def pop_pod(replica: int) -> dict[str, Any]:
+    """A ready pod of the edge StatefulSet, labelled as its controller labels it."""
+    made = pod(cdn.EDGE.name)
+    made["metadata"]["labels"]["statefulset.kubernetes.io/pod-name"] = cdn.pop_id(replica)
+    return made
+
+
+def test_up_writes_ott_public_before_its_readers_and_stamps_its_hash_on_them(
+    fake: FakeCluster, target: KubeTarget
+) -> None:
+    settle_deployments(fake)
+
+    target.up(["apis"])
+
+    data = public(fake)
+    assert data[entry.MODE_KEY] == "forwards"
+    assert data[entry.GATEWAY_KEY] == local(0) == apis.GATEWAY.url(target.cfg)
+    assert data[entry.ORIGIN_KEY] == local(60)
+    assert json.loads(data[entry.EDGES_KEY]) == {"edge-0": local(100), "edge-1": local(101)}
+    order = fake.requests()
+    written = next(i for i, r in enumerate(order) if r.method == "PATCH" and r.name == entry.PUBLIC_CONFIG)
+    namespace = next(i for i, r in enumerate(order) if r.url.path == f"/api/v1/namespaces/{NAMESPACE}")
+    first_deployment = next(i for i, r in enumerate(order) if r.method == "PATCH" and r.data["kind"] == "Deployment")
+    assert namespace < written < first_deployment
+    assert header(order[written], "Content-Type") == "application/apply-patch+yaml"
+    license = fake.stored(DEPLOYMENTS, "license")
+    assert license is not None
+    stamp = license["spec"]["template"]["metadata"]["annotations"][entry.CONFIG_HASH_ANNOTATION]
+    assert stamp == entry.config_hash({"data": data})
+    # Only the readers: the other services' pods do not roll when viewers' URLs change.
+    auth = fake.stored(DEPLOYMENTS, "auth")
+    assert auth is not None
+    assert entry.CONFIG_HASH_ANNOTATION not in (auth["spec"]["template"]["metadata"].get("annotations") or {})
+    # The gateway viewers reach is the one license writes into key URIs.
+    assert target.endpoint("gateway") == data[entry.GATEWAY_KEY]
+
+
+def test_each_pop_is_reached_through_its_own_service_and_port(fake: FakeCluster, target: KubeTarget) -> None:
+    settle_deployments(fake)
+    target.up(["cdn"])
+    for replica in range(2):
+        fake.put(PODS, cdn.pop_id(replica), pop_pod(replica))
+
+    urls = pops.pop_urls(target)
+
+    # The local target's PoP URLs: license's edges file names the same ones.
+    assert urls == {"edge-0": local(100), "edge-1": local(101)} == json.loads(public(fake)[entry.EDGES_KEY])
+    for name, url in urls.items():
+        answer = httpx.get(f"{url}/healthz", timeout=10)
+        assert (answer.status_code, answer.content) == (200, POD_REPLY)
+        forwards = [r for r in fake.requests("GET") if r.subresource == "portforward"]
+        # Through that PoP's Service to that PoP's pod, and no other.
+        assert forwards[-1].url.path == f"/api/v1/namespaces/{NAMESPACE}/pods/{name}/portforward"
+    assert pops.reachable(f"{urls['edge-1']}/s/t/1/title/master.m3u8", urls) == f"{local(101)}/s/t/1/title/master.m3u8"
+
+
+def test_scaling_the_edge_to_three_tells_license_of_three_pops(fake: FakeCluster, target: KubeTarget) -> None:
+    settle_deployments(fake)
+    target.up(["cdn"])
+    license = deployment("license")
+    license["spec"]["template"] = {"metadata": {"labels": {manifest.NAME_LABEL: "license"}},
+                                   "spec": {"containers": [{"name": "license", "image": "x"}]}}
+    fake.put(DEPLOYMENTS, "license", license)
+    before = len([r for r in fake.requests("PATCH") if r.name == "license"])
+
+    status = target.scale("edge", 3)
+
+    stored = fake.stored(STATEFULSETS, "edge")
+    assert stored is not None and stored["spec"]["replicas"] == 3
+    edges = json.loads(public(fake)[entry.EDGES_KEY])
+    assert edges == {"edge-0": local(100), "edge-1": local(101), "edge-2": local(102)}
+    assert status.replica_urls == edges
+    rolled = [r for r in fake.requests("PATCH") if r.name == "license"][before:]
+    assert len(rolled) == 1
+    assert header(rolled[0], "Content-Type") == "application/strategic-merge-patch+json"
+    annotations = rolled[0].data["spec"]["template"]["metadata"]["annotations"]
+    assert annotations == {entry.CONFIG_HASH_ANNOTATION: entry.config_hash({"data": public(fake)})}
+
+    # The same count again (start after stop does this) changes nothing and rolls nothing.
+    target.scale("edge", 3)
+    assert len([r for r in fake.requests("PATCH") if r.name == "license"][before:]) == 1
+
+
+def test_node_ports_that_do_not_answer_end_in_port_forwards_saying_what_to_do(
+    fake: FakeCluster, target: KubeTarget, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv(entry.ENTRY_ENV)
+    monkeypatch.setattr(kube_target, "ENTRY_TIMEOUT", 0.6)
+    settle_deployments(fake)
+    # Nothing listens on the gateway's node port of this machine: a kind cluster made without its config.
+    with pytest.raises(httpx.HTTPError):
+        httpx.get("http://127.0.0.1:30000/healthz", timeout=1)
+
+    target.up(["apis"])
+
+    out = capsys.readouterr().out
+    assert "the lab's node ports do not answer at 127.0.0.1" in out
+    assert "falling back to port-forwards" in out and "k8s/overlays/kind/cluster.yaml" in out
+    applied = [r.data["data"] for r in fake.requests("PATCH") if r.name == entry.PUBLIC_CONFIG]
+    assert [d[entry.MODE_KEY] for d in applied] == ["nodeport", "forwards"]
+    assert applied[0][entry.GATEWAY_KEY] == "http://127.0.0.1:30000"
+    assert public(fake)[entry.GATEWAY_KEY] == local(0)
+    license = fake.stored(DEPLOYMENTS, "license")
+    assert license is not None
+    stamp = license["spec"]["template"]["metadata"]["annotations"][entry.CONFIG_HASH_ANNOTATION]
+    assert stamp == entry.config_hash({"data": public(fake)})
+    assert target.endpoint("gateway") == local(0)
