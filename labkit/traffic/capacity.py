@@ -69,6 +69,21 @@ class Ramp:
         return analysis.curve(self.steps, self.cpu, self.knee(), self.slo, heading=heading)
 
 
+def doubling(first: int, last: int) -> list[int]:
+    """Steps from ``first`` viewers doubling up to ``last`` (included when it is on the way).
+
+    >>> doubling(100, 1000)
+    [100, 200, 400, 800]
+    """
+    if isinstance(first, bool) or not isinstance(first, int) or first < 1 or not isinstance(last, int) or last < first:
+        raise ConfigError(f"a ramp from {first!r} to {last!r} viewers: both whole numbers, 1 <= first <= last",
+                          hint="e.g. from 100 to 3200")
+    steps = [first]
+    while steps[-1] * 2 <= last:
+        steps.append(steps[-1] * 2)
+    return steps
+
+
 def _check_steps(steps: Sequence[int], step_seconds: float, arrivals_s: float) -> None:
     if not steps or len(steps) > MAX_STEPS:
         raise ConfigError(f"a ramp has 1 to {MAX_STEPS} steps, got {len(steps)}", hint="e.g. steps=[25, 50, 100]")

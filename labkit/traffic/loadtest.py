@@ -38,10 +38,12 @@ from typing import Any
 
 import yaml
 
+from labkit.clients.prometheus import Prometheus
 from labkit.core import programs
 from labkit.core.config import repo_root
 from labkit.core.console import echo_command, progress
 from labkit.core.errors import ConfigError, LabError, MissingBinaryError, TimeoutExpired
+from labkit.core.wait import until
 from labkit.targets.base import Target
 
 SCRIPT = repo_root() / "k8s" / "loadtest" / "viewer-journey.js"
@@ -301,6 +303,27 @@ def run(target: Target, *, vus: int, duration: str | float, ramp: str | float = 
                        hint="is the platform up (`ottlab status`) and the title published?")
     summary = json.loads(summary_path.read_text())
     return Result(chosen, summary, proc.returncode, summary_path, output, wall)
+
+
+def requests_in_prometheus(prom: Prometheus, result: Result, *, timeout: float = 60.0) -> dict[str, int]:
+    """The run's requests by kind (k6's ``name`` tag) as Prometheus received them by remote write.
+
+    Waits (bounded) until they add up to the summary's count: k6 pushes every few seconds and once
+    more as it ends, so all of them arrive; a timeout says how many did.
+    """
+    promql = f'sum by (name)(last_over_time(k6_http_reqs_total{{testid="{result.plan.testid}"}}[1h]))'
+    expected = int(result.summary.get("metrics", {}).get("http_reqs", {}).get("count", 0))
+    seen: dict[str, int] = {}
+
+    def arrived() -> dict[str, int] | None:
+        frame = prom.query(promql)
+        seen.clear()
+        seen.update({str(r["name"]): int(r["value"]) for r in frame.to_dict("records")} if len(frame) else {})
+        return dict(seen) if sum(seen.values()) >= expected > 0 else None
+
+    return until(arrived, timeout, 1.0, lambda: f"k6's {expected} requests in Prometheus (testid "
+                 f"{result.plan.testid}; arrived so far: {sum(seen.values())})",
+                 hint="does Prometheus run with --web.enable-remote-write-receiver?")
 
 
 def _tail(output: str, lines: int = 15) -> str:
