@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from kubernetes.utils.quantity import parse_quantity
 
 from labkit.core.config import repo_root
 from labkit.core.errors import ConfigError
@@ -98,6 +97,19 @@ class Hpa:
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
+_SUFFIXES = {"": 1, "n": 1e-9, "u": 1e-6, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18,
+             "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
+_QUANTITY = re.compile(r"([+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)(Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE]?)")
+
+
+def quantity(value: object) -> float:
+    """A Kubernetes quantity (``100m``, ``40M``, ``1Gi``, ``2``, ``1e3``) as a number."""
+    match = _QUANTITY.fullmatch(str(value).strip())
+    if match is None:
+        raise ConfigError(f"{value!r} is not a Kubernetes quantity", hint="e.g. 100m, 40M, 1Gi or 2")
+    return float(match.group(1)) * _SUFFIXES[match.group(2)]
+
+
 def autoscaling_dir() -> Path:
     return repo_root() / "k8s" / "base" / "autoscaling"
 
@@ -170,8 +182,7 @@ def _metric(entry: Mapping[str, Any], where: str) -> MetricTarget:
     if target.get("type") == "Utilization" and kind == "Resource":
         return MetricTarget(kind, name, "Utilization", float(target["averageUtilization"]))
     if target.get("type") == "AverageValue":
-        value = parse_quantity(target["averageValue"])  # type: ignore[no-untyped-call]
-        return MetricTarget(kind, name, "AverageValue", float(value))
+        return MetricTarget(kind, name, "AverageValue", quantity(target["averageValue"]))
     raise ConfigError(f"{where}: metric {name!r} has target type {target.get('type')!r}",
                       hint="use Utilization (cpu) or AverageValue")
 
@@ -268,6 +279,6 @@ def cpu_request(component: str, directory: Path | None = None) -> float:
                 if any(r is None for r in requests):
                     raise ConfigError(f"a container of {doc['kind'].lower()}/{component} ({path}) requests no CPU",
                                       hint="CPU utilization is usage / request: give every container requests.cpu")
-                return float(sum(parse_quantity(r) for r in requests))  # type: ignore[no-untyped-call]
+                return sum(quantity(r) for r in requests)
     raise ConfigError(f"no Deployment or StatefulSet named {component!r} under {base}",
                       hint="scale a component that has one")

@@ -366,3 +366,10 @@ def test_a_lesson_may_shorten_the_window_and_lower_a_metric_target() -> None:
         hpa_mod.check_metric_targets(hpas, {"ott_egress": 1.0})
     with pytest.raises(ConfigError, match="must be positive"):
         hpa_mod.check_metric_targets(hpas, {"cpu": 0.0})
+
+
+def test_kubernetes_quantities() -> None:
+    assert [hpa_mod.quantity(q) for q in ("100m", "40M", "2", "1Gi", "1.5k", "1e3", "0.5")] == [
+        0.1, 40e6, 2.0, 2**30, 1500.0, 1000.0, 0.5]
+    with pytest.raises(ConfigError, match="not a Kubernetes quantity"):
+        hpa_mod.quantity("40 MB")

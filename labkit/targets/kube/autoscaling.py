@@ -19,8 +19,6 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from kubernetes.utils.quantity import parse_quantity
-
 from labkit.core.console import progress
 from labkit.core.errors import ConfigError
 from labkit.platform import hpa
@@ -131,8 +129,7 @@ def _current_metrics(entries: Sequence[dict[str, Any]]) -> dict[str, float]:
             body = entry.get("pods") or {}
             now = body.get("current") or {}
             if "averageValue" in now:
-                quantity = parse_quantity(now["averageValue"])  # type: ignore[no-untyped-call]
-                values[str((body.get("metric") or {}).get("name"))] = float(quantity)
+                values[str((body.get("metric") or {}).get("name"))] = hpa.quantity(now["averageValue"])
     return values
 
 
