@@ -1,7 +1,8 @@
 """Delivery: what the edge PoPs served, from their access logs (``ott_edge_*``), per PoP.
 
-Requests and egress, cache hit ratio, origin offload, origin fetches, 4xx/5xx, response time and
-the signed-URL refusals (the edge answers 403/410 before its cache when a URL's signature is bad or
+Requests and egress, cache hit ratio, origin offload, origin fetches, 4xx/5xx, response time, the
+time to first byte the synthetic probes measure through each PoP (``probe_http_duration_seconds``)
+and the signed-URL refusals (the edge answers 403/410 before its cache when a URL's signature is bad or
 expired).
 """
 
@@ -92,6 +93,10 @@ def build() -> dict[str, Any]:
             timeseries("Segment response time p95 per PoP", "nginx's request time for segments, 95th percentile "
                        "(the whole answer; the first byte comes sooner)", "s",
                        Query(_p95("segment"), "{{pop}}"), steps=rising(1, 2), minimum=0),
+            timeseries("Time to first byte per PoP", "The synthetic probes' wait for the first byte after the "
+                       "request (blackbox phase processing), playlist and segment", "s",
+                       Query('max by (pop, probe) (probe_http_duration_seconds{phase="processing", pop=~"$pop", '
+                             'probe=~"playlist|segment"})', "{{pop}} {{probe}}"), steps=rising(0.5, 2), minimum=0),
             timeseries("Playlist response time p95 per PoP", "nginx's request time for playlists, 95th percentile",
                        "s", Query(_p95("playlist"), "{{pop}}"), steps=rising(0.25, 0.5), minimum=0),
         ]),
