@@ -52,6 +52,8 @@ class MetricProposal:
     target: float
     replicas: int | None  # None: the metric could not be computed
     detail: str = ""
+    # Each pod's value as read (None: missing) and whether it counted as ready.
+    pods: tuple[tuple[str, float | None, bool], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -74,7 +76,7 @@ class Decision:
             "proposed": self.proposed, "desired": self.desired, "reason": self.reason,
             "rescale_reason": self.rescale_reason,
             "metrics": [{"metric": m.metric, "current": m.current, "target": m.target, "replicas": m.replicas,
-                         "detail": m.detail} for m in self.metrics],
+                         "detail": m.detail, "pods": [list(p) for p in m.pods]} for m in self.metrics],
         }
 
 
@@ -203,12 +205,13 @@ class Autoscaler:
     def _proposal(self, metric: MetricTarget, current: int, samples: Sequence[PodSample]) -> MetricProposal:
         if not samples:
             return MetricProposal(metric.name, None, metric.target, None, "no pods to read it from")
+        pods = tuple((s.pod, s.value, s.running and (s.ready or not metric.is_cpu)) for s in samples)
         try:
             replicas, usage = metric_replicas(current, samples, metric.target, cpu=metric.is_cpu,
                                               tolerance=self.tolerance)
         except ValueError as exc:
-            return MetricProposal(metric.name, None, metric.target, None, f"{metric.name}: {exc}")
-        return MetricProposal(metric.name, usage, metric.target, replicas)
+            return MetricProposal(metric.name, None, metric.target, None, f"{metric.name}: {exc}", pods)
+        return MetricProposal(metric.name, usage, metric.target, replicas, pods=pods)
 
     def _stabilize(self, now: float, current: int, proposed: int) -> tuple[int, str]:
         """horizontal.go stabilizeRecommendationWithBehaviors (windows of both directions)."""
