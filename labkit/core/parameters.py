@@ -102,6 +102,8 @@ LESSONS: dict[str, Lesson] = {
         "VIEWERS_TO": Range(1, 10_000, whole=True, hint="the largest step, e.g. 3200 (doubling from VIEWERS_FROM)"),
         "STEP_SECONDS": Range(4, 600, unit="seconds", hint="how long each step plays; 12 s is enough"),
         "SEED": Range(-(2**63), 2**63 - 1, whole=True, hint="any integer, e.g. 7"),
+        "SCALE_DOWN_WINDOW": Range(0, 3600, unit="seconds",
+                                   hint="the HPAs' scale-down stabilization window: 300 is Kubernetes' default"),
         "WAIT_SECONDS": _WAIT,
     }, title_hint=f"{_TITLE_HINT}, e.g. 'lab-clock-load'"),
 }
