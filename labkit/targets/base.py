@@ -52,7 +52,7 @@ class AutoscalerStatus:
     metrics: list[dict[str, Any]] = field(default_factory=list)  # name, current, target
     current: int | None = None
     desired: int | None = None
-    # The newest last: at (epoch seconds), current, desired, reason, message.
+    # The newest last: at (epoch seconds), current, desired, reason, message, metrics (as ``metrics``).
     decisions: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:

@@ -107,7 +107,7 @@ def status(cluster: Cluster, namespace: str, objects: Sequence[KubeObject]) -> l
         metrics = [{"metric": m.name, "current": current.get(m.name), "target": m.target} for m in declared.metrics]
         decisions = [
             {"at": _epoch(c.get("lastTransitionTime")), "current": state.get("currentReplicas"),
-             "desired": state.get("desiredReplicas"), "reason": c.get("reason"),
+             "desired": state.get("desiredReplicas"), "reason": c.get("reason"), "metrics": metrics,
              "message": f"{c.get('type')}={c.get('status')}: {c.get('message', '')}"}
             for c in sorted(state.get("conditions") or [], key=lambda c: str(c.get("lastTransitionTime", "")))
         ]

@@ -301,7 +301,7 @@ class LocalTarget(Target):
                 current=self.replicas(h.target), desired=last.get("desired"),
                 decisions=[{"at": d.get("since", d.get("wall")), "last": d.get("wall"),
                             "current": d.get("current"), "desired": d.get("desired"),
-                            "reason": d.get("reason"),
+                            "reason": d.get("reason"), "metrics": d.get("metrics") or [],
                             "message": "; ".join(x for x in (d.get("rescale_reason"), d.get("outcome")) if x)}
                            for d in decisions]))
         return rows
