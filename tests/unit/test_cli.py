@@ -102,3 +102,13 @@ def test_the_table_names_the_web_player_once_it_and_the_gateway_are_healthy(caps
     assert "web player: http://127.0.0.1:18000/player/" in capsys.readouterr().out
     _print_table([gateway, ComponentStatus("player", "player", "stopped", False, {"http": "http://127.0.0.1:18084"})])
     assert "web player" not in capsys.readouterr().out
+
+
+def test_autoscale_when_nothing_runs(runner: CliRunner) -> None:
+    result = runner.invoke(main, ["autoscale", "on"])
+    assert result.exit_code == 1
+    assert "is not running" in result.output and "ottlab up" in result.output
+    status = runner.invoke(main, ["autoscale", "status", "--json"])
+    assert status.exit_code == 0 and status.output.strip() == "[]"  # no layer up: no HPA applies
+    bad = runner.invoke(main, ["autoscale", "sideways"])
+    assert bad.exit_code == 2 and "'on', 'off', 'status'" in bad.output
