@@ -594,6 +594,31 @@ def configure_logging(level: str) -> logging.Logger:
     return logging.getLogger("ott.edgelog")
 
 
+def echoed(handle: Callable[[bytes], bool]) -> Callable[[bytes], bool]:
+    """``handle``, which also writes each line it accepts to stdout, whole, between the log's own lines.
+
+    The pod's log then holds the PoP's requests, each one JSON object per line as nginx wrote it:
+    ``kubectl logs edge-0 -c edge-exporter`` shows them, and the kube target's ``access_log`` reads them.
+    """
+    handler = logging.getLogger().handlers[0] if logging.getLogger().handlers else None
+
+    def handle_and_echo(raw: bytes) -> bool:
+        accepted = handle(raw)
+        if accepted:
+            text = raw.decode("utf-8", "replace").strip() + "\n"
+            if handler is not None:
+                handler.acquire()  # one line at a time, never inside one of the log's own
+            try:
+                sys.stdout.write(text)
+                sys.stdout.flush()
+            finally:
+                if handler is not None:
+                    handler.release()
+        return accepted
+
+    return handle_and_echo
+
+
 def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m ott.edgelog", description=__doc__.split("\n\n")[0])
     parser.add_argument("--log", required=True, type=Path, help="the PoP's JSON access log")
@@ -607,6 +632,9 @@ def parser() -> argparse.ArgumentParser:
                         help="CMCD sessions kept at most; the least recently seen go first (default: 1000)")
     parser.add_argument("--truncate-at", type=int, default=0, metavar="BYTES",
                         help="empty the log once this much of it has been read (default: 0, never)")
+    parser.add_argument("--echo", action="store_true",
+                        help="also write each valid access log line to stdout, as read (on Kubernetes: the pod's "
+                             "log, where labkit reads a PoP's requests)")
     return parser
 
 
@@ -620,6 +648,7 @@ class Options:
     session_ttl: float
     max_sessions: int
     truncate_at: int = 0
+    echo: bool = False
 
 
 def options(argv: list[str] | None = None, environ: Mapping[str, str] | None = None) -> Options:
@@ -642,7 +671,7 @@ def options(argv: list[str] | None = None, environ: Mapping[str, str] | None = N
         cli.error(f"port {port} is out of range")
     return Options(log=args.log, pop=args.pop, host=args.host or settings.host, port=port,
                    from_start=args.from_start, session_ttl=args.session_ttl, max_sessions=args.max_sessions,
-                   truncate_at=args.truncate_at)
+                   truncate_at=args.truncate_at, echo=args.echo)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -654,8 +683,8 @@ def main(argv: list[str] | None = None) -> int:
     def event(name: str, fields: Mapping[str, object]) -> None:
         log.info(name.replace("_", " "), extra={"event": name, **fields})
 
-    tailer = Tailer(opts.log, metrics.handle_line, metrics.invalid, from_start=opts.from_start, event=event,
-                    truncate_at=opts.truncate_at)
+    tailer = Tailer(opts.log, echoed(metrics.handle_line) if opts.echo else metrics.handle_line,
+                    metrics.invalid, from_start=opts.from_start, event=event, truncate_at=opts.truncate_at)
     try:
         server = MetricsServer(opts.host, opts.port, registry)
     except OSError as exc:

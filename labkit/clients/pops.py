@@ -1,8 +1,9 @@
 """The CDN layer seen from a notebook: the PoPs' URLs, signed URLs you can reach, waits on their logs and metrics.
 
 On the local target every PoP is a port of this machine and its access log a file; on Kubernetes
-the PoPs are the pods behind the ``edge`` Service (reached through one port-forward). A PoP's access
-log is :meth:`labkit.targets.base.Target.access_log`, where the target can read it::
+each PoP is a pod of the edge StatefulSet with a Service of its own, reached at its node port or a
+port-forward of its own (labkit.targets.kube.entry), and its access log is in its pod's log. A PoP's
+access log is :meth:`labkit.targets.base.Target.access_log`::
 
     pops = pop_urls(target)                               # {"edge-0": "http://127.0.0.1:18100", ...}
     url = reachable(grant["playback"][0]["url"], pops)    # license's signed URL, via a URL of this machine

@@ -253,7 +253,8 @@ def test_the_exporter_runs_the_declared_command_translated_for_the_pod() -> None
         "{host}": "0.0.0.0",  # every interface: the kubelet's probes and Prometheus
         "{port_http}": str(cdn.EXPORTER.port("http").container),
     }
-    assert spec["command"] == ["python", *(in_the_pod.get(a, a) for a in cdn.EXPORTER.args)]
+    # ... and --echo: on the cluster the access log's lines also go to the pod's log (Target.access_log reads them).
+    assert spec["command"] == ["python", *(in_the_pod.get(a, a) for a in cdn.EXPORTER.args), "--echo"]
     assert set(in_the_pod) <= set(cdn.EXPORTER.args), "a template changed in the declaration"
     command = spec["command"]
     assert command[command.index("--truncate-at") + 1] == str(cdn.ACCESS_LOG_MAX_BYTES)

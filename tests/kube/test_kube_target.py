@@ -18,6 +18,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import os
 import re
 import socket
 import subprocess
@@ -253,7 +254,10 @@ def _free_base_port() -> int:
     other test processes on this machine (local labs, another run of this suite) must not hold them.
     """
     offsets = [60, 80, *range(100, 100 + cdn.MAX_POPS)]
-    for base in range(40000, 60000, 500):
+    # Each test process starts its search elsewhere (by its pid): two runs at once do not pick the same block.
+    blocks = list(range(40000, 60000, 500))
+    start = os.getpid() % len(blocks)
+    for base in blocks[start:] + blocks[:start]:
         held = []
         try:
             for offset in offsets:
@@ -608,7 +612,6 @@ def test_the_signing_secret_is_read_from_the_secret_up_created(fake_cluster: Fak
 
 @pytest.mark.parametrize(("call", "says"), [
     (lambda t: t.media_root(), "cannot reach the origin's media root from this machine"),
-    (lambda t: t.access_log("edge-0"), "cannot read the access log of PoP 'edge-0'"),
 ])
 def test_what_a_cluster_keeps_in_its_pods_is_a_missing_capability(
     fake_cluster: FakeCluster, lab_cfg: LabConfig, call: Any, says: str

@@ -14,6 +14,8 @@ The notebooks' code is read (ast), not copied here, so a new wait is picked up:
   that module is scraped on kube among those pods;
 - ``target.signing_secret()`` / ``service_token()``: the Secret labkit.targets.kube.secrets
   creates for those layers holds the key the target reads, and the edges mount the key they include;
+- ``target.access_log(pop)`` (``wait_for_sessions``): the PoP's exporter echoes its access log to the
+  pod's log, which the kube target reads;
 - the URLs viewers get: each endpoint a viewer uses (the gateway, the origin) is a NodePort of the lab's
   public entry; ``pop_urls`` and ``wait_for_sessions``: the edge is a StatefulSet with one Service per
   PoP (edge-0 ... up to MAX_POPS), each selecting that pod alone at a node port; the pods that write
@@ -47,7 +49,9 @@ NOTEBOOKS = sorted((repo_root() / "notebooks").glob("0[0-4]-*.ipynb"))
 # Target methods a notebook may call that ask nothing of the manifests beyond what `up` applied.
 INERT = {"describe", "status", "status_frame"}
 # ... and the ones the kube target cannot answer from the manifests: it says so (MissingCapabilityError).
-NOT_ON_KUBE = {"access_log", "media_root"}
+NOT_ON_KUBE = {"media_root"}
+# Target methods that read what the pods write: each one's source among the applied objects is checked.
+FROM_PODS = {"access_log"}
 CHECKED = {"up", "endpoint", "stop", "start", "signing_secret", "service_token"}
 # Services whose URLs viewers get (key URIs, the player page; master playlists): the lab's public entry.
 VIEWER_FACING = {entry.GATEWAY, entry.ORIGIN}
@@ -123,7 +127,7 @@ def waits(notebook: Path) -> Waits:
                 found.endpoints.add(value(args[0]))
             elif method in {"stop", "start"}:
                 found.deployments.add(value(args[0]))
-            elif method in {"signing_secret", "service_token"} | NOT_ON_KUBE:
+            elif method in {"signing_secret", "service_token"} | NOT_ON_KUBE | FROM_PODS:
                 found.secrets.add(method)
             elif method not in INERT:
                 found.unknown.add(f"target.{method}")
@@ -277,7 +281,12 @@ def test_the_manifests_produce_what_the_notebook_waits_for(overlay: str, noteboo
     wanted = set(layers) if layers is not None else {lay.name for lay in platform.layers()}
     reads = {"signing_secret": (secrets.URL_SIGNING, secrets.URL_SIGNING_SECRET_KEY),
              "service_token": (secrets.SERVICE_TOKEN, secrets.SERVICE_TOKEN_KEY)}
-    for method in asked.secrets - NOT_ON_KUBE:
+    if "access_log" in asked.secrets:
+        # The kube target reads a PoP's requests from its pod's log, where the exporter echoes its access log.
+        (exporter,) = [c for c in workload(objects, cdn.EDGE.name)["spec"]["template"]["spec"]["containers"]
+                       if c["name"] == cdn.EXPORTER.name]
+        assert "--echo" in exporter["command"], "the PoP's exporter does not echo the access log to the pod's log"
+    for method in asked.secrets - NOT_ON_KUBE - FROM_PODS:
         name, key = reads[method]
         (lab_secret,) = [s for s in secrets.LAB_SECRETS if s.name == name]
         assert wanted & set(lab_secret.layers), f"up({layers}) does not create Secret {name}"

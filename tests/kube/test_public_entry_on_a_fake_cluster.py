@@ -6,7 +6,8 @@
   reaches that PoP's pod, through a port-forward of its own on the local target's port;
 - ``scale edge 3`` rewrites ott-public's edges and rolls license, so it signs for three PoPs;
 - node ports that do not answer from this machine end in port-forwards, with a message saying why
-  and what to do (the cluster config), and the readers rolled with the new URLs.
+  and what to do (the cluster config), and the readers rolled with the new URLs;
+- a PoP's access log is read from its pod's log, where its exporter echoes each line.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import kmock
 import pytest
 from test_kube_target import (
     KUBE_BASE_PORT,
@@ -33,6 +35,7 @@ from test_kube_target import (
 
 from labkit.clients import pops
 from labkit.core.config import LabConfig
+from labkit.core.errors import ConfigError
 from labkit.platform.layers import apis, cdn
 from labkit.targets.kube import entry, manifest
 from labkit.targets.kube import target as kube_target
@@ -176,3 +179,24 @@ def test_node_ports_that_do_not_answer_end_in_port_forwards_saying_what_to_do(
     stamp = license["spec"]["template"]["metadata"]["annotations"][entry.CONFIG_HASH_ANNOTATION]
     assert stamp == entry.config_hash({"data": public(fake)})
     assert target.endpoint("gateway") == local(0)
+
+
+def test_a_pops_access_log_is_its_exporters_echo_in_the_pod_log(fake: FakeCluster, target: KubeTarget) -> None:
+    """nginx's JSON lines, as the exporter echoes them (--echo), between the exporter's own JSON log lines."""
+    request = {"time": "2026-12-04T21:00:00+00:00", "msec": 1796418000.125, "pop": "edge-1", "method": "GET",
+               "path": "/lab-clock/v1/360p/seg_00001.m4s", "status": 200, "bytes": 1200, "request_time": 0.002,
+               "cache": "HIT", "cmcd": "sid%3D%22s1%22", "request_id": "r1"}
+    own = {"time": "2026-12-04 21:00:00", "level": "INFO", "name": "ott.edgelog", "message": "started",
+           "event": "started", "pop": "edge-1"}
+    log = kmock.resource("", "v1", "pods"), kmock.subresource("log")
+    text = f"{json.dumps(own)}\n{json.dumps(request)}\nnot json\n".encode()
+    fake.server[(*log, kmock.name("edge-1"))] << text
+
+    assert target.access_log("edge-1") == [request]
+    (read,) = [r for r in fake.requests("GET") if r.subresource == "log"]
+    assert read.url.path == f"/api/v1/namespaces/{NAMESPACE}/pods/edge-1/log"
+    assert read.params == {"container": cdn.EXPORTER.name}
+    # A PoP whose pod does not exist has logged nothing; a name that is no PoP is refused.
+    assert target.access_log("edge-3") == []
+    with pytest.raises(ConfigError, match="no PoP named 'edge-9'"):
+        target.access_log("edge-9")

@@ -673,3 +673,22 @@ def test_a_log_read_past_truncate_at_is_emptied_but_never_mid_line(log_file: Pat
         _append(log_file, b"after\n")  # the writer appends at the new end
         tailer.poll()
     assert got.lines == [b"short", b"a longer line", b"half done", b"after"]
+
+
+def test_echo_writes_each_accepted_line_to_stdout_whole_and_nothing_else(capsys: pytest.CaptureFixture[str]) -> None:
+    """On Kubernetes the exporter's stdout is the pod's log, where the kube target reads a PoP's requests."""
+    seen: list[bytes] = []
+
+    def handle(raw: bytes) -> bool:
+        seen.append(raw)
+        return raw.startswith(b"{")
+
+    echo = edgelog.echoed(handle)
+    good = line(path="/t/v/360p/seg_00001.m4s").encode()
+
+    assert echo(good) is True
+    assert echo(b"not json") is False
+    assert seen == [good, b"not json"]
+    assert capsys.readouterr().out == good.decode() + "\n"
+    assert edgelog.options(["--log", "a.log", "--pop", "edge-0", "--echo"], environ={}).echo is True
+    assert edgelog.options(["--log", "a.log", "--pop", "edge-0"], environ={}).echo is False

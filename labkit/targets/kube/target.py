@@ -20,7 +20,7 @@ Example::
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,8 +38,8 @@ from labkit.core.errors import (
 from labkit.core.wait import until
 from labkit.platform.component import Component
 from labkit.platform.layers import cdn
-from labkit.targets.base import ComponentStatus, Target
-from labkit.targets.kube import cluster, entry, image, manifest, rollout, secrets
+from labkit.targets.base import AutoscalerStatus, ComponentStatus, Target
+from labkit.targets.kube import autoscaling, cluster, entry, image, manifest, rollout, secrets
 from labkit.targets.kube.cluster import (
     CONFIGMAPS,
     DEPLOYMENTS,
@@ -333,6 +333,27 @@ class KubeTarget(Target):
 
     # -- capabilities ----------------------------------------------------------------------
 
+    def autoscale(self, on: bool, *, scale_down_window: float | None = None,
+                  metric_targets: Mapping[str, float] | None = None) -> list[AutoscalerStatus]:
+        """Apply (or delete) the rendered HorizontalPodAutoscalers; the cluster's HPA controller acts on them.
+
+        Checked first, before anything is applied (:func:`labkit.targets.kube.autoscaling.checked`).
+        The custom metrics need prometheus-adapter and CPU needs metrics-server (``ottlab addons install``).
+        """
+        rendered = self._manifests()
+        objects = autoscaling.checked(rendered, self.components, scale_down_window=scale_down_window,
+                                      metric_targets=metric_targets)
+        if on:
+            progress(f"applying {len(objects)} HorizontalPodAutoscalers to namespace {self.namespace}")
+            autoscaling.apply(self._cluster, self.namespace, objects)
+        else:
+            autoscaling.delete(self._cluster, self.namespace, objects)
+        return autoscaling.status(self._cluster, self.namespace, rendered)
+
+    def autoscale_status(self) -> list[AutoscalerStatus]:
+        """Each HPA's live status: current metrics, current and desired replicas, its conditions' reasons."""
+        return autoscaling.status(self._cluster, self.namespace, self._manifests())
+
     def describe(self) -> str:
         return f"namespace {self.namespace} at {self._cluster.host}"
 
@@ -352,11 +373,27 @@ class KubeTarget(Target):
             hint="read the media through the origin's URL (target.endpoint('origin')), or run this on the local target")
 
     def access_log(self, pop: str) -> list[dict[str, Any]]:
-        raise MissingCapabilityError(
-            self.name, f"read the access log of PoP {pop!r}",
-            "each PoP's JSON access log is a file inside its pod, read only by the exporter sidecar there",
-            hint="query the per-session CMCD gauges ott_edge_cmcd_session_* in Prometheus, "
-                 "or run this on the local target")
+        """PoP ``edge-<n>``'s requests, from its pod's log: its exporter echoes each access log line it reads there.
+
+        nginx writes the JSON access log into a file of the pod, which the exporter sidecar
+        (``python -m ott.edgelog --echo``) reads and writes to its stdout, the pod log the API serves
+        (``kubectl logs edge-0 -c edge-exporter``). The exporter's own log lines are JSON too: only
+        access log objects are kept (they carry the PoP and the request's ``msec``). ``[]`` when the
+        PoP's pod does not exist (a PoP not running, as a local PoP without its log file).
+        """
+        from labkit.traffic.herd import parse_log_lines
+
+        known = entry.pop_services(cdn.EDGE.max_replicas)
+        if pop not in known:
+            raise ConfigError(f"no PoP named {pop!r}",
+                              hint=f"a PoP is {known[0]} to {known[-1]}; "
+                                   "labkit.pops.pop_urls(target) names the running ones")
+        text = self._cluster.request("GET", PODS.path(self.namespace, pop, "log"),
+                                     query={"container": cdn.EXPORTER.name}, as_text=True, allow_missing=True)
+        if text is None:
+            return []
+        return [record for record in parse_log_lines(str(text).splitlines())
+                if "msec" in record and record.get("pop") == pop]
 
     def endpoint(self, component: str, port: str = "http") -> str:
         """A URL of this machine for the component's Service.
