@@ -316,11 +316,11 @@ TS_SYNC = 0x47
 
 
 def published_folder(target: Target, job: Job) -> Path:
-    """The folder of the version ``job`` published, in the origin's media root (``<root>/<title>/<version>``)."""
+    """The folder of the version ``job`` published, on this machine (:meth:`Target.media_folder`)."""
     if job.result is None:
         raise ConfigError(f"transcode job {job.id} published nothing ({job.state})", hint="transcode the title first")
     title, version = httpx.URL(job.result.master_url).path.strip("/").split("/")[:2]
-    return target.media_root() / title / version
+    return target.media_folder(title, version)
 
 
 def still_frame(source: Path, *, at_s: float = 1.5, width: int = 640, timeout: float = 60.0) -> bytes:

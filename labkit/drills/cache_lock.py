@@ -11,8 +11,8 @@ front of it and releases ``clients`` requests for each segment together::
     drill = herds(target, "lab-clock-cdn", version, "360p", segments, clients=200)
     drill.herds                                                    # one row per (lock, segment)
 
-The media root and the scratch nginx processes are of this machine
-(:meth:`labkit.targets.base.Target.media_root`): a target without them says so before any herd.
+The scratch nginx processes are of this machine, and so are the files they serve: the version's
+folder (:meth:`labkit.targets.base.Target.media_folder`: on kube, a copy from the origin).
 """
 
 from __future__ import annotations
@@ -57,8 +57,9 @@ def herds(target: Target, title: str, version: str, rung: str, segments: Sequenc
 
     from labkit.traffic.herd import ScratchPop, ScratchStatic, herd
 
-    root = target.media_root()
-    folder = root / title / version / rung
+    # The version's files on this machine (on kube, a copy from the origin); the distant origin serves them.
+    folder = target.media_folder(title, version) / rung
+    root = folder.parent.parent.parent
     # nginx's limit_rate sends the first second's worth at once, then that many bytes per second: at
     # half the smallest segment per second, each fetch of a segment takes a second or more.
     rate = min((folder / segment).stat().st_size for segment in segments) // 2

@@ -155,6 +155,14 @@ class Target(abc.ABC):
     def media_root(self) -> Path:
         """The origin's media root as a folder of this machine: what the transcoder publishes, the origin serves."""
 
+    def media_folder(self, title: str, version: str) -> Path:
+        """A published version's folder on this machine (``<title>/<version>`` of the media root), to read its files.
+
+        Where the media root is a folder of this machine, the folder itself; the kube target copies the
+        version from the origin first (:mod:`labkit.targets.kube.mirror`).
+        """
+        return self.media_root() / title / version
+
     @abc.abstractmethod
     def access_log(self, pop: str) -> list[dict[str, Any]]:
         """The requests PoP ``pop`` (``edge-0``) logged, one dict per JSON line of its access log; ``[]`` before any."""

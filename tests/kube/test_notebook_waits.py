@@ -66,9 +66,10 @@ TAKES_TARGET: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "wait_for_sessions": ((), ("access_log",)),
     "service_client": ((), ("service_token",)),
     "status_panel": ((), ()),
-    "published_folder": ((), ("media_root",)),
+    # Target.media_folder: on kube, a copy of the version fetched through the origin's URL.
+    "published_folder": (("origin",), ()),
     "new": ((), ("media_root", "signing_secret")),  # labkit.drills.live_playlist.LiveChannel.new
-    "herds": ((), ("media_root",)),  # labkit.drills.cache_lock.herds: a scratch PoP on this machine
+    "herds": (("origin",), ()),  # labkit.drills.cache_lock.herds: a scratch PoP on this machine, on the copy
 }
 
 

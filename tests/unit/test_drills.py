@@ -27,6 +27,9 @@ class FilesTarget:  # a stand-in for labkit.targets.base.Target (duck-typed): wh
                                          hint="run this on the local target")
         return self.root
 
+    def media_folder(self, title: str, version: str) -> Path:
+        return self.media_root() / title / version
+
     def signing_secret(self) -> str:
         return "s3cret"
 

@@ -53,6 +53,9 @@ class RootTarget:
     def media_root(self) -> Path:
         return self.cfg.data_dir / "media"
 
+    def media_folder(self, title: str, version: str) -> Path:
+        return self.media_root() / title / version
+
 
 def _job(master_url: str | None) -> Job:
     result = None if master_url is None else {

@@ -34,6 +34,8 @@ def test_the_signing_secret_is_the_file_the_platform_wrote(target: LocalTarget) 
 
 def test_the_media_root_is_the_origins_folder(target: LocalTarget) -> None:
     assert target.media_root() == target.cfg.data_dir / "media"
+    # A published version's folder is in it, as is: nothing to copy on this target.
+    assert target.media_folder("clip", "v1") == target.cfg.data_dir / "media" / "clip" / "v1"
 
 
 def test_a_pops_access_log_is_parsed_line_by_line(target: LocalTarget) -> None:

@@ -370,7 +370,19 @@ class KubeTarget(Target):
         raise MissingCapabilityError(
             self.name, "reach the origin's media root from this machine",
             f"it is the volume claim the transcoder and origin pods mount in namespace {self.namespace}",
-            hint="read the media through the origin's URL (target.endpoint('origin')), or run this on the local target")
+            hint="read a published version with target.media_folder(title, version) (a copy from the origin), "
+                 "or run this on the local target")
+
+    def media_folder(self, title: str, version: str) -> Path:
+        """A copy on this machine of a published version, fetched from the origin (:mod:`labkit.targets.kube.mirror`).
+
+        Under ``<lab>/data/kube-media/<namespace>``; a version never changes once published, so a
+        complete copy is reused.
+        """
+        from labkit.targets.kube.mirror import mirror_version
+
+        return mirror_version(self.endpoint(entry.ORIGIN), title, version,
+                              into=self.cfg.data_dir / "kube-media" / self.namespace)
 
     def access_log(self, pop: str) -> list[dict[str, Any]]:
         """PoP ``edge-<n>``'s requests, from its pod's log: its exporter echoes each access log line it reads there.
