@@ -10,9 +10,10 @@ import copy
 from typing import Any
 
 import pytest
-from test_kube_target import NAMESPACE, header, running_fake_cluster
+from test_kube_target import NAMESPACE, apis_target, header, running_fake_cluster
 
 from labkit import platform
+from labkit.core.config import LabConfig
 from labkit.core.errors import ConfigError
 from labkit.platform import hpa
 from labkit.targets.kube import autoscaling, manifest
@@ -127,3 +128,23 @@ def test_apply_status_and_delete_through_the_api_server(rendered: list[dict[str,
         assert {r.url.path.rsplit("/", 1)[-1] for r in deletes} == {manifest.name(o) for o in objects}
         assert fake.stored(HPAS, "edge") is None
         assert not any(row.active for row in autoscaling.status(cluster, NAMESPACE, rendered))
+
+
+def test_the_kube_target_switches_the_autoscalers_through_the_api_server(lab_cfg: LabConfig) -> None:
+    with running_fake_cluster() as fake:
+        target = apis_target(fake, lab_cfg)
+        assert not any(row.active for row in target.autoscale_status())
+
+        rows = target.autoscale(True, scale_down_window=30)
+
+        assert {row.hpa for row in rows if row.active} == {"auth", "catalog", "subscription", "license", "cas", "edge"}
+        applied = [r for r in fake.requests("PATCH") if "/horizontalpodautoscalers/" in r.url.path]
+        assert len(applied) == 6
+        assert {r.data["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] for r in applied} == {30}
+        # up leaves them alone: nothing but the HPAs was applied.
+        assert all(r.data["kind"] == hpa.KIND for r in fake.requests("PATCH"))
+
+        rows = target.autoscale(False)
+
+        assert not any(row.active for row in rows)
+        assert len([r for r in fake.requests("DELETE") if "/horizontalpodautoscalers/" in r.url.path]) == 6
