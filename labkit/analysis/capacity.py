@@ -250,9 +250,10 @@ def table(steps: pd.DataFrame, cpu: pd.DataFrame, peak: pd.DataFrame, *, cores: 
 def curve(steps: pd.DataFrame, cpu: pd.DataFrame, found: Knee | None = None, slo: Slo = SLO, *,
           heading: str = "Capacity curve") -> Figure:
     """Four panels against viewers: startup p95 and segment TTFB p95, rebuffering ratio, egress, CPU per component."""
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
-    fig, axes = plt.subplots(2, 2, figsize=(12, 7), sharex=True)
+    fig = Figure(figsize=(12, 7), layout="constrained")
+    axes = fig.subplots(2, 2, sharex=True)
     x = steps["viewers"]
     (qoe, rebuf), (egress, cores) = axes
     qoe.plot(x, steps["startup_p95_s"], "o-", label="startup p95")
@@ -282,5 +283,4 @@ def curve(steps: pd.DataFrame, cpu: pd.DataFrame, found: Knee | None = None, slo
         if found is not None:
             ax.axvline(found.viewers, color="black", lw=1, ls="--")
     fig.suptitle(heading + (f" (knee at {found.viewers} viewers)" if found else " (no knee reached)"))
-    fig.tight_layout()
     return fig
