@@ -11,8 +11,8 @@ that gets the new one; a VOD playlist fetched meanwhile is still the cached copy
     timeline = expire(channel, live_url, vod_url)    # one row per request: step, cache, MEDIA-SEQUENCE
     channel.remove()
 
-The media root must be a folder of this machine (:meth:`labkit.targets.base.Target.media_root`):
-a target whose origin keeps its media elsewhere says so when the channel is first published.
+The playlist is written through the target (:meth:`labkit.targets.base.Target.write_media`): a
+file of the media root on the local target, a file written in a pod that mounts the media volume on kube.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -78,15 +77,13 @@ class LiveChannel:
         return cls(target, f"{prefix}-{uuid.uuid4().hex[:8]}")
 
     @property
-    def folder(self) -> Path:
-        return self.target.media_root() / "live" / self.name
+    def folder(self) -> str:
+        """The channel's folder in the origin's media root: ``live/<name>``."""
+        return f"live/{self.name}"
 
     def publish(self, sequence: int) -> None:
         """Write the playlist starting at ``sequence``, as a packager does: aside, then renamed over the old one."""
-        self.folder.mkdir(parents=True, exist_ok=True)
-        aside = self.folder / "index.m3u8.tmp"
-        aside.write_text(playlist(sequence))
-        aside.replace(self.folder / "index.m3u8")
+        self.target.write_media(f"{self.folder}/index.m3u8", playlist(sequence).encode())
 
     def url(self, pop_url: str, ttl_s: int = 3600) -> str:
         """The channel's playlist at the PoP ``pop_url``, signed with the lab's secret for ``ttl_s`` seconds."""
@@ -95,11 +92,7 @@ class LiveChannel:
 
     def remove(self) -> None:
         """Delete the channel's folder (the PoPs forget it after their TTL)."""
-        import shutil
-
-        folder = self.folder
-        if folder.exists():
-            shutil.rmtree(folder)
+        self.target.remove_media(self.folder)
 
 
 @dataclass

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from labkit.core.config import LabConfig
-from labkit.core.errors import LabError, MissingCapabilityError, UnknownComponentError
+from labkit.core.errors import ConfigError, LabError, MissingCapabilityError, UnknownComponentError
 from labkit.platform.component import Component
 
 if TYPE_CHECKING:
@@ -57,6 +57,17 @@ class AutoscalerStatus:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def inside_media_root(relative: str) -> str:
+    """``relative`` when it names something inside the media root (no absolute path, no ``..``); else a ConfigError."""
+    from pathlib import PurePosixPath
+
+    parts = PurePosixPath(relative).parts
+    if not parts or relative.startswith("/") or ".." in parts:
+        raise ConfigError(f"{relative!r} is not a path inside the media root",
+                          hint="give a relative path, e.g. live/x/index.m3u8")
+    return relative
 
 
 class Target(abc.ABC):
@@ -162,6 +173,28 @@ class Target(abc.ABC):
         version from the origin first (:mod:`labkit.targets.kube.mirror`).
         """
         return self.media_root() / title / version
+
+    def write_media(self, relative: str, content: bytes) -> None:
+        """Publish ``content`` at ``relative`` in the origin's media root, as a packager does: aside, then renamed over.
+
+        Readers (the origin) never see half a file. On the kube target the file is written in a pod
+        that mounts the media volume (:meth:`labkit.targets.kube.target.KubeTarget.write_media`).
+        """
+        path = self.media_root() / inside_media_root(relative)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        aside = path.with_name(path.name + ".tmp")
+        aside.write_bytes(content)
+        aside.replace(path)
+
+    def remove_media(self, relative: str) -> None:
+        """Delete the file or folder ``relative`` of the origin's media root; nothing when it is not there."""
+        import shutil
+
+        path = self.media_root() / inside_media_root(relative)
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
 
     @abc.abstractmethod
     def access_log(self, pop: str) -> list[dict[str, Any]]:

@@ -66,6 +66,8 @@ from ott import tokens
 NAMESPACE = "ottlab"
 # The fake pod's answer to any HTTP request arriving through a port-forward.
 POD_REPLY = b"Prometheus Server is Ready.\n"
+# What a fake pod prints for any command run in it (pods/<name>/exec).
+EXEC_OUTPUT = b"done\n"
 SERVER_TIMEOUT = 10.0
 NAMESPACES = kmock.resource("", "v1", "namespaces")
 
@@ -80,8 +82,18 @@ class LabApiServer(kmock.KubernetesEmulator):
     - a list honours an equality ``labelSelector`` (``a=b,c=d``), which kmock ignores;
     - ``pods/<name>/portforward`` speaks the websocket port-forward protocol
       (``v4.channel.k8s.io``), relaying to a fake pod that answers any HTTP request with
-      :data:`POD_REPLY` (kmock serves no websockets).
+      :data:`POD_REPLY` (kmock serves no websockets);
+    - ``pods/<name>/exec`` speaks the exec protocol: it records the command (:attr:`execs`) and
+      answers as a command that succeeded (or failed, with :attr:`exec_failure`).
     """
+
+    # What each exec asked: (its path, its command, its container); a failure message to answer with.
+    execs: list[tuple[str, list[str], str]]
+    exec_failure: str = ""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.execs = []
 
     async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
         if re.fullmatch(r"/api/v1/namespaces/[^/]+", request.url.path):
@@ -98,6 +110,8 @@ class LabApiServer(kmock.KubernetesEmulator):
             request = fixed
         if request.subresource == "portforward":
             return await self._portforward(request)
+        if request.subresource == "exec":
+            return await self._exec(request)
         content_type = str(request.headers.get("Content-Type", ""))
         if request.action == kmock.action.UPDATE and content_type.startswith("application/apply-patch"):
             assert request.resource is not None and request.name is not None
@@ -121,6 +135,25 @@ class LabApiServer(kmock.KubernetesEmulator):
                 if all((item.get("metadata", {}).get("labels") or {}).get(k) == v for k, v in wanted.items())
             ]
         return answer
+
+    async def _exec(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
+        """``pods/<name>/exec`` over the websocket protocol: the command is recorded in :attr:`execs`, not run.
+
+        It answers :data:`EXEC_OUTPUT` on stdout and a Success status, or, when :attr:`exec_failure` is
+        set, that failure's status (as the API server does for a non-zero exit).
+        """
+        assert request._raw_request is not None
+        raw = request._raw_request
+        self.execs.append((raw.path, list(raw.query.getall("command", [])), raw.query.get("container", "")))
+        ws = aiohttp.web.WebSocketResponse(protocols=("v4.channel.k8s.io",))
+        await ws.prepare(raw)
+        await ws.send_bytes(b"\x01" + EXEC_OUTPUT)
+        status = ({"status": "Failure", "message": self.exec_failure, "reason": "NonZeroExitCode",
+                   "details": {"causes": [{"reason": "ExitCode", "message": "1"}]}}
+                  if self.exec_failure else {"status": "Success"})
+        await ws.send_bytes(b"\x03" + json.dumps(status).encode())
+        await ws.close()
+        return ws
 
     async def _portforward(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
         port = int(request.params["ports"])

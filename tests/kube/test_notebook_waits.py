@@ -68,7 +68,8 @@ TAKES_TARGET: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "status_panel": ((), ()),
     # Target.media_folder: on kube, a copy of the version fetched through the origin's URL.
     "published_folder": (("origin",), ()),
-    "new": ((), ("media_root", "signing_secret")),  # labkit.drills.live_playlist.LiveChannel.new
+    # labkit.drills.live_playlist.LiveChannel.new: Target.write_media, on kube in a transcoder pod (exec).
+    "new": (("transcoder",), ("signing_secret",)),
     "herds": (("origin",), ()),  # labkit.drills.cache_lock.herds: a scratch PoP on this machine, on the copy
 }
 

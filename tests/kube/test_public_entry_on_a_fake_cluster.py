@@ -7,13 +7,18 @@
 - ``scale edge 3`` rewrites ott-public's edges and rolls license, so it signs for three PoPs;
 - node ports that do not answer from this machine end in port-forwards, with a message saying why
   and what to do (the cluster config), and the readers rolled with the new URLs;
-- a PoP's access log is read from its pod's log, where its exporter echoes each line.
+- a PoP's access log is read from its pod's log, where its exporter echoes each line;
+- a live playlist (the drill of notebook 03) is written and removed by python in a transcoder pod
+  (the API's exec), and the script it runs, run here, writes the file aside and renames it over.
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -35,8 +40,10 @@ from test_kube_target import (
 
 from labkit.clients import pops
 from labkit.core.config import LabConfig
-from labkit.core.errors import ConfigError
-from labkit.platform.layers import apis, cdn
+from labkit.core.errors import ConfigError, KubeError
+from labkit.drills import live_playlist
+from labkit.platform.layers import apis, cdn, media
+from labkit.platform.layers.media import origin
 from labkit.targets.kube import entry, manifest
 from labkit.targets.kube import target as kube_target
 from labkit.targets.kube.target import KubeTarget
@@ -44,6 +51,7 @@ from labkit.targets.kube.target import KubeTarget
 CONFIGMAPS = "v1/configmaps"
 DEPLOYMENTS = "apps/v1/deployments"
 PODS = "v1/pods"
+SERVICES = "v1/services"
 
 
 @pytest.fixture
@@ -200,3 +208,62 @@ def test_a_pops_access_log_is_its_exporters_echo_in_the_pod_log(fake: FakeCluste
     assert target.access_log("edge-3") == []
     with pytest.raises(ConfigError, match="no PoP named 'edge-9'"):
         target.access_log("edge-9")
+
+
+def transcoder_pod(fake: FakeCluster) -> None:
+    """The transcoder's Service and one ready pod behind it (its pods mount the media volume read-write)."""
+    service = {"spec": {"selector": {manifest.NAME_LABEL: media.TRANSCODER.name},
+                        "ports": [{"name": "http", "port": 8000, "targetPort": "http"}]}}
+    fake.put(SERVICES, media.TRANSCODER.name, service)
+    fake.put(PODS, "transcoder-a", pod(media.TRANSCODER.name))
+
+
+def run_here(command: list[str], pod_root: str, root: Path) -> None:
+    """Run a command the target sent to a pod with this machine's python, the pod's media root mapped to ``root``."""
+    assert command[:2] == ["python", "-c"]
+    args = [a.replace(pod_root, str(root)) for a in command[3:]]
+    subprocess.run([sys.executable, "-c", command[2], *args], check=True, timeout=30)
+
+
+def test_a_live_playlist_is_written_and_removed_in_a_transcoder_pod(
+    fake: FakeCluster, target: KubeTarget, tmp_path: Path
+) -> None:
+    transcoder_pod(fake)
+    channel = live_playlist.LiveChannel.new(target, "lab-clock-cdn")
+
+    channel.publish(7)
+    channel.publish(8)
+
+    (first, second) = fake.server.execs
+    path, command, container = second
+    assert path == f"/api/v1/namespaces/{NAMESPACE}/pods/transcoder-a/exec"
+    assert container == media.TRANSCODER.name
+    assert command[3] == f"{origin.KUBE_MEDIA_ROOT}/live/{channel.name}/index.m3u8"
+    # The script the pod runs, run here: the playlist lands whole, written aside and renamed over.
+    run_here(first[1], origin.KUBE_MEDIA_ROOT, tmp_path)
+    run_here(command, origin.KUBE_MEDIA_ROOT, tmp_path)
+    written = tmp_path / "live" / channel.name / "index.m3u8"
+    assert live_playlist.sequence_of(written.read_text()) == 8
+    assert sorted(p.name for p in written.parent.iterdir()) == ["index.m3u8"]
+
+    channel.remove()
+    _, command, _ = fake.server.execs[-1]
+    assert command[3] == f"{origin.KUBE_MEDIA_ROOT}/live/{channel.name}"
+    run_here(command, origin.KUBE_MEDIA_ROOT, tmp_path)
+    run_here(command, origin.KUBE_MEDIA_ROOT, tmp_path)   # twice is fine: nothing left to remove
+    assert not written.parent.exists()
+
+
+def test_a_command_that_fails_in_the_pod_says_so_and_paths_outside_the_media_root_are_refused(
+    fake: FakeCluster, target: KubeTarget
+) -> None:
+    transcoder_pod(fake)
+    fake.server.exec_failure = "command terminated with non-zero exit code: error executing command"
+    with pytest.raises(KubeError, match="the command in pod/transcoder-a failed: command terminated") as caught:
+        target.write_media("live/x/index.m3u8", b"#EXTM3U\n")
+    assert "done" in caught.value.message   # the pod's output, to see why
+    before = len(fake.server.execs)
+    for bad in ("../etc/passwd", "/etc/passwd", ""):
+        with pytest.raises(ConfigError, match="not a path inside the media root"):
+            target.write_media(bad, b"x")
+    assert len(fake.server.execs) == before

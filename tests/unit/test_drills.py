@@ -13,6 +13,7 @@ from labkit.core.config import LabConfig
 from labkit.core.errors import MissingCapabilityError
 from labkit.drills import cache_lock, live_playlist
 from labkit.platform.layers import cdn
+from labkit.targets.base import Target
 from ott import signing
 
 
@@ -27,8 +28,10 @@ class FilesTarget:  # a stand-in for labkit.targets.base.Target (duck-typed): wh
                                          hint="run this on the local target")
         return self.root
 
-    def media_folder(self, title: str, version: str) -> Path:
-        return self.media_root() / title / version
+    # What the drills use of the media root, as every target with one does it.
+    media_folder = Target.media_folder
+    write_media = Target.write_media
+    remove_media = Target.remove_media
 
     def signing_secret(self) -> str:
         return "s3cret"

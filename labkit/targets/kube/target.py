@@ -19,6 +19,7 @@ Example::
 
 from __future__ import annotations
 
+import base64
 import functools
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -37,8 +38,9 @@ from labkit.core.errors import (
 )
 from labkit.core.wait import until
 from labkit.platform.component import Component
-from labkit.platform.layers import cdn
-from labkit.targets.base import AutoscalerStatus, ComponentStatus, Target
+from labkit.platform.layers import cdn, media
+from labkit.platform.layers.media import origin
+from labkit.targets.base import AutoscalerStatus, ComponentStatus, Target, inside_media_root
 from labkit.targets.kube import autoscaling, cluster, entry, image, manifest, rollout, secrets
 from labkit.targets.kube.cluster import (
     CONFIGMAPS,
@@ -70,6 +72,16 @@ _STATE_KINDS = frozenset({"PersistentVolumeClaim", "Secret"})
 _WORKLOAD_KINDS = {"Deployment": DEPLOYMENTS, "StatefulSet": STATEFULSETS}
 # How long the public entry may take to answer once the gateway is ready (kube-proxy programs node ports in seconds).
 ENTRY_TIMEOUT = 15.0
+# A command run in a pod (KubeTarget._exec_in): writing a small file takes well under a second.
+EXEC_TIMEOUT = 30.0
+# What KubeTarget.write_media carries in an exec argument (base64 grows it by a third; ARG_MAX is far above).
+EXEC_MAX_BYTES = 256 * 1024
+# Run by the pod's python: write a file aside, then rename it over the old one; remove a file or folder.
+_WRITE_MEDIA = ("import base64, os, sys; path = sys.argv[1]; os.makedirs(os.path.dirname(path), exist_ok=True); "
+                "aside = path + '.tmp'; open(aside, 'wb').write(base64.b64decode(sys.argv[2])); "
+                "os.replace(aside, path)")
+_REMOVE_MEDIA = ("import os, shutil, sys; path = sys.argv[1]; "
+                 "shutil.rmtree(path) if os.path.isdir(path) else os.path.exists(path) and os.remove(path)")
 # The port-forwards on the viewers' fixed ports this process holds, by local port (see KubeTarget._viewer_url).
 _FIXED_FORWARDS: dict[int, PortForward] = {}
 # What a pod's container waits with when its node has not got the image and cannot pull it.
@@ -383,6 +395,25 @@ class KubeTarget(Target):
 
         return mirror_version(self.endpoint(entry.ORIGIN), title, version,
                               into=self.cfg.data_dir / "kube-media" / self.namespace)
+
+    def write_media(self, relative: str, content: bytes) -> None:
+        """Publish a file in the media volume: written aside and renamed, by ``python`` in a transcoder pod.
+
+        The transcoder's pods mount the media claim read-write (the origin's read-only), so the file
+        is written there through the API's exec (``kubectl exec``): the content travels as an
+        argument (base64; meant for small files such as a live playlist, up to :data:`EXEC_MAX_BYTES`).
+        """
+        if len(content) > EXEC_MAX_BYTES:
+            raise ConfigError(f"{relative}: {len(content)} bytes is more than the {EXEC_MAX_BYTES} an exec argument "
+                              "carries", hint="publish media through the transcoder (labkit.transcoding.transcode)")
+        path = f"{origin.KUBE_MEDIA_ROOT}/{inside_media_root(relative)}"
+        self._exec_in(self.component(media.TRANSCODER.name),
+                      ["python", "-c", _WRITE_MEDIA, path, base64.b64encode(content).decode()])
+
+    def remove_media(self, relative: str) -> None:
+        """Delete a file or folder of the media volume, by ``python`` in a transcoder pod; nothing when absent."""
+        path = f"{origin.KUBE_MEDIA_ROOT}/{inside_media_root(relative)}"
+        self._exec_in(self.component(media.TRANSCODER.name), ["python", "-c", _REMOVE_MEDIA, path])
 
     def access_log(self, pop: str) -> list[dict[str, Any]]:
         """PoP ``edge-<n>``'s requests, from its pod's log: its exporter echoes each access log line it reads there.
@@ -709,6 +740,42 @@ class KubeTarget(Target):
             api_client.close()  # type: ignore[no-untyped-call]
         stream: Stream = forward.socket(number)
         return stream
+
+    def _exec_in(self, comp: Component, command: list[str]) -> str:
+        """Run ``command`` in the component's container of one of its ready pods (the API's exec); its output.
+
+        Bounded by :data:`EXEC_TIMEOUT`; a command that fails raises :class:`KubeError` with its output.
+        """
+        import json
+
+        from kubernetes import client as k8s_client
+        from kubernetes.stream import stream
+
+        pod, _ = self._backend(comp, "http")
+        shown = " ".join([*command[:2], "..."] if len(command) > 2 else command)
+        progress(f"exec in pod/{pod} ({comp.name}): {shown}")
+        # As for port-forwards: kubernetes.stream swaps the transport of the client it is given.
+        api_client = k8s_client.ApiClient(self._cluster.api_client.configuration)
+        try:
+            core = k8s_client.CoreV1Api(api_client)
+            ws = stream(core.connect_get_namespaced_pod_exec, pod, self.namespace, container=comp.name,
+                        command=command, stderr=True, stdin=False, stdout=True, tty=False, _preload_content=False)
+            try:
+                ws.run_forever(timeout=EXEC_TIMEOUT)
+                if ws.is_open():
+                    raise TimeoutExpired(f"the command in pod/{pod}", EXEC_TIMEOUT)
+                output = str(ws.read_stdout() or "") + str(ws.read_stderr() or "")
+                status_text = ws.read_channel(3) or ""
+            finally:
+                ws.close()
+        finally:
+            api_client.close()  # type: ignore[no-untyped-call]
+        status = json.loads(status_text) if status_text.strip() else {}
+        if status.get("status") != "Success":
+            raise KubeError(f"the command in pod/{pod} failed: {status.get('message') or 'no exit status'}; "
+                            f"its output: {output.strip()[-500:] or '(none)'}",
+                            hint=f"kubectl -n {self.namespace} logs {pod} -c {comp.name} may tell more")
+        return output
 
     def _close_forwards(self) -> None:
         for forward in self._forwards.values():
