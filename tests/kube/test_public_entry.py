@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from labkit import platform
-from labkit.core.config import LabConfig
+from labkit.core.config import LabConfig, repo_root
 from labkit.core.errors import ConfigError
 from labkit.platform.layers import apis, cdn, media
 from labkit.targets.kube import entry, manifest
@@ -134,3 +134,10 @@ def test_license_and_the_transcoder_read_ott_public_and_the_stored_mode_comes_ba
         assert (back.mode, back.url("gateway"), back.url("edge-1")) == (
             chosen.mode, chosen.url("gateway"), chosen.url("edge-1"))
 
+
+
+def test_the_readme_walks_through_the_cluster_configs() -> None:
+    readme = (repo_root() / "README.md").read_text()
+    assert "kind create cluster --config k8s/overlays/kind/cluster.yaml" in readme
+    assert "k3d cluster create --config k8s/overlays/k3d/cluster.yaml" in readme
+    assert entry.HOST_ENV in readme and entry.ENTRY_ENV in readme
