@@ -269,6 +269,7 @@ def test_the_manifests_produce_what_the_notebook_waits_for(overlay: str, noteboo
         written = set(entry.public_config(entry.Entry.nodeport("127.0.0.1", every_port), 2)["data"])
         for name in readers:
             keys = public_keys(one(objects, "Deployment", name)["spec"]["template"]["spec"])
+            assert keys == entry.keys_read(one(objects, "Deployment", name)), name   # what rolls it, see up()
             assert keys and keys <= written, (name, keys - written)
 
     config_map = one(objects, "ConfigMap", next(o["metadata"]["name"] for o in objects if o["kind"] == "ConfigMap"

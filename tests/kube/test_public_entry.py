@@ -118,12 +118,19 @@ def test_ott_public_names_the_gateway_the_origin_and_the_running_pops_as_the_loc
     # The hash that rolls the readers changes with the content, and only with it.
     assert entry.config_hash(config) == entry.config_hash(entry.public_config(forwards, pops=3))
     assert entry.config_hash(config) != entry.config_hash(entry.public_config(forwards, pops=2))
+    # ... and a reader's hash only with what it reads: the PoPs are license's, not the transcoder's.
+    two = entry.public_config(forwards, pops=2)
+    assert entry.config_hash(config, {entry.ORIGIN_KEY}) == entry.config_hash(two, {entry.ORIGIN_KEY})
+    assert entry.config_hash(config, {entry.EDGES_KEY}) != entry.config_hash(two, {entry.EDGES_KEY})
 
 
 @pytest.mark.parametrize("overlay", manifest.overlays())
 def test_license_and_the_transcoder_read_ott_public_and_the_stored_mode_comes_back(overlay: str) -> None:
     objects = rendered(overlay)
     assert entry.readers(objects) == ["license", "transcoder"]
+    workloads = {manifest.name(o): o for o in objects if o["kind"] == "Deployment"}
+    assert entry.keys_read(workloads["license"]) == {entry.GATEWAY_KEY, entry.EDGES_KEY}
+    assert entry.keys_read(workloads["transcoder"]) == {entry.ORIGIN_KEY}
     license = next(o for o in objects if o["kind"] == "Deployment" and manifest.name(o) == "license")
     stamped = entry.stamped(license, "abc")
     assert stamped["spec"]["template"]["metadata"]["annotations"][entry.CONFIG_HASH_ANNOTATION] == "abc"

@@ -49,6 +49,7 @@ from labkit.targets.kube import target as kube_target
 from labkit.targets.kube.target import KubeTarget
 
 CONFIGMAPS = "v1/configmaps"
+READ_BY_LICENSE = {entry.GATEWAY_KEY, entry.EDGES_KEY}
 DEPLOYMENTS = "apps/v1/deployments"
 PODS = "v1/pods"
 SERVICES = "v1/services"
@@ -108,7 +109,9 @@ def test_up_writes_ott_public_before_its_readers_and_stamps_its_hash_on_them(
     license = fake.stored(DEPLOYMENTS, "license")
     assert license is not None
     stamp = license["spec"]["template"]["metadata"]["annotations"][entry.CONFIG_HASH_ANNOTATION]
-    assert stamp == entry.config_hash({"data": data})
+    # The hash of what license reads: its key URIs' base and its PoPs.
+    assert entry.keys_read(license) == {entry.GATEWAY_KEY, entry.EDGES_KEY}
+    assert stamp == entry.config_hash({"data": data}, {entry.GATEWAY_KEY, entry.EDGES_KEY})
     # Only the readers: the other services' pods do not roll when viewers' URLs change.
     auth = fake.stored(DEPLOYMENTS, "auth")
     assert auth is not None
@@ -156,7 +159,9 @@ def test_scaling_the_edge_to_three_tells_license_of_three_pops(fake: FakeCluster
     assert len(rolled) == 1
     assert header(rolled[0], "Content-Type") == "application/strategic-merge-patch+json"
     annotations = rolled[0].data["spec"]["template"]["metadata"]["annotations"]
-    assert annotations == {entry.CONFIG_HASH_ANNOTATION: entry.config_hash({"data": public(fake)})}
+    assert annotations == {entry.CONFIG_HASH_ANNOTATION: entry.config_hash({"data": public(fake)}, READ_BY_LICENSE)}
+    # The transcoder reads only the origin's URL, which did not change: it is not rolled (its jobs go on).
+    assert not [r for r in fake.requests("PATCH") if r.name == "transcoder"]
 
     # The same count again (start after stop does this) changes nothing and rolls nothing.
     target.scale("edge", 3)
@@ -182,10 +187,11 @@ def test_node_ports_that_do_not_answer_end_in_port_forwards_saying_what_to_do(
     assert [d[entry.MODE_KEY] for d in applied] == ["nodeport", "forwards"]
     assert applied[0][entry.GATEWAY_KEY] == "http://127.0.0.1:30000"
     assert public(fake)[entry.GATEWAY_KEY] == local(0)
-    license = fake.stored(DEPLOYMENTS, "license")
-    assert license is not None
-    stamp = license["spec"]["template"]["metadata"]["annotations"][entry.CONFIG_HASH_ANNOTATION]
-    assert stamp == entry.config_hash({"data": public(fake)})
+    for reader in ("license",):   # the apis layer: the transcoder (media) is not applied
+        stored = fake.stored(DEPLOYMENTS, reader)
+        assert stored is not None
+        stamp = stored["spec"]["template"]["metadata"]["annotations"][entry.CONFIG_HASH_ANNOTATION]
+        assert stamp == entry.config_hash({"data": public(fake)}, entry.keys_read(stored))
     assert target.endpoint("gateway") == local(0)
 
 

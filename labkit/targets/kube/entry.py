@@ -29,7 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from labkit.core.config import LabConfig
@@ -164,10 +164,28 @@ def public_config(entry: Entry, pops: int) -> KubeObject:
     }
 
 
-def config_hash(config: Mapping[str, object]) -> str:
-    """A short hash of a ConfigMap's data, for :data:`CONFIG_HASH_ANNOTATION`."""
-    data = json.dumps(config.get("data") or {}, sort_keys=True).encode()
-    return hashlib.sha256(data).hexdigest()[:16]
+def config_hash(config: Mapping[str, object], keys: Collection[str] | None = None) -> str:
+    """A short hash of a ConfigMap's data (only ``keys`` when given), for :data:`CONFIG_HASH_ANNOTATION`.
+
+    A reader is stamped with the hash of the keys it reads: a change of the PoPs rolls license, not
+    the transcoder (whose rollout would fail the jobs it runs).
+    """
+    data = config.get("data") or {}
+    assert isinstance(data, Mapping)
+    chosen = {k: v for k, v in data.items() if keys is None or k in keys}
+    return hashlib.sha256(json.dumps(chosen, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def keys_read(obj: KubeObject) -> set[str]:
+    """The keys of :data:`PUBLIC_CONFIG` a workload's pods read: by environment references and by volume items."""
+    spec = ((obj.get("spec") or {}).get("template") or {}).get("spec") or {}
+    keys = {str(env["valueFrom"]["configMapKeyRef"]["key"])
+            for container in spec.get("containers") or [] for env in container.get("env") or []
+            if (env.get("valueFrom") or {}).get("configMapKeyRef", {}).get("name") == PUBLIC_CONFIG}
+    for volume in spec.get("volumes") or []:
+        if (volume.get("configMap") or {}).get("name") == PUBLIC_CONFIG:
+            keys |= {str(item["key"]) for item in volume["configMap"].get("items") or []}
+    return keys
 
 
 def readers(objects: Iterable[KubeObject]) -> list[str]:

@@ -153,9 +153,8 @@ class KubeTarget(Target):
         if readers or entry.node_ports(objects):
             self._entry = entry.chosen(self._manifests(), self.cfg, self.components)
             public = entry.public_config(self._entry, self._declared_pops())
-            digest = entry.config_hash(public)
-            objects = [entry.stamped(o, digest) if manifest.name(o) in readers and o.get("kind") == "Deployment"
-                       else o for o in objects]
+            objects = [entry.stamped(o, entry.config_hash(public, entry.keys_read(o)))
+                       if manifest.name(o) in readers and o.get("kind") == "Deployment" else o for o in objects]
         for obj in objects:
             self._cluster.apply(obj, namespace=self.namespace)
             progress(f"  applied {manifest.ref(obj)}")
@@ -596,15 +595,23 @@ class KubeTarget(Target):
         if before is not None and (before.get("data") or {}) == public["data"]:
             return
         self._cluster.apply(public, namespace=self.namespace)
-        digest = entry.config_hash(public)
         progress(f"applied configmap/{entry.PUBLIC_CONFIG} ({pops} PoP(s); {self._describe_entry()})")
-        readers = [name for name in entry.readers(self._manifests())
-                   if self._cluster.get(DEPLOYMENTS, name, self.namespace) is not None]
-        stamp = {"spec": {"template": {"metadata": {"annotations": {entry.CONFIG_HASH_ANNOTATION: digest}}}}}
-        for name in readers:
-            self._cluster.patch(DEPLOYMENTS, name, self.namespace, stamp, content_type=cluster.STRATEGIC_MERGE_PATCH)
-            progress(f"  rolling deployment/{name}, which writes these URLs")
-        rollout.wait_all(self._cluster, self.namespace, readers, self.cfg.ready_timeout)
+        rolled = []
+        for obj in self._manifests():
+            if obj.get("kind") != "Deployment" or manifest.name(obj) not in entry.readers([obj]):
+                continue
+            keys = entry.keys_read(obj)
+            if before is not None and entry.config_hash(before, keys) == entry.config_hash(public, keys):
+                continue  # what it reads did not change: no rollout (the transcoder's would fail its jobs)
+            if self._cluster.get(DEPLOYMENTS, manifest.name(obj), self.namespace) is None:
+                continue
+            stamp = {entry.CONFIG_HASH_ANNOTATION: entry.config_hash(public, keys)}
+            self._cluster.patch(DEPLOYMENTS, manifest.name(obj), self.namespace,
+                                {"spec": {"template": {"metadata": {"annotations": stamp}}}},
+                                content_type=cluster.STRATEGIC_MERGE_PATCH)
+            progress(f"  rolling deployment/{manifest.name(obj)}, which writes these URLs")
+            rolled.append(manifest.name(obj))
+        rollout.wait_all(self._cluster, self.namespace, rolled, self.cfg.ready_timeout)
 
     def _check_entry(self, objects: Sequence[KubeObject], readers: Sequence[str]) -> None:
         """After ``up``: the node ports answer from this machine, else the lab falls back to port-forwards.
