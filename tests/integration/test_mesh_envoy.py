@@ -5,7 +5,8 @@ sidecar rendered from k8s/components/mesh: STRICT mTLS and the cas Authorization
 sidecars ("license", allowed to POST /sessions; "gateway", not) call it through their outbound
 listeners. A plaintext client and one holding another CA's certificate are refused; a fault added
 to cas's VirtualService (delay and abort, each scoped by a header) shows in the answer and in
-Envoy's stats. Every rendered configuration also passes ``envoy --mode validate``.
+Envoy's stats. Every rendered configuration also passes ``envoy --mode validate``. A DestinationRule's
+outlier detection ejects a failing replica and its connection pool overflows into counted 503s.
 """
 
 from __future__ import annotations
@@ -252,3 +253,104 @@ def test_an_abort_scoped_by_a_header_answers_its_status_and_is_counted(mesh: Mes
     assert license_.stat("http.outbound_cas.fault.aborts_injected") == before + 1
     # Nothing reached the upstream for it; the cluster counted the other requests only.
     assert httpx.post(f"{mesh.url('license')}/sessions", timeout=10).status_code == 200
+
+
+# -- circuit breaking and outlier detection, from DestinationRules ------------------------------
+
+SLOW_S = 0.5
+
+
+class Replica(BaseHTTPRequestHandler):
+    """A replica answering its server's ``status`` after its ``delay`` seconds."""
+
+    server: Any
+
+    def do_GET(self) -> None:
+        time.sleep(self.server.delay)  # the upstream's own slowness, not a synchronisation
+        body = f"{self.server.name}\n".encode()
+        self.send_response(self.server.status)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet."""
+
+
+def replica(name: str, status: int, delay: float = 0.0) -> socketserver.ThreadingTCPServer:
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Replica)
+    server.daemon_threads = True
+    server.name, server.status, server.delay = name, status, delay  # type: ignore[attr-defined]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def plain_rule(host: str, policy: dict[str, Any]) -> dict[str, Any]:
+    # Plaintext to the replicas (no sidecars in front of them here): these are client-side behaviours.
+    return {"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+            "metadata": {"name": host, "namespace": "ottlab"},
+            "spec": {"host": host, "trafficPolicy": {"tls": {"mode": "DISABLE"}, **policy}}}
+
+
+@pytest.fixture(scope="module")
+def policies(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Envoy, dict[str, str]]]:
+    root = tmp_path_factory.mktemp("mesh-policies")
+    ca = identity.LabCA.ensure(root / "ca")
+    servers = {"bad": replica("catalog-bad", 500), "good": replica("catalog-good", 200),
+               "slow": replica("subscription-slow", 200, SLOW_S)}
+    address = {k: envoy.Address(port=s.server_address[1]) for k, s in servers.items()}
+    instances = [envoy.Instance("catalog", "catalog", address["bad"]),
+                 envoy.Instance("catalog", "catalog", address["good"]),
+                 envoy.Instance("subscription", "subscription", address["slow"]),
+                 *(envoy.Instance(s, s, envoy.Address(port=9)) for s in PORTS if s not in {"catalog", "subscription"})]
+    mesh_ = resources.load().replaced(plain_rule("catalog", {"outlierDetection": {
+        "consecutive5xxErrors": 1, "interval": "1s", "baseEjectionTime": "3m", "maxEjectionPercent": 100}})).replaced(
+        plain_rule("subscription", {"connectionPool": {"tcp": {"maxConnections": 1},
+                                                       "http": {"http1MaxPendingRequests": 1}}}))
+    outbound = {"catalog": free_port(), "subscription": free_port()}
+    sidecar = envoy.Sidecar("license", "license", ca.issue("license"), admin=envoy.Address(port=free_port()),
+                            outbound={s: envoy.Address(port=p) for s, p in outbound.items()})
+    config = envoy.write(envoy.render(mesh_, sidecar, instances, PORTS, clients=["ottlab-tools"]),
+                         root / "license.json")
+    proxy = Envoy(config, sidecar.admin.port)
+    try:
+        proxy.wait_ready()
+        yield proxy, {s: f"http://127.0.0.1:{p}" for s, p in outbound.items()}
+    finally:
+        proxy.stop()
+        for server in servers.values():
+            server.shutdown()
+            server.server_close()
+
+
+def test_outlier_detection_ejects_the_failing_replica(policies: tuple[Envoy, dict[str, str]]) -> None:
+    proxy, urls = policies
+    answers = [httpx.get(f"{urls['catalog']}/titles", timeout=10) for _ in range(12)]
+    statuses = [a.status_code for a in answers]
+    # The bad replica answers one 500, is ejected for 3 minutes, and the good one takes every other request.
+    assert statuses.count(500) == 1, statuses
+    assert statuses[-6:] == [200] * 6
+    cluster_ = "cluster.outbound|8000||catalog.ottlab.svc.cluster.local"
+    assert proxy.stat(f"{cluster_}.outlier_detection.ejections_enforced_consecutive_5xx") == 1
+    assert proxy.stat(f"{cluster_}.outlier_detection.ejections_active") == 1
+
+
+def test_a_full_connection_pool_overflows_into_503s_counted_by_envoy(policies: tuple[Envoy, dict[str, str]]) -> None:
+    proxy, urls = policies
+    results: list[httpx.Response] = []
+
+    def call() -> None:
+        results.append(httpx.get(f"{urls['subscription']}/plans", timeout=10))
+
+    callers = [threading.Thread(target=call) for _ in range(6)]
+    for caller in callers:
+        caller.start()
+    for caller in callers:
+        caller.join(timeout=10)
+    statuses = sorted(r.status_code for r in results)
+    # One connection, one pending request: the rest are refused at once, not queued.
+    assert statuses.count(200) >= 2 and statuses.count(503) >= 1, statuses
+    overflowed = [r for r in results if r.status_code == 503]
+    assert all(r.headers.get("x-envoy-overloaded") == "true" for r in overflowed)
+    cluster_ = "cluster.outbound|8000||subscription.ottlab.svc.cluster.local"
+    assert proxy.stat(f"{cluster_}.upstream_rq_pending_overflow") == len(overflowed)
