@@ -25,7 +25,7 @@ import re
 import textwrap
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -161,7 +161,7 @@ def render(model: Mapping[str, Any], prometheus: Prometheus, *, minutes: float =
     height = rows * GRID_ROW_IN + 0.6
     fig = Figure(figsize=(FIGURE_WIDTH_IN, height))
     chosen = ", ".join(f"{k}={v}" for k, v in values.items() if v != ".*") or "all"
-    fig.suptitle(f"{model.get('title', '')}: last {minutes:g} min ({chosen})", x=0.01, ha="left",
+    fig.suptitle(f"{model.get('title', '')}: last {minutes:.3g} min ({chosen})", x=0.01, ha="left",
                  y=1 - 0.15 / height, fontsize=13, fontweight="bold")
     top = 1 - 0.5 / height   # figure fraction where grid row 0 starts
     unit_h = (top - 0.1 / height) / rows
@@ -239,7 +239,7 @@ def _draw(ax: Axes, panel: Mapping[str, Any], window: _Window) -> None:
         _message(ax, "query failed:\n" + textwrap.fill(str(exc), columns), "#c4162a")
         return
     if kind == "timeseries":
-        _timeseries(ax, frames, unit, steps, panel)
+        _timeseries(ax, frames, unit, steps, panel, window)
     elif kind == "stat":
         _stat(ax, frames, unit, steps)
     elif kind == "heatmap":
@@ -255,7 +255,13 @@ def _message(ax: Axes, text: str, colour: str) -> None:
 
 
 def _series(frame: pd.DataFrame) -> list[tuple[dict[str, Any], pd.DataFrame]]:
-    """One (labels, its rows by time) per series of a range query's long frame."""
+    """One (labels, its rows by time) per series of a range query's long frame that has a finite value.
+
+    A series of NaN only (a ratio of zero rates, a quantile of an empty histogram) is no data, as in Grafana.
+    """
+    frame = frame[np.isfinite(frame["value"].to_numpy(dtype=float))] if not frame.empty else frame
+    if frame.empty:
+        return []
     labels = [c for c in frame.columns if c not in ("timestamp", "value")]
     if not labels:
         return [({}, frame.sort_values("timestamp"))]
@@ -268,17 +274,20 @@ def _series(frame: pd.DataFrame) -> list[tuple[dict[str, Any], pd.DataFrame]]:
 
 
 def _timeseries(ax: Axes, frames: list[tuple[Mapping[str, Any], pd.DataFrame]], unit: str,
-                steps: Sequence[Mapping[str, Any]], panel: Mapping[str, Any]) -> None:
+                steps: Sequence[Mapping[str, Any]], panel: Mapping[str, Any], window: _Window) -> None:
     drawn = 0
     for target, frame in frames:
         for labels, rows in _series(frame):
             fallback = ", ".join(f"{k}={v}" for k, v in labels.items()) or target.get("refId", "")
-            ax.plot(rows["timestamp"], rows["value"], linewidth=1.2,
+            ax.plot(rows["timestamp"], rows["value"], linewidth=1.2, marker="." if len(rows) < 3 else None,
                     label=legend(target.get("legendFormat", ""), labels, fallback))
             drawn += 1
     if not drawn:
         _message(ax, "No data", "grey")
         return
+    # The whole window, as Grafana's time range, even when the series start late.
+    end = pd.Timestamp(window.end)
+    ax.set_xlim(cast(Any, end - pd.Timedelta(minutes=window.minutes)), cast(Any, end))   # matplotlib's date units
     style = panel.get("fieldConfig", {}).get("defaults", {}).get("custom", {}).get("thresholdsStyle", {})
     if style.get("mode", "off") != "off":
         for step in steps:
