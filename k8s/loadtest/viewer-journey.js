@@ -14,7 +14,7 @@
 // stream session it opened, whatever happened.
 //
 // Environment (all optional): GATEWAY_URL, TITLE, VUS, DURATION, RAMP, MAX_BUFFER_S,
-// ACCOUNT_PREFIX, PASSWORD, BEACONS ("0" to send none).
+// ACCOUNT_PREFIX, PASSWORD, BEACONS ("0" to send none), IN_CLUSTER ("1" inside the cluster).
 //
 //     k6 run -e GATEWAY_URL=http://127.0.0.1:8080 -e VUS=5 viewer-journey.js
 //
@@ -28,6 +28,16 @@ const env = typeof __ENV === 'undefined' ? {} : __ENV;
 
 // The gateway Service in the namespace ottlab (k8s/base/apis/gateway.yaml): the viewer's origin.
 export const GATEWAY_URL = (env.GATEWAY_URL || 'http://gateway:8080').replace(/\/+$/, '');
+// License writes the URLs viewers use: the lab's public entry (node ports of the viewer's machine,
+// or port-forwards there). Inside the cluster (IN_CLUSTER=1, the Job) a PoP is its own Service,
+// http://<pop>:8080 (k8s/base/cdn/pops.yaml), and a key URI's gateway is GATEWAY_URL.
+export const IN_CLUSTER = env.IN_CLUSTER === '1';
+
+// ``url`` with the scheme, host and port of ``base`` in the cluster; as it is outside.
+export function inCluster(url, base) {
+  return IN_CLUSTER ? base.replace(/\/+$/, '') + url.replace(/^[a-z]+:\/\/[^/]+/i, '') : url;
+}
+
 // The title the transcode-sample Job publishes (k8s/base/media/transcode-job.yaml).
 export const TITLE = env.TITLE || 'sample';
 const VUS = positiveInt(env.VUS, 10);
@@ -324,7 +334,8 @@ export default function () {
     }
     const grant = lic.json();
     sessionId = grant.session_id;
-    const playback = grant.playback[vu % grant.playback.length];
+    const chosen = grant.playback[vu % grant.playback.length];
+    const playback = { ...chosen, url: inCluster(chosen.url, `http://${chosen.pop}:8080`) };
     pop = playback.pop;
     const sid = sessionId;
     const buffer = new Buffer(now);
@@ -361,7 +372,7 @@ export default function () {
     const media = parseMedia(playlist.body);
 
     if (media.key) {
-      const key = http.get(media.key.uri, {
+      const key = http.get(inCluster(media.key.uri, GATEWAY_URL), {
         headers: { Authorization: `Bearer ${grant.authorization}` }, tags: { name: 'key' }, responseType: 'binary',
       });
       const ok = check(key, {

@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import importlib
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -34,6 +35,7 @@ from fastapi.routing import APIRoute
 from test_manifests import K8S_VERSION, NAMESPACE, rendered
 
 from labkit.core.config import repo_root
+from labkit.platform.layers import cdn
 from labkit.platform.layers.apis import routes
 from labkit.targets.kube import manifest
 from ott import beacon, cmcd
@@ -170,6 +172,42 @@ def test_the_job_sets_what_the_script_reads_and_points_at_the_gateway_service() 
     # The script's defaults are the cluster's too.
     assert f"env.GATEWAY_URL || '{service_url('gateway')}'" in SCRIPT.read_text()
     assert int(env()["VUS"]) >= 1 and re.fullmatch(r"\d+[smh]", env()["DURATION"])
+
+
+def test_in_the_cluster_pops_and_keys_are_reached_by_their_services(node: str, tmp_path: Path) -> None:
+    """License signs for the public entry; the Job (IN_CLUSTER=1) reaches edge-N's Service and the gateway's."""
+    assert env()["IN_CLUSTER"] == "1"
+    shutil.copyfile(SCRIPT, tmp_path / "viewer-journey.mjs")
+    (tmp_path / "node_modules" / "k6").mkdir(parents=True)
+    stubs = tmp_path / "node_modules" / "k6"
+    (stubs / "package.json").write_text(json.dumps({"name": "k6", "type": "module", "exports": {
+        ".": "./index.js", "./http": "./http.js", "./metrics": "./metrics.js"}}))
+    (stubs / "index.js").write_text("export function check() { return true; }\nexport function sleep() {}\n")
+    (stubs / "http.js").write_text("export default {};\n")
+    (stubs / "metrics.js").write_text("export class Counter { add() {} }\nexport class Rate { add() {} }\n"
+                                      "export class Trend { add() {} }\n")
+    # k6 hands the script __ENV; node has none: a module evaluated first sets it from the process's environment.
+    (tmp_path / "k6env.mjs").write_text("globalThis.__ENV = { IN_CLUSTER: process.env.IN_CLUSTER };\n")
+    harness = tmp_path / "harness.mjs"
+    harness.write_text("import './k6env.mjs';\nimport { inCluster } from './viewer-journey.mjs';\n"
+                       "console.log(JSON.stringify([\n"
+                       "  inCluster('http://127.0.0.1:30101/s/t/9/sample/v1/master.m3u8?a=1', 'http://edge-1:8080'),\n"
+                       "  inCluster('http://127.0.0.1:30000/api/license/keys/sample/0a', 'http://gateway:8080/'),\n"
+                       "]));\n")
+    answers = {}
+    for flag in ("1", ""):
+        done = subprocess.run([node, str(harness)], capture_output=True, text=True, timeout=NODE_TIMEOUT,
+                              check=True, cwd=tmp_path, env={"PATH": os.environ.get("PATH", ""), "IN_CLUSTER": flag})
+        answers[flag] = json.loads(done.stdout)
+    assert answers["1"] == ["http://edge-1:8080/s/t/9/sample/v1/master.m3u8?a=1",
+                            "http://gateway:8080/api/license/keys/sample/0a"]
+    # Outside the cluster (ottlab k6 on this machine) the URLs are used as license wrote them.
+    assert answers[""] == ["http://127.0.0.1:30101/s/t/9/sample/v1/master.m3u8?a=1",
+                           "http://127.0.0.1:30000/api/license/keys/sample/0a"]
+    # edge-N is a Service of the lab (one per PoP) on the port the script asks.
+    for pop in range(cdn.MAX_POPS):
+        assert service_url(cdn.pop_id(pop)) == f"http://{cdn.pop_id(pop)}:8080"
+        assert "`http://${chosen.pop}:8080`" in SCRIPT.read_text()
 
 
 def test_the_title_is_the_one_the_transcode_job_publishes() -> None:
