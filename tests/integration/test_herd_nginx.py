@@ -9,7 +9,10 @@ lasts about a second and the whole herd arrives during it.
 from __future__ import annotations
 
 import os
+import threading
+import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -19,6 +22,7 @@ import pytest
 from labkit import platform
 from labkit.core.config import LabConfig
 from labkit.core.errors import ComponentFailedError
+from labkit.core.wait import until
 from labkit.platform.layers import media
 from labkit.targets.local.target import LocalTarget
 from labkit.traffic import herd, wave
@@ -121,3 +125,80 @@ def test_a_wave_of_viewers_plays_through_a_pop_which_logs_their_cmcd(lab: LocalT
     sent = [cmcd.parse(unquote(line["cmcd"])) for line in logged if line.get("cmcd")]
     assert len(sent) == len(fetches) and {c.sid for c in sent} == set(fetches["session"])
     assert {c.cid for c in sent} == {TITLE} and all(c.mtp for c in sent if c.ot == "v" and c.bl)
+
+
+class _RecordingOrigin(ThreadingHTTPServer):
+    """An origin on a free loopback port: ``size`` random bytes for any path; each request's X-Request-Id kept."""
+
+    daemon_threads = True
+
+    def __init__(self, size: int) -> None:
+        self.body = os.urandom(size)
+        self.request_ids: list[str] = []
+        super().__init__(("127.0.0.1", 0), _RecordingHandler)
+
+    @property
+    def peer(self) -> str:
+        return f"127.0.0.1:{self.server_address[1]}"
+
+
+class _RecordingHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:
+        origin = self.server
+        assert isinstance(origin, _RecordingOrigin)
+        origin.request_ids.append(self.headers.get("X-Request-Id", ""))
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(origin.body)))
+        self.end_headers()
+        self.wfile.write(origin.body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        """Quiet."""
+
+
+@pytest.fixture
+def small_origin() -> Iterator[_RecordingOrigin]:
+    origin = _RecordingOrigin(64 * 1024)
+    serving = threading.Thread(target=origin.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+    serving.start()
+    try:
+        yield origin
+    finally:
+        origin.shutdown()
+        origin.server_close()
+
+
+def test_hits_of_a_64_kb_object_on_one_connection_do_not_wait_for_delayed_acks(
+        tmp_path: Path, small_origin: _RecordingOrigin) -> None:
+    # A cache entry's body starts off a page boundary. Sent with sendfile and tcp_nopush, a response
+    # went out as a short segment and a tail that Nagle held until the client's delayed ACK: 40 ms a HIT.
+    cfg = LabConfig(home=tmp_path / "lab")
+    with ScratchPop(cfg, origin_peers=[small_origin.peer]) as pop, httpx.Client(timeout=10) as client:
+        url = pop.signed(TITLE, "/720p/seg_00000.m4s")
+        assert client.get(url).headers["x-cache-status"] == "MISS"
+        started = time.perf_counter()
+        for _ in range(20):
+            response = client.get(url)
+            assert (response.headers["x-cache-status"], response.content) == ("HIT", small_origin.body)
+        elapsed = time.perf_counter() - started
+    assert elapsed < 0.4, f"20 HITs took {elapsed:.2f} s: about 40 ms each is the delayed-ACK stall"
+
+
+def test_a_pop_logs_the_request_id_it_sends_to_the_origin(tmp_path: Path, small_origin: _RecordingOrigin) -> None:
+    cfg = LabConfig(home=tmp_path / "lab")
+    with ScratchPop(cfg, origin_peers=[small_origin.peer]) as pop, httpx.Client(timeout=10) as client:
+        for rest in ("/720p/seg_00000.m4s", "/720p/seg_00000.m4s", "/720p/seg_00001.m4s"):
+            assert client.get(pop.signed(TITLE, rest)).status_code == 200
+
+        def logged() -> list[dict[str, object]] | None:
+            # nginx writes a request's line once the response is sent: the client may read first.
+            lines = [line for line in pop.log_lines() if line["path"] != "/healthz"]
+            return lines if len(lines) == 3 else None
+
+        lines = until(logged, 5, 0.01, "the PoP to log three requests")
+    assert [line["cache"] for line in lines] == ["MISS", "HIT", "MISS"]
+    ids = [str(line["request_id"]) for line in lines]
+    assert len(set(ids)) == 3 and all(ids)
+    assert small_origin.request_ids == [ids[0], ids[2]]
