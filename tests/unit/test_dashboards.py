@@ -112,7 +112,8 @@ def test_unknown_names_list_the_dashboards() -> None:
 
 
 @pytest.mark.parametrize(("value", "unit", "shown"), [
-    (0.0123, "percentunit", "1.23%"), (0.25, "s", "250 ms"), (2.5, "s", "2.5 s"), (3 * 2**20, "bytes", "3 MiB"),
+    (0.0123, "percentunit", "1.23%"), (-28.6, "percentunit", "-2,860%"),
+    (0.25, "s", "250 ms"), (2.5, "s", "2.5 s"), (3 * 2**20, "bytes", "3 MiB"),
     (2_500_000, "bps", "2.5 Mb/s"), (3200, "Kbits", "3.2 Mb/s"), (12.5, "reqps", "12.5 req/s"),
     (1.8, "suffix:×", "1.8×"), (1500, "short", "1.5 K"), (float("nan"), "s", "–"),
 ])

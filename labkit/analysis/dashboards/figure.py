@@ -97,9 +97,9 @@ def format_value(value: float, unit: str) -> str:
     if value is None or not math.isfinite(value):
         return "–"
     if unit == "percentunit":
-        return f"{value * 100:.3g}%"
+        return f"{_number(value * 100)}%"
     if unit == "percent":
-        return f"{value:.3g}%"
+        return f"{_number(value)}%"
     if unit == "s":
         if abs(value) < 1 and value != 0:
             return f"{value * 1000:.3g} ms"
@@ -121,6 +121,11 @@ def format_value(value: float, unit: str) -> str:
     if unit in ("short", "none", ""):
         return _short(value)
     return f"{_short(value)} {unit}"
+
+
+def _number(value: float) -> str:
+    """Three significant digits; a large number in full with thousands separators, never 1e+03."""
+    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.3g}"
 
 
 def _short(value: float) -> str:
