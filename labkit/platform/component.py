@@ -21,6 +21,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 from labkit.core.config import MAX_PORT_OFFSET, LabConfig
@@ -29,6 +30,9 @@ from labkit.core.config import MAX_PORT_OFFSET, LabConfig
 SERVICE_CONTAINER_PORT = 8000
 # ... and every nginx of the lab on this one (the player's static files among them).
 NGINX_CONTAINER_PORT = 8080
+
+# The -X option naming a Python program's lab (Component._lab_mark).
+LAB_MARK = "ottlab"
 
 RestartPolicy = Literal["always", "on-failure", "never"]
 
@@ -83,6 +87,9 @@ class Component:
     # replicas (scaling that component scales this one) and, on Kubernetes, is a second container
     # in that component's pods (a sidecar), not a Deployment of its own.
     follows: str | None = None
+    # The Prometheus job, when several components share one (the nginx exporters: job ``nginx``);
+    # None: the component's name.
+    job: str | None = None
 
     def __post_init__(self) -> None:
         if not self.name.replace("-", "").isalnum() or not self.name.islower():
@@ -102,7 +109,7 @@ class Component:
         say it in the annotation ``prometheus.io/job``, which Prometheus relabels into ``job``
         (even for a sidecar, whose pods are named after the component it follows).
         """
-        return None if self.metrics_path is None else self.name
+        return None if self.metrics_path is None else (self.job or self.name)
 
     def port(self, name: str) -> Port:
         for p in self.ports:
@@ -152,7 +159,20 @@ class Component:
         ``links`` maps other components' names to their URLs, for ``{link_<name>}`` in templates.
         """
         values = self._values(cfg, replica, links or {})
-        return [self.resolve_binary() or self.binary, *(a.format(**values) for a in self.args)]
+        return [self.resolve_binary() or self.binary, *self._lab_mark(cfg),
+                *(a.format(**values) for a in self.args)]
+
+    def _lab_mark(self, cfg: LabConfig) -> list[str]:
+        """``-X ottlab=<lab directory>`` for a Python program: its command line then names its lab.
+
+        A Python service's arguments (``-m ott.auth``) are the same in every lab on the machine; the
+        process exporter tells the labs apart by their command lines, nginx's and the Go programs'
+        by their config paths, Python's by this option (CPython keeps an unknown ``-X`` in
+        ``sys._xoptions`` and otherwise ignores it).
+        """
+        if Path(self.binary).name.startswith("python"):
+            return ["-X", f"{LAB_MARK}={cfg.home}"]
+        return []
 
     def pidfile_path(self, cfg: LabConfig, replica: int = 0) -> str | None:
         return None if self.pidfile is None else self.pidfile.format(**self._values(cfg, replica, {}))

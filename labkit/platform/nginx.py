@@ -38,6 +38,68 @@ def component(name: str, layer: str, *, offset: int, container_port: int, folder
     )
 
 
+# nginx's own counters (connections, requests: the stub_status module), on a server of their own
+# that listens on loopback only: never on a public route. In a pod, loopback is the pod's, which
+# the exporter sidecar shares.
+STATUS_PATH = "/stub_status"
+STATUS_CONTAINER_PORT = 8081
+EXPORTER_CONTAINER_PORT = 9113
+# The Prometheus job of every nginx's exporter, on both targets; the series say which nginx in `component`.
+EXPORTER_JOB = "nginx"
+# On Kubernetes the exporter's metrics port has this name, by which Prometheus finds it
+# (k8s/base/monitoring/prometheus.yml, job nginx): the pod's prometheus.io annotations may be another's.
+EXPORTER_PORT_NAME = "nginx-metrics"
+
+
+def exporter(nginx: Component, *, offset: int, status_offset: int, const_labels: str) -> Component:
+    """Debian's ``prometheus-nginx-exporter`` for each replica of ``nginx``, as job :data:`EXPORTER_JOB`.
+
+    It reads the stub_status that ``nginx`` serves on this component's ``status`` port (loopback
+    only: see :func:`status_server`; declared here, where it is read) and labels every series with
+    ``const_labels`` (``component=<nginx>``, and the PoP for the edges; ``{replica}`` allowed).
+    On Kubernetes it is a sidecar in the nginx's pods.
+    """
+    return Component(
+        name=f"{nginx.name}-nginx-exporter",
+        layer=nginx.layer,
+        binary="prometheus-nginx-exporter",
+        package="prometheus-nginx-exporter",
+        # Upstream's name for it (its release binaries and container image).
+        binary_aliases=("nginx-prometheus-exporter",),
+        args=(f"-nginx.scrape-uri=http://{{host}}:{{port_status}}{STATUS_PATH}",
+              "-web.listen-address={host}:{port_http}",
+              f"-prometheus.const-labels={const_labels}",
+              # nginx may start after it: retried for 30 s, then nginx_up says 0.
+              "-nginx.retries=30", "-nginx.retry-interval=1s", "-nginx.timeout=2s"),
+        ports=(Port("http", offset=offset, container=EXPORTER_CONTAINER_PORT),
+               Port("status", offset=status_offset, container=STATUS_CONTAINER_PORT)),
+        readiness=Readiness(path="/metrics"),
+        replicas=nginx.replicas,
+        max_replicas=nginx.max_replicas,
+        metrics_path="/metrics",
+        follows=nginx.name,
+        job=EXPORTER_JOB,
+        description=f"{nginx.name}'s own counters (stub_status: connections, requests) as Prometheus metrics",
+    )
+
+
+def status_server(listen: str) -> list[str]:
+    """The server block answering :data:`STATUS_PATH` on ``listen`` (a loopback address), and nothing else."""
+    return [
+        "  server {",
+        f"    listen {listen};",
+        "    access_log off;",
+        f"    location = {STATUS_PATH} {{ stub_status; }}",
+        "    location / { return 404; }",
+        "  }",
+    ]
+
+
+def kube_status_listen() -> str:
+    """Where a pod's nginx serves its stub_status: the pod's loopback, for its exporter sidecar."""
+    return f"127.0.0.1:{STATUS_CONTAINER_PORT}"
+
+
 def preamble(header: str, temp_dir: str, *, user: str | None = None) -> list[str]:
     """The configuration's first lines, up to and including the temp paths inside ``http {``.
 

@@ -22,6 +22,7 @@ from labkit.core.errors import ComponentFailedError, LabBusyError, MissingBinary
 from labkit.core.ports import listening
 from labkit.core.wait import until
 from labkit.platform.layers import monitoring
+from labkit.platform.layers.monitoring import probes
 from labkit.targets.local.labdir import LabDir
 from labkit.targets.local.target import LocalTarget
 
@@ -40,9 +41,10 @@ def test_up_status_and_down_leave_nothing_behind(local_lab: LocalTarget) -> None
     supervisor_pid = local_lab.supervisor.pid()
     assert supervisor_pid is not None
 
-    # Prometheus scrapes every component that exposes metrics.
+    # Prometheus scrapes every component that exposes metrics, as its job
     prom = Prometheus(local_lab.endpoint("prometheus"))
-    jobs = {c.name for c in platform.components() if c.metrics_path}
+    # (the nginx exporters share the job nginx) and probes through every PoP (the job blackbox).
+    jobs = {*platform.scrape_jobs(), probes.JOB}
     targets = prom.wait_for_targets(sorted(jobs), timeout=60)
     assert set(targets["job"]) == jobs
     # ...and loaded the one rules file.
@@ -105,7 +107,7 @@ def test_killed_component_is_restarted_and_keeps_its_data(local_lab: LocalTarget
     # The TSDB written before the kill is still there: samples from before the restart answer.
     frame = prom.query_range("up", minutes=2, step="1s")
     before = frame[frame["timestamp"] < killed_at]
-    assert set(before["job"]) == {"prometheus", "alertmanager"}, frame
+    assert {"prometheus", "alertmanager"} <= set(before["job"]) <= set(platform.scrape_jobs(["monitoring"])), frame
 
 
 def test_restart_gives_a_new_process(local_lab: LocalTarget) -> None:

@@ -51,8 +51,10 @@ def test_queries_return_dataframes(local_lab: LocalTarget) -> None:
     prom = Prometheus(local_lab.endpoint("prometheus"), timeout=5)
     prom.wait_for_targets(["prometheus", "alertmanager"], timeout=30)
 
+    prom.wait_for_targets(["process"], timeout=30)
     instant = prom.query("up")
-    assert set(instant["job"]) == {"prometheus", "alertmanager"}
+    # The monitoring layer alone: Prometheus, Alertmanager and the process exporter (no PoP to probe yet).
+    assert set(instant["job"]) == {"prometheus", "alertmanager", "process"}
     assert (instant["value"] == 1.0).all()
     assert isinstance(instant["timestamp"].iloc[0], pd.Timestamp)
 
@@ -77,8 +79,9 @@ def test_a_down_prometheus_is_a_clear_retryable_error() -> None:
 def test_prometheus_scrapes_only_the_layers_brought_up(local_lab: LocalTarget) -> None:
     local_lab.up(["monitoring"])
     prom = Prometheus(local_lab.endpoint("prometheus"), timeout=5)
-    assert set(prom.wait_for_targets(["prometheus", "alertmanager"], timeout=30)["job"]) == {
-        "prometheus", "alertmanager"}
+    monitoring_jobs = platform.scrape_jobs(["monitoring"])
+    assert set(prom.wait_for_targets(monitoring_jobs, timeout=30)["job"]) == set(monitoring_jobs)
     local_lab.up(["apis"])  # a later layer joins the scrape config (Prometheus reloads it)
-    jobs = {c.name for c in platform.components() if c.metrics_path and c.layer in ("monitoring", "apis")}
+    # ... and the key path's probe (the gateway is up; no PoP is, so no PoP is probed).
+    jobs = {*platform.scrape_jobs(["monitoring", "apis"]), "blackbox"}
     assert set(prom.wait_for_targets(sorted(jobs), timeout=60)["job"]) == jobs

@@ -124,7 +124,7 @@ def test_the_edge_runs_the_mounted_config_as_non_root() -> None:
 
 
 def test_the_edge_listens_where_its_service_sends_and_fetches_from_the_origin_service() -> None:
-    (listen,) = re.findall(r"^\s*listen \S+:(\d+);", cdn.render_kube(), flags=re.MULTILINE)
+    (listen,) = re.findall(r"^\s*listen 0\.0\.0\.0:(\d+);", cdn.render_kube(), flags=re.MULTILINE)
     assert int(listen) == cdn.EDGE.port("http").container == cdn.CONTAINER_PORT
     (peer,) = re.findall(r"^\s*server (\S+) ", cdn.render_kube(), flags=re.MULTILINE)
     host, port = peer.split(":")
@@ -237,7 +237,8 @@ def test_every_object_of_the_layer_is_labelled_cdn(component: Component) -> None
 
 def test_the_exporter_is_a_sidecar_of_the_edge() -> None:
     assert cdn.EXPORTER.follows == cdn.EDGE.name
-    assert [c["name"] for c in pod_spec(deployment())["containers"]] == [cdn.EDGE.name, cdn.EXPORTER.name]
+    assert [c["name"] for c in pod_spec(deployment())["containers"]] == [
+        cdn.EDGE.name, cdn.EXPORTER.name, cdn.NGINX_EXPORTER.name]
     assert "initContainers" not in pod_spec(deployment())
 
 

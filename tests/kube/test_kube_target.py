@@ -385,6 +385,8 @@ def test_up_applies_each_object_server_side_as_labkit(fake_cluster: FakeCluster,
     assert [(s.name, s.state, s.healthy, s.replicas) for s in statuses] == [
         ("prometheus", "running", True, 1),
         ("alertmanager", "running", True, 1),
+        ("process-exporter", "running", True, 1),
+        ("blackbox-exporter", "running", True, 1),
     ]
     rendered = manifest.of_layers(manifest.render(manifest.overlay_dir("kind")), ["monitoring"])
     patches = fake_cluster.requests("PATCH")

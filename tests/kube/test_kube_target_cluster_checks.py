@@ -143,4 +143,4 @@ def test_a_layer_without_the_database_goes_ahead_on_several_nodes(fake: FakeClus
     for name in ("a", "b", "c"):
         fake.put(NODES, name, node(name), namespace=None)
     statuses = lab_target(fake, lab_cfg).up(["monitoring"])
-    assert [s.name for s in statuses] == ["prometheus", "alertmanager"]
+    assert [s.name for s in statuses] == ["prometheus", "alertmanager", "process-exporter", "blackbox-exporter"]

@@ -28,6 +28,7 @@ import yaml
 
 from labkit import platform
 from labkit.core.config import repo_root
+from labkit.platform import nginx
 from labkit.platform.component import Component
 from labkit.platform.layer import Layer
 from labkit.platform.layers import apis, cdn, monitoring, player
@@ -200,8 +201,10 @@ def test_the_deployment_agrees_with_the_component_declaration(component: Compone
     assert liveness["port"] == component.readiness.port
 
     annotations = deployment["spec"]["template"]["metadata"].get("annotations", {})
-    # One set of annotations per pod: at most one of its containers declares metrics.
-    scraped = [c for c in (component, *followers_of(component)) if c.metrics_path is not None]
+    # One set of annotations per pod: at most one of its containers declares metrics by them (an nginx's
+    # exporter, of the shared job nginx, is found by its port's name instead: test_a_follower_is_a_sidecar...).
+    scraped = [c for c in (component, *followers_of(component))
+               if c.metrics_path is not None and c.job != nginx.EXPORTER_JOB]
     assert len(scraped) <= 1, f"{[c.name for c in scraped]} share a pod: Prometheus scrapes one port of it"
     if not scraped:
         assert annotations.get("prometheus.io/scrape") != "true"
@@ -251,7 +254,7 @@ def test_a_follower_is_a_sidecar_of_the_pods_it_follows(follower: Component) -> 
     if follower.args[0] == "-m":
         assert sidecar["command"][:3] == ["python", "-m", follower.args[1]]
     else:
-        assert sidecar["command"][0] == follower.binary.rsplit("/", 1)[-1]
+        assert sidecar["command"][0] in {b.rsplit("/", 1)[-1] for b in (follower.binary, *follower.binary_aliases)}
     assert "args" not in sidecar
 
     # Its declared ports by number: names are the pod's (unique in it; the followed one has "http").
@@ -265,7 +268,11 @@ def test_a_follower_is_a_sidecar_of_the_pods_it_follows(follower: Component) -> 
     assert container_port(sidecar, liveness["port"]) == follower.port(follower.readiness.port).container
 
     annotations = deployment["spec"]["template"]["metadata"].get("annotations", {})
-    if follower.metrics_path is None:
+    if follower.job == nginx.EXPORTER_JOB:
+        # Scraped by its port's name (the pod's annotations are the other sidecar's), on the declared port.
+        (metrics,) = [p for p in sidecar["ports"] if p["name"] == nginx.EXPORTER_PORT_NAME]
+        assert metrics["containerPort"] == follower.port("http").container
+    elif follower.metrics_path is None:
         assert annotations.get("prometheus.io/port") not in {str(n) for n in numbers}
     else:
         assert annotations["prometheus.io/scrape"] == "true"
@@ -359,7 +366,7 @@ def test_each_nginx_runs_its_rendered_config_as_non_root(name: str) -> None:
     assert manifest.labels(config_map)[manifest.LAYER_LABEL] == component.layer
     assert mount["readOnly"] is True
     # It listens where its Service sends; its pid and temp files go to an emptyDir.
-    (listen,) = re.findall(r"^\s*listen \S+:(\d+);", text, flags=re.MULTILINE)
+    (listen,) = re.findall(r"^\s*listen 0\.0\.0\.0:(\d+);", text, flags=re.MULTILINE)
     assert int(listen) == component.port("http").container
     (pid,) = re.findall(r"^pid (\S+);", text, flags=re.MULTILINE)
     temp_dir = PurePosixPath(pid).parent

@@ -38,6 +38,7 @@ from test_apis_manifests import (
     public_ref,
 )
 
+from labkit import platform
 from labkit.core.config import repo_root
 from labkit.platform.component import Component
 from labkit.platform.layers import media
@@ -57,6 +58,9 @@ JOB_NAME_LABEL = "transcoder-job"
 MEDIA_PATHS = {"OTT_MEDIA_ROOT": origin.KUBE_MEDIA_ROOT, "OTT_ORIGIN_URL": public_ref(entry.ORIGIN_KEY)}
 
 
+SIDECARS = {c.name for c in platform.components() if c.follows is not None}
+
+
 def job() -> dict[str, Any]:
     return only("Job", JOB)
 
@@ -66,7 +70,8 @@ def transcoder_deployment() -> dict[str, Any]:
 
 
 def main_container(workload: dict[str, Any]) -> dict[str, Any]:
-    (found,) = pod_spec(workload)["containers"]
+    """The workload's own container: not a sidecar (a component that follows another, an nginx's exporter)."""
+    (found,) = [c for c in pod_spec(workload)["containers"] if c["name"] not in SIDECARS]
     return dict(found)
 
 
@@ -253,7 +258,7 @@ def test_the_origin_serves_the_media_claim_read_only_at_its_configured_root() ->
 def test_the_origin_listens_where_its_service_sends_and_writes_only_to_its_empty_dir() -> None:
     deployment = only("Deployment", media.ORIGIN.name)
     text = origin.render_kube()
-    (listen,) = re.findall(r"^\s*listen \S+:(\d+);", text, flags=re.MULTILINE)
+    (listen,) = re.findall(r"^\s*listen 0\.0\.0\.0:(\d+);", text, flags=re.MULTILINE)
     assert int(listen) == media.ORIGIN.port("http").container == origin.CONTAINER_PORT
     (pid,) = re.findall(r"^pid (\S+);", text, flags=re.MULTILINE)
     temp_dir = str(PurePosixPath(pid).parent)
@@ -352,7 +357,8 @@ def test_no_service_sends_requests_to_the_jobs_pod() -> None:
 # -- the layer ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("component", media.LAYER.components, ids=lambda c: c.name)
+# A sidecar (an nginx's exporter) is in the pods of the one it follows: no Deployment of its own.
+@pytest.mark.parametrize("component", [c for c in media.LAYER.components if c.follows is None], ids=lambda c: c.name)
 def test_every_object_of_the_layer_is_labelled_media(component: Component) -> None:
     for kind in ("Deployment", "Service"):
         assert manifest.labels(only(kind, component.name))[manifest.LAYER_LABEL] == LAYER

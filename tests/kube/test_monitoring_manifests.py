@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,6 +28,7 @@ from labkit import platform
 from labkit.core.config import LabConfig
 from labkit.platform.component import Component
 from labkit.platform.layers import monitoring
+from labkit.platform.layers.monitoring import probes
 from labkit.targets.kube import manifest
 
 NAMESPACE = "ottlab"
@@ -98,7 +100,9 @@ def test_relabelling_follows_prometheus_semantics() -> None:
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_kube_has_exactly_the_declared_scrape_jobs(overlay: str) -> None:
     declared = platform.scrape_jobs()
-    assert set(local_jobs()) == set(declared)
+    # ... and the synthetic probes' job, whose targets are what the exporter fetches, not pods.
+    assert set(local_jobs()) == {*declared, probes.JOB}
+    assert probes.JOB in {job["job_name"] for job in kube_config(overlay)["scrape_configs"]}
     found = {t.job for t in kube_targets(overlay)}
     assert found == set(declared), (
         f"kube jobs {sorted(found)} != declared {sorted(declared)}: each scraped pod template says its "
@@ -109,10 +113,14 @@ def test_kube_has_exactly_the_declared_scrape_jobs(overlay: str) -> None:
 @pytest.mark.parametrize("component", SCRAPED, ids=lambda c: c.name)
 def test_the_kube_relabelling_gives_the_local_job_and_labels(overlay: str, component: Component) -> None:
     local = local_jobs()[str(component.scrape_job)]
-    (static,) = local["static_configs"]
+    # A job shared by several components (the nginx exporters) has one static config per component.
+    (static,) = [st for st in local["static_configs"]
+                 if f"127.0.0.1:{component.local_port(LabConfig(base_port=20000))}" in st["targets"]]
     local_labels = {"job": local["job_name"], **static["labels"]}
 
-    mine = [t for t in kube_targets(overlay) if t.job == component.scrape_job]
+    # Of a shared job, the targets of this component's containers.
+    mine = [t for t in kube_targets(overlay) if t.job == component.scrape_job
+            and (component.job is None or t.container == component.name)]
     assert mine, f"no pod of overlay {overlay} is scraped as job {component.scrape_job}"
     for target in mine:
         assert (target.port, target.metrics_path) == (component.port("http").container, component.metrics_path), target
@@ -132,11 +140,11 @@ def test_a_finished_pod_is_not_scraped(overlay: str) -> None:
     (job,) = [o for o in rendered(overlay) if o["kind"] == "Job"]
     config = kube_config(overlay)
     assert targets(config, [job], NAMESPACE), "the Job's pod is scraped while it runs"
-    (pods,) = [c for c in config["scrape_configs"] if c.get("kubernetes_sd_configs")]
-    for phase in ("Succeeded", "Failed"):
-        for labels in discovered(job, NAMESPACE):
-            done = {**labels, "__meta_kubernetes_pod_phase": phase, "job": pods["job_name"]}
-            assert relabel(done, pods["relabel_configs"]) is None
+    for pods in [c for c in config["scrape_configs"] if c.get("kubernetes_sd_configs")]:
+        for phase in ("Succeeded", "Failed"):
+            for labels in discovered(job, NAMESPACE):
+                done = {**labels, "__meta_kubernetes_pod_phase": phase, "job": pods["job_name"]}
+                assert relabel(done, pods["relabel_configs"]) is None
 
 
 # -- the alert rules, shared by both targets, select declared jobs -----------------------------
@@ -160,3 +168,38 @@ def test_alert_rules_and_their_tests_select_only_declared_jobs() -> None:
             assert any(re.fullmatch(value, job) for job in declared), f'job=~"{value}" matches no declared job'
     # The promtool tests stand for real series: they name jobs (else this test would check nothing there).
     assert any(job_matchers(s) for s in series)
+
+
+# -- the synthetic probes ------------------------------------------------------------------------
+
+
+def probe_targets(config: dict[str, Any]) -> list[dict[str, str]]:
+    """The blackbox job's targets: the labels each static target has after the job's relabelling."""
+    (job,) = [j for j in config["scrape_configs"] if j["job_name"] == probes.JOB]
+    assert job["metrics_path"] == "/probe"
+    found = []
+    for static in job["static_configs"]:
+        for address in static["targets"]:
+            labels = relabel({"__address__": address, **static["labels"]}, job["relabel_configs"])
+            assert labels is not None
+            found.append(labels)
+    return found
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_probes_use_the_shipped_modules_and_the_same_labels_on_both_targets(overlay: str) -> None:
+    modules = set(yaml.safe_load(Path(probes.modules_file()).read_text())["modules"])
+    local = probe_targets(monitoring.prometheus_config(LabConfig(base_port=20000), platform.components(), "s3cret"))
+    kube = probe_targets(kube_config(overlay))
+    for labels in (*local, *kube):
+        assert labels["__param_module"] in modules, labels
+        assert labels["__param_target"].startswith("http://"), labels
+        assert set(labels) - {"__address__", "__param_module", "__param_target"} == {"pop", "probe", "instance"}
+    # Locally: two probes per PoP (signed) and the key path; on kube the key path, at the blackbox Service.
+    assert sorted((t["pop"], t["probe"]) for t in local) == [
+        ("edge-0", "playlist"), ("edge-0", "segment"), ("edge-1", "playlist"), ("edge-1", "segment"),
+        ("gateway", "key")]
+    (key,) = kube
+    assert (key["pop"], key["probe"]) == ("gateway", "key")
+    assert key["__param_target"].endswith(probes.key_path())
+    assert key["__address__"] == f"{probes.BLACKBOX.name}:{probes.BLACKBOX.port('http').container}"

@@ -104,7 +104,7 @@ def test_the_files_the_config_serves_are_copied_from_the_services_image_into_the
 
 def test_the_gateway_sends_the_players_routes_to_the_layers_services() -> None:
     text = gateway.render_kube()
-    for component in player.LAYER.components:
+    for component in (player.QOE, player.PLAYER):
         (route,) = [r for r in ROUTES if r.service == component.name]
         (service_port,) = [p["port"] for p in only("Service", component.name)["spec"]["ports"] if p["name"] == "http"]
         assert route.container_port == service_port == component.port("http").container

@@ -21,7 +21,10 @@ def test_command_is_formatted_per_replica(tmp_path: object) -> None:
     cfg = LabConfig(base_port=20000)
     cmd = _comp(max_replicas=3).command(cfg, replica=2)
     assert cmd[0].endswith("python3")
-    assert cmd[1:] == ["--bind", "127.0.0.1:20007", f"--data={cfg.data_dir / 'web'}", "--r=2"]
+    # A Python program's command line names its lab (what the process exporter matches).
+    assert cmd[1:3] == ["-X", f"ottlab={cfg.home}"]
+    assert cmd[3:] == ["--bind", "127.0.0.1:20007", f"--data={cfg.data_dir / 'web'}", "--r=2"]
+    assert _comp(binary="nginx").command(cfg)[1:3] == ["--bind", "127.0.0.1:20005"]
 
 
 def test_declaration_errors() -> None:

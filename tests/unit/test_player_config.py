@@ -14,9 +14,10 @@ from labkit.platform.layers.apis import gateway
 from labkit.platform.layers.apis.routes import ROUTES
 
 
-def test_the_player_layer_comes_last_with_its_two_components() -> None:
+def test_the_player_layer_comes_last_with_its_components() -> None:
     assert platform.layers()[-1] is player.LAYER
-    assert [(c.name, c.port("http").offset) for c in player.LAYER.components] == [("qoe", 80), ("player", 84)]
+    assert [(c.name, c.port("http").offset) for c in player.LAYER.components] == [
+        ("qoe", 80), ("player", 84), ("player-nginx-exporter", 212)]
     assert player.QOE.metrics_path == "/metrics" and player.QOE.readiness.path == "/readyz"
     assert (player.QOE.replicas, player.QOE.max_replicas) == (1, 3)
     # Every local port of the lab is distinct, the new ones included.
@@ -36,7 +37,7 @@ def test_the_gateway_routes_to_the_player_layer_even_before_it_is_up(tmp_path: P
     # so bringing the player layer up later needs no gateway reload.
     cfg = LabConfig(home=tmp_path / "lab", base_port=30000)
     conf = apis.write_configs(cfg, apis.LAYER.components)["gateway/nginx.conf"]
-    for component in player.LAYER.components:
+    for component in (player.QOE, player.PLAYER):
         upstream = re.search(rf"upstream {component.name} {{(.*?)}}", conf, flags=re.DOTALL)
         assert upstream is not None
         assert f"server 127.0.0.1:{component.local_port(cfg)} " in upstream.group(1)

@@ -70,6 +70,7 @@ GATEWAY = nginx.component(
     "gateway", "apis", offset=0, container_port=gateway.CONTAINER_PORT, folder="gateway",
     description="nginx in front of the APIs: routes, JWT check, retries, login rate limit",
 )
+GATEWAY_EXPORTER = nginx.exporter(GATEWAY, offset=210, status_offset=200, const_labels="component=gateway")
 
 
 
@@ -89,14 +90,15 @@ def write_configs(cfg: LabConfig, platform: Sequence[Component]) -> Mapping[str,
         SERVICE_TOKEN_FILE: service_token(cfg) + "\n",
         SIGNING_SECRET_FILE: signing_secret(cfg) + "\n",
         "gateway/nginx.conf": gateway.render(
-            listen=f"{cfg.host}:{GATEWAY.local_port(cfg)}", upstreams=upstreams, temp_dir=str(run)
+            listen=f"{cfg.host}:{GATEWAY.local_port(cfg)}", upstreams=upstreams, temp_dir=str(run),
+            status_listen=f"{cfg.host}:{GATEWAY_EXPORTER.local_port(cfg, 'status')}",
         ),
     }
 
 
 LAYER = Layer(
     name="apis",
-    components=(*SERVICES, GATEWAY),
+    components=(*SERVICES, GATEWAY, GATEWAY_EXPORTER),
     write_configs=write_configs,
     description="the OTT business APIs behind a gateway",
 )

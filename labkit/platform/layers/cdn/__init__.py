@@ -118,6 +118,10 @@ EXPORTER = Component(
 )
 
 
+# nginx's own counters per PoP, labelled with the PoP's id as the edge's exporter labels its series.
+NGINX_EXPORTER = nginx.exporter(EDGE, offset=214, status_offset=204, const_labels="component=edge,pop=edge-{replica}")
+
+
 def _signed_location() -> str:
     return (rf"^/{signing.PREFIX}/(?<signed_token>{signing.TOKEN_PATTERN})/(?<signed_expires>{signing.EXPIRES_PATTERN})"
             rf"/(?<signed_title>{signing.TITLE_PATTERN})(?<signed_rest>/[A-Za-z0-9._/-]+)$")
@@ -131,13 +135,15 @@ def secure_link_directive(secret: str) -> str:
 def render(*, pop: str, listen: str, origin_peers: Sequence[str], cache_dir: str, temp_dir: str,
            access_log: str, secret: str | None = None, secret_include: str | None = None,
            user: str | None = None, cache_size: str = "1g", cache_lock: bool = True,
-           log_flush_s: int = LOG_FLUSH_S, file_output: Sequence[str] = LOCAL_FILE_OUTPUT) -> str:
+           log_flush_s: int = LOG_FLUSH_S, status_listen: str | None = None,
+           file_output: Sequence[str] = LOCAL_FILE_OUTPUT) -> str:
     """nginx.conf of the PoP ``pop`` (``pop`` may be an nginx variable, like ``$hostname`` in a pod).
 
     The signing secret is either written in (``secret``: the local lab's private conf folder) or
     included from a file holding :func:`secure_link_directive` (``secret_include``: a mounted Secret).
     ``cache_lock=False`` lets every concurrent miss go to the origin (for the thundering-herd drill);
     ``log_flush_s=0`` writes each access-log line at once (a drill that reads the log right away).
+    ``status_listen``: a loopback address for nginx's own counters (:func:`labkit.platform.nginx.status_server`).
     ``file_output``: how cached files are sent, :data:`LOCAL_FILE_OUTPUT` or :data:`POD_FILE_OUTPUT`.
     """
     if (secret is None) == (secret_include is None):
@@ -228,7 +234,8 @@ def render(*, pop: str, listen: str, origin_peers: Sequence[str], cache_dir: str
                   f"      proxy_cache_valid 200 206 {kind.ttl_s}s;",
                   *(("      " + d for d in open_files) if kind.immutable else ()),
                   *("      " + d for d in proxy), "    }"]
-    lines += ["    location / { return 404; }", "  }", "}", ""]
+    lines += ["    location / { return 404; }", "  }",
+              *(nginx.status_server(status_listen) if status_listen else []), "}", ""]
     return "\n".join(lines)
 
 
@@ -254,7 +261,8 @@ def write_configs(cfg: LabConfig, platform: Sequence[Component]) -> Mapping[str,
         files[f"edge/{replica}/nginx.conf"] = render(
             pop=pop_id(replica), listen=f"{cfg.host}:{edge.local_port(cfg, 'http', replica)}",
             origin_peers=origin_peers, cache_dir=str(cache), temp_dir=str(run),
-            access_log=str(run / "access.log"), secret=secret, user=nginx.lab_user())
+            access_log=str(run / "access.log"), secret=secret, user=nginx.lab_user(),
+            status_listen=f"{cfg.host}:{NGINX_EXPORTER.local_port(cfg, 'status', replica)}")
     return files
 
 
@@ -270,12 +278,13 @@ def render_kube() -> str:
     return render(pop="$hostname", listen=f"0.0.0.0:{CONTAINER_PORT}",
                   origin_peers=[f"origin:{origin.CONTAINER_PORT}"], cache_dir=KUBE_CACHE_DIR,
                   temp_dir="/tmp/nginx", access_log="/var/log/ott-edge/access.log",
-                  secret_include=KUBE_SECRET_INCLUDE, cache_size="512m", file_output=POD_FILE_OUTPUT)
+                  secret_include=KUBE_SECRET_INCLUDE, cache_size="512m", status_listen=nginx.kube_status_listen(),
+                  file_output=POD_FILE_OUTPUT)
 
 
 LAYER = Layer(
     name="cdn",
-    components=(EDGE, EXPORTER),
+    components=(EDGE, EXPORTER, NGINX_EXPORTER),
     write_configs=write_configs,
     description="edge points of presence in front of the origin",
 )

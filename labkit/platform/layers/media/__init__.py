@@ -16,7 +16,7 @@ from labkit.platform import nginx
 from labkit.platform.component import SERVICE_CONTAINER_PORT, Component, Port, Readiness
 from labkit.platform.credentials import SERVICE_TOKEN_FILE, service_token
 from labkit.platform.layer import Layer
-from labkit.platform.layers.media import origin
+from labkit.platform.layers.media import canary, origin
 
 MEDIA_DIR = "media"
 
@@ -24,6 +24,7 @@ ORIGIN = nginx.component(
     "origin", "media", offset=60, container_port=origin.CONTAINER_PORT, folder="origin",
     description="nginx serving the published titles (HLS MIME types, cache headers, no dot-folders)",
 )
+ORIGIN_EXPORTER = nginx.exporter(ORIGIN, offset=211, status_offset=201, const_labels="component=origin")
 
 TRANSCODER = Component(
     name="transcoder",
@@ -57,19 +58,22 @@ def write_configs(cfg: LabConfig, platform: Sequence[Component]) -> Mapping[str,
     run = Path(cfg.run_dir) / "origin"
     run.mkdir(parents=True, exist_ok=True)
     media_root(cfg).mkdir(parents=True, exist_ok=True)
+    # What the synthetic probes fetch through every PoP, whatever the lessons published.
+    canary.publish(media_root(cfg))
     (cfg.data_dir / "ott").mkdir(parents=True, exist_ok=True)
     return {
         # The transcoder calls license and catalog with the lab's service token (the APIs layer's file).
         SERVICE_TOKEN_FILE: service_token(cfg) + "\n",
         "origin/nginx.conf": origin.render(listen=f"{cfg.host}:{ORIGIN.local_port(cfg)}",
                                            media_root=str(media_root(cfg)), temp_dir=str(run),
-                                           user=nginx.lab_user()),
+                                           user=nginx.lab_user(),
+                                           status_listen=f"{cfg.host}:{ORIGIN_EXPORTER.local_port(cfg, 'status')}"),
     }
 
 
 LAYER = Layer(
     name="media",
-    components=(ORIGIN, TRANSCODER),
+    components=(ORIGIN, ORIGIN_EXPORTER, TRANSCODER),
     write_configs=write_configs,
     description="the transcoder and the origin",
 )

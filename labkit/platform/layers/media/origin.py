@@ -32,12 +32,14 @@ PLAYLIST_MAX_AGE_S = 2
 SEGMENT_MAX_AGE_S = 365 * 86400
 
 
-def render(*, listen: str, media_root: str, temp_dir: str, user: str | None = None) -> str:
+def render(*, listen: str, media_root: str, temp_dir: str, user: str | None = None,
+           status_listen: str | None = None) -> str:
     """nginx.conf for an origin on ``listen`` serving ``media_root``.
 
     ``user``: who the workers run as, when the master runs as root (nginx would otherwise switch
     them to ``nobody``, who cannot read a private lab directory). The local target passes the
-    lab's own user in that case; the pod runs unprivileged and passes nothing.
+    lab's own user in that case; the pod runs unprivileged and passes nothing. ``status_listen``: a
+    loopback address for nginx's own counters (:func:`labkit.platform.nginx.status_server`).
     """
     types = "; ".join(f"{mime} {ext}" for ext, mime in MIME_TYPES.items())
     segments = "|".join(ext for ext in MIME_TYPES if ext != "m3u8")
@@ -75,6 +77,7 @@ def render(*, listen: str, media_root: str, temp_dir: str, user: str | None = No
         "    }",
         "    location / { return 404; }",
         "  }",
+        *(nginx.status_server(status_listen) if status_listen else []),
         "}",
         "",
     ]
@@ -83,4 +86,5 @@ def render(*, listen: str, media_root: str, temp_dir: str, user: str | None = No
 
 def render_kube() -> str:
     """The origin config shipped as a ConfigMap: the media volume mounted at :data:`KUBE_MEDIA_ROOT`."""
-    return render(listen=f"0.0.0.0:{CONTAINER_PORT}", media_root=KUBE_MEDIA_ROOT, temp_dir="/tmp/nginx")
+    return render(listen=f"0.0.0.0:{CONTAINER_PORT}", media_root=KUBE_MEDIA_ROOT, temp_dir="/tmp/nginx",
+                  status_listen=nginx.kube_status_listen())

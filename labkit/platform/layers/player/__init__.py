@@ -88,13 +88,16 @@ PLAYER = nginx.component(
     "player", "player", offset=84, container_port=CONTAINER_PORT, folder="player",
     description="nginx serving the web player's page and hls.js at /player/ (behind the gateway)",
 )
+PLAYER_EXPORTER = nginx.exporter(PLAYER, offset=212, status_offset=202, const_labels="component=player")
 
 
-def render(*, listen: str, www: str, vendor_js: str, temp_dir: str, user: str | None = None) -> str:
+def render(*, listen: str, www: str, vendor_js: str, temp_dir: str, user: str | None = None,
+           status_listen: str | None = None) -> str:
     """nginx.conf serving the files of ``www`` under ``/player/`` and ``vendor_js`` at :data:`VENDOR_PATH`.
 
     Only plain file names (letters, digits, ``._-``, no dot-files, sub-folders allowed) with a
     type of :data:`MIME_TYPES` are served; ``/player/`` is ``index.html``; GET and HEAD only.
+    ``status_listen``: a loopback address for nginx's own counters (:func:`labkit.platform.nginx.status_server`).
     """
     types = "; ".join(f"{mime} {ext}" for ext, mime in MIME_TYPES.items())
     extensions = "|".join(MIME_TYPES)
@@ -136,6 +139,7 @@ def render(*, listen: str, www: str, vendor_js: str, temp_dir: str, user: str | 
         "    }",
         "    location / { return 404; }",
         "  }",
+        *(nginx.status_server(status_listen) if status_listen else []),
         "}",
         "",
     ]
@@ -145,7 +149,8 @@ def render(*, listen: str, www: str, vendor_js: str, temp_dir: str, user: str | 
 def render_kube() -> str:
     """The player config shipped as a ConfigMap: the files copied into the pod at :data:`KUBE_SITE`."""
     return render(listen=f"0.0.0.0:{CONTAINER_PORT}", www=f"{KUBE_SITE}/www",
-                  vendor_js=f"{KUBE_SITE}/vendor/hls.min.js", temp_dir="/tmp/nginx")
+                  vendor_js=f"{KUBE_SITE}/vendor/hls.min.js", temp_dir="/tmp/nginx",
+                  status_listen=nginx.kube_status_listen())
 
 
 def write_configs(cfg: LabConfig, platform: Sequence[Component]) -> Mapping[str, str]:
@@ -154,12 +159,13 @@ def write_configs(cfg: LabConfig, platform: Sequence[Component]) -> Mapping[str,
     run = Path(cfg.run_dir) / "player"
     run.mkdir(parents=True, exist_ok=True)
     return {"player/nginx.conf": render(listen=f"{cfg.host}:{PLAYER.local_port(cfg)}", www=str(www_dir()),
-                                        vendor_js=str(hls_js()), temp_dir=str(run), user=nginx.lab_user())}
+                                        vendor_js=str(hls_js()), temp_dir=str(run), user=nginx.lab_user(),
+                                        status_listen=f"{cfg.host}:{PLAYER_EXPORTER.local_port(cfg, 'status')}")}
 
 
 LAYER = Layer(
     name="player",
-    components=(QOE, PLAYER),
+    components=(QOE, PLAYER, PLAYER_EXPORTER),
     write_configs=write_configs,
     description="the web player's page and the QoE collector, behind the gateway",
 )
