@@ -6,5 +6,7 @@
 - :mod:`~labkit.traffic.herd`: thundering herds and scratch nginx servers;
 - :mod:`~labkit.traffic.browser`: the web player in the system Chromium;
 - :mod:`~labkit.traffic.abr`: ABR rules;
-- :mod:`~labkit.traffic.bandwidth`: fixed rates and traces (``traces/*.csv``).
+- :mod:`~labkit.traffic.bandwidth`: fixed rates and traces (``traces/*.csv``);
+- :mod:`~labkit.traffic.loadtest`: the real k6 on the kube Job's journey script (``ottlab k6``), and socket bounds;
+- :mod:`~labkit.traffic.capacity`: the capacity ramp, an audience in growing steps with CPU per component.
 """
