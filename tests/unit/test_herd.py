@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from labkit.core.config import LabConfig
+from labkit.platform.layers import cdn
 from labkit.traffic import herd
 from labkit.traffic.herd import HerdResult, ScratchPop, count_origin_fetches, parse_log_lines, render_static
 
@@ -56,6 +57,11 @@ def test_the_static_baseline_serves_a_root_with_the_lab_preamble() -> None:
     slow = render_static(listen="127.0.0.1:1234", root="/srv/media", temp_dir="/tmp/x", access_log="/tmp/x/a.log",
                          limit_rate="400k")
     assert "access_log /tmp/x/a.log;" in slow and "limit_rate 400k;" in slow
+    # The baseline sends files with sendfile, nginx's usual way; its like-for-like twin as a local PoP does.
+    assert "sendfile on;" in conf and "tcp_nopush on;" in conf
+    copy = render_static(listen="127.0.0.1:1234", root="/srv/media", temp_dir="/tmp/x",
+                         file_output=cdn.LOCAL_FILE_OUTPUT)
+    assert "sendfile off;" in copy and "output_buffers 1 1m;" in copy and "sendfile on;" not in copy
 
 
 def test_a_scratch_pop_signs_with_the_labs_secret_and_renders_its_lock(tmp_path: Path) -> None:
