@@ -164,6 +164,7 @@ class Controller:
             "pid": os.getpid(), "running": running, "updated": time.time(),
             "hpas": {h.name: {"target": h.target, "min": h.min_replicas, "max": h.max_replicas,
                               "metrics": [m.describe() for m in h.metrics],
+                              "targets": {m.name: m.target for m in h.metrics},
                               "decisions": self.decisions.get(h.name, [])} for h in self.hpas},
         }
         tmp = path.with_name(path.name + ".tmp")

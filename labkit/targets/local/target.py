@@ -296,8 +296,10 @@ class LocalTarget(Target):
             last = decisions[-1] if decisions else {}
             rows.append(AutoscalerStatus(
                 hpa=h.name, target=h.target, active=active,
-                metrics=list(last.get("metrics") or [{"metric": m.name, "current": None, "target": m.target}
-                                                     for m in h.metrics]),
+                # Before its first decision: the targets the controller runs with (a lesson may lower them).
+                metrics=list(last.get("metrics") or [
+                    {"metric": m.name, "current": None, "target": (mine.get("targets") or {}).get(m.name, m.target)}
+                    for m in h.metrics]),
                 current=self.replicas(h.target), desired=last.get("desired"),
                 decisions=[{"at": d.get("since", d.get("wall")), "last": d.get("wall"),
                             "current": d.get("current"), "desired": d.get("desired"),
