@@ -112,3 +112,24 @@ def test_autoscale_when_nothing_runs(runner: CliRunner) -> None:
     assert status.exit_code == 0 and status.output.strip() == "[]"  # no layer up: no HPA applies
     bad = runner.invoke(main, ["autoscale", "sideways"])
     assert bad.exit_code == 2 and "'on', 'off', 'status'" in bad.output
+
+
+def test_autoscale_status_prints_each_hpa_its_metrics_and_last_decisions(runner: CliRunner, tmp_path: Path) -> None:
+    import json
+
+    run = tmp_path / "lab" / "run"
+    run.mkdir(parents=True)
+    (run / "layers.json").write_text(json.dumps(["monitoring", "apis"]))
+    decision = {"wall": 1700000000.0, "since": 1700000000.0, "current": 1, "desired": 2, "reason": "ScaleUpLimit",
+                "rescale_reason": "ott_http_requests_per_second above target", "outcome": "",
+                "metrics": [{"metric": "cpu", "current": 12.0, "target": 80.0},
+                            {"metric": "ott_http_requests_per_second", "current": 182.0, "target": 50.0}]}
+    (run / "autoscaler.json").write_text(json.dumps({"pid": 0, "hpas": {"catalog": {"decisions": [decision]}}}))
+    result = runner.invoke(main, ["autoscale", "status"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    catalog = next(line for line in lines if line.startswith("catalog"))
+    assert "off" in catalog and "-> 2" in catalog and "ott_http_requests_per_second 182/50" in catalog, catalog
+    assert any("1 -> 2 ScaleUpLimit: ott_http_requests_per_second above target" in line for line in lines)
+    assert {line.split()[0] for line in lines if not line.startswith(" ")} == {
+        "auth", "catalog", "subscription", "license", "cas"}
