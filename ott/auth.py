@@ -195,7 +195,7 @@ class AuthState:
         return self._key
 
 
-def _state(request: Request) -> AuthState:
+async def _state(request: Request) -> AuthState:
     return cast(AuthState, request.app.state.auth)
 
 

@@ -173,7 +173,7 @@ class License:
         return f"{base}/keys/{title_id}" + (f"/{kid}" if kid else "")
 
 
-def _license(request: Request) -> License:
+async def _license(request: Request) -> License:
     found: License = request.app.state.license
     return found
 

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 import uuid
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,8 @@ from ott.errors import ApiError, unauthorized
 ALGORITHM = "ES256"
 ISSUER = "ottlab-auth"
 ACCESS_AUDIENCE = "ottlab-api"
+# Tokens a verifier remembers as verified (a player shows the same access token on every call of a play).
+VERIFIED_CACHE_SIZE = 4096
 REFRESH_AUDIENCE = "ottlab-refresh"
 KEY_FILE = "signing-key.pem"
 
@@ -88,9 +92,28 @@ class TokenVerifier:
             raise ValueError("give exactly one of key or jwks_url")
         self._key = key
         self._jwks = PyJWKClient(jwks_url, cache_keys=True, lifespan=300, timeout=int(timeout)) if jwks_url else None
+        # Key ids whose signing key is cached: verifying their tokens does no I/O.
+        self._known_kids: set[str] = set()
+        # (token, audience) -> claims of tokens already verified: their signature stands until they
+        # expire, so a token seen again is checked for expiry only (PyJWT's parse and the ECDSA
+        # verification cost about half a millisecond, on every call of a play).
+        self._verified: OrderedDict[tuple[str, str], dict[str, Any]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def knows_key_of(self, token: str) -> bool:
+        """Whether verifying ``token`` needs no fetch of the JWKS (a fixed key, or its key id seen before)."""
+        if self._jwks is None or self._remembered(token, ACCESS_AUDIENCE) is not None:
+            return True
+        try:
+            return jwt.get_unverified_header(token).get("kid") in self._known_kids
+        except jwt.PyJWTError:
+            return True  # refused without looking for a key
 
     def verify(self, token: str, audience: str = ACCESS_AUDIENCE) -> dict[str, Any]:
         """The token's claims; :class:`ApiError` 401 naming what is wrong with it otherwise."""
+        remembered = self._remembered(token, audience)
+        if remembered is not None:
+            return remembered
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
@@ -111,13 +134,33 @@ class TokenVerifier:
             raise ApiError(503, "keys_unavailable", "cannot fetch auth's signing keys; try again") from None
         except jwt.PyJWTError as exc:
             raise unauthorized(f"the token is not valid: {exc}") from None
-        return claims
+        with self._lock:
+            self._verified[(token, audience)] = claims
+            if len(self._verified) > VERIFIED_CACHE_SIZE:
+                self._verified.popitem(last=False)
+        return dict(claims)
+
+    def _remembered(self, token: str, audience: str) -> dict[str, Any] | None:
+        """The claims of ``token`` verified before for ``audience`` if it has not expired since, else None."""
+        with self._lock:
+            claims = self._verified.get((token, audience))
+            if claims is None:
+                return None
+            if claims["exp"] <= time.time():
+                del self._verified[(token, audience)]
+                return None  # verified again, and refused as expired
+            self._verified.move_to_end((token, audience))
+        return dict(claims)
 
     def _signing_key(self, token: str) -> Any:
         if self._key is not None:
             return self._key.private_key.public_key()
         assert self._jwks is not None
-        return self._jwks.get_signing_key_from_jwt(token).key
+        found = self._jwks.get_signing_key_from_jwt(token)
+        # PyJWKClient keeps the keys it found (cache_keys): this kid's next tokens need no fetch.
+        if found.key_id:
+            self._known_kids.add(found.key_id)
+        return found.key
 
 
 def _sha256(text: str) -> bytes:
