@@ -38,7 +38,9 @@ NOTEBOOK_PARAMETERS: dict[str, dict[str, object]] = {
                       "VIEWERS": 12, "VIEWER_SECONDS": 14, "THROTTLE_KBPS": 1500, "WAIT_SECONDS": 60},
     # 12 s: three segments per play; the ramp doubles from 100 viewers and stops at its knee.
     "07-load-autoscaling": {"SAMPLE_SECONDS": 12, "PRESET": "ultrafast", "K6_VUS": 4, "K6_SECONDS": 6,
-                            "VIEWERS_FROM": 100, "VIEWERS_TO": 3200, "STEP_SECONDS": 8, "WAIT_SECONDS": 60},
+                            "VIEWERS_FROM": 100, "VIEWERS_TO": 3200, "STEP_SECONDS": 8, "WAIT_SECONDS": 60,
+                            # 20 s instead of Kubernetes' 300 s before the HPAs may scale down.
+                            "SCALE_DOWN_WINDOW": 20},
 }
 
 pytestmark = pytest.mark.notebook
