@@ -45,6 +45,7 @@ from labkit.core.config import LabConfig
 from labkit.core.console import echo_command
 from labkit.core.ports import ensure_free
 from labkit.core.wait import until
+from labkit.platform import nginx
 from labkit.platform.component import Readiness
 from labkit.platform.layers import apis
 from labkit.platform.layers.apis import gateway
@@ -189,7 +190,7 @@ def start_gateway(
     conf = home / "nginx.conf"
     unlimited = RateLimit(LOGIN_LIMIT.path, requests_per_second=100000, burst=100000)
     conf.write_text(gateway.render(listen=f"127.0.0.1:{listen_port}", upstreams=upstreams, temp_dir=str(home),
-                                   login_limit=unlimited))
+                                   login_limit=unlimited, user=nginx.lab_user()))
     return _spawn(["nginx", "-p", str(home), "-c", str(conf), "-e", "stderr", "-g", "daemon off;"],
                   f"http://127.0.0.1:{listen_port}")
 

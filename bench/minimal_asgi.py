@@ -33,5 +33,7 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         body, kind = json.dumps(_BODIES.get(path, {})).encode(), b"application/json"
     status = 204 if scope["method"] == "DELETE" else 200
     headers = [(b"content-type", kind), (b"x-user-id", b"u")]
+    if path == "/verify":
+        headers.append((b"cache-control", b"max-age=5"))  # as auth's /verify allows the gateway for a fresh token
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": b"" if status == 204 else body})

@@ -13,6 +13,7 @@ Run it with ``python -m ott.auth`` (settings from ``OTT_*`` variables, see :mod:
 
 from __future__ import annotations
 
+import time
 import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal, cast
@@ -289,9 +290,23 @@ def jwks(state: State, response: Response) -> Jwks:
     return Jwks.model_validate(state.key.jwks())
 
 
+# How long the gateway may keep a 200 of /verify for the same Authorization header (its proxy_cache):
+# a few seconds, and never past the token's expiry. A 401 says nothing about caching, so it is never kept.
+VERIFY_CACHE_S = 5
+
+
 @router.get("/verify", responses=UNAUTHORIZED)
 def verify(user: CurrentUser, response: Response) -> Identity:
-    """Check an access token for nginx ``auth_request``: 200 with the caller's identity, else 401."""
+    """Check an access token for nginx ``auth_request``: 200 with the caller's identity, else 401.
+
+    The 200 says how long it may be cached (``Cache-Control: max-age``), at most ``VERIFY_CACHE_S``
+    and never beyond the token's ``exp``: the gateway answers a play's next requests on the same
+    token from its cache instead of asking again (access tokens are stateless: nothing revokes one
+    before it expires, so a cached 200 is as true as a fresh one until then).
+    """
+    remaining = int(float(user.claims["exp"]) - time.time())
+    ttl = max(0, min(VERIFY_CACHE_S, remaining))
+    response.headers["Cache-Control"] = f"max-age={ttl}" if ttl else "no-store"
     response.headers["X-User-Id"] = user.id
     response.headers["X-User-Email"] = user.email
     return Identity(sub=user.id, email=user.email)

@@ -11,6 +11,7 @@ import httpx
 import pytest
 from _labs import running_lab
 from _sessions import signed_in
+from prometheus_client.parser import text_string_to_metric_families
 
 from labkit.clients import seed
 from labkit.clients.api import ApiRefused, OttClient
@@ -64,6 +65,32 @@ def test_the_gateway_checks_tokens_and_answers_json(lab: LocalTarget, alice: Ott
     assert key_request.json()["error"]["code"] == "missing_authorization"  # the license service's own answer
     oversized = httpx.post(gateway + "/api/auth/login", content=b"x" * 70000, timeout=10)
     assert oversized.status_code == 413 and oversized.json()["error"]["code"] == "body_too_large"
+
+
+def _verify_answers(lab: LocalTarget, status: int) -> float:
+    """How many times auth answered /verify with ``status`` (its own request counter)."""
+    text = httpx.get(f"{lab.endpoint('auth')}/metrics", timeout=10).text
+    return sum(sample.value for family in text_string_to_metric_families(text) for sample in family.samples
+               if sample.name == "ott_http_requests_total" and sample.labels.get("route") == "/verify"
+               and sample.labels.get("status") == str(status))
+
+
+def test_the_gateway_caches_verified_tokens_but_never_a_refusal(lab: LocalTarget, alice: OttClient) -> None:
+    gateway = lab.endpoint("gateway")
+    token = str(alice.access_token)
+    ok_before = _verify_answers(lab, 200)
+    for _ in range(3):  # a play's requests on one token: auth is asked once, the rest are the cached 200
+        assert httpx.get(gateway + "/api/cas/sessions", headers={"Authorization": f"Bearer {token}"},
+                         timeout=10).status_code == 200
+    assert _verify_answers(lab, 200) == ok_before + 1
+    # The cache is keyed on the whole header: the same token with its signature altered is a miss,
+    # refused by auth, and the refusal is not kept (auth is asked again each time).
+    forged = token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
+    refused_before = _verify_answers(lab, 401)
+    for header in (f"Bearer {forged}", f"Bearer {forged}", f"Bearer {token}x"):
+        response = httpx.get(gateway + "/api/cas/sessions", headers={"Authorization": header}, timeout=10)
+        assert response.status_code == 401 and response.json()["error"]["code"] == "unauthorized", header
+    assert _verify_answers(lab, 401) == refused_before + 3
 
 
 def test_login_is_rate_limited_per_client(lab: LocalTarget) -> None:

@@ -247,6 +247,23 @@ def test_verify_answers_the_identity_in_body_and_headers(client: TestClient) -> 
     assert response.headers["X-User-Email"] == "alice@example.com"
 
 
+def test_verify_lets_the_gateway_cache_a_200_a_few_seconds_never_past_the_token(client: TestClient,
+                                                                               tokens: Any) -> None:
+    fresh = client.get("/verify", headers=tokens.headers())
+    assert fresh.status_code == 200 and fresh.headers["Cache-Control"] == f"max-age={auth.VERIFY_CACHE_S}"
+    key = client.app.state.auth.key  # type: ignore[attr-defined]
+    dying = client.get("/verify", headers=_bearer(key.issue("a" * 32, ACCESS_AUDIENCE, 2, email="v@example.com")))
+    assert dying.status_code == 200 and dying.headers["Cache-Control"] in {"max-age=1", "max-age=2", "no-store"}
+    last_second = client.get("/verify", headers=_bearer(key.issue("a" * 32, ACCESS_AUDIENCE, 1)))
+    assert last_second.headers["Cache-Control"] in {"max-age=1", "no-store"}
+
+
+def test_verify_refusals_are_never_cacheable(client: TestClient, tokens: Any, bad_token_kind: str) -> None:
+    response = client.get("/verify", headers=_bearer(tokens.bad(bad_token_kind)))
+    assert response.status_code == 401
+    assert "max-age" not in response.headers.get("Cache-Control", "")
+
+
 @pytest.mark.parametrize("path", ["/verify", "/me"])
 def test_protected_routes_refuse_bad_tokens_with_401(client: TestClient, tokens: Any, bad_token_kind: str,
                                                      path: str) -> None:

@@ -91,7 +91,7 @@ def write_configs(cfg: LabConfig, platform: Sequence[Component]) -> Mapping[str,
         SIGNING_SECRET_FILE: signing_secret(cfg) + "\n",
         "gateway/nginx.conf": gateway.render(
             listen=f"{cfg.host}:{GATEWAY.local_port(cfg)}", upstreams=upstreams, temp_dir=str(run),
-            status_listen=f"{cfg.host}:{GATEWAY_EXPORTER.local_port(cfg, 'status')}",
+            status_listen=f"{cfg.host}:{GATEWAY_EXPORTER.local_port(cfg, 'status')}", user=nginx.lab_user(),
         ),
     }
 
