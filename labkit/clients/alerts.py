@@ -1,0 +1,120 @@
+"""Alertmanager's side of an incident: a webhook receiver that records notifications, and the alerts' state.
+
+:class:`WebhookReceiver` is what Alertmanager's ``webhook_configs`` posts to (payload version 4,
+OPERATIONS.md 3.1): a small HTTP server on 127.0.0.1 that keeps every notification with the
+time it arrived. :func:`alerts` reads Alertmanager's own view (``/api/v2/alerts``): which alerts
+are active, and which are inhibited (and so never notified).
+
+Example::
+
+    with WebhookReceiver() as receiver:        # listening on receiver.url
+        ...                                     # point Alertmanager at it, break something
+        receiver.wait_for("PoPDown", status="firing", timeout=90)
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any
+
+import httpx
+
+from labkit.core.wait import until
+
+
+@dataclass(frozen=True)
+class Notification:
+    """One webhook POST: when it arrived (``time.time()``) and its payload."""
+
+    received_at: float
+    payload: dict[str, Any]
+
+    @property
+    def status(self) -> str:
+        return str(self.payload.get("status", ""))
+
+    def alerts(self, alertname: str | None = None, status: str | None = None) -> list[dict[str, Any]]:
+        """The notification's alerts, of ``alertname`` and ``status`` (firing or resolved) when given."""
+        return [a for a in self.payload.get("alerts", [])
+                if (alertname is None or a["labels"].get("alertname") == alertname)
+                and (status is None or a["status"] == status)]
+
+
+@dataclass
+class WebhookReceiver:
+    """An HTTP server on 127.0.0.1 (a free port) recording what Alertmanager posts to it."""
+
+    host: str = "127.0.0.1"
+    notifications: list[Notification] = field(default_factory=list)
+    _server: ThreadingHTTPServer | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def url(self) -> str:
+        if self._server is None:
+            raise RuntimeError("the receiver is not started")
+        return f"http://{self.host}:{self._server.server_address[1]}/alerts"
+
+    def __enter__(self) -> WebhookReceiver:
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                try:
+                    payload = json.loads(body)
+                except json.JSONDecodeError:
+                    self.send_response(400)
+                    self.end_headers()
+                    return
+                with receiver._lock:
+                    receiver.notifications.append(Notification(time.time(), payload))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return  # quiet: the notifications are the record
+
+        self._server = ThreadingHTTPServer((self.host, 0), Handler)
+        threading.Thread(target=self._server.serve_forever, daemon=True, name="webhook-receiver").start()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+
+    def received(self, alertname: str, status: str = "firing", **labels: str) -> list[Notification]:
+        """The notifications that carried ``alertname`` in ``status`` with ``labels``, in arrival order."""
+        with self._lock:
+            return [n for n in self.notifications
+                    if any(all(a["labels"].get(k) == v for k, v in labels.items())
+                           for a in n.alerts(alertname, status))]
+
+    def wait_for(self, alertname: str, status: str = "firing", timeout: float = 120.0,
+                 **labels: str) -> Notification:
+        """The first notification of ``alertname`` in ``status`` (with ``labels``), waited for up to ``timeout`` s."""
+        def arrived() -> bool:
+            return bool(self.received(alertname, status, **labels))
+
+        until(arrived, timeout, 0.2, f"a {status} notification of {alertname} {labels or ''}".strip())
+        return self.received(alertname, status, **labels)[0]
+
+
+def alerts(alertmanager_url: str, timeout: float = 5.0) -> list[dict[str, Any]]:
+    """Alertmanager's active alerts, each with ``labels`` and ``status`` (``state``, ``inhibitedBy``)."""
+    response = httpx.get(f"{alertmanager_url}/api/v2/alerts", timeout=timeout)
+    response.raise_for_status()
+    found: list[dict[str, Any]] = response.json()
+    return found
+
+
+def reload(alertmanager_url: str, timeout: float = 5.0) -> None:
+    """Ask Alertmanager to read its configuration file again."""
+    httpx.post(f"{alertmanager_url}/-/reload", timeout=timeout).raise_for_status()
