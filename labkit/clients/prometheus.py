@@ -42,6 +42,15 @@ class Prometheus:
             rows.append({**series["metric"], "timestamp": _ts(ts), "value": float(value)})
         return pd.DataFrame(rows, columns=_columns(rows))
 
+    def scalar(self, promql: str) -> float:
+        """The value of an instant query that answers one series (a ``sum(...)``, a ratio of sums)."""
+        found = self.query(promql)
+        if len(found) != 1:
+            raise PrometheusError(self.url, f"{promql!r} answered {len(found)} series, not one: aggregate it "
+                                  "(sum, max ...), or add `or vector(0)` for a count that may be absent",
+                                  retryable=False)
+        return float(found["value"].iloc[0])
+
     def query_range(
         self,
         promql: str,

@@ -127,6 +127,17 @@ class Target(abc.ABC):
     def start(self, component: str) -> ComponentStatus:
         """Start a stopped component again (its replicas as before) and wait until it is ready."""
 
+    def stop_replica(self, component: str, replica: int) -> ComponentStatus:
+        """Stop one replica (``edge``, 1: the PoP edge-1) until :meth:`start` brings it back: one PoP of many down."""
+        raise MissingCapabilityError(self.name, "stop one replica of a component", "it is not implemented there",
+                                     hint=f"stop the whole component instead: target.stop({component!r})")
+
+    def route_alerts(self, webhook: str | None) -> None:
+        """Point Alertmanager's receivers at ``webhook`` (every notification, resolutions too); None: as declared."""
+        raise MissingCapabilityError(self.name, "point Alertmanager at a webhook on this machine",
+                                     "its Alertmanager cannot reach this machine's loopback",
+                                     hint="read the alerts from Alertmanager's API: labkit.clients.alerts.alerts(url)")
+
     @abc.abstractmethod
     def kill(self, component: str) -> None:
         """Kill a component abruptly (SIGKILL / pod delete), as a failure drill does."""

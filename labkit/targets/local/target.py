@@ -166,6 +166,26 @@ class LocalTarget(Target):
             self._start(comp)
         return self._status_of(comp, self.supervisor.all_info())
 
+    def stop_replica(self, component: str, replica: int) -> ComponentStatus:
+        comp = next(c for c in self._scaled_components() if c.name == self.component(component).name)
+        if not 0 <= replica < comp.replicas:
+            raise ConfigError(f"{component} runs replicas 0 to {comp.replicas - 1}, not {replica}",
+                              hint=f"choose a replica from 0 to {comp.replicas - 1}")
+        program = program_names(comp)[replica]
+        self._require_supervisor()
+        with self.labdir.lock():
+            progress(f"stopping {program}")
+            self.supervisor.stop_program(program)
+        return self._status_of(comp, self.supervisor.all_info())
+
+    def route_alerts(self, webhook: str | None) -> None:
+        from labkit.clients import alerts
+        from labkit.platform.layers.monitoring import alerting
+
+        config = alerting.alertmanager_config(alerting.timing_from(), webhook=webhook)
+        (self.cfg.conf_dir / "alertmanager.yml").write_text(alerting.dump(config))
+        alerts.reload(self.endpoint("alertmanager"))
+
     def kill(self, component: str) -> None:
         comp = self.component(component)
         self._require_supervisor()
