@@ -53,3 +53,12 @@ def test_a_pop_that_cannot_exist_is_named(target: LocalTarget) -> None:
         target.access_log("edge-99")
     assert "edge-0 to edge-" in caught.value.hint
 
+
+
+def test_a_replica_that_does_not_run_cannot_be_stopped(target: LocalTarget) -> None:
+    # Checked before the supervisor is asked: the lab runs edge-0 and edge-1 unless scaled.
+    with pytest.raises(ConfigError, match="edge runs replicas 0 to 1, not 2") as caught:
+        target.stop_replica("edge", 2)
+    assert "from 0 to 1" in caught.value.hint
+    with pytest.raises(ConfigError, match="not -1"):
+        target.stop_replica("edge", -1)
