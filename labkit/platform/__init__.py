@@ -15,8 +15,14 @@ from labkit.core.errors import UnknownComponentError
 from labkit.platform.component import Component
 from labkit.platform.layer import Layer
 from labkit.platform.layers import apis, cdn, media, monitoring, player
+from labkit.platform.layers.monitoring import probes
 
 LAYERS: tuple[Layer, ...] = (monitoring.LAYER, apis.LAYER, media.LAYER, cdn.LAYER, player.LAYER)
+
+
+# The synthetic probes' job (the blackbox exporter's requests through every PoP): one more job in
+# Prometheus besides the components' own :func:`scrape_jobs`, on every target.
+PROBE_JOB = probes.JOB
 
 
 def layers() -> list[Layer]:
