@@ -94,6 +94,16 @@ LESSONS: dict[str, Lesson] = {
         "SEED": Range(-(2**63), 2**63 - 1, whole=True, hint="any integer, e.g. 7"),
         "WAIT_SECONDS": _WAIT,
     }, title_hint=f"{_TITLE_HINT}, at most 58 characters, e.g. 'lab-clock-qoe'", encrypted=True),
+    "06-observability": Lesson({
+        "SAMPLE_SECONDS": Range(8, 600, unit="seconds", hint="20 s: five segments per viewer; the test uses 12"),
+        "VIEWERS": Range(2, 100, whole=True, hint="the notebook test uses 4"),
+        "VIEWER_SECONDS": Range(10, 600, unit="seconds", hint="30 s gives the panels a shape; the test uses 20"),
+        "POP_REPLICA": Range(0, 7, whole=True, hint="the PoP the incident stops: 1 is edge-1"),
+        "DASHBOARD_MINUTES": Range(1, 1440, unit="minutes", hint="the dashboards' window; 10 covers the lesson"),
+        "LIVE_REFRESHES": Range(1, 600, whole=True, hint="how often the live panel redraws (every 2 s), e.g. 15"),
+        "SEED": Range(-(2**63), 2**63 - 1, whole=True, hint="any integer, e.g. 7"),
+        "WAIT_SECONDS": _WAIT,
+    }, title_hint=f"{_TITLE_HINT}, e.g. 'lab-clock-obs'"),
     "07-load-autoscaling": Lesson({
         "SAMPLE_SECONDS": Range(8, 600, unit="seconds", hint="20 s: five segments per viewer; the test uses 12"),
         "K6_VUS": Range(1, 200, whole=True, hint="k6's viewers: 10 shows the journey; the test uses 4"),

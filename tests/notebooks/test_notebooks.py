@@ -36,6 +36,9 @@ NOTEBOOK_PARAMETERS: dict[str, dict[str, object]] = {
     # ladder's 480p and 720p rungs, so the throttled viewers settle on 480p.
     "04-player-qoe": {"SAMPLE_SECONDS": 12, "LADDER": "small", "PRESET": "ultrafast", "BROWSER_SECONDS": 3,
                       "VIEWERS": 12, "VIEWER_SECONDS": 14, "THROTTLE_KBPS": 1500, "WAIT_SECONDS": 60},
+    # 12 s: three segments per play; four viewers as in the outage test, a 5-minute dashboard window.
+    "06-observability": {"SAMPLE_SECONDS": 12, "PRESET": "ultrafast", "VIEWERS": 4, "VIEWER_SECONDS": 20,
+                         "DASHBOARD_MINUTES": 5, "WAIT_SECONDS": 90},
     # 12 s: three segments per play; the ramp doubles from 100 viewers and stops at its knee.
     "07-load-autoscaling": {"SAMPLE_SECONDS": 12, "PRESET": "ultrafast", "K6_VUS": 4, "K6_SECONDS": 6,
                             "VIEWERS_FROM": 100, "VIEWERS_TO": 3200, "STEP_SECONDS": 8, "WAIT_SECONDS": 60,
