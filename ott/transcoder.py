@@ -740,6 +740,9 @@ class Transcoder:
     def _finish(self, job_id: str, state: State, outcome: Outcome, *, result: JobResult | None = None,
                 error: tuple[str, str] | None = None) -> None:
         code, message = error if error else (None, None)
+        # The source goes first: whoever sees the job ended also sees its upload gone. A crash in
+        # between leaves the job running, which the next start marks interrupted.
+        self.sources.release(job_id)
         with self.service.engine.begin() as conn:
             conn.execute(update(jobs_table).where(jobs_table.c.id == job_id).values(
                 state=state, outcome=outcome, error_code=code, error_message=message,
@@ -747,7 +750,6 @@ class Transcoder:
         self.metrics.jobs.labels(outcome).inc()
         self.service.log.info("job ended", extra={"event": "job_ended", "job_id": job_id, "outcome": outcome,
                                                   "error_code": code, "problem": message})
-        self.sources.release(job_id)
 
     def _sweep(self) -> None:
         try:
