@@ -165,6 +165,14 @@ class Target(abc.ABC):
     # A target that truly cannot do one raises MissingCapabilityError, saying why and what instead;
     # notebooks and instruments call these and never ask which target they hold.
 
+    # The kinds of program (labkit.core.environment's ``needed_by``) this target runs on this machine.
+    programs_needed_by: tuple[str, ...] = ("all",)
+
+    @classmethod
+    def missing_programs(cls, tools: pd.DataFrame) -> pd.DataFrame:
+        """The rows of :func:`labkit.core.environment.report` this target needs and this machine lacks."""
+        return tools[tools["needed_by"].isin(cls.programs_needed_by) & ~tools["found"]]
+
     @abc.abstractmethod
     def describe(self) -> str:
         """Where this target keeps the platform, in words: ``lab directory /…/var``, ``namespace ottlab at …``."""

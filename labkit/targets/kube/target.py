@@ -100,6 +100,7 @@ class KubeTarget(Target):
     """
 
     name = "kube"
+    programs_needed_by = ("all", "kube")   # only kubectl, to render k8s/; the cluster runs the rest
 
     def __init__(
         self,

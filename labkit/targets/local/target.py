@@ -51,6 +51,7 @@ class LocalTarget(Target):
     """
 
     name = "local"
+    programs_needed_by = ("all", "local")   # every program of the platform runs here
 
     def __init__(self, cfg: LabConfig, components: Sequence[Component], layers: Sequence[Layer] = ()) -> None:
         super().__init__(cfg, components)
