@@ -22,6 +22,8 @@ from labkit.platform.component import Component
 if TYPE_CHECKING:
     import pandas as pd
 
+    from labkit.platform.mesh.resources import Mesh
+
 
 @dataclass
 class ComponentStatus:
@@ -137,6 +139,22 @@ class Target(abc.ABC):
         raise MissingCapabilityError(self.name, "point Alertmanager at a webhook on this machine",
                                      "its Alertmanager cannot reach this machine's loopback",
                                      hint="read the alerts from Alertmanager's API: labkit.clients.alerts.alerts(url)")
+
+    def mesh(self) -> Mesh:
+        """The mesh's Istio resources in force now (VirtualServices, DestinationRules, PeerAuthentications, ...).
+
+        :mod:`labkit.platform.mesh.faults` edits what this returns and gives it to :meth:`apply_mesh`.
+        """
+        raise MissingCapabilityError(self.name, "read the service mesh's resources", "it runs no mesh yet",
+                                     hint="use the kube target with Istio installed (ottlab addons install istio)")
+
+    def apply_mesh(self, mesh: Mesh) -> None:
+        """Put ``mesh`` in force: what changed since :meth:`mesh` is applied, the rest stays as it is.
+
+        Checked first (:func:`labkit.platform.mesh.resources.check`): a mesh with a problem changes nothing.
+        """
+        raise MissingCapabilityError(self.name, "change the service mesh's resources", "it runs no mesh yet",
+                                     hint="use the kube target with Istio installed (ottlab addons install istio)")
 
     @abc.abstractmethod
     def kill(self, component: str) -> None:
