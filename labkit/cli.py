@@ -17,6 +17,8 @@
     ottlab image build / ottlab image load [--cluster kind|minikube|k3d] [--name NAME]
     ottlab addons list / ottlab addons install [NAME ...] [--dry-run]
     ottlab dashboard viewer-qoe --png qoe.png [--minutes 15] [--var pop=edge-0] / ottlab dashboard --list
+    ottlab fault inject license --delay 2 [--abort 503] [--percent 50] [--header x-ottlab-user=alice] [--replace]
+    ottlab fault clear [SERVICE] / ottlab fault list
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import functools
 import json
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -481,11 +483,8 @@ def addons_list() -> None:
     """The add-ons, pinned in k8s/addons/addons.yaml, in install order: release, chart, version, namespace, repo."""
     from labkit.targets.kube import addons as cluster_addons
 
-    header = ("NAME", "CHART", "VERSION", "NAMESPACE", "REPOSITORY")
-    rows = [(a.name, a.chart, a.version, a.namespace, a.repo) for a in cluster_addons.declared()]
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    for row in [header, *rows]:
-        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    _echo_table(("NAME", "CHART", "VERSION", "NAMESPACE", "REPOSITORY"),
+                [(a.name, a.chart, a.version, a.namespace, a.repo) for a in cluster_addons.declared()])
 
 
 @addons.command("install")
@@ -497,6 +496,73 @@ def addons_install(names: tuple[str, ...], dry_run: bool) -> None:
     from labkit.targets.kube import addons as cluster_addons
 
     cluster_addons.install(names, lab_namespace=LabConfig.from_env().namespace, dry_run=dry_run)
+
+
+@main.group()
+def fault() -> None:
+    """Delays and aborts injected by the service mesh into a service's traffic (its VirtualService)."""
+
+
+@fault.command("inject")
+@click.argument("service")
+@click.option("--delay", "delay_s", type=float, default=None, help="seconds to delay each request, e.g. 2")
+@click.option("--abort", "abort_status", type=int, default=None, help="answer this HTTP error instead, e.g. 503")
+@click.option("--percent", type=float, default=100.0, show_default=True, help="of the requests (0 to 100)")
+@click.option("--header", "header_text", default=None, metavar="NAME=VALUE",
+              help="only requests with this header, e.g. x-ottlab-user=alice (default: every request)")
+@click.option("--replace", is_flag=True, help="replace a fault already on SERVICE with the same header")
+@_target_option
+@_handle_errors
+def fault_inject(service: str, delay_s: float | None, abort_status: int | None, percent: float,
+                 header_text: str | None, replace: bool, target_name: str | None) -> None:
+    """Delay and/or abort requests to SERVICE (a route with Istio's fault before its own routes)."""
+    from labkit.platform.mesh import faults
+
+    injected = faults.Fault(service, delay_s=delay_s, abort_status=abort_status, percent=percent,
+                            header=faults.header(header_text) if header_text is not None else None)
+    click.echo(f"injecting: {injected.describe()}")
+    faults.inject_on(_target(target_name), injected, replace=replace)
+    click.echo(f"injected into the VirtualService of {service}")
+
+
+@fault.command("clear")
+@click.argument("service", required=False)
+@_target_option
+@_handle_errors
+def fault_clear(service: str | None, target_name: str | None) -> None:
+    """Remove the injected faults (of SERVICE only, when given); the committed routes stay."""
+    from labkit.platform.mesh import faults
+
+    click.echo(f"clearing the faults of {service or 'every service'}")
+    removed = faults.clear_on(_target(target_name), service)
+    for gone in removed:
+        click.echo(f"cleared: {gone.describe()}")
+    if not removed:
+        click.echo("no fault to clear")
+
+
+@fault.command("list")
+@_target_option
+@_handle_errors
+def fault_list(target_name: str | None) -> None:
+    """The faults in force: service, match, delay, abort, percent."""
+    from labkit.platform.mesh import faults
+
+    header = ("SERVICE", "MATCH", "DELAY", "ABORT", "PERCENT")
+    rows = [(f.service, f.match, "-" if f.delay_s is None else f"{f.delay_s:g}s",
+             "-" if f.abort_status is None else str(f.abort_status), f"{f.percent:g}")
+            for f in faults.list_on(_target(target_name))]
+    if not rows:
+        click.echo("no fault injected")
+        return
+    _echo_table(header, rows)
+
+
+def _echo_table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> None:
+    """Columns as wide as their widest cell, two spaces apart, the header first."""
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
 
 
 def _scrape_targets(target: Target, statuses: list[ComponentStatus]) -> list[dict[str, str]] | None:
