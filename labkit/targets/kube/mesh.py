@@ -1,0 +1,115 @@
+"""The mesh on a cluster: the Istio resources of the lab's namespace, read and changed through the API server.
+
+:func:`read` lists the VirtualServices, DestinationRules (``networking.istio.io/v1``),
+PeerAuthentications and AuthorizationPolicies (``security.istio.io/v1``) of the namespace, each
+as it would be declared (apiVersion, kind, name, labels, spec: none of the server's bookkeeping).
+:func:`apply` puts a changed :class:`~labkit.platform.mesh.resources.Mesh` in force: it is checked
+first (Istio's CRD schemas, then the names it uses against the lab's manifests), and a mesh with a
+problem sends nothing; then only what differs from the cluster is sent, each changed object by a
+server-side apply (field manager ``labkit``, as ``ottlab up`` applies), each object gone by a delete.
+
+Faults (:mod:`labkit.platform.mesh.faults`) are routes of the service's own VirtualService, so
+injecting or clearing one is one apply of that VirtualService. Not a VirtualService of its own
+per fault: Istio merges several VirtualServices of one host only when they are bound to a gateway;
+for the sidecars (the ``mesh`` gateway) a second one for the same host conflicts (``istioctl
+analyze``'s IST0109) and only one of them is used, which one being undefined.
+
+Example::
+
+    mesh = read(cluster, "ottlab")
+    apply(cluster, "ottlab", faults.inject(mesh, fault), topology)   # one PATCH of virtualservice/<service>
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from labkit.core.console import progress
+from labkit.core.errors import KubeError
+from labkit.platform.mesh import resources
+from labkit.platform.mesh.errors import MeshConfigError
+from labkit.platform.mesh.resources import Mesh, Resource, Topology
+from labkit.targets.kube.cluster import Cluster, ResourceType
+
+# The kinds of the mesh and the version labkit reads and writes them as (Istio 1.22+ serves v1).
+API_VERSIONS = {
+    "PeerAuthentication": "security.istio.io/v1",
+    "AuthorizationPolicy": "security.istio.io/v1",
+    "DestinationRule": "networking.istio.io/v1",
+    "VirtualService": "networking.istio.io/v1",
+}
+# What kubectl adds to an object it applied client-side: not part of the declaration.
+_BOOKKEEPING_ANNOTATIONS = frozenset({"kubectl.kubernetes.io/last-applied-configuration"})
+
+
+def _types(cluster: Cluster) -> dict[str, ResourceType]:
+    types: dict[str, ResourceType] = {}
+    for kind in resources.MESH_KINDS:
+        try:
+            types[kind] = cluster.resource_type(API_VERSIONS[kind], kind)
+        except KubeError as exc:
+            raise KubeError(exc.message, hint="install Istio on the cluster first: ottlab addons install istio-base "
+                                              "istiod (its CRDs serve these kinds)") from None
+    return types
+
+
+def declared(obj: Mapping[str, Any]) -> Resource:
+    """``obj`` as a manifest declares it: apiVersion, kind, metadata (name, namespace, labels, annotations), spec."""
+    meta = obj.get("metadata", {})
+    kept: dict[str, Any] = {"name": meta["name"]}
+    if meta.get("namespace"):
+        kept["namespace"] = meta["namespace"]
+    if meta.get("labels"):
+        kept["labels"] = dict(meta["labels"])
+    annotations = {k: v for k, v in (meta.get("annotations") or {}).items() if k not in _BOOKKEEPING_ANNOTATIONS}
+    if annotations:
+        kept["annotations"] = annotations
+    return {"apiVersion": obj.get("apiVersion", API_VERSIONS.get(str(obj.get("kind")), "")), "kind": obj["kind"],
+            "metadata": kept, "spec": obj.get("spec", {})}
+
+
+def read(cluster: Cluster, namespace: str) -> Mesh:
+    """The mesh's resources in ``namespace`` now, by kind (in the order of ``resources.MESH_KINDS``), by name."""
+    objects: list[Resource] = []
+    for kind, rtype in _types(cluster).items():
+        found = sorted(cluster.list(rtype, namespace), key=lambda o: str(o.get("metadata", {}).get("name", "")))
+        objects += [declared({"apiVersion": rtype.api_version, "kind": kind, **o}) for o in found]
+    return Mesh(tuple(objects))
+
+
+def _key(obj: Mapping[str, Any]) -> tuple[str, str]:
+    return str(obj["kind"]), str(obj["metadata"]["name"])
+
+
+def apply(cluster: Cluster, namespace: str, mesh: Mesh, topology: Topology) -> list[str]:
+    """Put ``mesh`` in force in ``namespace``: what changed is applied, what is gone deleted; what was done.
+
+    Checked first (:func:`labkit.platform.mesh.resources.check` against ``topology``, the lab's
+    manifests): a mesh with a problem raises :class:`~labkit.platform.mesh.errors.MeshConfigError`
+    before any request is sent. An object of a kind that is not the mesh's is refused the same way.
+    """
+    foreign = sorted({str(o.get("kind")) for o in mesh.objects} - set(resources.MESH_KINDS))
+    if foreign:
+        raise MeshConfigError(f"the mesh holds objects of kind(s) {', '.join(foreign)}",
+                              hint=f"a mesh holds only {', '.join(resources.MESH_KINDS)}")
+    resources.check(mesh, topology)
+    types = _types(cluster)
+    wanted = {_key(o): declared({**o, "apiVersion": API_VERSIONS[str(o["kind"])]}) for o in mesh.objects}
+    current = {_key(o): o for o in read(cluster, namespace).objects}
+    done: list[str] = []
+    for key, obj in wanted.items():
+        obj["metadata"]["namespace"] = namespace  # the lab's, whatever the file said
+        if current.get(key) == obj:
+            continue
+        cluster.apply(obj, namespace=namespace)
+        done.append(f"applied {key[0].lower()}/{key[1]}")
+    for key in current:
+        if key not in wanted:
+            cluster.delete(types[key[0]], key[1], namespace)
+            done.append(f"deleted {key[0].lower()}/{key[1]}")
+    for line in done:
+        progress(f"  {line}")
+    if not done:
+        progress(f"  the mesh in namespace {namespace} is already as asked")
+    return done
