@@ -3,11 +3,13 @@
 - the committed rules, Alertmanager configuration and promtool tests are what the declaration generates;
 - every alert has a firing and a quiet promtool case, and a runbook (and every runbook an alert);
 - symptoms page (or ticket), causes warn; every inhibition names alerts that exist;
-- a test lab's timing divides every ``for:`` and shortens Alertmanager's intervals.
+- a test lab's timing divides every ``for:`` (keeping their order) and shortens Alertmanager's intervals;
+- an incident's alerts: when each fires, which must come first, which are held back, from the declarations.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
@@ -106,8 +108,14 @@ def test_a_fast_lab_divides_every_for_and_shortens_the_intervals() -> None:
     fast = {r["alert"]: r["for"] for g in alerting.rules(alerting.FAST)["groups"]  # type: ignore[attr-defined]
             for r in g["rules"] if "alert" in r}
     for name, value in real.items():
-        expected = 0 if alerting.seconds(value) == 0 else max(5, alerting.seconds(value) // 10)
+        declared = alerting.seconds(value)
+        # A tenth, at least 30 s, never longer than declared.
+        expected = min(declared, max(30, declared // 10))
         assert alerting.seconds(fast[name]) == expected, name
+    # The fast lab keeps the order of the real durations (a shorter `for:` is never made longer than a longer one).
+    by_real = sorted(real, key=lambda n: alerting.seconds(real[n]))
+    assert [alerting.seconds(fast[n]) for n in by_real] == sorted(alerting.seconds(fast[n]) for n in by_real)
+    assert (fast["PoPDown"], fast["ProbeFailing"], fast["PlaybackAvailabilityBudgetBurn"]) == ("20s", "30s", "30s")
     route = alerting.alertmanager_config(alerting.FAST)["route"]
     assert (route["group_wait"], route["group_interval"]) == ("5s", "10s")  # type: ignore[index]
 
@@ -125,3 +133,38 @@ def test_a_drill_webhook_is_added_to_every_receiver() -> None:
     for receiver in config["receivers"]:  # type: ignore[attr-defined]
         assert receiver["webhook_configs"] == [{"url": "http://127.0.0.1:9/alerts", "send_resolved": True}]
     assert all("webhook_configs" not in r for r in alerting.alertmanager_config()["receivers"])  # type: ignore[attr-defined]
+
+
+def test_an_alert_fires_within_its_for_after_a_scrape_and_two_evaluations() -> None:
+    window = alerting.firing_window("PoPDown", alerting.REAL, 5)
+    assert (window.for_s, window.earliest, window.latest) == (20, 20, 5 + 2 * 5 + 20)
+    fast = alerting.firing_window("ProbeFailing", alerting.FAST, 5)
+    assert (fast.earliest, fast.latest) == (30, 5 + 2 * 2 + 30)
+    assert fast.holds(30.5) and fast.holds(39.9) and not fast.holds(28) and not fast.holds(41)
+    with pytest.raises(ConfigError, match="no alert named"):
+        alerting.firing_window("PopDown", alerting.REAL, 5)
+
+
+def test_the_order_of_an_incidents_alerts_follows_from_their_windows() -> None:
+    # Fast: PoPDown 20 s (fires by 29 s), ProbeFailing 30 s: PoPDown first.
+    assert alerting.firing_order(["ProbeFailing", "PoPDown"], alerting.FAST, 5) == [("PoPDown", "ProbeFailing")]
+    # Real: with a 5 s evaluation the windows overlap (20-35 s and 30-45 s): the rules do not order them.
+    assert alerting.firing_order(["ProbeFailing", "PoPDown"], alerting.REAL, 5) == []
+    # A burn-rate page (2 m) comes after both cause alerts in real timing.
+    assert set(alerting.firing_order(["PoPDown", "ProbeFailing", "PlaybackAvailabilityBudgetBurn"], alerting.REAL, 5)) \
+        == {("PoPDown", "PlaybackAvailabilityBudgetBurn"), ("ProbeFailing", "PlaybackAvailabilityBudgetBurn")}
+
+
+def test_the_inhibitions_name_which_of_an_incidents_alerts_are_held_back() -> None:
+    assert alerting.inhibited(["PoPDown", "ProbeFailing", "HitRatioDrop"]) == \
+        {"ProbeFailing": "PoPDown", "HitRatioDrop": "PoPDown"}
+    assert alerting.inhibited(["ProbeFailing"]) == {}
+    assert alerting.inhibited(["OriginDown", "OriginOffloadDrop", "PoPDown"]) == {"OriginOffloadDrop": "OriginDown"}
+    assert alerting.inhibited(["StartupTimeBudgetBurn", "StartupTimeBudgetBurnSlow"]) == \
+        {"StartupTimeBudgetBurnSlow": "StartupTimeBudgetBurn"}
+    # In time in both timings: the probe alert's group waits until PoPDown has arrived.
+    for timing in (alerting.REAL, alerting.FAST):
+        assert alerting.inhibition_in_time("PoPDown", "ProbeFailing", timing, 5)
+    # Not so had the fast lab divided every `for:` by ten down to 5 s: ProbeFailing could be notified first.
+    old_fast = dataclasses.replace(alerting.FAST, min_for_s=5)
+    assert not alerting.inhibition_in_time("PoPDown", "ProbeFailing", old_fast, 5)

@@ -22,7 +22,13 @@ the same SLO.
 **Timing** (:data:`REAL`, :data:`FAST`): the committed files (``k8s/base/monitoring/alert-rules.yml``,
 ``alertmanager.yml``) carry the real ``for:`` durations and Alertmanager intervals; a lab started
 with ``CI=true`` or ``OTTLAB_ALERT_TIMING=fast`` writes its own copies with every ``for:`` divided by
-:attr:`Timing.for_divisor` and short group intervals, so that a test sees an alert in seconds.
+:attr:`Timing.for_divisor` (but kept at :attr:`Timing.min_for_s`, or as declared when shorter) and
+short group intervals, so that a test sees an alert in seconds and in the order the real rules say.
+
+**An incident's alerts** (:func:`firing_window`, :func:`firing_order`, :func:`inhibited`): when a
+fault turns an alert's condition true at the first scrape after it, the declarations say when the
+alert fires (its ``for:`` after that scrape and an evaluation), which alerts must fire before
+which, and which of them Alertmanager holds back.
 
 ``python -m labkit.platform.layers`` writes the committed rules, the Alertmanager configuration
 and the promtool tests (tests/unit/test_alerting.py fails when any is stale).
@@ -57,7 +63,7 @@ class Timing:
     group_wait: str
     group_interval: str
     repeat_interval: str
-    # A fast lab still waits this long before an alert fires (one or two evaluations).
+    # A fast lab still waits this long before an alert fires (or the declared `for:`, when shorter).
     min_for_s: int = 0
 
 
@@ -67,10 +73,13 @@ class Timing:
 # (Alertmanager's documented defaults, OPERATIONS.md 3.2).
 REAL = Timing("real", evaluation_interval="5s", for_divisor=1, group_wait="30s", group_interval="5m",
               repeat_interval="4h")
-# Tests and CI: every `for:` a tenth (at least 5 s), a group notified 5 s after its first alert and
-# again 10 s after a change: an incident fires, notifies and resolves within a minute.
+# Tests and CI: every `for:` a tenth, but at least 30 s (a shorter one as declared), a group notified
+# 5 s after its first alert and again 10 s after a change: an incident fires, notifies and resolves
+# within a minute or two. The floor keeps the cause alerts' own durations (PoPDown 20 s, ProbeFailing
+# and ComponentDown 30 s): 10 s apart, more than a scrape and an evaluation, so they fire in the
+# order the real rules say and an inhibiting alert arrives within its target's group wait.
 FAST = Timing("fast", evaluation_interval="2s", for_divisor=10, group_wait="5s", group_interval="10s",
-              repeat_interval="1h", min_for_s=5)
+              repeat_interval="1h", min_for_s=30)
 TIMINGS = {t.name: t for t in (REAL, FAST)}
 
 
@@ -108,7 +117,7 @@ def scaled_for(value: str, timing: Timing) -> str:
     s = seconds(value)
     if s == 0:
         return "0s"
-    return duration(max(timing.min_for_s, s // timing.for_divisor))
+    return duration(min(s, max(timing.min_for_s, s // timing.for_divisor)))
 
 
 # -- SLOs ------------------------------------------------------------------------------------
@@ -599,6 +608,82 @@ def alertmanager_config(timing: Timing = REAL, webhook: str | None = None) -> di
         "inhibit_rules": [i.config() for i in INHIBITIONS],
         "receivers": receivers,
     }
+
+
+# -- an incident's alerts --------------------------------------------------------------------
+
+
+def alert(name: str) -> Alert:
+    """The declared alert ``name``."""
+    found = {a.name: a for a in alerts()}
+    if name not in found:
+        from labkit.core.errors import ConfigError
+
+        raise ConfigError(f"no alert named {name!r}", hint=f"the alerts: {', '.join(found)}")
+    return found[name]
+
+
+@dataclass(frozen=True)
+class Window:
+    """When an alert fires, in seconds after a fault that turns its condition true at the next scrape."""
+
+    alert: str
+    for_s: int
+    earliest: float
+    latest: float
+
+    def holds(self, seconds_after: float, slack_s: float = 1.0) -> bool:
+        """Whether an alert that fired ``seconds_after`` the fault fired within the window (± ``slack_s``)."""
+        return self.earliest - slack_s <= seconds_after <= self.latest + slack_s
+
+
+def firing_window(name: str, timing: Timing, scrape_s: float) -> Window:
+    """When alert ``name`` fires after a fault its expression sees at the first scrape after it.
+
+    The condition is true from that scrape (within ``scrape_s``); the alert is pending from the first
+    evaluation that reads the sample (within an evaluation interval, and one more when the evaluation
+    starts while the scrape is written) and fires ``for:`` later, rounded up to the evaluation grid.
+    """
+    every = seconds(timing.evaluation_interval)
+    for_s = seconds(scaled_for(alert(name).for_, timing))
+    held = -(-for_s // every) * every
+    return Window(name, for_s, float(for_s), float(scrape_s + 2 * every + held))
+
+
+def firing_order(names: Sequence[str], timing: Timing, scrape_s: float) -> list[tuple[str, str]]:
+    """The pairs (a, b) of ``names`` where a must fire before b: a's window ends before b's begins."""
+    windows = [firing_window(n, timing, scrape_s) for n in names]
+    return [(a.alert, b.alert) for a in windows for b in windows if a.latest < b.earliest]
+
+
+def _matches(matcher: str, alert: Alert) -> bool:
+    label, op, value = matcher.split(" ", 2)
+    have = {"alertname": alert.name, "severity": alert.severity, "slo": alert.slo or ""}.get(label, "")
+    return have == value if op == "=" else re.fullmatch(value, have) is not None
+
+
+def inhibited(names: Sequence[str]) -> dict[str, str]:
+    """Which of ``names`` (alerts about the same PoP, SLO...) Alertmanager holds back, and by which of them.
+
+    An alert is held back while a source of one of :data:`INHIBITIONS` fires with the same ``equal``
+    labels; the alerts here are taken to share them (one incident's alerts about one PoP).
+    """
+    firing = [alert(n) for n in names]
+    held: dict[str, str] = {}
+    for rule in INHIBITIONS:
+        sources = [a for a in firing if all(_matches(m, a) for m in rule.source)]
+        for target in firing:
+            source = next((a for a in sources if a is not target), None)
+            if source and target.name not in held and all(_matches(m, target) for m in rule.target):
+                held[target.name] = source.name
+    return held
+
+
+def inhibition_in_time(source: str, target: str, timing: Timing, scrape_s: float) -> bool:
+    """Whether ``source`` reaches Alertmanager before ``target``'s group is first notified, in every case:
+    the target's earliest firing plus the group wait is no earlier than the source's latest firing."""
+    return (firing_window(target, timing, scrape_s).earliest + seconds(timing.group_wait)
+            >= firing_window(source, timing, scrape_s).latest)
 
 
 # -- promtool tests --------------------------------------------------------------------------
