@@ -15,9 +15,13 @@ Example::
 from __future__ import annotations
 
 import json
+import os
+import re
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
@@ -45,11 +49,22 @@ class Notification:
                 and (status is None or a["status"] == status)]
 
 
+# Where a WebhookReceiver listens by default: 127.0.0.1, or this address of this machine. An
+# Alertmanager in a cluster cannot post to this machine's loopback: there, give an address the
+# cluster's pods reach (kind on Linux: the gateway of the docker network "kind", e.g. 172.18.0.1).
+WEBHOOK_HOST_ENV = "OTTLAB_WEBHOOK_HOST"
+
+
+def _default_host() -> str:
+    return os.environ.get(WEBHOOK_HOST_ENV) or "127.0.0.1"
+
+
 @dataclass
 class WebhookReceiver:
-    """An HTTP server on 127.0.0.1 (a free port) recording what Alertmanager posts to it."""
+    """An HTTP server on 127.0.0.1 (a free port; ``$OTTLAB_WEBHOOK_HOST`` if set) recording what Alertmanager
+    posts to it."""
 
-    host: str = "127.0.0.1"
+    host: str = field(default_factory=_default_host)
     notifications: list[Notification] = field(default_factory=list)
     _server: ThreadingHTTPServer | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -105,6 +120,51 @@ class WebhookReceiver:
 
         until(arrived, timeout, 0.2, f"a {status} notification of {alertname} {labels or ''}".strip())
         return self.received(alertname, status, **labels)[0]
+
+
+def _instant(text: str) -> float:
+    # Go writes nanoseconds; Python reads at most microseconds.
+    return datetime.fromisoformat(re.sub(r"(\.\d{6})\d+", r"\1", text.replace("Z", "+00:00"))).timestamp()
+
+
+def started_at(alert: Mapping[str, Any]) -> float:
+    """When an alert fired (``time.time()`` seconds): its ``startsAt``, which Prometheus sets to the
+    evaluation that found it firing (Alertmanager's API and webhook payloads both carry it)."""
+    return _instant(str(alert["startsAt"]))
+
+
+def ended_at(alert: Mapping[str, Any]) -> float:
+    """When a resolved alert ended (``time.time()`` seconds): its ``endsAt``, the evaluation that found it resolved."""
+    return _instant(str(alert["endsAt"]))
+
+
+def timeline(alertmanager_url: str, since: float, receiver: WebhookReceiver | None = None,
+             **labels: str) -> list[dict[str, Any]]:
+    """Alertmanager's alerts with ``labels`` in the order they fired, each as a row.
+
+    ``alert``, ``severity``, ``labels`` (the others, as ``k=v``), ``fired_s`` (seconds after
+    ``since``), ``inhibited_by`` (the names of the alerts holding it back, empty when none) and,
+    with ``receiver``, ``notified_s``: when its first firing notification arrived there (None: never).
+    """
+    active = [a for a in alerts(alertmanager_url) if all(a["labels"].get(k) == v for k, v in labels.items())]
+    names = {a["fingerprint"]: a["labels"]["alertname"] for a in alerts(alertmanager_url)}
+    rows = []
+    for found in sorted(active, key=started_at):
+        notified = None
+        if receiver is not None:
+            arrivals = [n.received_at for n in receiver.received(found["labels"]["alertname"], "firing")
+                        if any(a.get("fingerprint") == found["fingerprint"] for a in n.alerts())]
+            notified = round(min(arrivals) - since, 1) if arrivals else None
+        rows.append({
+            "alert": found["labels"]["alertname"],
+            "severity": found["labels"].get("severity", ""),
+            "labels": ", ".join(f"{k}={v}" for k, v in sorted(found["labels"].items())
+                                if k not in ("alertname", "severity")),
+            "fired_s": round(started_at(found) - since, 1),
+            "inhibited_by": ", ".join(sorted({names.get(f, f) for f in found["status"]["inhibitedBy"]})),
+            "notified_s": notified,
+        })
+    return rows
 
 
 def alerts(alertmanager_url: str, timeout: float = 5.0) -> list[dict[str, Any]]:
