@@ -1,4 +1,4 @@
-"""What notebooks 00-04 wait for and reach on a target, the rendered kube manifests produce.
+"""What notebooks 00-04 and 06 wait for and reach on a target, the rendered kube manifests produce.
 
 The notebooks' code is read (ast), not copied here, so a new wait is picked up:
 
@@ -20,6 +20,14 @@ The notebooks' code is read (ast), not copied here, so a new wait is picked up:
   public entry; ``pop_urls`` and ``wait_for_sessions``: the edge is a StatefulSet with one Service per
   PoP (edge-0 ... up to MAX_POPS), each selecting that pod alone at a node port; the pods that write
   viewers' URLs (license, the transcoder) read only keys of the ConfigMap ott-public the kube target writes;
+- ``target.stop_replica(name, n)`` (notebook 06's incident): the workload runs replica ``n`` and its
+  pods hold the component's container (the one the kube target gives the pause image); a PoP's pods
+  also hold the nginx exporter that keeps reporting that PoP (``nginx_up``, PoPDown); ``start(name)``
+  brings it back (its workload, as for ``stop``);
+- ``target.route_alerts``: Alertmanager's Deployment mounts one ConfigMap, holding the configuration
+  the kube target patches back for ``None`` (the declared one, real timing);
+- ``probe_success`` named: Prometheus reads the probes' ConfigMap the kube target writes, and its
+  probes (probes.kube_targets for the declared PoPs) go through every PoP the notebook stops;
 - any other ``target`` method, or labkit function given the target, must be classified below:
   an unknown one fails this test until someone says what it needs on kube.
 """
@@ -42,21 +50,23 @@ from labkit import platform
 from labkit.core.config import repo_root
 from labkit.platform.component import Component
 from labkit.platform.layers import apis, cdn
+from labkit.platform.layers.monitoring import alerting, probes
 from labkit.targets.kube import entry, manifest, secrets
+from labkit.targets.kube import target as kube_target
 
 NAMESPACE = "ottlab"
-NOTEBOOKS = sorted((repo_root() / "notebooks").glob("0[0-4]-*.ipynb"))
+NOTEBOOKS = sorted((repo_root() / "notebooks").glob("0[0-46]-*.ipynb"))
 # Target methods a notebook may call that ask nothing of the manifests beyond what `up` applied.
 INERT = {"describe", "missing_programs", "status", "status_frame"}
 # ... and the ones the kube target cannot answer from the manifests: it says so (MissingCapabilityError).
 NOT_ON_KUBE = {"media_root"}
 # Target methods that read what the pods write: each one's source among the applied objects is checked.
 FROM_PODS = {"access_log"}
-CHECKED = {"up", "endpoint", "stop", "start", "signing_secret", "service_token"}
+CHECKED = {"up", "endpoint", "stop", "start", "signing_secret", "service_token", "stop_replica", "route_alerts"}
 # Services whose URLs viewers get (key URIs, the player page; master playlists): the lab's public entry.
 VIEWER_FACING = {entry.GATEWAY, entry.ORIGIN}
 # labkit functions that reach each PoP on its own.
-PER_POP = {"pop_urls", "wait_for_sessions"}
+PER_POP = {"pop_urls", "wait_for_sessions", "run"}
 # labkit functions given the target: what each reaches on it (endpoints; secrets).
 TAKES_TARGET: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "seed_target": (("catalog",), ("service_token",)),
@@ -71,6 +81,8 @@ TAKES_TARGET: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     # labkit.drills.live_playlist.LiveChannel.new: Target.write_media, on kube in a transcoder pod (exec).
     "new": (("transcoder",), ("signing_secret",)),
     "herds": (("origin",), ()),  # labkit.drills.cache_lock.herds: a scratch PoP on this machine, on the copy
+    # labkit.traffic.showcase.run (notebook 06): viewers through the gateway, a forged URL at every PoP.
+    "run": (("gateway",), ()),
 }
 
 
@@ -88,6 +100,10 @@ class Waits:
     unknown: set[str] = field(default_factory=set)
     # It reaches the PoPs one by one (pop_urls, wait_for_sessions).
     pops: bool = False
+    # stop_replica's (component, replica); whether it routes Alertmanager; whether it reads the probes.
+    stopped: set[tuple[str, int]] = field(default_factory=set)
+    routes_alerts: bool = False
+    probes: bool = False
 
 
 def code(notebook: Path) -> ast.Module:
@@ -129,6 +145,10 @@ def waits(notebook: Path) -> Waits:
                 found.endpoints.add(value(args[0]))
             elif method in {"stop", "start"}:
                 found.deployments.add(value(args[0]))
+            elif method == "stop_replica":
+                found.stopped.add((value(args[0]), value(args[1])))
+            elif method == "route_alerts":
+                found.routes_alerts = True
             elif method in {"signing_secret", "service_token"} | NOT_ON_KUBE | FROM_PODS:
                 found.secrets.add(method)
             elif method not in INERT:
@@ -150,16 +170,20 @@ def waits(notebook: Path) -> Waits:
         if name == "wait_for_samples" and isinstance(by, ast.Constant) and by.value == "job":
             found.jobs.update(value(keywords["groups"]))
     found.metrics = {m for s in _strings(tree) for m in re.findall(r"\bott_[a-z0-9_]+", s)}
+    found.probes = any("probe_success" in s for s in _strings(tree))
     return found
 
 
 def test_the_notebooks_are_read() -> None:
-    assert [n.stem[:2] for n in NOTEBOOKS] == ["00", "01", "02", "03", "04"]
+    assert [n.stem[:2] for n in NOTEBOOKS] == ["00", "01", "02", "03", "04", "06"]
     # The extraction finds the waits the lessons are known to have (else it reads nothing).
     assert waits(NOTEBOOKS[0]).jobs == set(platform.scrape_jobs())
     assert waits(NOTEBOOKS[1]).layers == ["monitoring", apis.LAYER.name]
     assert "ott_http_requests_total" in waits(NOTEBOOKS[1]).metrics
     assert "origin" in waits(NOTEBOOKS[3]).deployments and "signing_secret" in waits(NOTEBOOKS[3]).secrets
+    incident = waits(NOTEBOOKS[5])
+    assert incident.stopped == {(cdn.EDGE.name, 1)} and incident.routes_alerts and incident.probes
+    assert cdn.EDGE.name in incident.deployments and "alertmanager" in incident.endpoints
 
 
 # -- against the rendered overlays ----------------------------------------------------------------
@@ -300,3 +324,28 @@ def test_the_manifests_produce_what_the_notebook_waits_for(overlay: str, noteboo
         (mounted,) = [v["secret"] for v in volumes if v.get("secret", {}).get("secretName") == secrets.URL_SIGNING]
         (url_signing,) = [s for s in secrets.LAB_SECRETS if s.name == secrets.URL_SIGNING]
         assert {i["key"] for i in mounted["items"]} <= set(url_signing.make())
+
+    for name, replica in asked.stopped:
+        comp = component(name)
+        assert comp.follows is None, f"{name} is a sidecar: stop_replica stops a component's own container"
+        stopped = workload(objects, name)
+        assert 0 <= replica < stopped["spec"]["replicas"], f"{name} does not run replica {replica} as declared"
+        containers = stopped["spec"]["template"]["spec"]["containers"]
+        assert name in {c["name"] for c in containers}, f"no container {name} for stop_replica to stop"
+        if name == cdn.EDGE.name:
+            # PoPDown reads nginx_up of the PoP: its exporter is another container of the pod, which keeps running.
+            assert [c for c in containers if c["name"] != name
+                    and f"-prometheus.const-labels=component={name},pop=$(POD_NAME)" in c.get("command", [])]
+    if asked.routes_alerts:
+        spec = workload(objects, "alertmanager")["spec"]["template"]["spec"]
+        (mounted,) = [v["configMap"]["name"] for v in spec["volumes"] if "configMap" in v]
+        declared = one(objects, "ConfigMap", mounted)["data"][kube_target.ALERTMANAGER_CONFIG_KEY]
+        assert declared == alerting.dump(alerting.alertmanager_config(alerting.REAL))
+    if asked.probes:
+        spec = workload(objects, "prometheus")["spec"]["template"]["spec"]
+        assert probes.KUBE_TARGETS in {(v.get("configMap") or {}).get("name") for v in spec["volumes"]}
+        assert probes.JOB in {job["job_name"] for job in yaml.safe_load(config_map["data"]["prometheus.yml"])[
+            "scrape_configs"]}
+        declared_pops = entry.pop_services(workload(objects, cdn.EDGE.name)["spec"]["replicas"])
+        probed = {t.pop for t in probes.kube_targets(declared_pops, "s")}
+        assert {cdn.pop_id(replica) for name, replica in asked.stopped if name == cdn.EDGE.name} <= probed

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import base64
 import functools
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,8 +40,9 @@ from labkit.core.wait import until
 from labkit.platform.component import Component
 from labkit.platform.layers import cdn, media
 from labkit.platform.layers.media import origin
+from labkit.platform.layers.monitoring import probes
 from labkit.targets.base import AutoscalerStatus, ComponentStatus, Target, inside_media_root
-from labkit.targets.kube import autoscaling, cluster, entry, image, manifest, rollout, secrets
+from labkit.targets.kube import autoscaling, cluster, entry, image, manifest, rollout, secrets, usage
 from labkit.targets.kube.cluster import (
     CONFIGMAPS,
     DEPLOYMENTS,
@@ -65,6 +66,14 @@ if TYPE_CHECKING:
 # kubectl's own annotation for `kubectl rollout restart`, so kubectl shows ours the same way.
 RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"
 STOPPED_REPLICAS = "ottlab.io/stopped-replicas"
+# stop_replica: the pod of a stopped replica carries this label, and its container this image until
+# `start` recreates the pod from its template. The image of Kubernetes' pod sandbox, which every node
+# runs already: a process that holds the container and serves nothing (Chaos Mesh's "pod-failure").
+STOPPED_LABEL = "ottlab.io/stopped"
+STOPPED_IMAGE_ANNOTATION = "ottlab.io/stopped-image"
+PAUSE_IMAGE = "registry.k8s.io/pause:3.10"
+# Alertmanager's configuration file in its ConfigMap (k8s/base/monitoring/alertmanager.yml).
+ALERTMANAGER_CONFIG_KEY = "alertmanager.yml"
 LAB_SELECTOR = f"{manifest.PART_OF_LABEL}={manifest.PART_OF}"
 # Kinds that hold the lab's state: the database volume and the per-lab keys.
 _STATE_KINDS = frozenset({"PersistentVolumeClaim", "Secret"})
@@ -170,6 +179,7 @@ class KubeTarget(Target):
                 for created in made:
                     progress(f"  created secret/{created} (generated for this lab)")
         workloads = [manifest.name(obj) for obj in objects if obj.get("kind") in _WORKLOAD_KINDS]
+        self._publish_probes(objects)
         for component in chosen:
             if _workload(component) not in workloads:
                 progress(f"  note: {component.name} has no Deployment in k8s/overlays/{self.overlay}")
@@ -293,6 +303,7 @@ class KubeTarget(Target):
             # License signs a URL for each PoP: as the local target rewrites its edges file, this
             # rewrites ott-public's, and rolls license so that it reads it now (not at the kubelet's next sync).
             self._publish_entry(self._current_entry(), replicas)
+            self._publish_probes(pops=replicas)
         return self._status_of(comp, self._cluster.get(kind, comp.name, self.namespace))
 
     def stop(self, component: str) -> ComponentStatus:
@@ -312,17 +323,127 @@ class KubeTarget(Target):
         return self._status_of(comp, self._cluster.get(kind, comp.name, self.namespace))
 
     def start(self, component: str) -> ComponentStatus:
-        """Scale a stopped Deployment back to the replicas it had (its declared count if unknown); wait."""
+        """Start a stopped component: its stopped replicas' pods recreated from the template, and a
+        workload scaled to 0 back to the replicas it had (its declared count if unknown); wait."""
         comp = self._not_a_sidecar(self.component(component), "start")
         current = self._cluster.get(self._kind(comp), comp.name, self.namespace)
         if current is None:
             raise self._no_deployment(comp)
+        # A replica stopped alone (stop_replica): its pod is deleted, and its controller makes it again as declared.
+        stopped = self._cluster.list(PODS, self.namespace,
+                                     label_selector=f"{manifest.NAME_LABEL}={comp.name},{STOPPED_LABEL}=true")
+        for pod in stopped:
+            self._cluster.delete(PODS, manifest.name(pod), self.namespace)
+            progress(f"recreating pod/{manifest.name(pod)} of {comp.name} from its template")
+        if stopped:
+            until(lambda: not [p for p in self._cluster.list(PODS, self.namespace,
+                                                             label_selector=f"{manifest.NAME_LABEL}={comp.name}")
+                               if (p.get("metadata", {}).get("labels") or {}).get(STOPPED_LABEL)],
+                  self.cfg.ready_timeout, rollout.POLL_INTERVAL, f"the stopped pods of {comp.name} to be replaced")
         annotations = (current.get("metadata") or {}).get("annotations") or {}
+        running = int((current.get("spec") or {}).get("replicas") or 0)
         try:
-            replicas = max(1, int(annotations.get(STOPPED_REPLICAS, comp.replicas)))
+            replicas = running or max(1, int(annotations.get(STOPPED_REPLICAS, comp.replicas)))
         except ValueError:
             replicas = comp.replicas
         return self.scale(comp.name, min(replicas, comp.max_replicas))
+
+    def stop_replica(self, component: str, replica: int) -> ComponentStatus:
+        """Stop one replica (``edge``, 1: the PoP edge-1) until :meth:`start`: its pod stays, its program does not run.
+
+        What a chaos tool does for "a pod down, not replaced" (Chaos Mesh's pod-failure): the pod's
+        container of the component gets the pause image (a pod's one mutable field). The kubelet
+        stops the program and runs a process that serves nothing, so the pod turns unready and
+        leaves its Service (a PoP's own Service has no endpoint), its controller does not replace
+        it (the pod still exists), and the sidecars keep reporting: the nginx exporter says
+        ``nginx_up 0``, as for a local PoP whose nginx stopped. Deleting the pod would not do: the
+        StatefulSet makes it again at once. :meth:`start` deletes the pod and its controller
+        recreates it from the template. Replica ``n`` of the edge StatefulSet is pod ``edge-n``;
+        of a Deployment, the ``n``-th of its pods by name.
+        """
+        comp = self._not_a_sidecar(self.component(component), "stop a replica of")
+        kind = self._kind(comp)
+        current = self._cluster.get(kind, comp.name, self.namespace)
+        if current is None:
+            raise self._no_deployment(comp)
+        replicas = int((current.get("spec") or {}).get("replicas") or 0)
+        if isinstance(replica, bool) or not isinstance(replica, int) or not 0 <= replica < replicas:
+            raise ConfigError(f"{comp.name} runs replicas 0 to {replicas - 1}, not {replica!r}" if replicas else
+                              f"{comp.name} runs no replica to stop", hint=f"choose a replica from 0 to {replicas - 1}"
+                              if replicas else f"start it first: target.start({comp.name!r})")
+        if kind is STATEFULSETS:
+            pod_name = f"{comp.name}-{replica}"
+        else:
+            pods = [manifest.name(p) for p in self._pods(comp) if not p.get("metadata", {}).get("deletionTimestamp")]
+            if replica >= len(pods):
+                raise NotRunningError(f"replica {replica} of {comp.name!r} (it has {len(pods)} pod(s))")
+            pod_name = pods[replica]
+        pod = self._cluster.get(PODS, pod_name, self.namespace)
+        if pod is None:
+            raise NotRunningError(
+                f"replica {replica} of {comp.name!r} (no pod/{pod_name} in namespace {self.namespace})")
+        containers = {str(c.get("name")): str(c.get("image")) for c in (pod.get("spec") or {}).get("containers") or []}
+        if comp.name not in containers:
+            raise KubeError(f"pod/{pod_name} has no container {comp.name} to stop",
+                            hint=f"kubectl -n {self.namespace} describe pod {pod_name}")
+        if containers[comp.name] != PAUSE_IMAGE:
+            failed = {"metadata": {"labels": {STOPPED_LABEL: "true"},
+                                   "annotations": {STOPPED_IMAGE_ANNOTATION: containers[comp.name]}},
+                      "spec": {"containers": [{"name": comp.name, "image": PAUSE_IMAGE}]}}
+            self._cluster.patch(PODS, pod_name, self.namespace, failed, content_type=cluster.STRATEGIC_MERGE_PATCH)
+        progress(f"stopped {comp.name} in pod/{pod_name} (its container runs {PAUSE_IMAGE}; "
+                 f"`start({comp.name!r})` recreates the pod)")
+        until(lambda: not _ready(self._cluster.get(PODS, pod_name, self.namespace) or {}),
+              self.cfg.ready_timeout, rollout.POLL_INTERVAL, f"pod/{pod_name} to stop serving (unready)")
+        return self._status_of(comp, self._cluster.get(kind, comp.name, self.namespace))
+
+    def route_alerts(self, webhook: str | None) -> None:
+        """Point Alertmanager's receivers at ``webhook`` (None: as declared): its ConfigMap patched, then reloaded.
+
+        What an operator does by hand (``kubectl edit configmap``, then ``POST /-/reload``): the
+        kubelet updates the mounted file within its sync period (about a minute), so Alertmanager
+        is asked to reload until its ``/api/v2/status`` shows the new configuration. ``webhook`` is
+        posted to from Alertmanager's pod: a loopback address of this machine is refused (see
+        :data:`labkit.clients.alerts` ``OTTLAB_WEBHOOK_HOST`` for a receiver pods reach).
+        """
+        import httpx
+        import yaml
+
+        from labkit.clients import alerts
+        from labkit.platform.layers.monitoring import alerting
+
+        if webhook is not None:
+            host = httpx.URL(webhook).host
+            if host in ("localhost", "::1") or host.startswith("127."):
+                raise MissingCapabilityError(
+                    self.name, f"point Alertmanager at {webhook}",
+                    "Alertmanager runs in a pod, where a loopback address is the pod itself",
+                    hint=f"make the receiver listen where the cluster's pods reach this machine: set "
+                         f"{alerts.WEBHOOK_HOST_ENV} to such an address of it before making the WebhookReceiver "
+                         "(kind on Linux: the gateway of the docker network kind, docker network inspect kind)")
+        deployment = self._cluster.get(DEPLOYMENTS, "alertmanager", self.namespace)
+        if deployment is None:
+            raise NotRunningError(
+                f"component 'alertmanager' (no deployment/alertmanager in namespace {self.namespace})")
+        volumes = (((deployment.get("spec") or {}).get("template") or {}).get("spec") or {}).get("volumes") or []
+        names = [str(v["configMap"]["name"]) for v in volumes if (v.get("configMap") or {}).get("name")]
+        if len(names) != 1:
+            raise KubeError(f"deployment/alertmanager mounts {len(names)} ConfigMaps, not its one configuration",
+                            hint="apply the monitoring layer again: ottlab up --target kube")
+        # The configuration the cluster's Alertmanager runs (the committed file, real timing), with the receiver.
+        text = alerting.dump(alerting.alertmanager_config(alerting.REAL, webhook=webhook))
+        self._cluster.patch(CONFIGMAPS, names[0], self.namespace, {"data": {ALERTMANAGER_CONFIG_KEY: text}})
+        progress(f"patched configmap/{names[0]}: Alertmanager's receivers "
+                 f"{'post to ' + webhook if webhook else 'as declared'}")
+        url = self.endpoint("alertmanager")
+        wanted = yaml.safe_load(text)
+
+        def loaded() -> bool:
+            alerts.reload(url)
+            return bool(yaml.safe_load(_alertmanager_config(url)) == wanted)
+
+        until(loaded, self.cfg.ready_timeout, 5.0, "Alertmanager to load its patched configuration "
+              "(the kubelet updates a mounted ConfigMap within about a minute)")
 
     def kill(self, component: str) -> None:
         """Delete one of the component's pods at once (grace period 0); its Deployment replaces it."""
@@ -365,6 +486,28 @@ class KubeTarget(Target):
     def autoscale_status(self) -> list[AutoscalerStatus]:
         """Each HPA's live status: current metrics, current and desired replicas, its conditions' reasons."""
         return autoscaling.status(self._cluster, self.namespace, self._manifests())
+
+    def cpu_meter(self) -> Callable[[], dict[str, float]]:
+        """CPU seconds per component from the kubelets' cAdvisor, through the lab's Prometheus (:mod:`.usage`).
+
+        Waits (bounded) until Prometheus has the lab's containers' series: a Prometheus just up
+        has not scraped the kubelets yet, and one that never does lacks its ClusterRole or cannot
+        reach them.
+        """
+        from labkit.clients.prometheus import Prometheus
+
+        prometheus = Prometheus(self.endpoint("prometheus"))
+
+        def pods() -> dict[str, dict[str, str]]:
+            return {manifest.name(p): dict(p["metadata"].get("labels") or {})
+                    for p in self._cluster.list(PODS, self.namespace, label_selector=LAB_SELECTOR)}
+
+        meter = usage.cpu_meter(prometheus, self.namespace, self.components, pods)
+        until(meter, usage.SERIES_TIMEOUT, 1.0,
+              f"Prometheus at {prometheus.url} to have {usage.CPU} of the lab's containers (job {usage.JOB})",
+              hint=f"look at job {usage.JOB} in Prometheus' targets (prometheus.targets()): a 403 is the "
+                   f"ClusterRole {usage.CLUSTER_ROLE} missing (ottlab up applies it); no target, no node listed")
+        return meter
 
     def describe(self) -> str:
         return f"namespace {self.namespace} at {self._cluster.host}"
@@ -614,6 +757,28 @@ class KubeTarget(Target):
             rolled.append(manifest.name(obj))
         rollout.wait_all(self._cluster, self.namespace, rolled, self.cfg.ready_timeout)
 
+    def _publish_probes(self, objects: Sequence[KubeObject] = (), *, pops: int | None = None) -> None:
+        """Write the ConfigMap of the synthetic probes' targets (:func:`probes.kube_targets`) for the lab as it runs.
+
+        Prometheus' job ``blackbox`` reads it (``file_sd_configs``; k8s/base/monitoring/prometheus.yml):
+        each PoP's signed playlist and segment through its own Service, and the key path. PoPs:
+        ``pops`` (``scale edge``), else the edge StatefulSet's replicas among ``objects`` (what ``up``
+        applies) or in the cluster; the key path when the gateway is applied or runs. The URLs are
+        signed here with the lab's Secret, which no committed file may hold. Nothing is written for
+        a lab that has nothing to probe yet.
+        """
+        applied = {manifest.name(o): o for o in objects if o.get("kind") in _WORKLOAD_KINDS}
+        if pops is None:
+            edge = applied.get(cdn.EDGE.name) or self._cluster.get(STATEFULSETS, cdn.EDGE.name, self.namespace)
+            pops = int(((edge or {}).get("spec") or {}).get("replicas") or 0)
+        gateway = entry.GATEWAY in applied or self._cluster.get(DEPLOYMENTS, entry.GATEWAY, self.namespace) is not None
+        if not pops and not gateway:
+            return
+        found = probes.kube_targets(entry.pop_services(pops), self.signing_secret() if pops else "", gateway=gateway)
+        self._cluster.apply(probe_targets_config(found), namespace=self.namespace)
+        progress(f"  applied configmap/{probes.KUBE_TARGETS} (synthetic probes: {len(found)} targets, "
+                 f"{pops} PoP(s){' and the key path' if gateway else ''})")
+
     def _check_entry(self, objects: Sequence[KubeObject], readers: Sequence[str]) -> None:
         """After ``up``: the node ports answer from this machine, else the lab falls back to port-forwards.
 
@@ -789,6 +954,29 @@ class KubeTarget(Target):
         for forward in self._forwards.values():
             forward.close()
         self._forwards.clear()
+
+
+def probe_targets_config(found: Sequence[probes.ProbeTarget]) -> KubeObject:
+    """The ConfigMap :data:`probes.KUBE_TARGETS`: ``found`` as Prometheus' file_sd file (labelled the lab's: ``down``
+    deletes it)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": probes.KUBE_TARGETS,
+            "labels": {manifest.PART_OF_LABEL: manifest.PART_OF, manifest.LAYER_LABEL: "monitoring"},
+        },
+        "data": {probes.KUBE_TARGETS_FILE: probes.file_sd(found)},
+    }
+
+
+def _alertmanager_config(url: str) -> str:
+    """The configuration Alertmanager at ``url`` runs, as it read the file (``/api/v2/status``)."""
+    import httpx
+
+    response = httpx.get(f"{url}/api/v2/status", timeout=5.0)
+    response.raise_for_status()
+    return str(response.json()["config"]["original"])
 
 
 def _workload(comp: Component) -> str:

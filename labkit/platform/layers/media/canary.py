@@ -5,11 +5,18 @@ playlist, a signed segment) and alerts when that fails (:mod:`labkit.platform.la
 It needs an object that exists whatever the lessons published: this one, written into the media
 root next to the titles when the media layer's configs are written. It is not in the catalog, so
 no viewer is offered it.
+
+On Kubernetes the same two files are the ConfigMap ``media-canary`` (``k8s/base/media/canary/``,
+written by :func:`write_kube` through ``python -m labkit.platform.layers``; a test holds them
+current), which an init container of the transcoder's pod, the one that mounts the media volume
+read-write, copies into the volume (:data:`KUBE_DIR`) before the transcoder starts.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+
+from labkit.core.config import repo_root
 
 TITLE = "ottlab-probe"
 PLAYLIST = "index.m3u8"
@@ -27,8 +34,30 @@ def publish(media_root: Path) -> Path:
     """Write the canary title under ``media_root`` (only what differs), and return its folder."""
     folder = media_root / TITLE
     folder.mkdir(parents=True, exist_ok=True)
-    for name, content in ((PLAYLIST, PLAYLIST_TEXT.encode()), (SEGMENT, SEGMENT_BYTES)):
+    for name, content in files().items():
         path = folder / name
         if not path.is_file() or path.read_bytes() != content:
             path.write_bytes(content)
     return folder
+
+
+# The committed copy the media layer's kustomization turns into the ConfigMap media-canary.
+KUBE_DIR = ("k8s", "base", "media", "canary")
+
+
+def files() -> dict[str, bytes]:
+    """The canary title's files, by name."""
+    return {PLAYLIST: PLAYLIST_TEXT.encode(), SEGMENT: SEGMENT_BYTES}
+
+
+def kube_dir() -> Path:
+    return repo_root().joinpath(*KUBE_DIR)
+
+
+def write_kube() -> None:
+    """Write the files of the ConfigMap media-canary (what ``python -m labkit.platform.layers`` does) and say so."""
+    folder = kube_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, content in files().items():
+        (folder / name).write_bytes(content)
+        print(f"wrote {folder / name}")

@@ -10,13 +10,17 @@ The probe modules (status, body checks, timeouts) are in ``k8s/base/monitoring/b
 one file for both targets.
 
 The signed URLs carry a signature that expires in 2100: the probe is about the PoP, not about
-the expiry of a viewer's URL. They are made with the lab's URL-signing secret
-(:func:`labkit.platform.credentials.signing_secret`) when the monitoring configs are written.
+the expiry of a viewer's URL. They are made with the lab's URL-signing secret: locally
+(:func:`labkit.platform.credentials.signing_secret`) when the monitoring configs are written; on
+Kubernetes by the kube target at ``up`` (and ``scale edge``), from the lab's Secret, into the
+ConfigMap :data:`KUBE_TARGETS` that Prometheus reads with ``file_sd_configs`` (:func:`kube_targets`:
+the same probes through each PoP's own Service).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from labkit.core.config import LabConfig, repo_root
@@ -74,21 +78,49 @@ class ProbeTarget:
         return {"pop": self.pop, "probe": self.probe.name}
 
 
+def targets(pop_urls: Mapping[str, str], gateway_url: str | None, secret: str) -> list[ProbeTarget]:
+    """Every probe, for PoPs at ``pop_urls`` (by id) and the gateway at ``gateway_url`` (None: no key path).
+
+    The one list both targets probe: the local target with its loopback URLs, the kube target with
+    the in-cluster Services (:func:`kube_targets`)."""
+    found = [ProbeTarget(f"{url}{signed_path(secret, probe)}", pop, probe)
+             for pop, url in pop_urls.items() for probe in PER_POP]
+    if gateway_url is not None:
+        found.append(ProbeTarget(f"{gateway_url}{key_path()}", "gateway", KEY))
+    return found
+
+
 def local_targets(cfg: LabConfig, platform: Sequence[Component], secret: str) -> list[ProbeTarget]:
     """Every probe of the local lab: each running PoP's playlist and segment, and the key path (of the
     layers in ``platform``: a lab without its CDN layer has no PoP to probe)."""
     names = {c.name for c in platform}
-    found = []
-    if cdn.EDGE.name in names:
-        found += [
-            ProbeTarget(f"{url}{signed_path(secret, probe)}", pop, probe)
-            for pop, url in cdn.edge_urls(cfg, platform).items()
-            for probe in PER_POP
-        ]
     gateway = next((c for c in platform if c.name == GATEWAY.name), None)
-    if gateway is not None:
-        found.append(ProbeTarget(f"{gateway.url(cfg)}{key_path()}", "gateway", KEY))
-    return found
+    return targets(cdn.edge_urls(cfg, platform) if cdn.EDGE.name in names else {},
+                   None if gateway is None else gateway.url(cfg), secret)
+
+
+def kube_targets(pops: Sequence[str], secret: str, *, gateway: bool = True) -> list[ProbeTarget]:
+    """The probes of a lab on Kubernetes: through each PoP's own Service (``edge-0`` ... selects that pod
+    of the edge StatefulSet) and the gateway's Service, as the blackbox exporter's pod reaches them."""
+    return targets({pop: f"http://{pop}:{cdn.EDGE.port('http').container}" for pop in pops},
+                   f"http://{GATEWAY.name}:{GATEWAY.port('http').container}" if gateway else None, secret)
+
+
+def target_group(target: ProbeTarget) -> dict[str, object]:
+    """One target as Prometheus reads it: a static config locally, an entry of the file_sd file on kube."""
+    return {
+        "targets": [target.url],
+        "labels": {**target.labels, "instance": f"{target.pop}/{target.probe.name}",
+                   "__param_module": target.probe.module},
+    }
+
+
+def relabel_configs(exporter: str) -> list[dict[str, object]]:
+    """The job's relabelling: the target becomes /probe's ``target`` parameter, the exporter the address."""
+    return [
+        {"source_labels": ["__address__"], "target_label": "__param_target"},
+        {"target_label": "__address__", "replacement": exporter},
+    ]
 
 
 def scrape_config(cfg: LabConfig, platform: Sequence[Component], exporter: str, secret: str) -> dict[str, object]:
@@ -99,18 +131,22 @@ def scrape_config(cfg: LabConfig, platform: Sequence[Component], exporter: str, 
     return {
         "job_name": JOB,
         "metrics_path": "/probe",
-        "static_configs": [
-            {
-                "targets": [t.url],
-                "labels": {**t.labels, "instance": f"{t.pop}/{t.probe.name}", "__param_module": t.probe.module},
-            }
-            for t in local_targets(cfg, platform, secret)
-        ],
-        "relabel_configs": [
-            {"source_labels": ["__address__"], "target_label": "__param_target"},
-            {"target_label": "__address__", "replacement": exporter},
-        ],
+        "static_configs": [target_group(t) for t in local_targets(cfg, platform, secret)],
+        "relabel_configs": relabel_configs(exporter),
     }
+
+
+# On Kubernetes the signed URLs are written by labkit at `up` (the signing secret is the cluster's
+# Secret, which no committed file may hold): the ConfigMap KUBE_TARGETS, mounted in Prometheus'
+# pod at KUBE_TARGETS_DIR, read by the job's file_sd_configs (k8s/base/monitoring/prometheus.yml).
+KUBE_TARGETS = "blackbox-targets"
+KUBE_TARGETS_FILE = "probes.json"
+KUBE_TARGETS_DIR = "/etc/prometheus/probes"
+
+
+def file_sd(target_list: Sequence[ProbeTarget]) -> str:
+    """The file :data:`KUBE_TARGETS_FILE`: the targets as Prometheus' file_sd reads them (JSON)."""
+    return json.dumps([target_group(t) for t in target_list], indent=1, sort_keys=True) + "\n"
 
 
 BLACKBOX = Component(
