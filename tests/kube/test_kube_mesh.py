@@ -15,8 +15,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from test_kube_target import NAMESPACE, FakeCluster, header, running_fake_cluster
+from test_kube_target import NAMESPACE, FakeCluster, header, make_target, running_fake_cluster
 
+from labkit.core.config import LabConfig
 from labkit.core.errors import KubeError
 from labkit.platform.mesh import faults, resources
 from labkit.platform.mesh.errors import MeshConfigError
@@ -145,3 +146,24 @@ def test_without_istio_the_cluster_says_what_to_install() -> None:
         with pytest.raises(KubeError, match="does not serve PeerAuthentication") as refused:
             kube_mesh.read(Cluster(fake.api_client), NAMESPACE)
         assert "ottlab addons install istio-base istiod" in refused.value.hint
+
+
+def test_the_kube_target_injects_lists_and_clears_faults_through_the_api_server(fake: FakeCluster,
+                                                                                lab_cfg: LabConfig) -> None:
+    target = make_target(fake, lab_cfg)
+    fault = Fault("cas", abort_status=503, percent=10, header=LESSON)
+
+    faults.inject_on(target, fault)
+
+    (patch,) = fake.requests("PATCH")
+    assert patch.url.path == f"/apis/networking.istio.io/v1/namespaces/{NAMESPACE}/virtualservices/cas"
+    assert faults.list_on(target) == [fault]
+    with pytest.raises(faults.FaultError, match="cas already has a fault"):
+        faults.inject_on(target, Fault("cas", delay_s=1, header=LESSON))
+    assert len(fake.requests("PATCH")) == 1
+
+    assert faults.clear_on(target) == [fault]
+
+    assert len(fake.requests("PATCH")) == 2
+    assert faults.list_on(target) == []
+    assert specs(target.mesh()) == specs(resources.load())

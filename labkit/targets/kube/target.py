@@ -20,6 +20,7 @@ Example::
 from __future__ import annotations
 
 import base64
+import dataclasses
 import functools
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -41,8 +42,10 @@ from labkit.platform.component import Component
 from labkit.platform.layers import cdn, media
 from labkit.platform.layers.media import origin
 from labkit.platform.layers.monitoring import probes
+from labkit.platform.mesh.resources import Mesh, Topology
 from labkit.targets.base import AutoscalerStatus, ComponentStatus, Target, inside_media_root
 from labkit.targets.kube import autoscaling, cluster, entry, image, manifest, rollout, secrets, usage
+from labkit.targets.kube import mesh as kube_mesh
 from labkit.targets.kube.cluster import (
     CONFIGMAPS,
     DEPLOYMENTS,
@@ -131,6 +134,7 @@ class KubeTarget(Target):
         self._cluster = Cluster(cluster.load_api_client() if api_client is None else api_client)
         self._forwards: dict[tuple[str, str], PortForward] = {}
         self._rendered: list[KubeObject] | None = None
+        self._topology: Topology | None = None
         self._entry: Entry | None = None
 
     @property
@@ -508,6 +512,26 @@ class KubeTarget(Target):
               hint=f"look at job {usage.JOB} in Prometheus' targets (prometheus.targets()): a 403 is the "
                    f"ClusterRole {usage.CLUSTER_ROLE} missing (ottlab up applies it); no target, no node listed")
         return meter
+
+    def mesh(self) -> Mesh:
+        """The Istio resources of the lab's namespace as they are now (:func:`labkit.targets.kube.mesh.read`)."""
+        return kube_mesh.read(self._cluster, self.namespace)
+
+    def apply_mesh(self, mesh: Mesh) -> None:
+        """Apply what differs from the cluster's mesh, checked first against the lab's manifests; Istio enforces it.
+
+        A fault is one server-side apply of its service's own VirtualService (why not a VirtualService
+        of its own: :mod:`labkit.targets.kube.mesh`). A mesh with a problem sends nothing.
+        """
+        progress(f"applying the mesh's resources to namespace {self.namespace}")
+        kube_mesh.apply(self._cluster, self.namespace, mesh, self._mesh_topology())
+
+    def _mesh_topology(self) -> Topology:
+        """What the mesh may name: the Services, workloads and accounts the manifests declare with the mesh."""
+        if self._topology is None:
+            objects = manifest.render(self.overlay_dir, components=(*manifest.DATABASES[self.database], "mesh"))
+            self._topology = dataclasses.replace(Topology.of(objects), namespace=self.namespace)
+        return self._topology
 
     def describe(self) -> str:
         return f"namespace {self.namespace} at {self._cluster.host}"
