@@ -8,5 +8,6 @@
 - :mod:`~labkit.traffic.abr`: ABR rules;
 - :mod:`~labkit.traffic.bandwidth`: fixed rates and traces (``traces/*.csv``);
 - :mod:`~labkit.traffic.loadtest`: the real k6 on the kube Job's journey script (``ottlab k6``), and socket bounds;
-- :mod:`~labkit.traffic.capacity`: the capacity ramp, an audience in growing steps with CPU per component.
+- :mod:`~labkit.traffic.capacity`: the capacity ramp, an audience in growing steps with CPU per component;
+- :mod:`~labkit.traffic.showcase`: traffic that gives every dashboard panel something to show.
 """

@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
 import promql_parser
 import pytest
 from _labs import running_lab
@@ -28,14 +26,10 @@ from labkit import platform
 from labkit.analysis import dashboards
 from labkit.analysis.dashboards import figure
 from labkit.clients import transcoding
-from labkit.clients.pops import pop_urls
 from labkit.clients.prometheus import Prometheus
-from labkit.core.wait import until
 from labkit.platform.layers.monitoring import PROMETHEUS
-from labkit.platform.layers.player import BEACON_PATH
 from labkit.targets.local.target import LocalTarget
-from labkit.traffic import audience
-from labkit.traffic.bandwidth import Fixed, Trace
+from labkit.traffic import showcase
 from ott.media.sample import make_sample
 
 pytestmark = pytest.mark.integration
@@ -64,36 +58,16 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalTarget]:
         yield target
 
 
-def browser_beacons(gateway: str) -> None:
-    """A browser session that fails after its start (VPF) and one left before its start (EBVS)."""
-    started = {"v": 1, "session": uuid.uuid4().hex, "title": TITLE, "pop": "edge-0", "client": "browser", "events": [
-        {"type": "play", "t_ms": 0}, {"type": "start", "t_ms": 900, "startup_ms": 900, "bitrate_kbps": 400},
-        {"type": "progress", "t_ms": 4900, "played_ms": 4000, "bitrate_kbps": 400, "dropped_frames": 0},
-        {"type": "error", "t_ms": 5000, "reason": "media_error", "fatal": True, "started": True},
-        {"type": "end", "t_ms": 5000, "reason": "error", "started": True, "played_ms": 4000, "stalled_ms": 0}]}
-    left = {"v": 1, "session": uuid.uuid4().hex, "title": TITLE, "pop": "edge-0", "client": "browser", "events": [
-        {"type": "play", "t_ms": 0},
-        {"type": "end", "t_ms": 700, "reason": "exit", "started": False, "played_ms": 0, "stalled_ms": 0}]}
-    for body in (started, left):
-        answer = httpx.post(gateway + BEACON_PATH, json=body, timeout=10)
-        assert answer.status_code in (200, 202, 204), answer.text
-
-
 @pytest.fixture(scope="module")
 def window(lab: LocalTarget) -> Window:
     began = time.time()
-    gateway = lab.endpoint("gateway")
-    watched = audience.run(gateway, TITLE, 4, VIEWERS_S, arrivals_s=2, seed=7,
-                           bandwidth=[None, None, Fixed(250), Trace.named("stairs")])
-    summary = watched.summary()
+    # The traffic every panel is about (labkit.traffic.showcase): a stalling viewer, a switching one,
+    # an unknown title, a browser's failure and exit, a forged URL at every PoP.
+    shown = showcase.run(lab, TITLE, viewers=4, seconds=VIEWERS_S)
+    summary = shown.audience.summary()
     assert summary["started"] >= 3 and summary["stalls"] >= 1, summary
-    failed = audience.run(gateway, "no-such-title", 1, 3, arrivals_s=0)
-    assert failed.summary()["video_start_failures"] == 1
-    browser_beacons(gateway)
-    for url in pop_urls(lab).values():
-        forged = f"/s/{'A' * 22}/{int(time.time()) + 600}/{TITLE}/360p/seg_00001.m4s"   # a token nobody signed
-        refused = httpx.get(url + forged, timeout=10)
-        assert refused.status_code in (403, 410), (url, refused.status_code)
+    assert shown.failed.summary()["video_start_failures"] == 1
+    assert shown.refusals and set(shown.refusals.values()) <= {403, 410}, shown.refusals
     prometheus = Prometheus(lab.endpoint(PROMETHEUS.name))
     jobs = platform.scrape_jobs()
     prometheus.wait_for_scrape_after("up", time.time(), by="job", groups=jobs, timeout=60)
@@ -104,17 +78,9 @@ def window(lab: LocalTarget) -> Window:
 
 @pytest.mark.parametrize("name", dashboards.names())
 def test_every_query_of_every_panel_returns_data(window: Window, name: str) -> None:
-    model = dashboards.load(name)
-    dead: list[str] = []
-
-    def alive() -> bool:
-        nonlocal dead
-        dead = figure.dead_queries(model, window.prometheus, minutes=window.minutes)
-        return not dead
-
     # A counter born with its first event needs a second scrape before rate() has a point: a few
     # scrape intervals, then a panel still empty is dead.
-    until(alive, 30, 2, lambda: f"every panel of {name} to show data; dead:\n" + "\n".join(dead))
+    figure.wait_for_data(dashboards.load(name), window.prometheus, minutes=window.minutes, timeout=30)
 
 
 def missing_metrics(model: dict[str, Any], prometheus: Prometheus) -> set[str]:
@@ -143,8 +109,7 @@ def test_every_metric_a_query_names_has_series(window: Window, name: str) -> Non
 def test_the_renderer_draws_every_panel_with_data(window: Window, name: str) -> None:
     model = dashboards.load(name)
     fig = dashboards.render(model, window.prometheus, minutes=window.minutes)
-    empty = [ax.get_title(loc="left") for ax in fig.axes
-             if any(t.get_text() == "No data" or t.get_text().startswith("query failed") for t in ax.texts)]
+    empty = figure.empty_panels(fig)
     assert not empty, f"{name}: panels drawn without data: {empty}"
     drawn = [ax for ax in fig.axes if ax.lines or ax.collections or ax.texts]
     assert len(drawn) == len([p for p in model["panels"] if p["type"] != "row"])

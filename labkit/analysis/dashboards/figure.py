@@ -35,6 +35,7 @@ from matplotlib.ticker import FuncFormatter
 
 from labkit.clients.prometheus import Prometheus
 from labkit.core.errors import ConfigError, LabError
+from labkit.core.wait import until
 from labkit.platform.layers.monitoring import SCRAPE_INTERVAL
 
 GRID_COLUMNS = 24
@@ -210,6 +211,30 @@ def dead_queries(model: Mapping[str, Any], prometheus: Prometheus, *, minutes: f
             if frame.empty or not np.isfinite(frame["value"].to_numpy(dtype=float)).any():
                 dead.append(f"{panel.get('title')}: no data: {expr}")
     return dead
+
+
+def wait_for_data(model: Mapping[str, Any], prometheus: Prometheus, *, minutes: float = 15.0,
+                  timeout: float = 30.0, variables: Mapping[str, str | Sequence[str]] | None = None) -> None:
+    """Wait until every query of ``model`` has data (:func:`dead_queries` empty), at most ``timeout`` s.
+
+    A counter born with its first event needs a second scrape before ``rate()`` has a point: a few
+    scrape intervals, then a panel still empty is dead, and the error lists its queries.
+    """
+    dead: list[str] = []
+
+    def alive() -> bool:
+        nonlocal dead
+        dead = dead_queries(model, prometheus, minutes=minutes, variables=variables)
+        return not dead
+
+    title = model.get("title", "?")
+    until(alive, timeout, 2, lambda: f"every panel of {title} to show data; dead:\n" + "\n".join(dead))
+
+
+def empty_panels(fig: Figure) -> list[str]:
+    """The titles of the panels :func:`render` drew without data ("No data") or with a failed query."""
+    return [ax.get_title(loc="left") for ax in fig.axes
+            if any(t.get_text() == "No data" or t.get_text().startswith("query failed") for t in ax.texts)]
 
 
 class _Window:
