@@ -70,8 +70,10 @@ if TYPE_CHECKING:
 RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"
 STOPPED_REPLICAS = "ottlab.io/stopped-replicas"
 # stop_replica: the pod of a stopped replica carries this label, and its container this image until
-# `start` recreates the pod from its template. The image of Kubernetes' pod sandbox, which every node
-# runs already: a process that holds the container and serves nothing (Chaos Mesh's "pod-failure").
+# `start` recreates the pod from its template. The image of Kubernetes' pod sandbox (1.31 and later;
+# a node has it already): a process that holds the container and serves nothing (Chaos Mesh's
+# "pod-failure"). On a node that lacks it and cannot pull it, the container waits on the pull
+# instead: its program does not run either, which is all stop_replica needs.
 STOPPED_LABEL = "ottlab.io/stopped"
 STOPPED_IMAGE_ANNOTATION = "ottlab.io/stopped-image"
 PAUSE_IMAGE = "registry.k8s.io/pause:3.10"
