@@ -159,7 +159,7 @@ def allowed(service: str, method: str, path: str) -> set[str]:
 @pytest.mark.parametrize(("service", "method", "path", "accounts"), [
     ("cas", "POST", "/sessions", {"license"}),
     ("cas", "POST", "/sessions/abc/heartbeat", {"gateway"}),
-    ("subscription", "GET", "/entitlements/big-buck-bunny", {"license"}),
+    ("subscription", "GET", "/entitlements/big-buck-bunny", {"license", "gateway"}),
     ("subscription", "PUT", "/admin/subscriptions/u1", {"ottlab-tools"}),
     ("license", "POST", "/admin/keys/big-buck-bunny", {"transcoder"}),
     ("license", "POST", "/authorizations", {"gateway"}),
