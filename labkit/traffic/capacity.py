@@ -15,6 +15,16 @@ Bounded: the largest step is checked against the sockets this machine can open b
 first step starts (:func:`labkit.traffic.loadtest.check_sockets`), each step ends after
 ``step_seconds`` (the simulator's own bound), and a ramp may stop at the first step past the
 knee (``stop_after_knee``), as there is nothing more to learn by pushing further.
+
+**With an autoscaler.** A real audience grows over minutes, and an HPA reacts within a sync
+period (15 s); a lab's steps last seconds. ``settle`` runs after each step but the last: with
+:func:`autoscaler_synced` the next step waits until the HPA's controller has decided once since
+the step ended, so what it made of the step (more PoPs, license's list following) is in place
+when the next crowd arrives. ``ramp.replicas`` says how many replicas each component ran at each
+step, and how many PoPs the step's viewers were served by::
+
+    ramp = capacity.ramp(target, "lab-clock", [25, 50, 100], 12,
+                         settle=capacity.autoscaler_synced(target, "edge", timeout=60))
 """
 
 from __future__ import annotations
@@ -32,6 +42,7 @@ import psutil
 from labkit.analysis import capacity as analysis
 from labkit.core.console import progress
 from labkit.core.errors import ConfigError
+from labkit.core.wait import until
 from labkit.targets.base import Target
 from labkit.traffic import audience, loadtest
 
@@ -57,6 +68,9 @@ class Ramp:
     segment_s: float
     shares: dict[str, float]
     slo: analysis.Slo = analysis.SLO
+    # One row per step: the replicas each component ran when it started, and "pops_used": the PoPs
+    # that served its viewers' media.
+    replicas: pd.DataFrame | None = None
 
     def knee(self) -> analysis.Knee | None:
         return analysis.knee(self.steps, self.slo, segment_s=self.segment_s)
@@ -105,13 +119,14 @@ def _check_steps(steps: Sequence[int], step_seconds: float, arrivals_s: float) -
 def ramp(target: Target, title: str, steps: Sequence[int], step_seconds: float, *, arrivals_s: float = 2.0,
          max_buffer_s: float = 8.0, segment_s: float = 4.0, abr: str = "ewma", seed: int = 0,
          stop_after_knee: bool = True, slo: analysis.Slo = analysis.SLO,
-         budget: loadtest.SocketBudget | None = None) -> Ramp:
+         budget: loadtest.SocketBudget | None = None, settle: Callable[[], None] | None = None) -> Ramp:
     """Play ``steps`` audiences of ``title`` one after the other, each for ``step_seconds``; the :class:`Ramp`.
 
     Viewers of a step arrive within ``arrivals_s`` (a crowd at kick-off) and keep at most
     ``max_buffer_s`` buffered, so after their start they fetch one segment per segment duration, as
     real players do. Bad input (steps that do not grow, a step larger than the machine can open
-    sockets for) raises :class:`ConfigError` before any viewer starts.
+    sockets for) raises :class:`ConfigError` before any viewer starts. ``settle`` is called after
+    every step that another follows (e.g. :func:`autoscaler_synced`).
     """
     import pandas as pd
 
@@ -123,7 +138,11 @@ def ramp(target: Target, title: str, steps: Sequence[int], step_seconds: float, 
     cpu_rows: list[dict[str, float]] = []
     meter = target.cpu_meter()
     peak_rows: list[dict[str, float]] = []
+    replica_rows: list[dict[str, int]] = []
     for i, viewers in enumerate(steps):
+        if i and settle is not None:
+            settle()
+        replicas = {s.name: s.replicas for s in target.status()}
         with _Sampler(meter) as sampler:
             run = audience.run(gateway, title, viewers, step_seconds, arrivals_s=arrivals_s,
                                max_buffer_s=max_buffer_s, abr=abr, seed=seed + i, beacons=False)
@@ -132,6 +151,8 @@ def ramp(target: Target, title: str, steps: Sequence[int], step_seconds: float, 
         peak_rows.append(analysis.peak_cores(sampler.samples))
         row = analysis.step_row(viewers, step_seconds, run.sessions, run.requests, cores[analysis.GENERATOR])
         rows.append(row)
+        served = run.requests[run.requests["kind"].isin(("master", "playlist", "init", "segment"))]
+        replica_rows.append({**replicas, "pops_used": int(served["pop"].nunique())})
         platform = sum(v for k, v in cores.items() if k not in analysis.NOT_PLATFORM)
         progress(f"step {i + 1}/{len(steps)}: {viewers} viewers, startup p95 {row['startup_p95_s']:.2f} s, "
                  f"rebuffering {row['rebuffering_ratio']:.2%}, {row['egress_gbps']:.3f} Gbit/s; cores: platform "
@@ -144,7 +165,32 @@ def ramp(target: Target, title: str, steps: Sequence[int], step_seconds: float, 
     busy = peak.drop(columns=list(analysis.NOT_PLATFORM)).max()
     # Components that never used a hundredth of a core only clutter the table.
     keep = [*busy[busy >= 0.01].index, *analysis.NOT_PLATFORM]
-    return Ramp(frame, cpu[keep], peak[keep], os.cpu_count() or 1, segment_s, shares, slo)
+    return Ramp(frame, cpu[keep], peak[keep], os.cpu_count() or 1, segment_s, shares, slo,
+                pd.DataFrame(replica_rows).set_index(frame["viewers"]))
+
+def autoscaler_synced(target: Target, hpa: str, timeout: float,
+                      clock: Callable[[], float] = time.time) -> Callable[[], None]:
+    """A ramp's ``settle``: wait until ``hpa``'s controller has decided once since the call (its reaction in place).
+
+    The local controller records every sync (``last``, its wall time), after it scaled. Bounded by
+    ``timeout`` seconds (more than one sync period): a controller that stopped is a
+    :class:`~labkit.core.errors.TimeoutExpired`, not a ramp that silently goes on without it.
+    """
+    if not any(a.hpa == hpa for a in target.autoscale_status()):
+        raise ConfigError(f"no HorizontalPodAutoscaler named {hpa!r}",
+                          hint="one of: " + ", ".join(a.hpa for a in target.autoscale_status()))
+
+    def settle() -> None:
+        since = clock()
+
+        def decided() -> bool:
+            status = next(a for a in target.autoscale_status() if a.hpa == hpa)
+            return any(float(d.get("last") or d.get("at") or 0) > since for d in status.decisions)
+
+        until(decided, timeout, 0.5, f"the {hpa} HPA's next sync")
+
+    return settle
+
 
 
 class _Sampler:

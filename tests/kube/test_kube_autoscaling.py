@@ -117,7 +117,9 @@ def test_apply_status_and_delete_through_the_api_server(rendered: list[dict[str,
         edge = rows["edge"]
         assert edge.active and (edge.current, edge.desired) == (2, 3)
         assert edge.metrics == [{"metric": "cpu", "current": 35.0, "target": 80.0},
-                                {"metric": "ott_edge_egress_bytes_per_second", "current": 61e6, "target": 40e6}]
+                                {"metric": "ott_edge_egress_bytes_per_second", "current": 61e6, "target": 40e6},
+                                # Not in the status the fake API server holds: not read yet.
+                                {"metric": "ott_edge_sessions", "current": None, "target": 10.0}]
         assert [d["reason"] for d in edge.decisions] == ["DesiredWithinRange", "SucceededRescale"]
         assert edge.decisions[-1]["message"].startswith("AbleToScale=True: the HPA controller was able")
         assert rows["catalog"].active and rows["catalog"].current is None  # no status written yet

@@ -218,7 +218,8 @@ def test_the_lab_hpas_parse_and_name_their_components() -> None:
     hpa_mod.check(hpas, platform.components())
     assert {h.target for h in hpas} == {"auth", "catalog", "subscription", "license", "cas", "edge"}
     edge = next(h for h in hpas if h.target == "edge")
-    assert [m.name for m in edge.metrics] == ["cpu", "ott_edge_egress_bytes_per_second"]
+    assert [m.name for m in edge.metrics] == ["cpu", "ott_edge_egress_bytes_per_second", "ott_edge_sessions"]
+    assert edge.metrics[2].target == 10
     rules = hpa_mod.adapter_rules()
     for h in hpas:
         for m in h.metrics:
@@ -360,7 +361,7 @@ def test_a_lesson_may_shorten_the_window_and_lower_a_metric_target() -> None:
     changed = adjusted(hpas, 20, {"ott_edge_egress_bytes_per_second": 2e6})
     assert {h.scale_down.stabilization_window_seconds for h in changed} == {20}
     edge = next(h for h in changed if h.target == "edge")
-    assert [m.target for m in edge.metrics] == [80.0, 2e6]
+    assert [m.target for m in edge.metrics] == [80.0, 2e6, 10.0]
     assert adjusted(hpas) == hpas
     with pytest.raises(ConfigError, match="no HorizontalPodAutoscaler scales on 'ott_egress'"):
         hpa_mod.check_metric_targets(hpas, {"ott_egress": 1.0})

@@ -406,7 +406,10 @@ class LocalTarget(Target):
     def _write_layer_configs(self) -> None:
         # Only the layers brought up: Prometheus must not scrape (and alert on) what was never started.
         active = set(self._active_layers())
-        running = [c for c in self._scaled_components() if c.layer in active]
+        # With the settings `set_env` gave them: a layer may render one (the edge's capacity).
+        overrides = self._env_overrides()
+        running = [replace(c, env={**c.env, **overrides[c.name]}) if c.name in overrides else c
+                   for c in self._scaled_components() if c.layer in active]
         for layer in self.layers:
             if layer.name in active:
                 for relative, text in layer.write_configs(self.cfg, running).items():
@@ -443,6 +446,7 @@ class LocalTarget(Target):
             overrides[comp.name] = mine
             self._env_file.parent.mkdir(parents=True, exist_ok=True)
             self._env_file.write_text(json.dumps({k: v for k, v in overrides.items() if v}, sort_keys=True))
+            self._write_layer_configs()
             if self.supervisor.is_running() and self.supervisor.write_config(self._configured_components()):
                 self.supervisor.reload()
                 self._start(next(c for c in self._scaled_components() if c.name == comp.name))

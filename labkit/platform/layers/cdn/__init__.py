@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from labkit.core.config import LabConfig, repo_root
+from labkit.core.errors import ConfigError
 from labkit.platform import nginx
 from labkit.platform.component import Component, Port, Readiness
 from labkit.platform.credentials import SIGNING_SECRET_FILE, signing_secret
@@ -58,6 +59,19 @@ POD_FILE_OUTPUT = ("sendfile on;", "tcp_nopush on;")
 # per HIT, the biggest single cost of its log line. Set through a map, the id is computed once per
 # request: the log line and the header carry the same value.
 REQUEST_ID = "$msec-$connection-$connection_requests"
+
+# The lab's per-PoP capacity, declared once: what a pod's resource limit is on a cluster, the rate
+# at which one PoP (one nginx worker) takes media requests. Off unless the lab sets it on the edge
+# (`ottlab env edge OTT_EDGE_CAPACITY_RPS=60`, ``target.set_env("edge", {CAPACITY_SETTING: "60"})``):
+# on this machine a PoP's own limits (a core, the NIC) sit far beyond what one load generator on
+# the same cores can ask, so without it every knee is the generator's (notebook 07). Above the
+# rate, nginx's limit_req queues a request (its answer waits: time to first byte grows) up to
+# CAPACITY_QUEUE_S seconds of requests, and refuses the rest with 503, as a saturated PoP does.
+# A new PoP brings its own capacity: scaling the edge out lifts the limit, which is what an
+# autoscaled PoP fleet is for.
+CAPACITY_SETTING = "OTT_EDGE_CAPACITY_RPS"
+POP_CAPACITY_RPS = 80
+CAPACITY_QUEUE_S = 4
 
 
 @dataclass(frozen=True)
@@ -136,7 +150,7 @@ def render(*, pop: str, listen: str, origin_peers: Sequence[str], cache_dir: str
            access_log: str, secret: str | None = None, secret_include: str | None = None,
            user: str | None = None, cache_size: str = "1g", cache_lock: bool = True,
            log_flush_s: int = LOG_FLUSH_S, status_listen: str | None = None,
-           file_output: Sequence[str] = LOCAL_FILE_OUTPUT) -> str:
+           file_output: Sequence[str] = LOCAL_FILE_OUTPUT, capacity_rps: int | None = None) -> str:
     """nginx.conf of the PoP ``pop`` (``pop`` may be an nginx variable, like ``$hostname`` in a pod).
 
     The signing secret is either written in (``secret``: the local lab's private conf folder) or
@@ -145,10 +159,12 @@ def render(*, pop: str, listen: str, origin_peers: Sequence[str], cache_dir: str
     ``log_flush_s=0`` writes each access-log line at once (a drill that reads the log right away).
     ``status_listen``: a loopback address for nginx's own counters (:func:`labkit.platform.nginx.status_server`).
     ``file_output``: how cached files are sent, :data:`LOCAL_FILE_OUTPUT` or :data:`POD_FILE_OUTPUT`.
+    ``capacity_rps``: the PoP takes media requests at most at this rate (:data:`CAPACITY_SETTING`); None: no limit.
     """
     if (secret is None) == (secret_include is None):
         raise ValueError("give exactly one of secret and secret_include")
     check = secure_link_directive(secret) if secret is not None else f"include {secret_include};"
+    capacity = capacity_directives(capacity_rps)
     zone = "edge_cache"
     types = "; ".join(f"{mime} {ext}" for ext, mime in origin.MIME_TYPES.items())
     log_fields = {
@@ -211,6 +227,7 @@ def render(*, pop: str, listen: str, origin_peers: Sequence[str], cache_dir: str
         *(f"    server {peer} max_fails=0;" for peer in origin_peers),
         "    keepalive 16;",
         "  }",
+        *(f"  {d}" for d in capacity[0]),
         "  server {",
         f"    listen {listen};",
         f"    add_header X-PoP {pop} always;",
@@ -233,10 +250,36 @@ def render(*, pop: str, listen: str, origin_peers: Sequence[str], cache_dir: str
         lines += [f"    location ~ {kind.location} {{",
                   f"      proxy_cache_valid 200 206 {kind.ttl_s}s;",
                   *(("      " + d for d in open_files) if kind.immutable else ()),
+                  *("      " + d for d in capacity[1]),
                   *("      " + d for d in proxy), "    }"]
     lines += ["    location / { return 404; }", "  }",
               *(nginx.status_server(status_listen) if status_listen else []), "}", ""]
     return "\n".join(lines)
+
+
+def capacity_directives(rps: int | None) -> tuple[list[str], list[str]]:
+    """The http-level and the media locations' lines enforcing a capacity of ``rps`` media requests a second.
+
+    One zone keyed on the PoP's port (one PoP, one key): requests past the rate wait in a queue of
+    :data:`CAPACITY_QUEUE_S` seconds' worth, and beyond it are refused with 503. Not logged (a
+    refusal is in the access log already). None: no lines.
+    """
+    if rps is None:
+        return [], []
+    return ([f"limit_req_zone $server_port zone=pop_capacity:1m rate={rps}r/s;", "limit_req_status 503;",
+             "limit_req_log_level info;"],
+            [f"limit_req zone=pop_capacity burst={rps * CAPACITY_QUEUE_S};"])
+
+
+def capacity_of(edge: Component) -> int | None:
+    """The capacity the lab set on the edge (:data:`CAPACITY_SETTING`), requests a second per PoP; None: unset."""
+    value = edge.env.get(CAPACITY_SETTING)
+    if value is None or value == "":
+        return None
+    if not value.isdigit() or not 1 <= int(value) <= 100_000:
+        raise ConfigError(f"{CAPACITY_SETTING}={value!r}: a PoP's capacity is a whole number of requests a second, "
+                          "1 to 100000", hint=f"e.g. {CAPACITY_SETTING}={POP_CAPACITY_RPS}, or unset it for none")
+    return int(value)
 
 
 def edge_urls(cfg: LabConfig, platform: Sequence[Component]) -> dict[str, str]:
@@ -262,7 +305,8 @@ def write_configs(cfg: LabConfig, platform: Sequence[Component]) -> Mapping[str,
             pop=pop_id(replica), listen=f"{cfg.host}:{edge.local_port(cfg, 'http', replica)}",
             origin_peers=origin_peers, cache_dir=str(cache), temp_dir=str(run),
             access_log=str(run / "access.log"), secret=secret, user=nginx.lab_user(),
-            status_listen=f"{cfg.host}:{NGINX_EXPORTER.local_port(cfg, 'status', replica)}")
+            status_listen=f"{cfg.host}:{NGINX_EXPORTER.local_port(cfg, 'status', replica)}",
+            capacity_rps=capacity_of(edge))
     return files
 
 
