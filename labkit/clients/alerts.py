@@ -3,7 +3,9 @@
 :class:`WebhookReceiver` is what Alertmanager's ``webhook_configs`` posts to (payload version 4,
 OPERATIONS.md 3.1): a small HTTP server on 127.0.0.1 that keeps every notification with the
 time it arrived. :func:`alerts` reads Alertmanager's own view (``/api/v2/alerts``): which alerts
-are active, and which are inhibited (and so never notified).
+are active, and which are inhibited (and so never notified); :func:`timeline` puts them in the
+order they fired (``startsAt``, Prometheus' firing evaluation), with what inhibits each and when
+the receiver got it.
 
 Example::
 
