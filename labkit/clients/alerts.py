@@ -148,8 +148,9 @@ def timeline(alertmanager_url: str, since: float, receiver: WebhookReceiver | No
     ``since``), ``inhibited_by`` (the names of the alerts holding it back, empty when none) and,
     with ``receiver``, ``notified_s``: when its first firing notification arrived there (None: never).
     """
-    active = [a for a in alerts(alertmanager_url) if all(a["labels"].get(k) == v for k, v in labels.items())]
-    names = {a["fingerprint"]: a["labels"]["alertname"] for a in alerts(alertmanager_url)}
+    every = alerts(alertmanager_url)
+    active = [a for a in every if all(a["labels"].get(k) == v for k, v in labels.items())]
+    names = {a["fingerprint"]: a["labels"]["alertname"] for a in every}
     rows = []
     for found in sorted(active, key=started_at):
         notified = None
