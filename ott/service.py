@@ -23,6 +23,7 @@ import sys
 import time
 from collections.abc import Callable, Collection, Sequence
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Annotated, Any
 
 import uvicorn
@@ -327,7 +328,12 @@ Svc = Annotated[Service, Depends(_service)]
 
 
 def serve(app: FastAPI, settings: Settings) -> None:
-    """Run ``app`` on uvicorn at the settings' host and port until it is stopped."""
+    """Run ``app`` on uvicorn at the settings' host and port (or unix socket) until it is stopped."""
+    if settings.uds:
+        # A socket file left by a killed replica would make the bind fail.
+        Path(settings.uds).unlink(missing_ok=True)
+        uvicorn.run(app, uds=settings.uds, log_config=None, access_log=False, timeout_graceful_shutdown=5)
+        return
     uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, access_log=False,
                 timeout_graceful_shutdown=5)
 

@@ -3,6 +3,7 @@
 | variable | default | meaning |
 |---|---|---|
 | ``OTT_HOST`` / ``OTT_PORT`` | ``127.0.0.1`` / ``8000`` | where the service listens |
+| ``OTT_UDS`` | none | a unix socket to listen on instead (behind a mesh sidecar: only it reaches the service) |
 | ``OTT_DATABASE_URL`` | ``sqlite:///ott.db`` | the data layer's database (SQLAlchemy URL) |
 | ``OTT_AUTH_URL`` etc. | ``http://127.0.0.1:8010`` ... | the other services, for service-to-service calls |
 | ``OTT_KEYS_DIR`` | ``keys`` | where auth keeps its signing key (generated on first start) |
@@ -45,6 +46,7 @@ class SettingsError(ValueError):
 class Settings:
     host: str = "127.0.0.1"
     port: int = 8000
+    uds: str = ""
     database_url: str = "sqlite:///ott.db"
     auth_url: str = "http://127.0.0.1:8010"
     catalog_url: str = "http://127.0.0.1:8020"

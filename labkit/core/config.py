@@ -7,6 +7,7 @@
 | ``OTTLAB_BASE_PORT``| ``18000``          | every local port is this base plus a fixed offset   |
 | ``OTTLAB_NAMESPACE``| ``ottlab``         | the Kubernetes namespace of the kube target         |
 | ``OTTLAB_READY_TIMEOUT`` | ``60``        | seconds a component may take to become ready        |
+| ``OTTLAB_MESH``     | ``off``            | the local APIs behind Envoy sidecars: ``off``, ``permissive``, ``strict`` |
 
 Example::
 
@@ -26,6 +27,8 @@ from typing import TypeVar
 from labkit.core.errors import ConfigError, UnknownTargetError
 
 TARGETS = ("local", "kube")
+# The service mesh on the local target (labkit.targets.local.mesh): off, or on with its mTLS mode.
+MESH_MODES = ("off", "permissive", "strict")
 HOST = "127.0.0.1"
 DEFAULT_BASE_PORT = 18000
 # The highest offset a component may use; keeps every port below 65536.
@@ -47,10 +50,14 @@ class LabConfig:
     namespace: str = "ottlab"
     ready_timeout: float = 60.0
     host: str = HOST
+    mesh: str = "off"
 
     def __post_init__(self) -> None:
         if self.target not in TARGETS:
             raise UnknownTargetError(self.target, list(TARGETS))
+        if self.mesh not in MESH_MODES:
+            raise ConfigError(f"OTTLAB_MESH={self.mesh!r} is not a mesh mode",
+                              hint=f"choose one of {', '.join(MESH_MODES)}")
         if not 1024 <= self.base_port <= 65535 - MAX_PORT_OFFSET:
             raise ConfigError(
                 f"OTTLAB_BASE_PORT={self.base_port} is out of range",
@@ -77,6 +84,8 @@ class LabConfig:
             values["namespace"] = env["OTTLAB_NAMESPACE"]
         if "OTTLAB_READY_TIMEOUT" in env:
             values["ready_timeout"] = _float(env, "OTTLAB_READY_TIMEOUT")
+        if env.get("OTTLAB_MESH"):
+            values["mesh"] = env["OTTLAB_MESH"].strip().lower()
         values.update({k: v for k, v in overrides.items() if v is not None})
         if "target" in values:
             values["target"] = str(values["target"]).strip().lower()

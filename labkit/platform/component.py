@@ -75,8 +75,9 @@ class Component:
     restart: RestartPolicy = "always"
     replicas: int = 1
     max_replicas: int = 1
-    # Prometheus scrapes ``metrics_path`` on the "http" port when set, as the job :attr:`scrape_job`.
+    # Prometheus scrapes ``metrics_path`` on the ``metrics_port`` port when set, as the job :attr:`scrape_job`.
     metrics_path: str | None = None
+    metrics_port: str = "http"
     description: str = ""
     # Other names the same program has elsewhere (upstream releases, conda-forge).
     binary_aliases: tuple[str, ...] = ()
@@ -100,6 +101,7 @@ class Component:
         if len(set(names)) != len(names):
             raise ValueError(f"{self.name}: duplicate port names {names}")
         self.port(self.readiness.port)
+        self.port(self.metrics_port)
 
     @property
     def scrape_job(self) -> str | None:

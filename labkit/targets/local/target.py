@@ -13,7 +13,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 
@@ -31,6 +31,9 @@ from labkit.platform.readiness import probe
 from labkit.targets.base import AutoscalerStatus, ComponentStatus, Target
 from labkit.targets.local.labdir import LabDir
 from labkit.targets.local.supervisor import Supervisor, log_tail, program_names
+
+if TYPE_CHECKING:
+    from labkit.platform.mesh.resources import Mesh
 
 # supervisord states in which a process will not come up without help.
 _DEAD = {"FATAL", "EXITED", "STOPPED", "UNKNOWN"}
@@ -54,6 +57,11 @@ class LocalTarget(Target):
     programs_needed_by = ("all", "local")   # every program of the platform runs here
 
     def __init__(self, cfg: LabConfig, components: Sequence[Component], layers: Sequence[Layer] = ()) -> None:
+        if cfg.mesh != "off":
+            from labkit.targets.local import mesh as local_mesh
+
+            # The services on unix sockets behind their Envoy sidecars (OTTLAB_MESH).
+            components = local_mesh.components(cfg, components)
         super().__init__(cfg, components)
         self.layers = list(layers)
         self.labdir = LabDir(cfg)
@@ -213,6 +221,13 @@ class LocalTarget(Target):
         return "\n".join(parts)
 
     def endpoint(self, component: str, port: str = "http") -> str:
+        if self.cfg.mesh != "off" and port == "http":
+            from labkit.targets.local import mesh as local_mesh
+
+            # A service in the mesh takes only mTLS: the lab's tools reach it through their own sidecar.
+            through = local_mesh.tools_url(self.cfg, self.components, self.component(component).name)
+            if through is not None:
+                return through
         return self.component(component).url(self.cfg, port)
 
     def service_token(self) -> str:
@@ -256,6 +271,34 @@ class LocalTarget(Target):
             return []
         return parse_log_lines(path.read_text(errors="replace").splitlines())
 
+    # -- the service mesh (labkit.targets.local.mesh) ---------------------------------------------
+
+    def mesh(self) -> Mesh:
+        """The mesh's resources in force in this lab (the committed ones until :meth:`apply_mesh`)."""
+        from labkit.targets.local import mesh as local_mesh
+
+        self._require_mesh()
+        return local_mesh.current(self.cfg)
+
+    def apply_mesh(self, mesh: Mesh) -> None:
+        """Render every sidecar from ``mesh`` and have the running Envoys take it, none restarted.
+
+        A resource with a problem raises :class:`~labkit.platform.mesh.errors.MeshConfigError`, a
+        configuration an Envoy refuses a :class:`LabError`; either way the previous mesh stays in force.
+        """
+        from labkit.targets.local import mesh as local_mesh
+
+        self._require_mesh()
+        with self.labdir.lock():
+            active = set(self._active_layers())
+            local_mesh.apply(self.cfg, mesh, [c for c in self._scaled_components() if c.layer in active])
+
+    def _require_mesh(self) -> None:
+        if self.cfg.mesh == "off":
+            raise ConfigError("this lab runs without the service mesh",
+                              hint="bring it up with OTTLAB_MESH=strict (or permissive): "
+                                   "ottlab down, then OTTLAB_MESH=strict ottlab up")
+
     # -- autoscaling (labkit.targets.local.autoscaling) ------------------------------------------
 
     def autoscale(self, on: bool, *, scale_down_window: float | None = None,
@@ -285,6 +328,7 @@ class LocalTarget(Target):
                 args += ["--metric-target", f"{name}={value!r}"]
             env = {**os.environ, "OTTLAB_TARGET": "local", "OTTLAB_HOME": str(self.cfg.home),
                    "OTTLAB_BASE_PORT": str(self.cfg.base_port), "OTTLAB_READY_TIMEOUT": str(self.cfg.ready_timeout),
+                   "OTTLAB_MESH": self.cfg.mesh,
                    # `down` (and `up` after a crash) stop every process carrying the lab's id: this one too.
                    "OTTLAB_LAB_ID": self.labdir.lab_id() or ""}
             self.cfg.log_dir.mkdir(parents=True, exist_ok=True)
@@ -414,6 +458,11 @@ class LocalTarget(Target):
             if layer.name in active:
                 for relative, text in layer.write_configs(self.cfg, running).items():
                     self.labdir.write_file(relative, text)
+        if self.cfg.mesh != "off":
+            from labkit.targets.local import mesh as local_mesh
+
+            # Each sidecar's certificate and Envoy files, from the mesh's resources in force.
+            local_mesh.ensure(self.cfg, running)
 
     def _active_layers(self) -> list[str]:
         try:

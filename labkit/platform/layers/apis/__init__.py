@@ -81,9 +81,17 @@ def write_configs(cfg: LabConfig, platform: Sequence[Component]) -> Mapping[str,
     running = {c.name: c for c in platform}
     declared = {c.name: c for c in (*SERVICES, *player.LAYER.components)}
     upstreams = {}
+    # With the service mesh on (labkit.targets.local.mesh) the gateway has a sidecar, with a port per
+    # service it reaches: nginx goes there, and leaves retries and timeouts to it (the VirtualServices).
+    sidecar = next((c for c in platform if c.follows == GATEWAY.name and c.name != GATEWAY_EXPORTER.name), None)
+    sidecar_ports = {p.name for p in sidecar.ports} if sidecar is not None else set()
+    meshed = []
     for route in ROUTES:
         comp = running.get(route.service, declared[route.service])
         upstreams[route.service] = [f"{cfg.host}:{comp.local_port(cfg, 'http', i)}" for i in range(comp.replicas)]
+        if sidecar is not None and f"out-{route.service}" in sidecar_ports:
+            upstreams[route.service] = [f"{cfg.host}:{sidecar.local_port(cfg, f'out-{route.service}')}"]
+            meshed.append(route.service)
     run = Path(cfg.run_dir) / "gateway"
     run.mkdir(parents=True, exist_ok=True)
     return {
@@ -92,6 +100,7 @@ def write_configs(cfg: LabConfig, platform: Sequence[Component]) -> Mapping[str,
         "gateway/nginx.conf": gateway.render(
             listen=f"{cfg.host}:{GATEWAY.local_port(cfg)}", upstreams=upstreams, temp_dir=str(run),
             status_listen=f"{cfg.host}:{GATEWAY_EXPORTER.local_port(cfg, 'status')}", user=nginx.lab_user(),
+            meshed=meshed,
         ),
     }
 

@@ -88,7 +88,7 @@ def prometheus_config(cfg: LabConfig, platform: Sequence[Component], secret: str
     for comp in platform:
         if comp.scrape_job is None or comp.metrics_path is None:
             continue
-        targets = [f"{cfg.host}:{comp.local_port(cfg, 'http', i)}" for i in range(comp.replicas)]
+        targets = [f"{cfg.host}:{comp.local_port(cfg, comp.metrics_port, i)}" for i in range(comp.replicas)]
         statics.setdefault((comp.scrape_job, comp.metrics_path), []).append(
             {"targets": targets, "labels": {"layer": comp.layer}})
     scrape_configs: list[dict[str, object]] = [

@@ -1,0 +1,430 @@
+"""The service mesh on the local target: each API service behind its own Envoy sidecar (``OTTLAB_MESH``).
+
+With ``OTTLAB_MESH=strict`` (or ``permissive``) :func:`components` rewrites the APIs layer as a
+pod with Istio's sidecar injection would run it:
+
+- each replica of auth, catalog, subscription, license and cas listens on a unix socket of the
+  lab directory (``OTT_UDS``): only its sidecar reaches it;
+- its sidecar ``<service>-proxy`` (one Envoy per replica, ``follows`` the service) listens on the
+  service's usual port with mutual TLS (the lab CA's certificates, SPIFFE identities) and the
+  AuthorizationPolicies, on loopback ports per peer the service calls (``OTT_<PEER>_URL`` point
+  there: retries, timeouts and faults of the VirtualServices, mTLS to the peer), on a plaintext
+  ``health`` port that passes only ``GET /readyz`` and ``GET /metrics`` to the app (Istio's probe
+  rewrite and metrics merge, its port 15020), and its admin API on loopback (Prometheus scrapes
+  ``/stats/prometheus`` there as the job ``envoy-stats``);
+- the gateway's nginx reaches the services through ``gateway-proxy`` (identity ``gateway``), and
+  the lab's tools (seeding, admin calls: :meth:`LocalTarget.endpoint`) through ``tools-proxy``
+  (identity ``ottlab-tools``).
+
+The resources in force are kept in the lab directory (``run/mesh/resources.yaml``), initially the
+committed ones of ``k8s/components/mesh``. Envoy reads its listeners and clusters from files it
+watches (``dynamic_resources`` with ``path_config_source``): :func:`apply` renders every sidecar,
+replaces the files that changed by a rename and waits until each Envoy concerned runs the new
+version, with no process restarted and no request dropped. A mesh with a problem changes nothing.
+
+Example::
+
+    mesh = local_mesh.current(cfg)
+    local_mesh.apply(cfg, mesh.replaced(faulty_virtual_service))
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import httpx
+import yaml
+
+from labkit.core import programs
+from labkit.core.config import LabConfig
+from labkit.core.console import progress
+from labkit.core.errors import LabError, TimeoutExpired
+from labkit.core.wait import until
+from labkit.platform.component import Component, Port, Readiness
+from labkit.platform.mesh import envoy, identity, resources
+from labkit.platform.mesh.envoy import Address, Config, Instance, Sidecar
+from labkit.platform.mesh.errors import CertificateError
+from labkit.platform.mesh.resources import Mesh
+
+# The services behind sidecars, and the offsets of their sidecars' ports (a block of 20 each).
+MESHED = ("auth", "catalog", "subscription", "license", "cas")
+_BASE_OFFSET = 600
+_STRIDE = 20
+_REPLICAS = 3
+GATEWAY = "gateway"
+GATEWAY_PROXY = "gateway-proxy"
+TOOLS_PROXY = "tools-proxy"
+TOOLS_ACCOUNT = "ottlab-tools"
+_GATEWAY_OFFSET = 700
+_TOOLS_OFFSET = 710
+# Every sidecar's Envoy statistics, one Prometheus job: the name Istio's Prometheus gives the
+# sidecars' own metrics (``/stats/prometheus`` on each pod's port 15090).
+STATS_JOB = "envoy-stats"
+# The services' Service ports on Kubernetes, which cluster names and VirtualServices use.
+SERVICE_PORTS = {"auth": 8000, "catalog": 8000, "subscription": 8000, "license": 8000, "cas": 8000,
+                 "qoe": 8000, "player": 8080, "transcoder": 8000, "gateway": 8080}
+# Paths the plaintext health port passes to the app (GET only), as Istio's 15020 does for probes and metrics.
+HEALTH_PATHS = ("/readyz", "/healthz", "/metrics")
+# A certificate closer to its end than this is issued again when the lab comes up.
+RENEW_BEFORE = dt.timedelta(hours=2)
+APPLY_TIMEOUT = 30.0
+
+
+def enabled(cfg: LabConfig) -> bool:
+    return cfg.mesh != "off"
+
+
+def proxy_name(service: str) -> str:
+    return f"{service}-proxy"
+
+
+def _peers(service: str) -> list[str]:
+    return [peer for peer in MESHED if peer != service]
+
+
+def _service_offsets(service: str) -> tuple[int, int, dict[str, int]]:
+    """(admin, health, {peer: outbound}) offsets of the sidecars of ``service`` (replica 0; +1 per replica)."""
+    base = _BASE_OFFSET + _STRIDE * MESHED.index(service)
+    return base, base + _REPLICAS, {peer: base + 2 * _REPLICAS + _REPLICAS * j
+                                     for j, peer in enumerate(_peers(service))}
+
+
+def _envoy_args(program: str) -> tuple[str, ...]:
+    return ("-c", "{conf}/mesh/" + program + "-{replica}/bootstrap.json", "--use-dynamic-base-id",
+            "--concurrency", "1", "--log-level", "warn",
+            # A listener replaced by apply closes its kept-alive connections after their current request.
+            "--drain-strategy", "immediate", "--drain-time-s", "2")
+
+
+def _proxy(name: str, follows: str, admin_offset: int, replicas: int, max_replicas: int,
+           description: str) -> Component:
+    return Component(
+        name=name, layer="apis", binary=str(_envoy_binary()), package=programs.ENVOY_PACKAGE,
+        args=_envoy_args(name), ports=(Port("http", offset=admin_offset, container=15000),),
+        readiness=Readiness(path="/ready"), replicas=replicas, max_replicas=max_replicas,
+        metrics_path="/stats/prometheus", job=STATS_JOB, follows=follows, description=description,
+    )
+
+
+def _envoy_binary() -> Path:
+    found = programs.find("envoy")
+    return found if found is not None else Path("envoy")
+
+
+def components(cfg: LabConfig, declared: Sequence[Component]) -> list[Component]:
+    """``declared`` as they run with the mesh on: services on unix sockets, a sidecar after each."""
+    if not enabled(cfg):
+        return list(declared)
+    out: list[Component] = []
+    for comp in declared:
+        if comp.name in MESHED:
+            admin, health, outbound = _service_offsets(comp.name)
+            env = {**comp.env, "OTT_UDS": "{run}/mesh/" + comp.name + "-{replica}.sock"}
+            for peer in outbound:
+                env[f"OTT_{peer.upper()}_URL"] = "http://{host}:{port_out-" + peer + "}"
+            service = replace(
+                comp, env=env,
+                # Bound by the sidecar: the health port, and one port per peer the app calls.
+                ports=(*comp.ports, Port("health", offset=health, container=15020),
+                       *(Port(f"out-{peer}", offset=o, container=15001) for peer, o in outbound.items())),
+                readiness=replace(comp.readiness, port="health"), metrics_port="health",
+            )
+            out += [service, _proxy(proxy_name(comp.name), comp.name, admin, comp.replicas, comp.max_replicas,
+                                    f"Envoy sidecar of {comp.name}: mTLS, authorization, retries, faults")]
+        elif comp.name == GATEWAY:
+            gateway = _proxy(GATEWAY_PROXY, GATEWAY, _GATEWAY_OFFSET, 1, 1,
+                             "Envoy sidecar of the gateway: its calls to the services, in mTLS")
+            out += [comp, replace(gateway, ports=(*gateway.ports, *(
+                Port(f"out-{s}", offset=_GATEWAY_OFFSET + 1 + i, container=15001) for i, s in enumerate(MESHED))))]
+        else:
+            out.append(comp)
+    if any(c.name == GATEWAY for c in declared):
+        tools = _proxy(TOOLS_PROXY, GATEWAY, _TOOLS_OFFSET, 1, 1,
+                       "Envoy of the lab's tools (seeding, admin calls), identity ottlab-tools")
+        out.append(replace(tools, follows=None, ports=(*tools.ports, *(
+            Port(f"out-{s}", offset=_TOOLS_OFFSET + 1 + i, container=15001) for i, s in enumerate(MESHED)))))
+    return out
+
+
+def tools_url(cfg: LabConfig, running: Sequence[Component], service: str) -> str | None:
+    """Where the lab's tools reach ``service`` (through their sidecar), or None when it is not meshed."""
+    tools = next((c for c in running if c.name == TOOLS_PROXY), None)
+    if tools is None or service not in MESHED:
+        return None
+    return tools.url(cfg, f"out-{service}")
+
+
+# -- resources ---------------------------------------------------------------------------------
+
+
+def _resources_file(cfg: LabConfig) -> Path:
+    return cfg.run_dir / "mesh" / "resources.yaml"
+
+
+def _dir(cfg: LabConfig) -> Path:
+    return cfg.conf_dir / "mesh"
+
+
+def committed(cfg: LabConfig) -> Mesh:
+    """The committed resources, the namespace's mTLS mode set by ``OTTLAB_MESH`` (strict or permissive)."""
+    mesh = resources.load()
+    objects = []
+    for obj in mesh.objects:
+        if obj["kind"] == "PeerAuthentication" and "selector" not in obj["spec"]:
+            obj = {**obj, "spec": {**obj["spec"], "mtls": {"mode": cfg.mesh.upper()}}}
+        objects.append(obj)
+    return Mesh(tuple(objects))
+
+
+def current(cfg: LabConfig) -> Mesh:
+    """The resources in force in this lab: the last applied, else :func:`committed`."""
+    path = _resources_file(cfg)
+    if path.is_file():
+        return Mesh(tuple(o for o in yaml.safe_load_all(path.read_text()) if o))
+    return committed(cfg)
+
+
+def _save(cfg: LabConfig, mesh: Mesh) -> None:
+    path = _resources_file(cfg)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(yaml.safe_dump_all(list(mesh.objects), sort_keys=False))
+    tmp.replace(path)
+
+
+# -- rendering ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """One sidecar replica's files: its bootstrap, listeners (LDS) and clusters (CDS), and its admin URL."""
+
+    program: str
+    admin: str
+    bootstrap: Config
+    listeners: list[Config]
+    clusters: list[Config]
+
+
+def _certificate(ca: identity.LabCA, account: str, directory: Path) -> identity.WorkloadCertificate:
+    chain, key = directory / "cert-chain.pem", directory / "key.pem"
+    if chain.is_file() and key.is_file():
+        try:
+            ca.verify(chain.read_bytes())
+            from cryptography import x509
+
+            not_after = x509.load_pem_x509_certificate(chain.read_bytes()).not_valid_after_utc
+            if not_after - ca.clock() > RENEW_BEFORE:
+                return identity.WorkloadCertificate(identity.spiffe_id(account), chain, key, ca.cert_file, not_after)
+        except CertificateError:
+            pass  # another CA's or expired: issued again below
+    return ca.issue(account, directory=directory)
+
+
+def _health_listener(address: Address, port: int) -> Config:
+    """Plaintext, only GET of the probe and metrics paths, to the app (Istio's port 15020)."""
+    get = [{"name": ":method", "string_match": {"exact": "GET"}}]
+    routes: list[Config] = [{"match": {"path": p, "headers": get}, "route": {"cluster": f"inbound|{port}||"}}
+                            for p in HEALTH_PATHS]
+    routes.append({"match": {"prefix": "/"}, "direct_response": {"status": 404, "body": {
+        "inline_string": "the health port serves only GET " + ", ".join(HEALTH_PATHS) + "\n"}}})
+    return {"name": "health", "address": address.envoy(), "filter_chains": [{"filters": [{
+        "name": "envoy.filters.network.http_connection_manager", "typed_config": {
+            "@type": envoy._TYPES["hcm"], "stat_prefix": "health",
+            "route_config": {"name": "health", "virtual_hosts": [{"name": "health", "domains": ["*"],
+                                                                  "routes": routes}]},
+            "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": envoy._TYPES["router"]}}],
+        }}]}]}
+
+
+def _by_name(running: Iterable[Component]) -> dict[str, Component]:
+    return {c.name: c for c in running}
+
+
+def render_all(cfg: LabConfig, mesh: Mesh, running: Sequence[Component]) -> list[Rendered]:
+    """Every sidecar replica of ``running``, rendered from ``mesh``; :class:`MeshConfigError` naming a problem."""
+    comps = _by_name(running)
+    ca = identity.LabCA.ensure(_dir(cfg) / "ca")
+    certs = _dir(cfg) / "ca" / "workloads"
+    instances = [Instance(s, s, Address(port=comps[s].local_port(cfg, "http", r)))
+                 for s in MESHED if s in comps for r in range(comps[s].replicas)]
+    # Declared by the resources, not behind sidecars here: they are named, never routed to.
+    instances += [Instance(s, s, Address(port=9)) for s in SERVICE_PORTS if s not in MESHED]
+    rendered: list[Rendered] = []
+
+    def add(program: str, sidecar: Sidecar, extra: list[Config]) -> None:
+        bootstrap = envoy.render(mesh, sidecar, instances, SERVICE_PORTS, clients=[TOOLS_ACCOUNT])
+        static = bootstrap.pop("static_resources")
+        rendered.append(Rendered(program, f"http://{sidecar.admin}", bootstrap,
+                                 [*static["listeners"], *extra], static["clusters"]))
+
+    for service in MESHED:
+        if service not in comps or proxy_name(service) not in comps:
+            continue
+        comp, proxy = comps[service], comps[proxy_name(service)]
+        certificate = _certificate(ca, service, certs / service)
+        for replica in range(comp.replicas):
+            outbound = {peer: Address(port=comp.local_port(cfg, f"out-{peer}", replica)) for peer in _peers(service)}
+            sidecar = Sidecar(service, service, certificate, admin=Address(port=proxy.local_port(cfg, "http", replica)),
+                              inbound=Address(port=comp.local_port(cfg, "http", replica)),
+                              app=Address(path=str(cfg.run_dir / "mesh" / f"{service}-{replica}.sock")),
+                              service_port=SERVICE_PORTS[service], outbound=outbound)
+            add(f"{proxy.name}-{replica}", sidecar,
+                [_health_listener(Address(port=comp.local_port(cfg, "health", replica)), SERVICE_PORTS[service])])
+    for name, account in ((GATEWAY_PROXY, GATEWAY), (TOOLS_PROXY, TOOLS_ACCOUNT)):
+        client = comps.get(name)
+        if client is None:
+            continue
+        sidecar = Sidecar(account, account, _certificate(ca, account, certs / account),
+                          admin=Address(port=client.local_port(cfg)),
+                          outbound={s: Address(port=client.local_port(cfg, f"out-{s}")) for s in MESHED if s in comps})
+        add(f"{name}-0", sidecar, [])
+    return rendered
+
+
+def _discovery(kind: str, items: list[Config]) -> tuple[str, Config]:
+    """A DiscoveryResponse file of ``items`` and its version: a hash of their content."""
+    type_url = {"listeners": "type.googleapis.com/envoy.config.listener.v3.Listener",
+                "clusters": "type.googleapis.com/envoy.config.cluster.v3.Cluster"}[kind]
+    body = json.dumps(items, sort_keys=True)
+    version = hashlib.sha256(body.encode()).hexdigest()[:16]
+    return version, {"version_info": version, "resources": [{"@type": type_url, **item} for item in items]}
+
+
+def _bootstrap(rendered: Rendered, directory: Path) -> Config:
+    def source(name: str) -> Config:
+        return {"path_config_source": {"path": str(directory / name), "watched_directory": {"path": str(directory)}},
+                "resource_api_version": "V3"}
+
+    return {**rendered.bootstrap, "dynamic_resources": {"lds_config": source("lds.json"),
+                                                        "cds_config": source("cds.json")}}
+
+
+def _replace(path: Path, text: str) -> bool:
+    """Write ``text`` at ``path`` by a rename (Envoy never reads half a file); False when it was already so."""
+    if path.is_file() and path.read_text() == text:
+        return False
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+    return True
+
+
+@dataclass(frozen=True)
+class Change:
+    """One sidecar whose files changed: the versions it must report, and its previous files."""
+
+    program: str
+    admin: str
+    versions: tuple[str, str]
+    previous: Mapping[Path, str | None]
+
+
+def write(cfg: LabConfig, mesh: Mesh, running: Sequence[Component],
+          rendered: Sequence[Rendered] | None = None) -> list[Change]:
+    """Render every sidecar from ``mesh`` and replace its files that changed; the sidecars whose files did."""
+    rendered = render_all(cfg, mesh, running) if rendered is None else rendered
+    changes = []
+    for each in rendered:
+        directory = _dir(cfg) / each.program
+        directory.mkdir(parents=True, exist_ok=True)
+        cds_version, cds = _discovery("clusters", each.clusters)
+        lds_version, lds = _discovery("listeners", each.listeners)
+        files = {directory / "cds.json": json.dumps(cds, indent=1) + "\n",
+                 directory / "lds.json": json.dumps(lds, indent=1) + "\n",
+                 directory / "bootstrap.json": json.dumps(_bootstrap(each, directory), indent=1) + "\n"}
+        previous = {p: (p.read_text() if p.is_file() else None) for p in files}
+        # Clusters first: a new listener's routes may name a new cluster.
+        changed = [_replace(path, text) for path, text in files.items()]
+        if any(changed):
+            changes.append(Change(each.program, each.admin, (cds_version, lds_version), previous))
+    _save(cfg, mesh)
+    return changes
+
+
+def ensure(cfg: LabConfig, running: Sequence[Component]) -> None:
+    """The sidecars' files for ``running`` from the resources in force (``up`` and ``scale``)."""
+    write(cfg, current(cfg), running)
+
+
+# -- applying ----------------------------------------------------------------------------------
+
+
+def stats(admin: str, pattern: str) -> dict[str, str]:
+    """Envoy's stats and text readouts whose name matches ``pattern`` (a regex), by name."""
+    text = httpx.get(f"{admin}/stats", params={"filter": pattern}, timeout=5).text
+    return {name: value.strip() for name, _, value in (line.partition(": ") for line in text.splitlines())}
+
+
+def versions(admin: str) -> tuple[str, str]:
+    """The (clusters, listeners) versions an Envoy runs, as its admin API reports them."""
+    found = stats(admin, r"^(cluster_manager\.cds|listener_manager\.lds)\.version_text$")
+    return (found.get("cluster_manager.cds.version_text", "").strip('"'),
+            found.get("listener_manager.lds.version_text", "").strip('"'))
+
+
+def _rejected(admin: str) -> int:
+    found = stats(admin, r"^(cluster_manager\.cds|listener_manager\.lds)\.update_rejected$")
+    return sum(int(v) for v in found.values() if v.isdigit())
+
+
+def apply(cfg: LabConfig, mesh: Mesh, running: Sequence[Component], *, timeout: float = APPLY_TIMEOUT) -> list[str]:
+    """Put ``mesh`` in force on the running sidecars without restarting them; the programs that changed.
+
+    Checked and rendered first: a problem raises :class:`MeshConfigError` and changes nothing. An
+    Envoy that refuses its new files gets its previous ones back (it kept running them), and a
+    :class:`LabError` names it and its reason.
+    """
+    previous = current(cfg)
+    comps = _by_name(running)
+    rendered = render_all(cfg, mesh, running)  # every problem before any file changes
+    rejected_before = {each.program: _rejected(each.admin) for each in rendered if _running(comps, each.program)}
+    changes = write(cfg, mesh, running, rendered)
+    pending = [c for c in changes if c.program in rejected_before]
+
+    def settled() -> bool:
+        for change in list(pending):
+            if versions(change.admin) == change.versions:
+                pending.remove(change)
+            elif _rejected(change.admin) > rejected_before[change.program]:
+                raise _Refused(change)
+        return not pending
+
+    try:
+        until(settled, timeout, 0.1, "every sidecar to run the new mesh configuration", ignoring=(httpx.HTTPError,))
+    except (_Refused, TimeoutExpired) as exc:
+        for change in changes:
+            for path, text in change.previous.items():
+                if text is not None:
+                    _replace(path, text)
+        _save(cfg, previous)
+        if isinstance(exc, _Refused):
+            name = exc.change.program.rpartition("-")[0]
+            log = cfg.log_dir / f"{exc.change.program if comps[name].max_replicas > 1 else name}.log"
+            why = f"{exc.change.program} refused it" + (
+                f"; its log ends: {log.read_text(errors='replace')[-600:]}" if log.is_file() else "")
+        else:
+            why = f"{', '.join(c.program for c in pending)} did not take it within {timeout:g} s"
+        raise LabError(f"Envoy refused the new mesh configuration ({why}): the previous one stays in force",
+                       hint="fix the resource and apply again") from None
+    progress(f"mesh applied: {len(changes)} sidecar(s) changed" + (
+        f" ({', '.join(c.program for c in changes)})" if changes else ""))
+    return [c.program for c in changes]
+
+
+def _running(comps: Mapping[str, Component], program: str) -> bool:
+    name, _, replica = program.rpartition("-")
+    comp = comps.get(name)
+    return comp is not None and int(replica) < comp.replicas
+
+
+class _Refused(Exception):
+    def __init__(self, change: Change) -> None:
+        super().__init__(change.program)
+        self.change = change
+
