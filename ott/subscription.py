@@ -5,6 +5,12 @@ active until ``expires_at``, or cancelled (still entitled until ``expires_at``, 
 expired. ``GET /entitlements/{title_id}`` asks the catalog for the title's tier and answers whether
 the caller may watch it, and why not — license and CAS build on that answer.
 
+A title's tier changes rarely and every play asks for it, so subscription keeps the catalog's
+answer for ``TIER_TTL_S`` seconds (at most ``TIER_CACHE_SIZE`` titles): a tier changed in the
+catalog is seen by entitlement checks within that window. Only the tier is kept; the caller's
+subscription is read from the database on every check, so a change of plan, a cancellation or an
+expiry applies at once. An unknown title or a failing catalog is never kept.
+
 Run it with ``python -m ott.subscription`` (settings from ``OTT_*`` variables, see :mod:`ott.settings`).
 """
 
@@ -19,6 +25,7 @@ from prometheus_client import Counter
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy import Column, DateTime, Engine, String, Table, select, update
 
+from ott.cache import TtlCache
 from ott.calls import call
 from ott.db import as_utc, metadata, upsert, utc_now
 from ott.errors import INTERNAL, MALFORMED, UNAUTHORIZED, ApiError, Responses
@@ -32,6 +39,9 @@ Tier = Literal["free", "basic", "premium"]
 PlanId = Literal["free", "basic", "premium"]
 Status = Literal["active", "cancelled", "expired"]
 Reason = Literal["ok", "no_subscription", "subscription_expired", "tier_not_in_plan"]
+# How long a title's tier, as the catalog answered it, is reused, and for how many titles at most.
+TIER_TTL_S = 5.0
+TIER_CACHE_SIZE = 1024
 
 subscriptions = Table(
     "subscription_subscriptions", metadata,
@@ -172,7 +182,7 @@ def cancel(user: CurrentUser, service: Svc) -> Subscription:
 })
 async def entitlement(title_id: TitleId, user: CurrentUser, service: Svc, request: Request) -> Entitlement:
     """Whether the caller may watch ``title_id`` now, and the reason."""
-    required_tier = await _title_tier(service, title_id)
+    required_tier = await _title_tier(service, title_id, _tiers(request))
     row = await run_in_threadpool(_find, service.engine, user.id)
     plan_id: PlanId | None = None
     reason: Reason
@@ -192,7 +202,20 @@ async def entitlement(title_id: TitleId, user: CurrentUser, service: Svc, reques
                        required_tier=required_tier)
 
 
-async def _title_tier(service: Service, title_id: str) -> Tier:
+def _tiers(request: Request) -> TtlCache[str, Tier]:
+    return cast(TtlCache[str, Tier], request.app.state.title_tiers)
+
+
+async def _title_tier(service: Service, title_id: str, tiers: TtlCache[str, Tier]) -> Tier:
+    """The tier of ``title_id``: the catalog's answer of the last ``TIER_TTL_S`` seconds, else asked of it."""
+    tier = tiers.get(title_id)
+    if tier is None:
+        tier = await _catalog_tier(service, title_id)
+        tiers.put(title_id, tier)
+    return tier
+
+
+async def _catalog_tier(service: Service, title_id: str) -> Tier:
     """The tier of ``title_id``, asked of the catalog; 404 ``unknown_title`` if it has no such title."""
     response = await call(service, "GET", f"{service.settings.catalog_url}/titles/{title_id}")
     if response.status_code == 404:
@@ -245,6 +268,7 @@ def build_app(settings: Settings | None = None) -> FastAPI:
                            ("denied", "subscription_expired"), ("denied", "tier_not_in_plan")):
         checks.labels(result, reason)
     app.state.entitlement_checks = checks
+    app.state.title_tiers = TtlCache[str, Tier](max_entries=TIER_CACHE_SIZE, ttl_s=TIER_TTL_S)
     return app
 
 

@@ -18,6 +18,7 @@ from _responses import expect_error
 from fastapi.testclient import TestClient
 
 from ott import catalog, subscription
+from ott.cache import TtlCache
 from ott.settings import Settings
 from ott.tokens import SigningKey, TokenVerifier
 
@@ -273,6 +274,69 @@ def test_a_failing_catalog_is_a_clear_5xx_never_a_crash(client: TestClient, toke
     catalog_route.answer = broken
     _subscribe(client, tokens, "premium")
     expect_error(client.get("/entitlements/tears", headers=tokens.headers()), status, code)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _fake_clock_tiers(client: TestClient) -> Clock:
+    """Give the app a tier cache on a clock the test moves."""
+    clock = Clock()
+    app: Any = client.app
+    app.state.title_tiers = TtlCache[str, Any](max_entries=subscription.TIER_CACHE_SIZE,
+                                               ttl_s=subscription.TIER_TTL_S, clock=clock)
+    return clock
+
+
+def test_a_titles_tier_is_asked_of_the_catalog_once_per_ttl(client: TestClient, tokens: Any,
+                                                             catalog_calls: list[str]) -> None:
+    clock = _fake_clock_tiers(client)
+    _subscribe(client, tokens, "basic")
+    for _ in range(3):
+        assert _entitlement(client, tokens, "sintel")["entitled"] is True
+    assert catalog_calls == ["http://catalog.test/titles/sintel"]
+    clock.now += subscription.TIER_TTL_S
+    assert _entitlement(client, tokens, "sintel")["entitled"] is True
+    assert catalog_calls == ["http://catalog.test/titles/sintel"] * 2
+    assert _metric(client, "allowed", "ok") == 4.0
+
+
+def test_the_subscription_is_read_on_every_check_while_the_tier_is_kept(client: TestClient, tokens: Any,
+                                                                         internal: dict[str, str],
+                                                                         catalog_calls: list[str]) -> None:
+    _fake_clock_tiers(client)
+    _subscribe(client, tokens, "premium")
+    assert _entitlement(client, tokens, "tears")["entitled"] is True
+    # A downgrade and an expiry apply to the very next check, with the tier still kept.
+    client.put(f"/admin/subscriptions/{ALICE}", json={"plan": "basic"}, headers=internal).raise_for_status()
+    assert _entitlement(client, tokens, "tears")["reason"] == "tier_not_in_plan"
+    client.put(f"/admin/subscriptions/{ALICE}", json={"plan": "premium"}, headers=internal).raise_for_status()
+    client.post(f"/admin/subscriptions/{ALICE}/expire", headers=internal).raise_for_status()
+    assert _entitlement(client, tokens, "tears")["reason"] == "subscription_expired"
+    assert catalog_calls == ["http://catalog.test/titles/tears"]
+
+
+def test_unknown_titles_and_catalog_failures_are_never_kept(client: TestClient, tokens: Any,
+                                                             catalog_route: CatalogRoute) -> None:
+    _fake_clock_tiers(client)
+    _subscribe(client, tokens, "premium")
+    expect_error(client.get("/entitlements/no-such-title", headers=tokens.headers()), 404, "unknown_title")
+    expect_error(client.get("/entitlements/no-such-title", headers=tokens.headers()), 404, "unknown_title")
+
+    def broken(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(500, json={"error": {}})
+
+    catalog_route.answer = broken
+    expect_error(client.get("/entitlements/tears", headers=tokens.headers()), 502, "dependency_failed")
+    catalog_route.answer = None
+    assert _entitlement(client, tokens, "tears")["entitled"] is True
+    assert catalog_route.seen == ["http://catalog.test/titles/no-such-title"] * 2 + [
+        "http://catalog.test/titles/tears"] * 2
 
 
 # --- tokens -------------------------------------------------------------------------------------
