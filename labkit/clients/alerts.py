@@ -26,11 +26,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from labkit.core.wait import until
+
+if TYPE_CHECKING:
+    from labkit.platform.layers.monitoring.alerting import Timing
 
 
 @dataclass(frozen=True)
@@ -168,6 +171,20 @@ def timeline(alertmanager_url: str, since: float, receiver: WebhookReceiver | No
             "notified_s": notified,
         })
     return rows
+
+
+def running_timing(prometheus_url: str, timeout: float = 5.0) -> Timing:
+    """The alert timing the lab's Prometheus runs (real or fast), from its rule groups' interval (``/api/v1/rules``)."""
+    from labkit.core.errors import ConfigError
+    from labkit.platform.layers.monitoring import alerting
+
+    response = httpx.get(f"{prometheus_url.rstrip('/')}/api/v1/rules", params={"type": "alert"}, timeout=timeout)
+    response.raise_for_status()
+    intervals = {float(g["interval"]) for g in response.json()["data"]["groups"] if g["name"].startswith("ottlab-")}
+    if len(intervals) != 1:
+        raise ConfigError(f"Prometheus at {prometheus_url} evaluates the lab's alert groups every "
+                          f"{sorted(intervals)} s", hint="one interval is expected: the rules alerting.rules() writes")
+    return alerting.timing_evaluated_every(intervals.pop())
 
 
 def alerts(alertmanager_url: str, timeout: float = 5.0) -> list[dict[str, Any]]:

@@ -78,6 +78,7 @@ def test_a_stopped_pop_is_notified_then_resolved_and_its_probe_alert_inhibited(l
         # each fires, which must come first, which Alertmanager holds back.
         expected = ("PoPDown", "ProbeFailing")
         timing, scrape_s = alerting.FAST, alerting.seconds(SCRAPE_INTERVAL)
+        assert alerts.running_timing(prom.url) is timing   # what the lab's Prometheus evaluates with
         windows = {name: alerting.firing_window(name, timing, scrape_s) for name in expected}
         order = alerting.firing_order(expected, timing, scrape_s)
         held = alerting.inhibited(expected)

@@ -168,3 +168,10 @@ def test_the_inhibitions_name_which_of_an_incidents_alerts_are_held_back() -> No
     # Not so had the fast lab divided every `for:` by ten down to 5 s: ProbeFailing could be notified first.
     old_fast = dataclasses.replace(alerting.FAST, min_for_s=5)
     assert not alerting.inhibition_in_time("PoPDown", "ProbeFailing", old_fast, 5)
+
+
+def test_a_running_prometheus_interval_names_its_timing() -> None:
+    assert alerting.timing_evaluated_every(5.0) is alerting.REAL
+    assert alerting.timing_evaluated_every(2) is alerting.FAST
+    with pytest.raises(ConfigError, match="every 3 s"):
+        alerting.timing_evaluated_every(3)

@@ -94,6 +94,18 @@ def timing_from(environ: Mapping[str, str] | None = None) -> Timing:
     return TIMINGS[name]
 
 
+def timing_evaluated_every(interval_s: float) -> Timing:
+    """The declared timing whose rule groups are evaluated every ``interval_s`` seconds, as a running
+    Prometheus reports its groups (a kube lab runs the committed rules: real, whatever ``CI`` says)."""
+    for timing in TIMINGS.values():
+        if seconds(timing.evaluation_interval) == interval_s:
+            return timing
+    from labkit.core.errors import ConfigError
+
+    raise ConfigError(f"no declared alert timing evaluates every {interval_s:g} s",
+                      hint="the lab's rules come from alerting.rules(); regenerate them or start the lab again")
+
+
 _DURATION = re.compile(r"^(\d+)(s|m|h|d)$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
