@@ -1,0 +1,102 @@
+"""The local target's mesh wiring (labkit.targets.local.mesh), without running anything."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from labkit import platform
+from labkit.core.config import LabConfig
+from labkit.core.errors import ConfigError
+from labkit.platform.component import links
+from labkit.platform.layers import apis
+from labkit.platform.mesh.errors import MeshConfigError
+from labkit.targets.local import mesh as local_mesh
+
+
+def cfg(tmp_path: Path, mesh: str = "strict") -> LabConfig:
+    return LabConfig(home=tmp_path / "lab", base_port=24000, mesh=mesh)
+
+
+def test_the_mesh_is_off_by_default_and_off_changes_nothing(tmp_path: Path) -> None:
+    assert LabConfig().mesh == "off"
+    assert LabConfig.from_env({"OTTLAB_MESH": "Strict"}).mesh == "strict"
+    with pytest.raises(ConfigError, match="OTTLAB_MESH='on' is not a mesh mode"):
+        LabConfig(mesh="on")
+    declared = platform.components()
+    assert local_mesh.components(cfg(tmp_path, "off"), declared) == declared
+    # The gateway's config is the same as without the mesh module at all.
+    off = cfg(tmp_path, "off")
+    assert apis.write_configs(off, declared)["gateway/nginx.conf"] == apis.gateway.render(
+        listen=f"127.0.0.1:{apis.GATEWAY.local_port(off)}",
+        upstreams={r.service: [f"127.0.0.1:{(next(c for c in declared if c.name == r.service)).local_port(off)}"]
+                   for r in apis.ROUTES},
+        temp_dir=str(off.run_dir / "gateway"),
+        status_listen=f"127.0.0.1:{apis.GATEWAY_EXPORTER.local_port(off, 'status')}",
+        user=apis.nginx.lab_user(),
+    )
+
+
+def test_with_the_mesh_every_service_has_a_socket_a_sidecar_and_no_port_is_taken_twice(tmp_path: Path) -> None:
+    lab = cfg(tmp_path)
+    comps = {c.name: c for c in local_mesh.components(lab, platform.components())}
+    taken: dict[int, str] = {}
+    for comp in comps.values():
+        for port in comp.local_ports(lab):
+            assert port not in taken, f"{comp.name} and {taken[port]} both use {port}"
+            taken[port] = comp.name
+    for service in local_mesh.MESHED:
+        env = comps[service].environment(lab, 1, links(lab, list(comps.values())))
+        assert env["OTT_UDS"] == str(lab.run_dir / "mesh" / f"{service}-1.sock")
+        for peer in local_mesh.MESHED:
+            if peer != service:
+                outbound = comps[service].local_port(lab, f"out-{peer}", 1)
+                assert env[f"OTT_{peer.upper()}_URL"] == f"http://127.0.0.1:{outbound}"
+        assert comps[service].readiness.port == "health" and comps[service].metrics_port == "health"
+        proxy = comps[local_mesh.proxy_name(service)]
+        assert proxy.follows == service and proxy.max_replicas == comps[service].max_replicas
+        assert proxy.scrape_job == local_mesh.STATS_JOB and proxy.metrics_path == "/stats/prometheus"
+        assert f"{lab.conf_dir}/mesh/{proxy.name}-1/bootstrap.json" in proxy.command(lab, 1)
+
+
+def test_the_gateway_leaves_retries_to_its_sidecar(tmp_path: Path) -> None:
+    lab = cfg(tmp_path)
+    running = [c for c in local_mesh.components(lab, platform.components()) if c.layer == "apis"]
+    conf = apis.write_configs(lab, running)["gateway/nginx.conf"]
+    proxy = next(c for c in running if c.name == local_mesh.GATEWAY_PROXY)
+    assert f"server 127.0.0.1:{proxy.local_port(lab, 'out-license')} max_fails=0;" in conf
+    license_block = conf.split("location /api/license/ {")[1].split("}")[0]
+    assert "proxy_next_upstream off;" in license_block and "proxy_read_timeout 15s;" in license_block
+    # qoe is not behind a sidecar: nginx still retries it itself.
+    qoe_block = conf.split("location /api/qoe/ {")[1].split("}")[0]
+    assert "proxy_next_upstream_tries 3;" in qoe_block
+
+
+def test_sidecar_files_are_rendered_for_dynamic_configuration(tmp_path: Path) -> None:
+    lab = cfg(tmp_path, "permissive")
+    running = [c for c in local_mesh.components(lab, platform.components()) if c.layer == "apis"]
+    changes = local_mesh.write(lab, local_mesh.current(lab), running)
+    assert {c.program for c in changes} == {*(f"{local_mesh.proxy_name(s)}-0" for s in local_mesh.MESHED),
+                                           f"{local_mesh.GATEWAY_PROXY}-0", f"{local_mesh.TOOLS_PROXY}-0"}
+    directory = lab.conf_dir / "mesh" / "cas-proxy-0"
+    bootstrap = json.loads((directory / "bootstrap.json").read_text())
+    assert "static_resources" not in bootstrap
+    assert bootstrap["dynamic_resources"]["lds_config"]["path_config_source"]["path"] == str(directory / "lds.json")
+    lds = json.loads((directory / "lds.json").read_text())
+    names = [r["name"] for r in lds["resources"]]
+    assert names[0] == "inbound_8000" and "health" in names and "outbound_auth" in names
+    # OTTLAB_MESH=permissive: plaintext is accepted beside mTLS.
+    assert lds["resources"][0]["filter_chains"][1]["filter_chain_match"] == {"transport_protocol": "raw_buffer"}
+    # Nothing changed: nothing is rewritten.
+    assert local_mesh.write(lab, local_mesh.current(lab), running) == []
+    # A mesh with a problem is refused before any file changes.
+    before = (directory / "lds.json").read_text()
+    mesh = local_mesh.current(lab)
+    (vs,) = [o for o in mesh.of_kind("VirtualService") if o["metadata"]["name"] == "cas"]
+    bad = {**vs, "spec": {**vs["spec"], "hosts": ["nowhere"]}}
+    with pytest.raises(MeshConfigError, match="'nowhere' is no Service"):
+        local_mesh.apply(lab, mesh.replaced(bad), running)
+    assert (directory / "lds.json").read_text() == before
+    assert local_mesh.current(lab) == mesh
