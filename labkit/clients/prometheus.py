@@ -69,6 +69,15 @@ class Prometheus:
                 rows.append({**series["metric"], "timestamp": _ts(ts), "value": float(value)})
         return pd.DataFrame(rows, columns=_columns(rows))
 
+    def samples(self, selector: str, seconds: float) -> list[tuple[dict[str, str], list[tuple[float, float]]]]:
+        """The raw samples of ``selector``'s series over the last ``seconds``: each series' labels and (epoch s, value).
+
+        What was scraped, at the times it was scraped, with no step or lookback filling in between.
+        """
+        result = self._call(self._client.custom_query, f"{selector}[{max(1, round(seconds))}s]")
+        return [({str(k): str(v) for k, v in series["metric"].items()},
+                 [(float(ts), float(value)) for ts, value in series["values"]]) for series in result]
+
     def targets(self) -> pd.DataFrame:
         """Active scrape targets: job, instance, health, last error, last scrape."""
         data = self._call(self._client.get_targets)

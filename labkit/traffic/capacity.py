@@ -168,6 +168,7 @@ def ramp(target: Target, title: str, steps: Sequence[int], step_seconds: float, 
     return Ramp(frame, cpu[keep], peak[keep], os.cpu_count() or 1, segment_s, shares, slo,
                 pd.DataFrame(replica_rows).set_index(frame["viewers"]))
 
+
 def autoscaler_synced(target: Target, hpa: str, timeout: float,
                       clock: Callable[[], float] = time.time) -> Callable[[], None]:
     """A ramp's ``settle``: wait until ``hpa``'s controller has decided once since the call (its reaction in place).
@@ -192,24 +193,34 @@ def autoscaler_synced(target: Target, hpa: str, timeout: float,
     return settle
 
 
-
 class _Sampler:
-    """Reads the platform's CPU, this process' (the simulator) and the machine's every ``interval`` s meanwhile."""
+    """Reads the platform's CPU, this process' (the simulator) and the machine's every ``interval`` s meanwhile.
+
+    A meter whose readings trail the clock (its ``lag_s``: a Prometheus meter reads as of that long
+    ago, :class:`labkit.clients.counters.CounterMeter`) is read on after the step until a reading
+    stands for its end. Its readings are placed at the times they stand for and interpolated at the
+    sampler's own, so each of ``samples`` pairs the platform's CPU with the simulator's and the
+    machine's at one moment, from the step's start to its end (psutil's readings have no lag).
+    """
 
     def __init__(self, meter: Callable[[], dict[str, float]], interval: float = 0.5) -> None:
         self.meter = meter
         self.interval = interval
+        self.lag = float(getattr(meter, "lag_s", 0.0))
         self.samples: list[tuple[float, dict[str, float]]] = []
+        self._platform: list[tuple[float, dict[str, float]]] = []  # the time a reading stands for, the reading
+        self._local: list[tuple[float, float, float]] = []  # time, the simulator's CPU seconds, the machine's busy
+        self._end: float | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="capacity-cpu-sampler", daemon=True)
 
     def _sample(self) -> None:
-        used = self.meter()
-        used[analysis.GENERATOR] = time.process_time()
-        machine = psutil.cpu_times()
-        busy = machine.user + machine.nice + machine.system + machine.irq + machine.softirq + machine.steal
-        used[analysis.OTHER] = busy - sum(used.values())
-        self.samples.append((time.monotonic(), used))
+        now = time.monotonic()
+        if self._end is None:
+            machine = psutil.cpu_times()
+            busy = machine.user + machine.nice + machine.system + machine.irq + machine.softirq + machine.steal
+            self._local.append((now, time.process_time(), busy))
+        self._platform.append((now - self.lag, self.meter()))
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):  # the sampler's pace, not a synchronisation
@@ -221,9 +232,28 @@ class _Sampler:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if self.lag:
+            self._sample()
+            end = self._end = self._local[-1][0]
+            until(lambda: max(t for t, _ in self._platform) >= end, self.lag + 10 * self.interval + 10,
+                  self.interval, f"a CPU reading that stands for the step's end ({self.lag:g} s behind)")
         self._stop.set()
         self._thread.join(timeout=5 * self.interval + 5)
-        self._sample()
+        if not self.lag:
+            self._sample()
+        self._align()
+
+    def _align(self) -> None:
+        from labkit.clients.counters import value_at
+
+        readings = sorted(self._platform, key=lambda r: r[0])
+        names = list(dict.fromkeys(name for _, used in readings for name in used))
+        series = {name: [(t, used[name]) for t, used in readings if name in used] for name in names}
+        for t, generator, busy in self._local:
+            used = {name: value_at(series[name], t) for name in names}
+            used[analysis.GENERATOR] = generator
+            used[analysis.OTHER] = busy - sum(used.values())
+            self.samples.append((t, used))
 
     def mean(self) -> dict[str, float]:
         (t0, first), (t1, last) = self.samples[0], self.samples[-1]

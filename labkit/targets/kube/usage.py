@@ -9,14 +9,14 @@ local target (``edge-exporter`` in an ``edge`` pod). A pod that is not the lab's
 namespace's) is not counted::
 
     meter = usage.cpu_meter(prometheus, "ottlab", components, pods=lambda: {"edge-0": {...labels}})
-    meter()                                           # {"edge": 3.2, "edge-exporter": 0.4, ...}
+    meter()              # {"edge": 3.2, "edge-exporter": 0.4, ...}, as of meter.lag_s (LAG_S) seconds ago
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 
-from labkit.clients.counters import CounterMeter, extrapolated
+from labkit.clients.counters import CounterMeter
 from labkit.clients.prometheus import Prometheus
 from labkit.platform.component import Component
 from labkit.targets.kube.manifest import NAME_LABEL
@@ -24,7 +24,9 @@ from labkit.targets.kube.manifest import NAME_LABEL
 JOB = "cadvisor"
 CPU = "container_cpu_usage_seconds_total"
 MEMORY = "container_memory_working_set_bytes"
-BY = ("pod", "container")
+# A kubelet's cAdvisor refreshes a container's counters every 10-15 s, and Prometheus scrapes them
+# every 5 s (keeping cAdvisor's own sample times): a reading 20 s back falls between two samples.
+LAG_S = 20.0
 # prometheus-rbac.yaml's grant of nodes/metrics to Prometheus' service account.
 CLUSTER_ROLE = "ottlab-prometheus-kubelet"
 # How long a meter waits for Prometheus to have the lab's series (a kubelet's cAdvisor refreshes every 10-15 s).
@@ -38,11 +40,6 @@ def selector(metric: str, namespace: str) -> str:
     'container_cpu_usage_seconds_total{job="cadvisor", namespace="ottlab", container!="", container!="POD"}'
     """
     return f'{metric}{{job="{JOB}", namespace="{namespace}", container!="", container!="POD"}}'
-
-
-def cpu_query(namespace: str) -> str:
-    """CPU seconds per pod and container of ``namespace``, as of the query's time."""
-    return extrapolated(selector(CPU, namespace), BY)
 
 
 def component_of(pod_labels: Mapping[str, str] | None, container: str, components: Sequence[Component]) -> str | None:
@@ -79,4 +76,4 @@ def cpu_meter(prometheus: Prometheus, namespace: str, components: Sequence[Compo
             known.update(pods())
         return component_of(known.get(pod), labels.get("container", ""), components)
 
-    return CounterMeter(prometheus, cpu_query(namespace), BY, component)
+    return CounterMeter(prometheus, selector(CPU, namespace), component, lag_s=LAG_S)
