@@ -41,10 +41,10 @@ from labkit.core.wait import until
 from labkit.platform.component import Component
 from labkit.platform.layers import cdn, media
 from labkit.platform.layers.media import origin
-from labkit.platform.layers.monitoring import probes
+from labkit.platform.layers.monitoring import alerting, probes
 from labkit.platform.mesh.resources import Mesh, Topology
 from labkit.targets.base import AutoscalerStatus, ComponentStatus, Target, inside_media_root
-from labkit.targets.kube import autoscaling, cluster, entry, image, manifest, rollout, secrets, usage
+from labkit.targets.kube import autoscaling, cluster, entry, image, manifest, monitoring, rollout, secrets, usage
 from labkit.targets.kube import mesh as kube_mesh
 from labkit.targets.kube.cluster import (
     CONFIGMAPS,
@@ -78,7 +78,7 @@ STOPPED_LABEL = "ottlab.io/stopped"
 STOPPED_IMAGE_ANNOTATION = "ottlab.io/stopped-image"
 PAUSE_IMAGE = "registry.k8s.io/pause:3.10"
 # Alertmanager's configuration file in its ConfigMap (k8s/base/monitoring/alertmanager.yml).
-ALERTMANAGER_CONFIG_KEY = "alertmanager.yml"
+ALERTMANAGER_CONFIG_KEY = monitoring.ALERTMANAGER_CONFIG
 LAB_SELECTOR = f"{manifest.PART_OF_LABEL}={manifest.PART_OF}"
 # Kinds that hold the lab's state: the database volume and the per-lab keys.
 _STATE_KINDS = frozenset({"PersistentVolumeClaim", "Secret"})
@@ -158,6 +158,8 @@ class KubeTarget(Target):
         # The HorizontalPodAutoscalers are not applied here: `autoscale(on=True)` does.
         objects = manifest.in_apply_order(manifest.without_autoscalers(
             manifest.of_layers(self._manifests(), layers or None)))
+        # The alert rules and Alertmanager's waits of the lab's timing (fast under CI), as the local target runs them.
+        objects = monitoring.with_alert_timing(objects, alerting.timing_from())
         self._refuse_sqlite_on_several_nodes(objects)
         which = ", ".join(layers) if layers else "every layer"
         progress(f"applying {len(objects)} objects ({which}) to namespace {self.namespace} at {self._cluster.host}")
@@ -416,7 +418,6 @@ class KubeTarget(Target):
         import yaml
 
         from labkit.clients import alerts
-        from labkit.platform.layers.monitoring import alerting
 
         if webhook is not None:
             host = httpx.URL(webhook).host
@@ -436,8 +437,8 @@ class KubeTarget(Target):
         if len(names) != 1:
             raise KubeError(f"deployment/alertmanager mounts {len(names)} ConfigMaps, not its one configuration",
                             hint="apply the monitoring layer again: ottlab up --target kube")
-        # The configuration the cluster's Alertmanager runs (the committed file, real timing), with the receiver.
-        text = alerting.dump(alerting.alertmanager_config(alerting.REAL, webhook=webhook))
+        # The configuration `up` gave Alertmanager (the lab's timing: labkit.targets.kube.monitoring), and the receiver.
+        text = alerting.dump(alerting.alertmanager_config(alerting.timing_from(), webhook=webhook))
         self._cluster.patch(CONFIGMAPS, names[0], self.namespace, {"data": {ALERTMANAGER_CONFIG_KEY: text}})
         progress(f"patched configmap/{names[0]}: Alertmanager's receivers "
                  f"{'post to ' + webhook if webhook else 'as declared'}")
