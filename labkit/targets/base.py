@@ -257,9 +257,9 @@ class Target(abc.ABC):
         """CPU seconds (user + system) each running component's processes and their children used so far.
 
         By component name, replicas summed; the difference between two calls is the CPU a step of
-        load cost. Read from the processes of this machine (:attr:`ComponentStatus.pids`); a
-        target whose components are not processes of this machine (pods) raises
-        :class:`MissingCapabilityError`. :meth:`cpu_meter` reads the same often and cheaply.
+        load cost. Here read from the processes of this machine (:attr:`ComponentStatus.pids`);
+        the kube target reads each container's cAdvisor counter through the lab's Prometheus
+        (:mod:`labkit.targets.kube.usage`). :meth:`cpu_meter` reads the same often and cheaply.
         """
         return self.cpu_meter()()
 
@@ -267,7 +267,9 @@ class Target(abc.ABC):
         """A reader of :meth:`cpu_seconds` for the processes running now, cheap enough to call every 0.1 s.
 
         It asks for the components' processes once (:meth:`status` probes every component) and then
-        reads only their CPU times (and their children's, found again at each reading).
+        reads only their CPU times (and their children's, found again at each reading). A reader
+        whose values stand for an earlier time (Prometheus' counters, scraped every few seconds)
+        says how much earlier in its attribute ``lag_s``; the capacity ramp's sampler allows for it.
         """
         import psutil
 
