@@ -306,6 +306,14 @@ class Target(abc.ABC):
 
         return read
 
+    def cpu_shares(self) -> dict[str, float]:
+        """The cores each running component can use before it is saturated: one per replica here.
+
+        The lab's processes are single-threaded (a Python service, an nginx with one worker), so a
+        replica runs out near one core. The capacity ramp names a component saturated at 80 % of it.
+        """
+        return {s.name: float(max(1, s.replicas)) for s in self.status() if s.pids}
+
     def status_frame(self) -> pd.DataFrame:
         """:meth:`status` as a DataFrame, for a notebook table."""
         import pandas as pd
