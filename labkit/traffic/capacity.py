@@ -133,7 +133,7 @@ def ramp(target: Target, title: str, steps: Sequence[int], step_seconds: float, 
     _check_steps(steps, step_seconds, arrivals_s)
     loadtest.check_sockets(max(steps), per_viewer=audience.VIEWER_CONNECTIONS, budget=budget)
     gateway = target.endpoint("gateway")
-    shares = {s.name: float(max(1, s.replicas)) for s in target.status() if s.pids}
+    shares = target.cpu_shares()
     rows: list[dict[str, Any]] = []
     cpu_rows: list[dict[str, float]] = []
     meter = target.cpu_meter()

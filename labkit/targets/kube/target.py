@@ -536,6 +536,11 @@ class KubeTarget(Target):
             self._topology = dataclasses.replace(Topology.of(objects), namespace=self.namespace)
         return self._topology
 
+    def cpu_shares(self) -> dict[str, float]:
+        """One core per running replica, or its container's CPU limit when lower (the edge's 500m): a pod's ceiling."""
+        limits = usage.cpu_limits(self._manifests())
+        return {s.name: s.replicas * min(1.0, limits.get(s.name, 1.0)) for s in self.status() if s.replicas}
+
     def describe(self) -> str:
         return f"namespace {self.namespace} at {self._cluster.host}"
 

@@ -15,10 +15,12 @@ namespace's) is not counted::
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from labkit.clients.counters import CounterMeter
 from labkit.clients.prometheus import Prometheus
 from labkit.platform.component import Component
+from labkit.platform.hpa import quantity
 from labkit.targets.kube.manifest import NAME_LABEL
 
 JOB = "cadvisor"
@@ -57,6 +59,18 @@ def component_of(pod_labels: Mapping[str, str] | None, container: str, component
     if sidecar is not None and sidecar.follows == owner.name:
         return sidecar.name
     return owner.name
+
+
+def cpu_limits(objects: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """The CPU limit, in cores, of each workload's containers, by container (each named after its component)."""
+    found = {}
+    for obj in objects:
+        if obj.get("kind") in ("Deployment", "StatefulSet"):
+            for container in obj["spec"]["template"]["spec"]["containers"]:
+                limit = ((container.get("resources") or {}).get("limits") or {}).get("cpu")
+                if limit is not None:
+                    found[container["name"]] = quantity(limit)
+    return found
 
 
 def cpu_meter(prometheus: Prometheus, namespace: str, components: Sequence[Component],
