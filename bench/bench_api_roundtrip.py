@@ -139,12 +139,14 @@ def argon2_verify_s(samples: int = 5) -> list[float]:
     return times
 
 
-def bench_devices(target: LocalTarget, count: int) -> list[Device]:
-    """One account per device (the CAS stream limit, 2 per account, must not refuse the bench), with the title's key."""
+def bench_devices(target: LocalTarget, count: int, *, create_key: bool = True) -> list[Device]:
+    """One account per device (the CAS stream limit, 2 per account, must not refuse the bench), with the title's
+    key unless ``create_key`` is False (with the mesh on only the transcoder's identity may create it)."""
     token = {"X-Service-Token": target.service_token()}
     devices = []
     with httpx.Client(timeout=30, headers=token) as http:
-        http.post(f"{target.endpoint('license')}/admin/keys/{TITLE}").raise_for_status()
+        if create_key:
+            http.post(f"{target.endpoint('license')}/admin/keys/{TITLE}").raise_for_status()
         for i in range(count):
             email, password = f"bench-{i}@example.com", f"bench-password-{i}"
             user = http.post(f"{target.endpoint('auth')}/admin/users", json={"email": email, "password": password})
