@@ -189,3 +189,19 @@ def test_a_changed_virtual_service_takes_effect_without_restarting_and_a_bad_one
 
     lab.apply_mesh(committed)
     assert httpx.post(url, json={}, headers={FAULT_HEADER: "abort"}, timeout=10).status_code != 418
+
+
+def test_a_scaled_service_gets_a_sidecar_per_replica_and_its_callers_reach_both(lab: LocalTarget) -> None:
+    lab.scale("cas", 2)
+    try:
+        names = {s.name: s for s in lab.status()}
+        assert names["cas"].replicas == 2 and names[local_mesh.proxy_name("cas")].replicas == 2
+        second = f"http://127.0.0.1:{port(lab, local_mesh.proxy_name('cas'), replica=1)}"
+        before = stat(second, "http.inbound_8000.downstream_rq_completed")
+        url = f"http://127.0.0.1:{port(lab, 'license', 'out-cas')}/sessions"
+        answers = [httpx.post(url, json={}, timeout=10).status_code for _ in range(10)]
+        assert 403 not in answers and all(a < 500 for a in answers), answers
+        # Round robin over both replicas: the new one's sidecar took its share, in mutual TLS.
+        assert stat(second, "http.inbound_8000.downstream_rq_completed") >= before + 3
+    finally:
+        lab.scale("cas", 1)
