@@ -11,6 +11,9 @@ a playback may *start*, by policies beyond the plan, each with its own reason on
 
 A stream session lives as long as its player sends heartbeats: ``expires_at`` is the last
 heartbeat plus ``OTT_HEARTBEAT_TIMEOUT``; an expired or ended session no longer counts.
+Sessions, devices and the accounts' guard rows are written through the service's
+``session_engine`` (commits without an fsync, see :mod:`ott.db`): a process crash loses none of
+them, a power loss may forget the last moments of them, when every stream stops anyway.
 Every decision is counted in ``ott_cas_decisions_total{decision, reason}`` and logged.
 
 Example (a player's life)::
@@ -219,7 +222,7 @@ def _start(cas: Cas, user: User, body: SessionRequest) -> Any:
     """Check the device and stream limits and record the session, in one serialised transaction."""
     settings = cas.service.settings
     at = now()
-    with cas.service.engine.begin() as conn:
+    with cas.service.session_engine.begin() as conn:
         _lock_account(conn, user.id)
         devices = [r.device_id for r in conn.execute(
             select(cas_devices.c.device_id)
@@ -301,7 +304,7 @@ def heartbeat(session_id: SessionId, user: CurrentUser, service: Svc) -> Heartbe
     """Keep a session alive for another heartbeat timeout."""
     at = now()
     expires = at + service.settings.heartbeat_timeout
-    with service.engine.begin() as conn:
+    with service.session_engine.begin() as conn:
         # One conditional update, so a heartbeat cannot revive a session that expired meanwhile.
         kept = conn.execute(update(cas_sessions)
                             .where(cas_sessions.c.id == session_id, cas_sessions.c.user_id == user.id,
@@ -321,7 +324,7 @@ def heartbeat(session_id: SessionId, user: CurrentUser, service: Svc) -> Heartbe
 def end_session(session_id: SessionId, user: CurrentUser, service: Svc) -> Response:
     """End a session now (idempotent for its owner: ending an ended session is a 204 too)."""
     at = now()
-    with service.engine.begin() as conn:
+    with service.session_engine.begin() as conn:
         ended = conn.execute(update(cas_sessions)
                              .where(cas_sessions.c.id == session_id, cas_sessions.c.user_id == user.id,
                                     cas_sessions.c.ended_at.is_(None))
@@ -337,7 +340,7 @@ def end_session(session_id: SessionId, user: CurrentUser, service: Svc) -> Respo
 @router.get("/sessions", response_model=list[StreamSession], responses=error_responses(_ERRORS, 401))
 def list_sessions(user: CurrentUser, service: Svc) -> list[StreamSession]:
     """The caller's active stream sessions, oldest first."""
-    with service.engine.connect() as conn:
+    with service.session_engine.connect() as conn:
         rows = _active(conn, user.id, now())
     return [_session_out(r, service.settings) for r in rows]
 

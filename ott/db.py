@@ -1,8 +1,13 @@
 """The data layer: one SQLAlchemy engine per process, from ``OTT_DATABASE_URL``.
 
-SQLite is the default (WAL journal, full sync, a busy timeout) so that several service
-processes share one file and a ``kill -9`` loses no committed write. Any URL SQLAlchemy
-understands works: every query goes through SQLAlchemy Core.
+SQLite is the default (WAL journal, a busy timeout) so that several service processes share one
+file; in WAL mode a ``kill -9`` loses no committed write. An engine commits with
+``synchronous=FULL`` by default: each commit also waits for the disk (an fsync, about 2 ms here,
+with the database's write lock held), so a power loss or an OS crash loses nothing either.
+``connect(url, synchronous="NORMAL")`` is for short-lived session state only (stream sessions,
+playback authorisations, see ``Service.session_engine``): its commits skip that fsync (the WAL
+is synced at checkpoints), so a power loss may forget the last moments of such state, never a
+process crash. Any URL SQLAlchemy understands works: every query goes through SQLAlchemy Core.
 
 Every stored time is UTC: :func:`utc_now` writes it, :func:`as_utc` reads it back aware (SQLite
 forgets the zone), :func:`from_epoch` reads the epoch seconds license and CAS store. :func:`upsert`
@@ -23,8 +28,17 @@ from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 metadata = MetaData()
 
 
-def connect(url: str) -> Engine:
-    """An engine for ``url``; for SQLite, the file's folder is created and the pragmas set."""
+SYNCHRONOUS = ("FULL", "NORMAL")
+
+
+def connect(url: str, *, synchronous: str = "FULL") -> Engine:
+    """An engine for ``url``; for SQLite, the file's folder is created and the pragmas set.
+
+    ``synchronous`` is SQLite's: ``FULL`` (durable through a power loss) or ``NORMAL`` (through a
+    process crash only; for short-lived session state). Other databases keep their own settings.
+    """
+    if synchronous not in SYNCHRONOUS:
+        raise ValueError(f"synchronous={synchronous!r}: use one of {', '.join(SYNCHRONOUS)}")
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
         return create_engine(url, pool_pre_ping=True)
@@ -36,7 +50,7 @@ def connect(url: str) -> Engine:
     def _pragmas(dbapi_connection: Any, _record: Any) -> None:
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute(f"PRAGMA synchronous={synchronous}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA busy_timeout=15000")
         cursor.close()

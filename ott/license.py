@@ -329,8 +329,12 @@ async def authorize(
 
 def _record(lic: License, authorization: str, user_id: str, body: AuthorizationRequest, session_id: str,
             at: float, expires: float) -> None:
-    """Store the authorisation's digest (a database write: off the event loop, in the thread pool)."""
-    with lic.service.engine.begin() as conn:
+    """Store the authorisation's digest (a database write: off the event loop, in the thread pool).
+
+    Authorisations live ``OTT_PLAYBACK_TTL`` (a minute): they are session state, committed without
+    an fsync (``session_engine``, see :mod:`ott.db`); keys stay on the durable engine.
+    """
+    with lic.service.session_engine.begin() as conn:
         conn.execute(insert(license_authorizations).values(
             token_sha256=_digest(authorization), user_id=user_id, title_id=body.title_id,
             device_id=body.device_id, session_id=session_id, created_at=at, expires_at=expires,
@@ -395,7 +399,7 @@ def _authorised_user(lic: License, title_id: str, given: str | None) -> str:
     if not given:
         raise ApiError(401, "missing_authorization",
                        "send the playback authorisation: Authorization: Bearer <it>, or ?authorization=<it>")
-    with lic.service.engine.connect() as conn:
+    with lic.service.session_engine.connect() as conn:
         grant = conn.execute(select(license_authorizations)
                              .where(license_authorizations.c.token_sha256 == _digest(given))).first()
     if grant is None:

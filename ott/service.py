@@ -191,10 +191,20 @@ class Service:
             ["service", "route", "method"], buckets=LATENCY_BUCKETS, registry=self.registry,
         )
         self.engine: Engine = db.connect(settings.database_url)
+        # The same database for short-lived session state that expires on its own within minutes (CAS's
+        # stream sessions, license's playback authorisations): its commits skip the fsync (see ott.db), so
+        # the play path's writes stop holding the shared write lock through a disk flush. A power loss may
+        # forget their last moments; a process crash never does. No connection until first used.
+        self.session_engine: Engine = db.connect(settings.database_url, synchronous="NORMAL")
         # Clients of the other services, pooled for the service's life (closed on shutdown).
         self.peers = Peers(settings.call_timeout)
         # Set by ott.security on first use (auth sets its own, key-based, at startup).
         self.verifier: Any = None
+
+    def dispose(self) -> None:
+        """Close the engines' connections (the app's shutdown)."""
+        self.engine.dispose()
+        self.session_engine.dispose()
 
 
 class _App(FastAPI):
@@ -252,7 +262,7 @@ def create_app(
         if on_shutdown is not None:
             on_shutdown(service)
         await service.peers.aclose()
-        service.engine.dispose()
+        service.dispose()
 
     app = _App(title=f"ott {name}", description=description, version="0.1.0", lifespan=lifespan)
     app.state.service = service

@@ -191,6 +191,21 @@ def test_utc_helpers_give_aware_utc_times() -> None:
     assert db.utc_now().tzinfo is UTC
 
 
+def test_session_state_commits_without_fsync_everything_else_durably(tmp_path: Path) -> None:
+    """A service's engine syncs every commit (FULL); its session engine, same file, only at checkpoints."""
+    service = create_app("demo", [], Settings(database_url=f"sqlite:///{tmp_path}/ott.db")).state.service
+    try:
+        for engine, level in ((service.engine, 2), (service.session_engine, 1)):  # SQLite: FULL=2, NORMAL=1
+            with engine.connect() as conn:
+                assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == level
+                assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert service.engine.url == service.session_engine.url
+    finally:
+        service.dispose()
+    with pytest.raises(ValueError, match="synchronous='OFF': use one of FULL, NORMAL"):
+        db.connect(f"sqlite:///{tmp_path}/ott.db", synchronous="OFF")
+
+
 @pytest.fixture
 def things(tmp_path: Path) -> Iterator[tuple[Any, Table]]:
     table = Table("things", MetaData(), Column("id", String(8), primary_key=True),
