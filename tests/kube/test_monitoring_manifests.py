@@ -16,9 +16,11 @@ relabel rules are applied (tests/_scrape.py) to every pod template of every rend
 from __future__ import annotations
 
 import functools
+import json
 import re
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -140,7 +142,8 @@ def test_a_finished_pod_is_not_scraped(overlay: str) -> None:
     (job,) = [o for o in rendered(overlay) if o["kind"] == "Job"]
     config = kube_config(overlay)
     assert targets(config, [job], NAMESPACE), "the Job's pod is scraped while it runs"
-    for pods in [c for c in config["scrape_configs"] if c.get("kubernetes_sd_configs")]:
+    for pods in [c for c in config["scrape_configs"]
+                 if any(sd.get("role") == "pod" for sd in c.get("kubernetes_sd_configs", []))]:
         for phase in ("Succeeded", "Failed"):
             for labels in discovered(job, NAMESPACE):
                 done = {**labels, "__meta_kubernetes_pod_phase": phase, "job": pods["job_name"]}
@@ -173,12 +176,20 @@ def test_alert_rules_and_their_tests_select_only_declared_jobs() -> None:
 # -- the synthetic probes ------------------------------------------------------------------------
 
 
-def probe_targets(config: dict[str, Any]) -> list[dict[str, str]]:
-    """The blackbox job's targets: the labels each static target has after the job's relabelling."""
+def probe_targets(config: dict[str, Any], file_sd: str | None = None) -> list[dict[str, str]]:
+    """The blackbox job's targets: the labels each target has after the job's relabelling.
+
+    Its static targets, or (on kube) those of ``file_sd``, the file its ``file_sd_configs`` reads."""
     (job,) = [j for j in config["scrape_configs"] if j["job_name"] == probes.JOB]
     assert job["metrics_path"] == "/probe"
+    groups = job.get("static_configs") or []
+    if "file_sd_configs" in job:
+        ((files,),) = [sd["files"] for sd in job["file_sd_configs"]]
+        assert files == f"{probes.KUBE_TARGETS_DIR}/{probes.KUBE_TARGETS_FILE}"
+        assert file_sd is not None
+        groups = json.loads(file_sd)
     found = []
-    for static in job["static_configs"]:
+    for static in groups:
         for address in static["targets"]:
             labels = relabel({"__address__": address, **static["labels"]}, job["relabel_configs"])
             assert labels is not None
@@ -186,20 +197,31 @@ def probe_targets(config: dict[str, Any]) -> list[dict[str, str]]:
     return found
 
 
+def what_is_probed(labels: list[dict[str, str]]) -> list[tuple[str, str, str, str]]:
+    """Each probe as (pop, probe, module, path): the URL's path, whatever host reaches it."""
+    return sorted((t["pop"], t["probe"], t["__param_module"], urlsplit(t["__param_target"]).path) for t in labels)
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_the_probes_use_the_shipped_modules_and_the_same_labels_on_both_targets(overlay: str) -> None:
     modules = set(yaml.safe_load(Path(probes.modules_file()).read_text())["modules"])
     local = probe_targets(monitoring.prometheus_config(LabConfig(base_port=20000), platform.components(), "s3cret"))
-    kube = probe_targets(kube_config(overlay))
+    # On kube, the file the kube target writes for the same PoPs (labkit/targets/kube/target.py).
+    written = probes.file_sd(probes.kube_targets(["edge-0", "edge-1"], "s3cret"))
+    kube = probe_targets(kube_config(overlay), written)
     for labels in (*local, *kube):
         assert labels["__param_module"] in modules, labels
         assert labels["__param_target"].startswith("http://"), labels
         assert set(labels) - {"__address__", "__param_module", "__param_target"} == {"pop", "probe", "instance"}
-    # Locally: two probes per PoP (signed) and the key path; on kube the key path, at the blackbox Service.
+    # Two probes per PoP (signed) and the key path, on both targets: the same paths, signatures and labels.
     assert sorted((t["pop"], t["probe"]) for t in local) == [
         ("edge-0", "playlist"), ("edge-0", "segment"), ("edge-1", "playlist"), ("edge-1", "segment"),
         ("gateway", "key")]
-    (key,) = kube
-    assert (key["pop"], key["probe"]) == ("gateway", "key")
+    assert what_is_probed(kube) == what_is_probed(local)
+    strip = {"__address__", "__param_target"}
+    assert sorted(sorted((k, v) for k, v in t.items() if k not in strip) for t in kube) == sorted(
+        sorted((k, v) for k, v in t.items() if k not in strip) for t in local)
+    key = next(t for t in kube if t["probe"] == "key")
     assert key["__param_target"].endswith(probes.key_path())
-    assert key["__address__"] == f"{probes.BLACKBOX.name}:{probes.BLACKBOX.port('http').container}"
+    for target in kube:
+        assert target["__address__"] == f"{probes.BLACKBOX.name}:{probes.BLACKBOX.port('http').container}"
