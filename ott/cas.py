@@ -53,6 +53,8 @@ DEVICE_WINDOW_S = 30 * 86400
 WINDOW_ENV = "OTT_CAS_WINDOW"
 DENIAL_REASONS = ("outside_window", "device_limit", "stream_limit")
 # Writers that lose a race to create an account's guard row (not SQLite: it serialises writers) retry.
+# An account's long-dead sessions and devices are dropped at its first session start and every 16th after.
+CLEANUP_EVERY = 16
 _ATTEMPTS = 3
 
 cas_sessions = Table(
@@ -196,10 +198,14 @@ def _cas(request: Request) -> Cas:
     return cas
 
 
+def _heartbeat_interval(settings: Settings) -> float:
+    return round(settings.heartbeat_timeout / 3, 3)
+
+
 def _session_out(row: Any, settings: Settings) -> StreamSession:
     return StreamSession(
         session_id=row.id, title_id=row.title_id, device_id=row.device_id, started_at=from_epoch(row.started_at),
-        expires_at=from_epoch(row.expires_at), heartbeat_interval_s=round(settings.heartbeat_timeout / 3, 3),
+        expires_at=from_epoch(row.expires_at), heartbeat_interval_s=_heartbeat_interval(settings),
     )
 
 
@@ -212,18 +218,24 @@ def _active(conn: Connection, user_id: str, at: float) -> list[Any]:
     return list(conn.execute(query))
 
 
-def _lock_account(conn: Connection, user_id: str) -> None:
-    """Write the account's guard row as the transaction's first statement (see ``cas_accounts``)."""
-    update_or_insert(conn, cas_accounts, {"user_id": user_id},
-                     updates={"decisions": cas_accounts.c.decisions + 1}, inserts={"decisions": 1})
+def _lock_account(conn: Connection, user_id: str) -> int:
+    """Write the account's guard row as the transaction's first statement (see ``cas_accounts``): its decisions."""
+    counted = conn.execute(update(cas_accounts).where(cas_accounts.c.user_id == user_id)
+                           .values(decisions=cas_accounts.c.decisions + 1)
+                           .returning(cas_accounts.c.decisions)).scalar()
+    if counted is None:
+        # A concurrent first start of the account makes this INSERT raise IntegrityError: start_session retries.
+        conn.execute(insert(cas_accounts).values(user_id=user_id, decisions=1))
+        return 1
+    return int(counted)
 
 
-def _start(cas: Cas, user: User, body: SessionRequest) -> Any:
+def _start(cas: Cas, user: User, body: SessionRequest) -> StreamSession:
     """Check the device and stream limits and record the session, in one serialised transaction."""
     settings = cas.service.settings
     at = now()
     with cas.service.session_engine.begin() as conn:
-        _lock_account(conn, user.id)
+        decisions = _lock_account(conn, user.id)
         devices = [r.device_id for r in conn.execute(
             select(cas_devices.c.device_id)
             .where(cas_devices.c.user_id == user.id, cas_devices.c.last_seen > at - DEVICE_WINDOW_S)
@@ -242,17 +254,20 @@ def _start(cas: Cas, user: User, body: SessionRequest) -> Any:
                            {"limit": settings.stream_limit,
                             "active": [_session_out(r, settings).model_dump(mode="json") for r in active]})
         _touch_device(conn, user.id, body.device_id, at)
-        # Old history is of no use to any policy: drop the account's long-dead sessions and devices.
-        conn.execute(delete(cas_sessions).where(cas_sessions.c.user_id == user.id,
-                                                cas_sessions.c.expires_at < at - DEVICE_WINDOW_S))
-        conn.execute(delete(cas_devices).where(cas_devices.c.user_id == user.id,
-                                               cas_devices.c.last_seen < at - DEVICE_WINDOW_S))
-        session_id = uuid.uuid4().hex
+        if decisions % CLEANUP_EVERY == 1:
+            # Old history is of no use to any policy: drop the account's long-dead sessions and devices.
+            conn.execute(delete(cas_sessions).where(cas_sessions.c.user_id == user.id,
+                                                    cas_sessions.c.expires_at < at - DEVICE_WINDOW_S))
+            conn.execute(delete(cas_devices).where(cas_devices.c.user_id == user.id,
+                                                   cas_devices.c.last_seen < at - DEVICE_WINDOW_S))
+        session = StreamSession(session_id=uuid.uuid4().hex, title_id=body.title_id, device_id=body.device_id,
+                                started_at=from_epoch(at), expires_at=from_epoch(at + settings.heartbeat_timeout),
+                                heartbeat_interval_s=_heartbeat_interval(settings))
         conn.execute(insert(cas_sessions).values(
-            id=session_id, user_id=user.id, title_id=body.title_id, device_id=body.device_id,
+            id=session.session_id, user_id=user.id, title_id=body.title_id, device_id=body.device_id,
             started_at=at, expires_at=at + settings.heartbeat_timeout, ended_at=None,
         ))
-        return conn.execute(select(cas_sessions).where(cas_sessions.c.id == session_id)).one()
+        return session
 
 
 def _touch_device(conn: Connection, user_id: str, device_id: str, at: float) -> None:
@@ -286,7 +301,7 @@ def start_session(body: SessionRequest, user: CurrentUser, request: Request) -> 
                            {"window": cas.window.text, "timezone": "UTC"})
         for attempt in range(_ATTEMPTS):
             try:
-                row = _start(cas, user, body)
+                session = _start(cas, user, body)
                 break
             except IntegrityError:
                 if attempt == _ATTEMPTS - 1:
@@ -294,8 +309,8 @@ def start_session(body: SessionRequest, user: CurrentUser, request: Request) -> 
     except ApiError as refusal:
         cas.decide(user, body, refusal.code)
         raise
-    cas.decide(user, body, "ok", row.id)
-    return _session_out(row, cas.service.settings)
+    cas.decide(user, body, "ok", session.session_id)
+    return session
 
 
 @router.post("/sessions/{session_id}/heartbeat", response_model=HeartbeatResponse,
@@ -306,15 +321,14 @@ def heartbeat(session_id: SessionId, user: CurrentUser, service: Svc) -> Heartbe
     expires = at + service.settings.heartbeat_timeout
     with service.session_engine.begin() as conn:
         # One conditional update, so a heartbeat cannot revive a session that expired meanwhile.
-        kept = conn.execute(update(cas_sessions)
-                            .where(cas_sessions.c.id == session_id, cas_sessions.c.user_id == user.id,
-                                   cas_sessions.c.ended_at.is_(None), cas_sessions.c.expires_at > at)
-                            .values(expires_at=expires))
-        if kept.rowcount == 0:
+        device = conn.execute(update(cas_sessions)
+                              .where(cas_sessions.c.id == session_id, cas_sessions.c.user_id == user.id,
+                                     cas_sessions.c.ended_at.is_(None), cas_sessions.c.expires_at > at)
+                              .values(expires_at=expires).returning(cas_sessions.c.device_id)).scalar()
+        if device is None:
             _owner_check(conn, session_id, user)
             raise ApiError(404, "unknown_session",
                            f"stream session {session_id!r} has ended or expired: start a new one")
-        device = conn.execute(select(cas_sessions.c.device_id).where(cas_sessions.c.id == session_id)).scalar_one()
         _touch_device(conn, user.id, device, at)
     return HeartbeatResponse(session_id=session_id, expires_at=from_epoch(expires))
 

@@ -16,6 +16,7 @@ import jwt
 import pytest
 from _fixtures_playback import Tokens, error_code, make_settings, metric, running
 from fastapi.testclient import TestClient
+from sqlalchemy import select
 
 from ott import cas
 from ott.settings import Settings, SettingsError
@@ -163,6 +164,31 @@ def test_device_limit_counts_devices_of_the_last_30_days(
 
         clock.at += 31 * DAY
         assert start(client, tokens, device="tablet").status_code == 201
+
+
+def test_an_accounts_long_dead_history_is_dropped_at_its_first_start_and_every_16th(
+    tmp_path: Path, tokens: Tokens, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = Clock(monkeypatch)
+    with cas_client(tmp_path, tokens, stream_limit=100, device_limit=100) as client:
+        app: Any = client.app
+        engine = app.state.service.session_engine
+
+        def history() -> tuple[int, int]:
+            with engine.connect() as conn:
+                return (len(conn.execute(select(cas.cas_sessions)).all()),
+                        len(conn.execute(select(cas.cas_devices)).all()))
+
+        for _ in range(2):
+            assert start(client, tokens, device="old").status_code == 201
+        clock.at += 61 * DAY  # both sessions and the device "old" are long dead now
+        assert start(client, tokens, device="new").status_code == 201  # the account's 3rd start: kept
+        assert history() == (3, 2)
+        for _ in range(cas.CLEANUP_EVERY - 3):
+            assert start(client, tokens, device="new").status_code == 201
+        assert history() == (cas.CLEANUP_EVERY, 2)
+        assert start(client, tokens, device="new").status_code == 201  # the 17th: dropped
+        assert history() == (cas.CLEANUP_EVERY - 1, 1)
 
 
 @pytest.mark.parametrize(("window", "hour", "granted"), [
