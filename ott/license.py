@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import json
 import secrets
 import time
@@ -62,8 +63,10 @@ GRANT_REASONS = ("authorized", "key_delivered")
 # The usual denials (CAS's reasons pass through; a failing dependency adds its own code).
 DENIAL_REASONS = ("not_entitled", "unknown_title", "stream_limit", "device_limit", "outside_window",
                   "missing_authorization", "unknown_authorization", "authorization_expired", "wrong_title", "no_key")
-# An expired authorisation answers "expired" (not "unknown") for this long, then it is deleted.
+# An expired authorisation answers "expired" (not "unknown") for this long, then it is deleted
+# (by the first grant of a license process and every 16th after).
 _KEEP_EXPIRED_S = 86400
+CLEANUP_EVERY = 16
 # How long subscription's "entitled" for an account and a title is reused, and for how many pairs at most.
 ENTITLEMENT_TTL_S = 5.0
 ENTITLEMENT_CACHE_SIZE = 4096
@@ -167,6 +170,8 @@ class License:
             "ott_license_decisions", "License decisions (authorisations and key deliveries), by decision and reason",
             ["decision", "reason"], registry=service.registry,
         )
+        # Grants recorded by this process: every CLEANUP_EVERY-th also deletes long-expired authorisations.
+        self.grants = itertools.count()
         # (user id, title id) that subscription said entitled, for ENTITLEMENT_TTL_S (never a refusal).
         self.entitled = TtlCache[tuple[str, str], bool](max_entries=ENTITLEMENT_CACHE_SIZE,
                                                         ttl_s=ENTITLEMENT_TTL_S)
@@ -357,7 +362,9 @@ def _record(lic: License, authorization: str, user_id: str, body: AuthorizationR
             token_sha256=_digest(authorization), user_id=user_id, title_id=body.title_id,
             device_id=body.device_id, session_id=session_id, created_at=at, expires_at=expires,
         ))
-        conn.execute(delete(license_authorizations).where(license_authorizations.c.expires_at < at - _KEEP_EXPIRED_S))
+        if next(lic.grants) % CLEANUP_EVERY == 0:
+            conn.execute(delete(license_authorizations)
+                         .where(license_authorizations.c.expires_at < at - _KEEP_EXPIRED_S))
 
 
 _KEY_RESPONSES: Any = {

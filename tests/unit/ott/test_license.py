@@ -294,6 +294,21 @@ def test_an_authorisation_expires_after_the_playback_ttl(open_platform: Platform
         assert (expired.status_code, error_code(expired)) == (401, "authorization_expired")
 
 
+def test_long_expired_authorisations_are_deleted_at_the_first_grant_and_every_16th(
+    open_platform: PlatformFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with open_platform(playback_ttl=60, stream_limit=100) as p:
+        p.create_key()
+        first = p.authorize().json()["authorization"]  # the process's first grant
+        a_day_later = time.time() + 86400 + 61
+        monkeypatch.setattr(license, "now", lambda: a_day_later)
+        for _ in range(license.CLEANUP_EVERY - 1):
+            assert p.authorize().status_code == 201
+        assert error_code(p.fetch_key(first)) == "authorization_expired"  # a day after expiry: still known
+        assert p.authorize().status_code == 201  # the 17th grant
+        assert error_code(p.fetch_key(first)) == "unknown_authorization"
+
+
 def test_admin_key_routes_need_the_service_token(open_platform: PlatformFactory, tokens: Tokens) -> None:
     with open_platform() as p:
         for method in ("POST", "GET", "DELETE"):
