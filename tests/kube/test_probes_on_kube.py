@@ -4,6 +4,8 @@
   :mod:`labkit.platform.layers.monitoring.probes` declares for the local lab of as many PoPs: the
   same PoPs, probes, modules, signed paths and labels; only the host differs, and each kube host
   is a Service of the rendered manifests that reaches that PoP's pod (or the gateway's);
+- Prometheus' pod mounts the ConfigMap they are written to where the job's ``file_sd_configs`` reads,
+  and promtool accepts the job with the file the kube target writes (and refuses a malformed one);
 - the canary title they fetch is on the media volume the origin serves: the ConfigMap media-canary
   holds canary.py's files (the committed copies are current), and the transcoder pod's init
   container, run here on a folder, copies them into ``<media root>/<canary title>``;
@@ -24,6 +26,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+import yaml
 from test_kube_target import (
     NAMESPACE,
     STATEFULSETS,
@@ -39,7 +42,7 @@ from labkit.platform.layers import apis, cdn
 from labkit.platform.layers.media import canary, origin
 from labkit.platform.layers.monitoring import probes
 from labkit.targets.kube import entry, manifest
-from labkit.targets.kube.target import KubeTarget
+from labkit.targets.kube.target import KubeTarget, probe_targets_config
 from ott import signing
 
 CONFIGMAPS = "v1/configmaps"
@@ -111,6 +114,46 @@ def test_each_kube_probe_reaches_its_pop_through_a_service_of_the_manifests(over
         (container,) = [c for c in edge["spec"]["template"]["spec"]["containers"] if c["name"] == cdn.EDGE.name]
         (http,) = [p for p in container["ports"] if p["name"] == "http"]
         assert http["containerPort"] == url.port == cdn.EDGE.port("http").container
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_prometheus_reads_the_configmap_the_kube_target_writes(overlay: str) -> None:
+    objects = rendered(overlay)
+    spec = one(objects, "Deployment", "prometheus")["spec"]["template"]["spec"]
+    (volume,) = [v for v in spec["volumes"] if (v.get("configMap") or {}).get("name") == probes.KUBE_TARGETS]
+    # Optional: Prometheus starts before the kube target has written it (or without it, applied by hand).
+    assert volume["configMap"]["optional"] is True
+    (mount,) = [m for c in spec["containers"] for m in c.get("volumeMounts") or [] if m["name"] == volume["name"]]
+    assert mount["mountPath"] == probes.KUBE_TARGETS_DIR
+    config = generated(objects, "prometheus-config")
+    (job,) = [j for j in yaml.safe_load(config["data"]["prometheus.yml"])["scrape_configs"]
+              if j["job_name"] == probes.JOB]
+    assert job["file_sd_configs"] == [{"files": [f"{probes.KUBE_TARGETS_DIR}/{probes.KUBE_TARGETS_FILE}"],
+                                       "refresh_interval": "30s"}]
+    assert job["relabel_configs"] == probes.relabel_configs(
+        f"{probes.BLACKBOX.name}:{probes.BLACKBOX.port('http').container}")
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_promtool_accepts_the_job_and_the_file_the_kube_target_writes(overlay: str, tmp_path: Path) -> None:
+    config = yaml.safe_load(generated(rendered(overlay), "prometheus-config")["data"]["prometheus.yml"])
+    # Debian's promtool has no Kubernetes discovery: the blackbox job alone, its file where promtool finds it.
+    (job,) = [j for j in config["scrape_configs"] if j["job_name"] == probes.JOB]
+    written = tmp_path / probes.KUBE_TARGETS_FILE
+    ((path,),) = [sd["files"] for sd in job["file_sd_configs"]]
+    assert path == f"{probes.KUBE_TARGETS_DIR}/{probes.KUBE_TARGETS_FILE}"
+    job["file_sd_configs"][0]["files"] = [str(written)]
+    checked = tmp_path / "prometheus.yml"
+    checked.write_text(yaml.safe_dump({"global": config["global"], "scrape_configs": [job]}))
+    found = probes.kube_targets(entry.pop_services(cdn.MAX_POPS), "s3cret")
+    written.write_text(probe_targets_config(found)["data"][probes.KUBE_TARGETS_FILE])
+
+    run = subprocess.run(["promtool", "check", "config", str(checked)], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0 and "SUCCESS" in run.stdout, run.stderr
+
+    written.write_text(written.read_text().replace('"targets"', '"target"'))   # a file Prometheus would refuse
+    refused = subprocess.run(["promtool", "check", "config", str(checked)], capture_output=True, text=True, timeout=60)
+    assert refused.returncode != 0 and "checking SD file" in refused.stderr, refused
 
 
 # -- the canary title on the media volume ---------------------------------------------------------
