@@ -18,13 +18,16 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
+import threading
 import time
 from collections.abc import Callable, Collection, Sequence
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import uvicorn
 from fastapi import APIRouter, Depends, FastAPI, Request
@@ -67,9 +70,65 @@ class EventLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
         return msg, kwargs
 
 
+class _RequestLines:
+    """The log lines of one request, held until it is answered and then written in one piece."""
+
+    def __init__(self) -> None:
+        self._lines: list[str] = []
+        self._open = True
+        self._lock = threading.Lock()
+
+    def add(self, line: str) -> bool:
+        """Hold ``line``; False once the request was answered (the caller writes it at once)."""
+        with self._lock:
+            if self._open:
+                self._lines.append(line)
+            return self._open
+
+    def close(self) -> str:
+        """Every line held so far, as one text; later lines are no longer held."""
+        with self._lock:
+            self._open = False
+            text, self._lines = "".join(self._lines), []
+        return text
+
+
+# The lines of the request being handled (threads of the pool run with a copy of its context).
+_request_lines: ContextVar[_RequestLines | None] = ContextVar("ott_request_lines", default=None)
+
+
+class RequestLogHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes the lines a request logs in one write once it is answered; any other line at once.
+
+    One write per request instead of one per line: whoever reads the service's output (supervisord
+    on the local target) wakes once per request. The lines are written before the answer's last
+    byte is sent, so a client that has its answer can read them; a task a request left running
+    logs at once after that.
+    """
+
+    def emit(self, record: logging.LogRecord) -> None:
+        held = _request_lines.get()
+        if held is None:
+            super().emit(record)
+            return
+        try:
+            line = self.format(record) + self.terminator
+        except Exception:  # noqa: BLE001 - what logging's own emit does: report it, never fail the caller
+            self.handleError(record)
+            return
+        if not held.add(line):
+            self.write(line)
+
+    def write(self, text: str) -> None:
+        if text:
+            with self.lock or contextlib.nullcontext():
+                self.stream.write(text)
+                self.flush()
+
+
 def configure_logging(service: str, level: str = "INFO") -> EventLogger:
     """JSON lines on stdout, one object per event, with the service's name in each."""
-    handler = logging.StreamHandler(sys.stdout)
+    handler = RequestLogHandler(sys.stdout)
     handler.setFormatter(JsonFormatter("{asctime}{levelname}{name}{message}", style="{",
                                        rename_fields={"asctime": "time", "levelname": "level"},
                                        static_fields={"service": service}))
@@ -150,17 +209,30 @@ class Observe:
             return
         started = time.perf_counter()
         status = 500
+        held = _RequestLines()
+        recorded = False
+
+        def record() -> None:
+            nonlocal recorded
+            if not recorded:
+                recorded = True
+                self._record(scope, status, time.perf_counter() - started)
+                self.service.log_handler.write(held.close())
 
         async def observed(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                record()  # before the last byte: a client with its answer finds the request's lines
             await send(message)
 
+        token = _request_lines.set(held)
         try:
             await self.app(scope, receive, observed)
         finally:
-            self._record(scope, status, time.perf_counter() - started)
+            record()
+            _request_lines.reset(token)
 
     def _record(self, scope: Scope, status: int, elapsed: float) -> None:
         # The router leaves the matched route in the scope.
@@ -181,6 +253,7 @@ class Service:
         self.name = name
         self.settings = settings
         self.log = configure_logging(name, settings.log_level)
+        self.log_handler = cast(RequestLogHandler, logging.getLogger().handlers[0])
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "ott_http_requests_total", "HTTP requests by route and status",

@@ -60,6 +60,14 @@ def delete_thing(thing_id: str) -> None:
     return None
 
 
+@router.post("/events")
+def log_events(service: Svc) -> dict[str, str]:
+    # A sync handler: it runs in the thread pool, with a copy of the request's context.
+    service.log.info("first event", extra={"event": "first"})
+    service.log.info("second event", extra={"event": "second"})
+    return {"logged": "2"}
+
+
 @pytest.fixture
 def client(tmp_path: Path) -> Iterator[TestClient]:
     app = create_app("demo", [router], Settings(database_url=f"sqlite:///{tmp_path}/t.db", max_body=1024))
@@ -125,6 +133,42 @@ def test_log_extras_that_collide_with_logrecord_never_raise(caplog: pytest.LogCa
         log.info("subscribed", extra={"created": True, "name": "n", "plan": "basic"})
     record = caplog.records[-1]
     assert record.created_ is True and record.name_ == "n" and record.plan == "basic"  # type: ignore[attr-defined]
+
+
+class Writes:
+    """A stdout that remembers each write."""
+
+    def __init__(self) -> None:
+        self.writes: list[str] = []
+
+    def write(self, text: str) -> int:
+        if '"name": "httpx"' not in text:  # the test client's own lines
+            self.writes.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def test_a_requests_log_lines_are_written_in_one_write_before_its_answer(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    out = Writes()
+    monkeypatch.setattr("sys.stdout", out)
+    app = create_app("demo", [router], Settings(database_url=f"sqlite:///{tmp_path}/t.db"))
+    service = app.state.service
+    with TestClient(app, raise_server_exceptions=False) as client:
+        out.writes.clear()  # the startup's lines
+        service.log.info("outside any request")
+        assert len(out.writes) == 1
+        assert client.post("/events").status_code == 200
+        assert len(out.writes) == 2  # written by the time the answer arrived
+        lines = [json.loads(line) for line in out.writes[1].splitlines()]
+        assert [line["message"] for line in lines] == ["first event", "second event", "request"]
+        assert (lines[2]["route"], lines[2]["status"]) == ("/events", 200)
+        # A crash: its request line at once, then the crash handler's (outside the request) at once too.
+        assert client.get("/boom").status_code == 500
+        assert [json.loads(line)["message"] for line in "".join(out.writes[2:]).splitlines()] == [
+            "request", "unhandled error"]
 
 
 def test_settings_from_environment() -> None:
