@@ -22,6 +22,7 @@ import yaml
 from _labs import running_lab
 from _sessions import signed_in
 
+from labkit.clients.prometheus import Prometheus
 from labkit.core.errors import LabError
 from labkit.platform.layers import monitoring
 from labkit.platform.mesh import identity
@@ -35,7 +36,8 @@ FAULT_HEADER = "x-ottlab-fault"
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalTarget]:
-    with running_lab(tmp_path_factory.mktemp("mesh-lab"), 24000, ["apis"], seeded=True, mesh="strict") as target:
+    with running_lab(tmp_path_factory.mktemp("mesh-lab"), 24000, ["monitoring", "apis"], seeded=True,
+                     mesh="strict") as target:
         yield target
 
 
@@ -124,7 +126,7 @@ def test_license_may_call_cas_and_another_identity_gets_403_naming_the_policy(la
     assert stat(admin(lab, "cas"), "http.inbound_8000.rbac.denied") == denied_before + 1
 
 
-def test_probes_and_metrics_pass_the_health_port_and_envoys_stats_are_scraped(lab: LocalTarget) -> None:
+def test_probes_and_metrics_pass_the_health_port_and_prometheus_scrapes_envoys_stats(lab: LocalTarget) -> None:
     health = f"http://127.0.0.1:{port(lab, 'auth', 'health')}"
     assert httpx.get(f"{health}/readyz", timeout=5).status_code == 200
     assert "ott_http_requests_total" in httpx.get(f"{health}/metrics", timeout=5).text
@@ -141,9 +143,22 @@ def test_probes_and_metrics_pass_the_health_port_and_envoys_stats_are_scraped(la
     for target in targets:
         text = httpx.get(f"http://{target}/stats/prometheus", timeout=5).text
         assert "envoy_cluster_upstream_rq" in text or "envoy_http_downstream_rq_total" in text, target
+    # Istio's labels: the whole cluster name (Envoy's default tags would cut it at its first dot).
+    license_stats = httpx.get(f"{admin(lab, 'license')}/stats/prometheus", timeout=5).text
+    assert 'cluster_name="outbound|8000||cas.ottlab.svc.cluster.local"' in license_stats
+    assert "envoy_cluster_name=" not in license_stats
     # The services' own metrics are scraped through their health port.
     auth_targets = [t for group in jobs["auth"]["static_configs"] for t in group["targets"]]
     assert auth_targets == [f"127.0.0.1:{port(lab, 'auth', 'health')}"]
+    # And the lab's Prometheus does scrape them all, the sidecars' stats with Envoy's own labels.
+    prometheus = Prometheus(lab.endpoint("prometheus"))
+    frame = prometheus.wait_for_targets([local_mesh.STATS_JOB, *local_mesh.MESHED], timeout=60)
+    assert (frame["job"] == local_mesh.STATS_JOB).sum() == len(local_mesh.MESHED) + 2
+    httpx.post(f"http://127.0.0.1:{port(lab, 'license', 'out-cas')}/sessions", json={}, timeout=10)
+    cluster = "outbound|8000||cas.ottlab.svc.cluster.local"
+    prometheus.wait_for_samples(
+        f'envoy_cluster_upstream_rq_total{{job="{local_mesh.STATS_JOB}",cluster_name="{cluster}"}}',
+        by="instance", count=1, groups=[f"127.0.0.1:{port(lab, local_mesh.proxy_name('license'))}"])
 
 
 def _with_fault(mesh: Any, routes: list[dict[str, Any]]) -> Any:

@@ -73,6 +73,18 @@ HEALTH_PATHS = ("/readyz", "/healthz", "/metrics")
 # A certificate closer to its end than this is issued again when the lab comes up.
 RENEW_BEFORE = dt.timedelta(hours=2)
 APPLY_TIMEOUT = 30.0
+# The tags Istio's sidecar bootstrap extracts from stat names, so /stats/prometheus has the labels
+# it has on kube: cluster_name="outbound|8000||cas.ottlab.svc.cluster.local" (Envoy's default would
+# cut the name at its first dot), response_code, response_code_class, http_conn_manager_prefix,
+# listener_address.
+ISTIO_STATS_TAGS: list[Config] = [
+    {"tag_name": "cluster_name", "regex": r"^cluster\.((.+?(\..+?\.svc\.cluster\.local)?)\.)"},
+    {"tag_name": "response_code", "regex": r"_rq(_(\d{3}))$"},
+    {"tag_name": "response_code_class", "regex": r"_rq(_(\dxx))$"},
+    {"tag_name": "http_conn_manager_prefix", "regex": r"^http\.((.*?)\.)"},
+    {"tag_name": "listener_address",
+     "regex": r"^listener\.(((?:[_.[:digit:]]*|[_\[\]aAbBcCdDeEfF[:digit:]]*))\.)"},
+]
 
 
 def enabled(cfg: LabConfig) -> bool:
@@ -301,8 +313,9 @@ def _bootstrap(rendered: Rendered, directory: Path) -> Config:
         return {"path_config_source": {"path": str(directory / name), "watched_directory": {"path": str(directory)}},
                 "resource_api_version": "V3"}
 
-    return {**rendered.bootstrap, "dynamic_resources": {"lds_config": source("lds.json"),
-                                                        "cds_config": source("cds.json")}}
+    return {**rendered.bootstrap,
+            "stats_config": {"use_all_default_tags": False, "stats_tags": ISTIO_STATS_TAGS},
+            "dynamic_resources": {"lds_config": source("lds.json"), "cds_config": source("cds.json")}}
 
 
 def _replace(path: Path, text: str) -> bool:
