@@ -263,3 +263,16 @@ def test_the_receiver_listens_where_the_environment_says(monkeypatch: pytest.Mon
     monkeypatch.delenv(alerts.WEBHOOK_HOST_ENV)
     with alerts.WebhookReceiver() as receiver:
         assert receiver.url.startswith("http://127.0.0.1:")
+
+
+def test_stop_replica_of_a_stopped_component_says_to_start_it(fake: FakeCluster, target: KubeTarget) -> None:
+    settle_deployments(fake)
+    target.up(["cdn"])
+    target.stop("edge")
+    before = len(fake.requests())
+
+    with pytest.raises(ConfigError, match="edge runs no replica to stop") as caught:
+        target.stop_replica("edge", 0)
+
+    assert "target.start('edge')" in str(caught.value.hint)
+    assert [r for r in fake.requests()[before:] if r.method != "GET"] == []

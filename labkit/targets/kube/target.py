@@ -375,10 +375,12 @@ class KubeTarget(Target):
         if current is None:
             raise self._no_deployment(comp)
         replicas = int((current.get("spec") or {}).get("replicas") or 0)
+        if not replicas:
+            raise ConfigError(f"{comp.name} runs no replica to stop",
+                              hint=f"start it first: target.start({comp.name!r})")
         if isinstance(replica, bool) or not isinstance(replica, int) or not 0 <= replica < replicas:
-            raise ConfigError(f"{comp.name} runs replicas 0 to {replicas - 1}, not {replica!r}" if replicas else
-                              f"{comp.name} runs no replica to stop", hint=f"choose a replica from 0 to {replicas - 1}"
-                              if replicas else f"start it first: target.start({comp.name!r})")
+            raise ConfigError(f"{comp.name} runs replicas 0 to {replicas - 1}, not {replica!r}",
+                              hint=f"choose a replica from 0 to {replicas - 1}")
         if kind is STATEFULSETS:
             pod_name = f"{comp.name}-{replica}"
         else:
