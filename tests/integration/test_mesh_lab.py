@@ -22,8 +22,9 @@ import yaml
 from _labs import running_lab
 from _sessions import signed_in
 
+from labkit import platform
 from labkit.clients.prometheus import Prometheus
-from labkit.core.errors import LabError
+from labkit.core.errors import ConfigError, LabError
 from labkit.platform.layers import monitoring
 from labkit.platform.mesh import identity
 from labkit.platform.mesh.errors import MeshConfigError
@@ -73,6 +74,12 @@ def test_the_lab_runs_with_the_mesh_on(lab: LocalTarget) -> None:
         # The app listens on its socket only: its sidecar holds the service's port.
         assert (lab.cfg.run_dir / "mesh" / f"{service}-0.sock").is_socket()
     assert names[local_mesh.GATEWAY_PROXY].healthy and names[local_mesh.TOOLS_PROXY].healthy
+    # A later command that does not say OTTLAB_MESH sees the lab as it runs; switching it needs a down.
+    later = LocalTarget(lab.cfg.with_(mesh="off"), platform.components(), platform.layers())
+    assert later.cfg.mesh == "strict"
+    assert later.endpoint("auth") == lab.endpoint("auth") != lab.component("auth").url(lab.cfg)
+    with pytest.raises(ConfigError, match="runs with OTTLAB_MESH=strict, not permissive"):
+        LocalTarget(lab.cfg.with_(mesh="permissive"), platform.components(), platform.layers()).up(["apis"])
 
 
 def test_a_viewer_plays_through_the_mesh(lab: LocalTarget, tmp_path: Path) -> None:

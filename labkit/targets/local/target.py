@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import psutil
 
 from labkit.core import ports
-from labkit.core.config import LabConfig
+from labkit.core.config import MESH_MODES, LabConfig
 from labkit.core.console import progress
 from labkit.core.errors import ComponentFailedError, ConfigError, MissingBinaryError, NotRunningError, TimeoutExpired
 from labkit.core.wait import until
@@ -40,6 +40,8 @@ _DEAD = {"FATAL", "EXITED", "STOPPED", "UNKNOWN"}
 
 
 _OTT_SETTING = re.compile(r"OTT_[A-Z0-9_]+")
+# The mesh mode a running lab came up with (OTTLAB_MESH), under its run directory; `down` removes it.
+MESH_MODE_FILE = "mesh-mode"
 
 
 class LocalTarget(Target):
@@ -57,6 +59,10 @@ class LocalTarget(Target):
     programs_needed_by = ("all", "local")   # every program of the platform runs here
 
     def __init__(self, cfg: LabConfig, components: Sequence[Component], layers: Sequence[Layer] = ()) -> None:
+        running_mesh = _running_mesh(cfg)
+        if cfg.mesh == "off" and running_mesh is not None and Supervisor(cfg).pid() is not None:
+            # The lab runs with the mesh: every later command sees it so, asked or not.
+            cfg = cfg.with_(mesh=running_mesh)
         if cfg.mesh != "off":
             from labkit.targets.local import mesh as local_mesh
 
@@ -81,6 +87,7 @@ class LocalTarget(Target):
         started = time.monotonic()
         with self.labdir.lock():
             self.supervisor.lab_id = self.labdir.lab_id()
+            self._record_mesh()
             active = sorted(set(self._active_layers()) | {c.layer for c in selected})
             self._layers_file.write_text(json.dumps(active))
             self._write_layer_configs()
@@ -117,6 +124,7 @@ class LocalTarget(Target):
                 self._replicas_file.unlink(missing_ok=True)
                 self._layers_file.unlink(missing_ok=True)
                 self._env_file.unlink(missing_ok=True)
+                (self.cfg.run_dir / MESH_MODE_FILE).unlink(missing_ok=True)
                 self._reap_orphans()
                 self._wait_ports_closed()
         if purge:
@@ -292,6 +300,19 @@ class LocalTarget(Target):
         with self.labdir.lock():
             active = set(self._active_layers())
             local_mesh.apply(self.cfg, mesh, [c for c in self._scaled_components() if c.layer in active])
+
+    def _record_mesh(self) -> None:
+        """Remember the mesh mode the lab runs with; a running lab cannot switch it (`down` first)."""
+        running = (_running_mesh(self.cfg) or "off") if self.supervisor.is_running() else None
+        if running is not None and running != self.cfg.mesh:
+            raise ConfigError(f"this lab runs with OTTLAB_MESH={running}, not {self.cfg.mesh}",
+                              hint=f"bring it down first (ottlab down), then up with OTTLAB_MESH={self.cfg.mesh}")
+        path = self.cfg.run_dir / MESH_MODE_FILE
+        if self.cfg.mesh == "off":
+            path.unlink(missing_ok=True)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(self.cfg.mesh + "\n")
 
     def _require_mesh(self) -> None:
         if self.cfg.mesh == "off":
@@ -685,6 +706,15 @@ class LocalTarget(Target):
             still = ports.listening(all_ports, self.cfg.host)
             holders = ", ".join(f"{p}: {ports.holder(p) or 'unknown'}" for p in still)
             progress(f"warning: ports still listening after down: {holders}")
+
+
+def _running_mesh(cfg: LabConfig) -> str | None:
+    """The mesh mode the lab in ``cfg.home`` came up with, None when it runs without (or is down)."""
+    try:
+        mode = (cfg.run_dir / MESH_MODE_FILE).read_text().strip()
+    except OSError:
+        return None
+    return mode if mode in MESH_MODES and mode != "off" else None
 
 
 def _reload_nginx(supervisor: Supervisor, program: str, master_pid: int, timeout: float = 10.0) -> None:
