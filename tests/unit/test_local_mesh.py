@@ -100,3 +100,16 @@ def test_sidecar_files_are_rendered_for_dynamic_configuration(tmp_path: Path) ->
         local_mesh.apply(lab, mesh.replaced(bad), running)
     assert (directory / "lds.json").read_text() == before
     assert local_mesh.current(lab) == mesh
+
+
+def test_down_forgets_the_applied_resources(tmp_path: Path) -> None:
+    lab = cfg(tmp_path)
+    running = [c for c in local_mesh.components(lab, platform.components()) if c.layer == "apis"]
+    mesh = local_mesh.current(lab)
+    (vs,) = [o for o in mesh.of_kind("VirtualService") if o["metadata"]["name"] == "cas"]
+    faulty = {**vs, "spec": {**vs["spec"], "http": [{**vs["spec"]["http"][0], "fault": {
+        "abort": {"percentage": {"value": 100}, "httpStatus": 503}}}]}}
+    local_mesh.write(lab, mesh.replaced(faulty), running)
+    assert local_mesh.current(lab) != local_mesh.committed(lab)
+    local_mesh.forget(lab)
+    assert local_mesh.current(lab) == local_mesh.committed(lab)

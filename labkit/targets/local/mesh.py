@@ -16,9 +16,9 @@ pod with Istio's sidecar injection would run it:
   the lab's tools (seeding, admin calls: :meth:`LocalTarget.endpoint`) through ``tools-proxy``
   (identity ``ottlab-tools``).
 
-The resources in force are kept in the lab directory (``run/mesh/resources.yaml``), initially the
-committed ones of ``k8s/components/mesh``. Envoy reads its listeners and clusters from files it
-watches (``dynamic_resources`` with ``path_config_source``): :func:`apply` renders every sidecar,
+The resources in force are kept in the lab directory (``run/mesh/resources.yaml``), initially (and
+again after ``down``) the committed ones of ``k8s/components/mesh``. Envoy reads its listeners and
+clusters from files it watches (``dynamic_resources`` with ``path_config_source``): :func:`apply` renders every sidecar,
 replaces the files that changed by a rename and waits until each Envoy concerned runs the new
 version, with no process restarted and no request dropped. A mesh with a problem changes nothing.
 
@@ -199,6 +199,11 @@ def current(cfg: LabConfig) -> Mesh:
     if path.is_file():
         return Mesh(tuple(o for o in yaml.safe_load_all(path.read_text()) if o))
     return committed(cfg)
+
+
+def forget(cfg: LabConfig) -> None:
+    """Forget the resources applied while the lab ran (``down``): the next ``up`` starts from :func:`committed`."""
+    _resources_file(cfg).unlink(missing_ok=True)
 
 
 def _save(cfg: LabConfig, mesh: Mesh) -> None:

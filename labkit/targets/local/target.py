@@ -125,6 +125,10 @@ class LocalTarget(Target):
                 self._layers_file.unlink(missing_ok=True)
                 self._env_file.unlink(missing_ok=True)
                 (self.cfg.run_dir / MESH_MODE_FILE).unlink(missing_ok=True)
+                if self.cfg.mesh != "off":
+                    from labkit.targets.local import mesh as local_mesh
+
+                    local_mesh.forget(self.cfg)
                 self._reap_orphans()
                 self._wait_ports_closed()
         if purge:
