@@ -175,3 +175,23 @@ def test_a_running_prometheus_interval_names_its_timing() -> None:
     assert alerting.timing_evaluated_every(2) is alerting.FAST
     with pytest.raises(ConfigError, match="every 3 s"):
         alerting.timing_evaluated_every(3)
+
+
+def test_the_certificate_alert_reads_every_sidecar_certificate_within_the_renewal_window() -> None:
+    from labkit.platform.mesh import identity
+    from labkit.targets.local import mesh as local_mesh
+
+    # The local target issues a certificate again at `up` inside this window: the alert warns at its start.
+    renew_s, ttl_s = local_mesh.RENEW_BEFORE.total_seconds(), identity.WORKLOAD_TTL.total_seconds()
+    assert alerting.CERT_EXPIRY_WARN_S == renew_s < ttl_s
+    expr = alerting.alert("WorkloadCertificateExpiring").expr
+    assert f'job="{local_mesh.STATS_JOB}"' in expr
+    # The names Envoy 1.40 writes with Istio's stat tags (the certificate's name stays in the stat's
+    # name), read from a sidecar's /stats/prometheus; not the whole-days server gauge (0 for 24 h).
+    names = re.compile(alerting.CERT_EXPIRY_METRICS)
+    for name in ("envoy_listener_ssl_certificate_unnamed_cert_e3b0c442_expiration_unix_time_seconds",
+                 "envoy_cluster_ssl_certificate_unnamed_ca_cert_e3b0c442_expiration_unix_time_seconds",
+                 "envoy_cluster_ssl_certificate_default_expiration_unix_time_seconds",
+                 "envoy_listener_ssl_certificate_expiration_unix_time_seconds"):
+        assert names.fullmatch(name), name
+    assert not names.fullmatch("envoy_server_days_until_first_cert_expiring")

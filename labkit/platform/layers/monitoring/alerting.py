@@ -48,6 +48,12 @@ RUNBOOKS = "docs/runbooks"
 # them; labkit.clients.alerts reads the file a notification names).
 RUNBOOK_URL = RUNBOOKS + "/{alert}.md"
 WINDOWS = ("5m", "30m", "1h", "2h", "6h", "1d")
+# Every certificate an Envoy sidecar holds, by its expiry (unix seconds): per listener and per cluster,
+# the certificate's name in the stat's name (Istio's stat tags do not extract it).
+CERT_EXPIRY_METRICS = "envoy_(listener|cluster)_ssl_certificate_(.+_)?expiration_unix_time_seconds"
+# A sidecar's certificate with less than this left warns: the local target's renewal window
+# (labkit.targets.local.mesh.RENEW_BEFORE, a test holds them equal).
+CERT_EXPIRY_WARN_S = 2 * 3600
 
 
 # -- timing ----------------------------------------------------------------------------------
@@ -468,6 +474,40 @@ CAUSES: tuple[Alert, ...] = (
                     "1 0 1 0 1 0 1 0 1"}, "80s", "10s"),
         fired_labels={"job": "blackbox", "pop": "edge-1", "probe": "segment", "instance": "edge-1/segment"},
         why="30 s: six failed probes in a row (one every 5 s), so one lost packet does not warn",
+    ),
+    Alert(
+        "WorkloadCertificateExpiring",
+        # Envoy (1.40) gauges each certificate its TLS contexts hold, listeners (inbound) and clusters
+        # (outbound), with the certificate's name in the stat's name as Istio's stat tags leave it:
+        # envoy_cluster_ssl_certificate_<name>_expiration_unix_time_seconds{cluster_name=...}.
+        # server.days_until_first_cert_expiring is whole days: 0 for a 24 h certificate from its issue.
+        f"min by (job, instance) ({{job=\"envoy-stats\",__name__=~\"{CERT_EXPIRY_METRICS}\"}}) - time()"
+        f" < {CERT_EXPIRY_WARN_S}",
+        "1m", "warning",
+        "A sidecar at {{ $labels.instance }} holds a certificate that expires within 2 h",
+        "The mesh certificate this Envoy serves or presents (its workload's 24 h SPIFFE certificate, "
+        "or the lab CA) ends in less than 2 h: when it does, every mutual TLS hop to and from this "
+        "workload is refused.",
+        firing=Case({
+            'envoy_listener_ssl_certificate_unnamed_cert_e3b0c442_expiration_unix_time_seconds'
+            '{job="envoy-stats",instance="127.0.0.1:18500",listener_address="127.0.0.1_18000"}': "3600x20",
+            'envoy_listener_ssl_certificate_unnamed_ca_cert_e3b0c442_expiration_unix_time_seconds'
+            '{job="envoy-stats",instance="127.0.0.1:18500",listener_address="127.0.0.1_18000"}': "31536000x20",
+            'envoy_cluster_ssl_certificate_unnamed_cert_e3b0c442_expiration_unix_time_seconds'
+            '{job="envoy-stats",instance="127.0.0.1:18501",cluster_name="outbound|8000||cas.ottlab.svc.cluster.local"}':
+            "86400x20"}, "10m"),
+        quiet=Case({
+            'envoy_listener_ssl_certificate_unnamed_cert_e3b0c442_expiration_unix_time_seconds'
+            '{job="envoy-stats",instance="127.0.0.1:18500",listener_address="127.0.0.1_18000"}': "86400x20",
+            'envoy_cluster_ssl_certificate_unnamed_cert_e3b0c442_expiration_unix_time_seconds'
+            '{job="envoy-stats",instance="127.0.0.1:18501",cluster_name="outbound|8000||cas.ottlab.svc.cluster.local"}':
+            "8400x20"}, "10m"),
+        fired_labels={"job": "envoy-stats", "instance": "127.0.0.1:18500"},
+        why="2 h: the lab issues 24 h workload certificates and `ottlab up` issues one again when less than "
+            "2 h is left, but nothing renews them in a running lab, so a sidecar entering that window "
+            "needs an operator (Istio's agent rotates at half the lifetime: under 2 h left on a cluster "
+            "means rotation has failed for 10 h). The gauge only moves when a sidecar loads a new "
+            "certificate: 1 m is a scrape or two, no smoothing needed",
     ),
 )
 
