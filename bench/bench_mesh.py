@@ -129,6 +129,22 @@ class Sidecars:
                               allocated / MIB, cpu_s.get(name, 0.0) / seconds)
         return out
 
+    def upstream(self) -> dict[str, tuple[int, int]]:
+        """(requests, connections opened) each sidecar sent to its peers so far, over all its outbound clusters."""
+        out = {}
+        for name in self.names:
+            comp = self.target.component(name)
+            requests = connections = 0
+            for r in range(len(self.pids[name])):
+                admin = f"http://127.0.0.1:{comp.local_port(self.target.cfg, 'http', r)}"
+                for stat, value in local_mesh.stats(admin, r"^cluster\.outbound\|.*\.upstream_(rq|cx)_total$").items():
+                    if stat.endswith("upstream_rq_total"):
+                        requests += int(value)
+                    else:
+                        connections += int(value)
+            out[name] = (requests, connections)
+        return out
+
 
 def print_usage(title: str, usage: dict[str, Usage]) -> None:
     print(title)
@@ -216,6 +232,10 @@ def main() -> None:
                 cpu_ms = sum(u.cpu_cores for u in usage.values()) * args.seconds * args.rounds * 1000 / mesh_f.count
                 print_usage(f"  Envoy sidecars while the mesh side played at concurrency {concurrency} "
                             f"({cpu_ms:.1f} ms of sidecar CPU per play):", usage)
+            print("\nconnections the sidecars opened to their peers (each a mutual TLS handshake) for their requests:")
+            for name, (requests, connections) in sidecars.upstream().items():
+                if requests:
+                    print(f"  {name:20} {requests:7d} requests over {connections:5d} connections")
         finally:
             for lab in reversed(labs):
                 lab.target.down(purge=True)
