@@ -156,6 +156,19 @@ class Target(abc.ABC):
         raise MissingCapabilityError(self.name, "change the service mesh's resources", "it runs no mesh yet",
                                      hint="use the kube target with Istio installed (ottlab addons install istio)")
 
+    def mesh_address(self, service: str) -> tuple[str, int]:
+        """(host, port) where ``service``'s sidecar takes its callers (mutual TLS under STRICT), reachable from here."""
+        raise MissingCapabilityError(self.name, "reach a service's sidecar directly", "it is not implemented there",
+                                     hint="run the lesson on the local target with OTTLAB_MESH=strict")
+
+    def mesh_sidecar(self, service: str, replica: int = 0) -> str:
+        """The base URL of the Envoy admin API of ``service``'s sidecar (its stats, certificates), reachable from here.
+
+        ``gateway`` is the gateway's own sidecar, through which it calls the services.
+        """
+        raise MissingCapabilityError(self.name, "read a sidecar's admin API", "it is not implemented there",
+                                     hint="run the lesson on the local target with OTTLAB_MESH=strict")
+
     @abc.abstractmethod
     def kill(self, component: str) -> None:
         """Kill a component abruptly (SIGKILL / pod delete), as a failure drill does."""

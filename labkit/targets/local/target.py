@@ -305,6 +305,21 @@ class LocalTarget(Target):
             active = set(self._active_layers())
             local_mesh.apply(self.cfg, mesh, [c for c in self._scaled_components() if c.layer in active])
 
+    def mesh_address(self, service: str) -> tuple[str, int]:
+        from labkit.targets.local import mesh as local_mesh
+
+        self._require_mesh()
+        if service not in local_mesh.MESHED:
+            raise ConfigError(f"{service!r} has no sidecar here", hint=f"one of {', '.join(local_mesh.MESHED)}")
+        return self.cfg.host, self.component(service).local_port(self.cfg, "http")
+
+    def mesh_sidecar(self, service: str, replica: int = 0) -> str:
+        from labkit.targets.local import mesh as local_mesh
+
+        self._require_mesh()
+        name = local_mesh.GATEWAY_PROXY if service == local_mesh.GATEWAY else local_mesh.proxy_name(service)
+        return self.component(name).url(self.cfg, "http", replica)
+
     def _record_mesh(self) -> None:
         """Remember the mesh mode the lab runs with; a running lab cannot switch it (`down` first)."""
         running = (_running_mesh(self.cfg) or "off") if self.supervisor.is_running() else None
