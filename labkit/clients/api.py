@@ -14,6 +14,8 @@ Example::
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 import httpx
@@ -183,3 +185,27 @@ def service_client(target: Target, component: str, *, timeout: float = DEFAULT_T
     """
     return httpx.Client(base_url=target.endpoint(component), headers={"X-Service-Token": target.service_token()},
                         timeout=timeout)
+
+
+@dataclass(frozen=True)
+class PlayStart:
+    """One play's start (its authorisation through the gateway): its seconds, or the refusal's status and reason."""
+
+    seconds: float
+    status: int | None = None
+    reason: str = ""
+
+
+def play_starts(client: OttClient, title_id: str, plays: int, *, device_id: str = "lab") -> list[PlayStart]:
+    """Start ``plays`` plays of ``title_id`` one after another, each ended at once (the stream limit stays free)."""
+    out = []
+    for _ in range(plays):
+        started = time.perf_counter()
+        try:
+            grant = client.authorize(title_id, device_id=device_id)
+        except ApiRefused as exc:
+            out.append(PlayStart(time.perf_counter() - started, exc.status, f"{exc.code}: {exc.reason}"))
+            continue
+        out.append(PlayStart(time.perf_counter() - started))
+        client.end_session(grant["session_id"])
+    return out

@@ -94,6 +94,11 @@ LESSONS: dict[str, Lesson] = {
         "SEED": Range(-(2**63), 2**63 - 1, whole=True, hint="any integer, e.g. 7"),
         "WAIT_SECONDS": _WAIT,
     }, title_hint=f"{_TITLE_HINT}, at most 58 characters, e.g. 'lab-clock-qoe'", encrypted=True),
+    "05-service-mesh": Lesson({
+        "PLAYS": Range(2, 50, whole=True, hint="starts measured per viewer and phase: 5 is plenty; the test uses 3"),
+        "DELAY_S": Range(0.5, 10, unit="seconds", hint="Istio's task uses 2 s; the lesson asserts about that much"),
+        "ABORT_STATUS": Range(500, 599, whole=True, hint="a server error the player must report, e.g. 503"),
+    }, title_hint=f"{_TITLE_HINT}: a seeded title both viewers may play, e.g. 'city-timelapse'"),
     "06-observability": Lesson({
         "SAMPLE_SECONDS": Range(8, 600, unit="seconds", hint="20 s: five segments per viewer; the test uses 12"),
         "VIEWERS": Range(2, 100, whole=True, hint="the notebook test uses 4"),
