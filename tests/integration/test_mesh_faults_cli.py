@@ -21,7 +21,7 @@ from labkit.targets.local import mesh as local_mesh
 from labkit.targets.local.target import LocalTarget
 
 pytestmark = pytest.mark.integration
-BASE_PORT = 34500
+BASE_PORT = 19000  # sidecar ports reach +715: kept below the ephemeral range (32768-60999)
 DELAY_S = 1.0
 
 

@@ -23,7 +23,7 @@ BURST = 30  # requests at once: RPS * CAPACITY_QUEUE_S (20) may wait, the rest a
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalTarget]:
-    with running_lab(tmp_path_factory.mktemp("pop-capacity"), 33100, ["media", "cdn"]) as target:
+    with running_lab(tmp_path_factory.mktemp("pop-capacity"), 20000, ["media", "cdn"]) as target:
         yield target
 
 
