@@ -1,0 +1,94 @@
+"""labkit.clients.sidecar on canned Envoy admin answers: counters, hops, inbound and TLS outcomes, the identity."""
+
+from __future__ import annotations
+
+import re
+import socket
+from pathlib import Path
+
+import httpx
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from labkit.clients import sidecar
+from labkit.core.errors import LabError
+from labkit.platform.mesh import identity
+
+STATS = """\
+cluster.outbound|8000||cas.ottlab.svc.cluster.local.upstream_cx_total: 2
+cluster.outbound|8000||cas.ottlab.svc.cluster.local.ssl.handshake: 2
+cluster.outbound|8000||cas.ottlab.svc.cluster.local.upstream_rq_completed: 5
+cluster.outbound|8000||catalog.ottlab.svc.cluster.local.upstream_cx_total: 0
+cluster.outbound|8000||catalog.ottlab.svc.cluster.local.ssl.handshake: 0
+cluster.outbound|8000||catalog.ottlab.svc.cluster.local.upstream_rq_completed: 0
+http.inbound_8000.downstream_cx_total: 7
+http.inbound_8000.downstream_cx_ssl_total: 6
+http.inbound_8000.downstream_rq_total: 9
+http.inbound_8000.rbac.denied: 1
+listener.127.0.0.1_22450.ssl.handshake: 6
+listener.127.0.0.1_22450.ssl.fail_verify_no_cert: 1
+listener.127.0.0.1_22450.ssl.connection_error: 2
+listener.127.0.0.1_22451.ssl.connection_error: 1
+cluster_manager.cds.version_text: "abc"
+"""
+
+
+class Canned(sidecar.Sidecar):
+    """A sidecar whose admin API answers from text, filtering as Envoy does (a regex on the name)."""
+
+    def __init__(self, stats: str = STATS, certs: object = None) -> None:
+        super().__init__("http://sidecar.invalid")
+        self.stats, self.certs = stats, certs
+
+    def _get(self, path: str, **params: str) -> httpx.Response:
+        if path == "/certs":
+            return httpx.Response(200, json=self.certs or {"certificates": []})
+        pattern = re.compile(params.get("filter", ""))
+        lines = [line for line in self.stats.splitlines() if pattern.search(line.partition(": ")[0])]
+        return httpx.Response(200, text="\n".join(lines))
+
+
+def test_counters_by_exact_name_and_zero_for_one_not_created_yet() -> None:
+    canned = Canned()
+    assert canned.counter("http.inbound_8000.rbac.denied") == 1
+    assert canned.counter("http.inbound_8000.rbac.allowed") == 0
+    # A text readout is no counter.
+    assert canned.counters("version_text") == {}
+
+
+def test_hops_keep_the_calls_made_and_leave_out_those_never_taken() -> None:
+    rows = sidecar.hops({"license": Canned()})
+    assert rows == [{"caller": "license", "callee": "cas", "connections": 2, "mTLS handshakes": 2, "requests": 5}]
+
+
+def test_inbound_and_the_tls_outcomes_summed_over_listeners() -> None:
+    assert sidecar.inbound({"cas": Canned()}) == [
+        {"service": "cas", "connections": 7, "in TLS": 6, "requests": 9, "RBAC denied": 1}]
+    assert Canned().listener_tls() == {"handshake": 6, "fail_verify_no_cert": 1, "fail_verify_error": 0,
+                                       "connection_error": 3}
+
+
+def test_the_identity_is_the_spiffe_uri_of_the_certificate_it_holds() -> None:
+    certs = {"certificates": [{"ca_cert": [{"subject_alt_names": []}], "cert_chain": [
+        {"subject_alt_names": [{"dns": "cas"}, {"uri": "spiffe://cluster.local/ns/ottlab/sa/cas"}]}]}]}
+    assert Canned(certs=certs).identity() == "spiffe://cluster.local/ns/ottlab/sa/cas"
+    with pytest.raises(LabError, match="no certificate with a SPIFFE identity"):
+        Canned().identity()
+
+
+def test_the_uri_of_a_workload_certificate(tmp_path: Path) -> None:
+    issued = identity.LabCA.ensure(tmp_path / "ca").issue("license", directory=tmp_path / "license")
+    der = x509.load_pem_x509_certificate(issued.chain.read_bytes()).public_bytes(Encoding.DER)
+    assert sidecar._uri(der) == identity.spiffe_id("license")
+    assert sidecar._uri(None) is None
+
+
+def test_a_port_nobody_listens_on_is_a_refusal_not_an_answer() -> None:
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    tls = sidecar.handshake("127.0.0.1", port, timeout=2)
+    plain = sidecar.plaintext("127.0.0.1", port, timeout=2)
+    assert tls.status is None and tls.peer is None and tls.refused, tls
+    assert plain.status is None and plain.refused, plain
