@@ -98,6 +98,7 @@ LESSONS: dict[str, Lesson] = {
         "PLAYS": Range(2, 50, whole=True, hint="starts measured per viewer and phase: 5 is plenty; the test uses 3"),
         "DELAY_S": Range(0.5, 10, unit="seconds", hint="Istio's task uses 2 s; the lesson asserts about that much"),
         "ABORT_STATUS": Range(500, 599, whole=True, hint="a server error the player must report, e.g. 503"),
+        "TIMEOUT_S": Range(0.2, 9, unit="seconds", hint="a timeout below DELAY_S, e.g. 1"),
     }, title_hint=f"{_TITLE_HINT}: a seeded title both viewers may play, e.g. 'city-timelapse'"),
     "06-observability": Lesson({
         "SAMPLE_SECONDS": Range(8, 600, unit="seconds", hint="20 s: five segments per viewer; the test uses 12"),
