@@ -28,6 +28,7 @@ from _scrape import ScrapeTarget, discovered, relabel, targets
 
 from labkit import platform
 from labkit.core.config import LabConfig
+from labkit.platform import mesh
 from labkit.platform.component import Component
 from labkit.platform.layers import monitoring
 from labkit.platform.layers.monitoring import probes
@@ -160,7 +161,7 @@ def job_matchers(text: str) -> list[tuple[str, str]]:
 
 
 def test_alert_rules_and_their_tests_select_only_declared_jobs() -> None:
-    declared = {*platform.scrape_jobs(), probes.JOB}
+    declared = {*platform.scrape_jobs(), probes.JOB, mesh.STATS_JOB}
     rules = yaml.safe_load(monitoring.rules_file().read_text())
     exprs = [r["expr"] for g in rules["groups"] for r in g["rules"]]
     series = [s["series"] for t in yaml.safe_load(RULES_TESTS.read_text())["tests"] for s in t.get("input_series", [])]
@@ -225,3 +226,17 @@ def test_the_probes_use_the_shipped_modules_and_the_same_labels_on_both_targets(
     assert key["__param_target"].endswith(probes.key_path())
     for target in kube:
         assert target["__address__"] == f"{probes.BLACKBOX.name}:{probes.BLACKBOX.port('http').container}"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_an_injected_sidecar_is_scraped_as_the_mesh_stats_job(overlay: str) -> None:
+    # Istio's injector adds the container istio-proxy with port 15090 named http-envoy-prom; no base pod has it.
+    assert mesh.STATS_JOB not in {t.job for t in kube_targets(overlay)}
+    (cas,) = [o for o in rendered(overlay) if o["kind"] == "Deployment" and o["metadata"]["name"] == "cas"]
+    injected = json.loads(json.dumps(cas))
+    injected["spec"]["template"]["spec"]["containers"].append(
+        {"name": "istio-proxy", "image": "istio/proxyv2",
+         "ports": [{"name": "http-envoy-prom", "containerPort": 15090}]})
+    stats = [t for t in targets(kube_config(overlay), [injected], NAMESPACE) if t.job == mesh.STATS_JOB]
+    assert [(t.container, t.port, t.metrics_path) for t in stats] == [("istio-proxy", 15090, "/stats/prometheus")]
+    assert dict(stats[0].labels)["pod"] == "cas-0"

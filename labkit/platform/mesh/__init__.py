@@ -6,5 +6,10 @@
 - :mod:`~labkit.platform.mesh.envoy`: each sidecar's Envoy bootstrap rendered from the resources.
 - :mod:`~labkit.platform.mesh.faults`: delays and aborts added to (and removed from) a service's VirtualService.
 
-On a cluster Istio enforces the same files. The local platform does not run through the mesh yet.
+On a cluster Istio enforces the same files; on the local target, with ``OTTLAB_MESH`` on, Envoy sidecars
+rendered from them (:mod:`labkit.targets.local.mesh`).
 """
+
+# Every sidecar's Envoy statistics, one Prometheus job on both targets: the name Istio's Prometheus
+# configuration gives the sidecars' own metrics (``/stats/prometheus`` on each pod's port 15090).
+STATS_JOB = "envoy-stats"

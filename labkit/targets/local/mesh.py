@@ -46,7 +46,7 @@ from labkit.core.console import progress
 from labkit.core.errors import LabError, TimeoutExpired
 from labkit.core.wait import until
 from labkit.platform.component import Component, Port, Readiness
-from labkit.platform.mesh import envoy, identity, resources
+from labkit.platform.mesh import STATS_JOB, envoy, identity, resources
 from labkit.platform.mesh.envoy import Address, Config, Instance, Sidecar
 from labkit.platform.mesh.errors import CertificateError
 from labkit.platform.mesh.resources import Mesh
@@ -62,9 +62,6 @@ TOOLS_PROXY = "tools-proxy"
 TOOLS_ACCOUNT = "ottlab-tools"
 _GATEWAY_OFFSET = 700
 _TOOLS_OFFSET = 710
-# Every sidecar's Envoy statistics, one Prometheus job: the name Istio's Prometheus gives the
-# sidecars' own metrics (``/stats/prometheus`` on each pod's port 15090).
-STATS_JOB = "envoy-stats"
 # The services' Service ports on Kubernetes, which cluster names and VirtualServices use.
 SERVICE_PORTS = {"auth": 8000, "catalog": 8000, "subscription": 8000, "license": 8000, "cas": 8000,
                  "qoe": 8000, "player": 8080, "transcoder": 8000, "gateway": 8080}

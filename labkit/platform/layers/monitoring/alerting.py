@@ -42,6 +42,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from labkit.core.config import repo_root
+from labkit.platform import mesh
 
 RUNBOOKS = "docs/runbooks"
 # The runbook_url annotation: the runbook's path in the repository (the lab has no web host for
@@ -481,7 +482,7 @@ CAUSES: tuple[Alert, ...] = (
         # (outbound), with the certificate's name in the stat's name as Istio's stat tags leave it:
         # envoy_cluster_ssl_certificate_<name>_expiration_unix_time_seconds{cluster_name=...}.
         # server.days_until_first_cert_expiring is whole days: 0 for a 24 h certificate from its issue.
-        f"min by (job, instance) ({{job=\"envoy-stats\",__name__=~\"{CERT_EXPIRY_METRICS}\"}}) - time()"
+        f"min by (job, instance) ({{job=\"{mesh.STATS_JOB}\",__name__=~\"{CERT_EXPIRY_METRICS}\"}}) - time()"
         f" < {CERT_EXPIRY_WARN_S}",
         "1m", "warning",
         "A sidecar at {{ $labels.instance }} holds a certificate that expires within 2 h",
