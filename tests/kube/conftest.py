@@ -9,11 +9,15 @@ in-process fake API server (kmock, see test_kube_target.py).
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import pytest
+from test_kube_target import FakeCluster, apis_target, running_fake_cluster
 
+from labkit.core.config import LabConfig
 from labkit.core.errors import LabError
 from labkit.targets.kube import cluster
+from labkit.targets.kube.target import KubeTarget
 
 _reachable: dict[str, str] = {}
 
@@ -51,3 +55,20 @@ def _needs_a_real_cluster(request: pytest.FixtureRequest) -> None:
     problem = _real_cluster_problem()
     if problem:
         pytest.skip(f"needs a real cluster: {problem}")
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeCluster]:
+    """A fake API server (kmock) for one test; a module needing more (Istio's kinds) defines its own."""
+    with running_fake_cluster() as made:
+        yield made
+
+
+@pytest.fixture
+def target(fake: FakeCluster, lab_cfg: LabConfig) -> Iterator[KubeTarget]:
+    """The kube target of the APIs layer on the fake API server, closed after the test."""
+    made = apis_target(fake, lab_cfg)
+    try:
+        yield made
+    finally:
+        made.close()

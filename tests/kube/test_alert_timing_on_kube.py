@@ -10,12 +10,11 @@ Alertmanager's configuration of the same timing.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import yaml
-from test_kube_target import FakeCluster, apis_target, running_fake_cluster, settle_deployments
+from test_kube_target import FakeCluster, apis_target, settle_deployments
 
 from labkit import platform
 from labkit.core.config import LabConfig
@@ -67,12 +66,6 @@ def test_the_fast_timing_gives_the_cluster_what_a_fast_local_lab_writes(monkeypa
     for before, after in zip(rendered(), timed, strict=True):
         if manifest.name(before) not in stamped and before["kind"] != "ConfigMap":
             assert before == after
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeCluster]:
-    with running_fake_cluster() as cluster:
-        yield cluster
 
 
 @pytest.mark.parametrize("timing", [alerting.REAL, alerting.FAST], ids=lambda t: t.name)

@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -26,15 +25,12 @@ from test_kube_target import (
     NAMESPACE,
     STATEFULSETS,
     FakeCluster,
-    apis_target,
     header,
     pod,
-    running_fake_cluster,
     settle_deployments,
 )
 
 from labkit.clients import alerts
-from labkit.core.config import LabConfig
 from labkit.core.errors import ConfigError, MissingCapabilityError
 from labkit.platform.layers import cdn
 from labkit.platform.layers.monitoring import alerting
@@ -46,21 +42,6 @@ PODS = "v1/pods"
 CONFIGMAPS = "v1/configmaps"
 NGINX = "docker.io/nginxinc/nginx-unprivileged:1.22.1-alpine"
 WEBHOOK = "http://172.18.0.1:5001/alerts"
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeCluster]:
-    with running_fake_cluster() as cluster:
-        yield cluster
-
-
-@pytest.fixture
-def target(fake: FakeCluster, lab_cfg: LabConfig) -> Iterator[KubeTarget]:
-    made = apis_target(fake, lab_cfg)
-    try:
-        yield made
-    finally:
-        made.close()
 
 
 def pop_pod(replica: int) -> dict[str, Any]:

@@ -12,11 +12,10 @@ The fake API server is test_kube_target.py's (kmock, with the gaps it fills).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from test_kube_target import FakeCluster, apis_target, pod, running_fake_cluster, settle_deployments
+from test_kube_target import FakeCluster, apis_target, pod, settle_deployments
 
 from labkit.core.config import LabConfig
 from labkit.core.errors import ConfigError, ImageMissingError, TimeoutExpired
@@ -26,12 +25,6 @@ from labkit.targets.kube.target import KubeTarget
 NODES = "v1/nodes"
 PODS = "v1/pods"
 SERVICES_IMAGE = image.services_image()
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeCluster]:
-    with running_fake_cluster() as cluster:
-        yield cluster
 
 
 def lab_target(fake: FakeCluster, lab_cfg: LabConfig, *, ready_timeout: float = 5.0) -> KubeTarget:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import functools
-from collections.abc import Iterator
 from typing import Any
 
 import kubernetes_validate
@@ -25,7 +24,6 @@ from test_kube_target import (
     APIS_SECRETS,
     FakeCluster,
     apis_target,
-    running_fake_cluster,
     settle_deployments,
 )
 from test_manifests import K8S_VERSION, NAMESPACE
@@ -153,12 +151,6 @@ def test_an_unknown_database_option_is_a_config_error(monkeypatch: pytest.Monkey
 
 
 # -- the kube target with the option, against the fake API server -----------------------------
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeCluster]:
-    with running_fake_cluster() as cluster:
-        yield cluster
 
 
 def test_up_with_postgres_creates_its_secret_and_goes_ahead_on_several_nodes(

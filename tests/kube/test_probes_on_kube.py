@@ -20,7 +20,6 @@ import dataclasses
 import functools
 import json
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -31,8 +30,6 @@ from test_kube_target import (
     NAMESPACE,
     STATEFULSETS,
     FakeCluster,
-    apis_target,
-    running_fake_cluster,
     settle_deployments,
 )
 
@@ -226,21 +223,6 @@ def test_the_init_containers_script_copies_the_canary_into_the_media_root(tmp_pa
 
 
 # -- on the fake API server -------------------------------------------------------------------------
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeCluster]:
-    with running_fake_cluster() as cluster:
-        yield cluster
-
-
-@pytest.fixture
-def target(fake: FakeCluster, lab_cfg: LabConfig) -> Iterator[KubeTarget]:
-    made = apis_target(fake, lab_cfg)
-    try:
-        yield made
-    finally:
-        made.close()
 
 
 def written(fake: FakeCluster) -> list[probes.ProbeTarget] | None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,16 +29,13 @@ from test_kube_target import (
     POD_REPLY,
     STATEFULSETS,
     FakeCluster,
-    apis_target,
     deployment,
     header,
     pod,
-    running_fake_cluster,
     settle_deployments,
 )
 
 from labkit.clients import pops
-from labkit.core.config import LabConfig
 from labkit.core.errors import ConfigError, KubeError
 from labkit.drills import live_playlist
 from labkit.platform.layers import apis, cdn, media
@@ -53,21 +49,6 @@ READ_BY_LICENSE = {entry.GATEWAY_KEY, entry.EDGES_KEY}
 DEPLOYMENTS = "apps/v1/deployments"
 PODS = "v1/pods"
 SERVICES = "v1/services"
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeCluster]:
-    with running_fake_cluster() as cluster:
-        yield cluster
-
-
-@pytest.fixture
-def target(fake: FakeCluster, lab_cfg: LabConfig) -> Iterator[KubeTarget]:
-    made = apis_target(fake, lab_cfg)
-    try:
-        yield made
-    finally:
-        made.close()
 
 
 def public(fake: FakeCluster) -> dict[str, str]:
