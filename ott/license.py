@@ -11,13 +11,8 @@ A player gets a key in two steps:
    ``?authorization=`` for players that cannot set headers on key requests) answers the
    16 raw bytes of the title's AES-128 key, the ``#EXT-X-KEY`` URI of its HLS playlists.
 
-Subscription's "entitled" is kept for ``ENTITLEMENT_TTL_S`` seconds per account and title (at
-most ``ENTITLEMENT_CACHE_SIZE`` pairs): a player that authorises the same title again within that
-window (a retry, a failover to another PoP, a restart) is not asked of subscription again. So
-a subscription that ends (expired, downgraded) may still authorise a title it was entitled to for
-up to that long after its last check; a refusal is never kept, so a new subscriber plays at once.
-The caller's token is verified and CAS is asked on every authorisation, so the stream and device
-limits and an ended session apply at once.
+Subscription is asked on every authorisation, never answered from a cache: a downgrade or a
+cancellation that ended must refuse the very next play (notebook 01 shows it).
 
 Keys are created by the transcoder through the internal ``/admin/keys/{title_id}`` routes.
 Every grant and denial is counted in ``ott_license_decisions_total{decision, reason}`` and
@@ -48,7 +43,6 @@ from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy import Column, Float, Index, LargeBinary, String, Table, delete, insert, select
 
 from ott import signing
-from ott.cache import TtlCache
 from ott.calls import call
 from ott.db import from_epoch, metadata
 from ott.errors import CORE_ERRORS, INTERNAL, ApiError, error_responses
@@ -67,9 +61,6 @@ DENIAL_REASONS = ("not_entitled", "unknown_title", "stream_limit", "device_limit
 # (by the first grant of a license process and every 16th after).
 _KEEP_EXPIRED_S = 86400
 CLEANUP_EVERY = 16
-# How long subscription's "entitled" for an account and a title is reused, and for how many pairs at most.
-ENTITLEMENT_TTL_S = 5.0
-ENTITLEMENT_CACHE_SIZE = 4096
 # CAS refusals passed through to the player as they are (anything else from CAS is a 502).
 _CAS_REFUSALS = (401, 403)
 
@@ -172,9 +163,6 @@ class License:
         )
         # Grants recorded by this process: every CLEANUP_EVERY-th also deletes long-expired authorisations.
         self.grants = itertools.count()
-        # (user id, title id) that subscription said entitled, for ENTITLEMENT_TTL_S (never a refusal).
-        self.entitled = TtlCache[tuple[str, str], bool](max_entries=ENTITLEMENT_CACHE_SIZE,
-                                                        ttl_s=ENTITLEMENT_TTL_S)
         # Every known series exists from the start at 0, so rate() and dashboards see the first one.
         for decision, reasons in (("grant", GRANT_REASONS), ("deny", DENIAL_REASONS)):
             for reason in reasons:
@@ -219,10 +207,8 @@ def _unexpected(who: str, response: httpx.Response) -> ApiError:
                     {"service": who, "status": response.status_code})
 
 
-async def _check_entitlement(lic: License, user_id: str, title_id: str, token: str) -> None:
-    """Raise unless subscription says the caller is entitled to ``title_id`` (now, or in the last few seconds)."""
-    if lic.entitled.get((user_id, title_id)):
-        return
+async def _check_entitlement(lic: License, title_id: str, token: str) -> None:
+    """Raise unless subscription says the caller is entitled to ``title_id``."""
     settings = lic.service.settings
     response = await call(lic.service, "GET", f"{settings.subscription_url}/entitlements/{title_id}",
                           headers={"Authorization": f"Bearer {token}"})
@@ -241,7 +227,6 @@ async def _check_entitlement(lic: License, user_id: str, title_id: str, token: s
         reason = entitlement.reason or "not_entitled"
         raise ApiError(403, "not_entitled", f"this account is not entitled to {title_id!r}: {reason}",
                        {"reason": reason})
-    lic.entitled.put((user_id, title_id), True)
 
 
 def _edges(settings: Settings) -> dict[str, str]:
@@ -329,7 +314,7 @@ async def authorize(
     """
     context = {"user_id": user.id, "title_id": body.title_id, "device_id": body.device_id}
     try:
-        entitled, playback = await asyncio.gather(_check_entitlement(lic, user.id, body.title_id, token),
+        entitled, playback = await asyncio.gather(_check_entitlement(lic, body.title_id, token),
                                                   _playback_urls(lic, body.title_id), return_exceptions=True)
         # The entitlement's refusal comes first, as when the two were asked one after the other.
         for outcome in (entitled, playback):

@@ -16,10 +16,8 @@ from typing import Any
 import httpx
 import pytest
 from _fixtures_playback import (
-    CAS_URL,
     LICENSE_URL,
     SERVICE_TOKEN,
-    SUBSCRIPTION_URL,
     Tokens,
     Upstreams,
     error_code,
@@ -31,7 +29,6 @@ from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, select
 
 from ott import cas, license
-from ott.cache import TtlCache
 from ott.tokens import SigningKey
 
 TITLE = "big-buck-bunny"
@@ -139,61 +136,6 @@ def test_not_entitled_is_403_with_subscriptions_reason(open_platform: PlatformFa
         # CAS was not asked: no stream session was opened.
         assert [u for _, u, _ in p.upstreams.calls if u.startswith("http://cas.test")] == []
         assert metric(p.license, DECISIONS, decision="deny", reason="not_entitled") == 1
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def _entitlement_checks(p: Platform) -> list[str]:
-    return [url for _, url, _ in p.upstreams.calls if url.startswith(f"{SUBSCRIPTION_URL}/entitlements/")]
-
-
-def _fake_clock_entitlements(p: Platform) -> Clock:
-    clock = Clock()
-    app: Any = p.license.app
-    app.state.license.entitled = TtlCache[tuple[str, str], bool](
-        max_entries=license.ENTITLEMENT_CACHE_SIZE, ttl_s=license.ENTITLEMENT_TTL_S, clock=clock)
-    return clock
-
-
-def test_an_entitlement_is_asked_of_subscription_once_per_ttl_per_account_and_title(
-    open_platform: PlatformFactory
-) -> None:
-    with open_platform(stream_limit=10) as p:
-        clock = _fake_clock_entitlements(p)
-        p.upstreams.entitle("sintel")
-        for _ in range(3):
-            assert p.authorize().status_code == 201
-        assert p.authorize(user="bob").status_code == 201
-        assert p.authorize(title="sintel").status_code == 201
-        assert _entitlement_checks(p) == [f"{SUBSCRIPTION_URL}/entitlements/{t}" for t in (TITLE, TITLE, "sintel")]
-        clock.now += license.ENTITLEMENT_TTL_S
-        assert p.authorize().status_code == 201
-        assert len(_entitlement_checks(p)) == 4
-        # CAS is asked on every authorisation: its limits apply at once.
-        sessions = [url for _, url, _ in p.upstreams.calls if url == f"{CAS_URL}/sessions"]
-        assert len(sessions) == 6
-
-
-def test_a_refusal_is_never_kept_and_an_ended_subscription_is_refused_within_the_ttl(
-    open_platform: PlatformFactory
-) -> None:
-    with open_platform(stream_limit=10) as p:
-        clock = _fake_clock_entitlements(p)
-        p.upstreams.entitle(TITLE, entitled=False, reason="no_subscription")
-        assert error_code(p.authorize()) == "not_entitled"
-        p.upstreams.entitle(TITLE)  # subscribed: plays at once
-        assert p.authorize().status_code == 201
-        p.upstreams.entitle(TITLE, entitled=False, reason="subscription_expired")
-        clock.now += license.ENTITLEMENT_TTL_S - 0.1
-        assert p.authorize().status_code == 201  # the documented window
-        clock.now += 0.1
-        assert error_code(p.authorize()) == "not_entitled"
 
 
 def test_an_unknown_title_is_404(open_platform: PlatformFactory) -> None:
