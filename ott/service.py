@@ -45,6 +45,8 @@ from ott.calls import Peers
 from ott.errors import ApiError, document_error_bodies, error_body
 from ott.settings import Settings
 
+# Every answer names the release that gave it (OTT_VERSION): a canary's split is measured by it.
+VERSION_HEADER = b"x-ott-version"
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 _HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
                405: "method_not_allowed", 409: "conflict", 413: "body_too_large", 415: "unsupported_media_type",
@@ -202,6 +204,7 @@ class Observe:
     def __init__(self, app: ASGIApp, service: Service) -> None:
         self.app = app
         self.service = service
+        self.version = service.settings.version.encode("latin-1")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -223,6 +226,8 @@ class Observe:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                # Which release answered: a client measures a canary's split by it.
+                message = {**message, "headers": [*message.get("headers", ()), (VERSION_HEADER, self.version)]}
             elif message["type"] == "http.response.body" and not message.get("more_body", False):
                 record()  # before the last byte: a client with its answer finds the request's lines
             await send(message)

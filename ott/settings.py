@@ -28,6 +28,7 @@
 | ``OTT_EDGE_URLS`` | none | ``pop=url,pop=url``: the PoPs when there is no edges file (license) |
 | ``OTT_SIGNED_URL_TTL`` | ``14400`` | seconds a signed playback URL stays valid |
 | ``OTT_METRICS_LINGER`` | ``0`` | seconds a one-shot transcode serves ``/metrics`` after its job |
+| ``OTT_VERSION`` | ``v1`` | the release this process runs (a pod's ``version`` label), answered as ``X-OTT-Version`` |
 """
 
 from __future__ import annotations
@@ -81,6 +82,8 @@ class Settings:
     # Timeout of every call a service makes to another one, seconds.
     call_timeout: float = 5.0
     log_level: str = "INFO"
+    # The release this process runs, as its pod's `version` label says (a canary's v2): every answer carries it.
+    version: str = "v1"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

@@ -306,3 +306,13 @@ def test_titles_survive_a_restart(settings: Settings, internal: dict[str, str]) 
     with TestClient(catalog.build_app(settings)) as client:
         assert client.get("/titles/big-buck").json() == before
         assert client.get("/titles").json()["total"] == 1
+
+
+def test_every_answer_names_the_release_that_gave_it(settings: Settings, internal: dict[str, str]) -> None:
+    # OTT_VERSION (a pod's version label): v1 unless said otherwise; errors carry it too.
+    with TestClient(catalog.build_app(settings)) as v1, \
+            TestClient(catalog.build_app(replace(settings, version="v2"))) as v2:
+        assert v1.get("/titles").headers["x-ott-version"] == "v1"
+        assert v2.get("/titles").headers["x-ott-version"] == "v2"
+        assert v2.get("/titles/no-such-title").headers["x-ott-version"] == "v2"
+    assert Settings.from_env({"OTT_VERSION": "v2"}).version == "v2"
