@@ -5,6 +5,7 @@
 - :mod:`~labkit.platform.mesh.identity`: the lab's CA and the workloads' SPIFFE certificates;
 - :mod:`~labkit.platform.mesh.envoy`: each sidecar's Envoy bootstrap rendered from the resources.
 - :mod:`~labkit.platform.mesh.faults`: delays and aborts added to (and removed from) a service's VirtualService.
+- :mod:`~labkit.platform.mesh.budget`: the timeout budget along a call chain (timeouts shrink toward the leaf).
 
 On a cluster Istio enforces the same files; on the local target, with ``OTTLAB_MESH`` on, Envoy sidecars
 rendered from them (:mod:`labkit.targets.local.mesh`).
