@@ -117,11 +117,34 @@ def test_a_policy_must_select_a_workload_and_name_existing_accounts() -> None:
     ]
 
 
-def test_a_subset_whose_labels_no_pod_has_is_refused() -> None:
+def test_a_subset_no_pod_has_may_be_declared_but_not_sent_requests() -> None:
     rule = copy.deepcopy(RULE)
     rule["spec"]["subsets"].append({"name": "v3", "labels": {"version": "v3"}})
+    # Declared for a version not running yet (Bookinfo's v3): no problem, and none at weight 0.
+    assert resources.problems(resources.Mesh((rule, CANARY)), TOPOLOGY) == []
+    idle = copy.deepcopy(CANARY)
+    idle["spec"]["http"][1]["route"].append({"destination": {"host": "catalog", "subset": "v3"}, "weight": 0})
+    assert resources.problems(resources.Mesh((rule, idle)), TOPOLOGY) == []
+    sent = copy.deepcopy(CANARY)
+    sent["spec"]["http"][1]["route"][1]["destination"]["subset"] = "v3"
+    assert resources.problems(resources.Mesh((rule, sent)), TOPOLOGY) == [
+        "virtualservice/catalog: spec.http.1.route.1.destination.subset: the subset 'v3' of 'catalog' selects no "
+        "pod (labels {'version': 'v3'}): every request sent there would fail; run that version first, or give it "
+        "weight 0"
+    ]
+    # The same route before the canary runs (no pod labelled v2): refused the same way.
+    without_v2 = resources.Topology(TOPOLOGY.services, [w for w in TOPOLOGY.workloads if w.name != "catalog-v2"],
+                                    TOPOLOGY.accounts)
+    (problem,) = resources.problems(resources.Mesh((RULE, CANARY)), without_v2)
+    assert problem.startswith("virtualservice/catalog: spec.http.1.route.1.destination.subset: the subset 'v2' of "
+                              "'catalog' selects no pod (labels {'version': 'v2'})")
+
+
+def test_a_subset_declared_twice_is_refused() -> None:
+    rule = copy.deepcopy(RULE)
+    rule["spec"]["subsets"].append({"name": "v2", "labels": {"version": "v3"}})
     assert resources.problems(resources.Mesh((rule,)), TOPOLOGY) == [
-        "destinationrule/catalog: spec.subsets.2: no pod of 'catalog' has the labels {'version': 'v3'}"
+        "destinationrule/catalog: spec.subsets: 'v2' is declared 2 times"
     ]
 
 

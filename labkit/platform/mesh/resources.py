@@ -3,9 +3,10 @@
 The same files drive both targets: Istio applies them on a cluster, and the local target renders
 each sidecar's Envoy configuration from them (:mod:`labkit.platform.mesh.envoy`). Before either,
 :func:`check` refuses what Istio would refuse or could not mean: an object its CRD schema refuses
-(:mod:`labkit.platform.mesh.schema`), a route to a host or port no Service has, a subset no
-DestinationRule declares, weights that do not sum to 100, a percentage outside 0-100, a policy
-selecting no workload or naming an identity that does not exist. Each problem is one line naming
+(:mod:`labkit.platform.mesh.schema`), a route to a host or port no Service has, a route to a
+subset no DestinationRule declares or no pod has (a canary not running), weights that do not sum
+to 100, a percentage outside 0-100, a policy selecting no workload or naming an identity that does
+not exist. Each problem is one line naming
 the object and the field; nothing is rendered while one remains.
 
 Example::
@@ -140,7 +141,7 @@ def _virtual_service_problems(vs: Resource, mesh: Mesh, topology: Topology) -> l
     ref = _ref(vs)
     problems = []
     subsets = {
-        short_host(dr["spec"]["host"]): {s["name"] for s in dr["spec"].get("subsets", [])}
+        short_host(dr["spec"]["host"]): {s["name"]: s.get("labels", {}) for s in dr["spec"].get("subsets", [])}
         for dr in mesh.of_kind("DestinationRule")
     }
     for host in vs["spec"].get("hosts", []):
@@ -160,10 +161,18 @@ def _virtual_service_problems(vs: Resource, mesh: Mesh, topology: Topology) -> l
             if port is not None and port not in topology.services[host]:
                 problems.append(f"{where}.route.{j}.destination.port: Service {host!r} has no port {port} "
                                 f"(it has {', '.join(map(str, topology.services[host]))})")
-            if "subset" in target and target["subset"] not in subsets.get(host, set()):
+            weight = destination.get("weight")
+            if "subset" in target and target["subset"] not in subsets.get(host, {}):
                 problems.append(f"{where}.route.{j}.destination.subset: no DestinationRule of {host!r} declares "
                                 f"the subset {target['subset']!r}")
-            weight = destination.get("weight")
+            elif "subset" in target and weight != 0 and topology.workloads:
+                # Declaring a subset no pod has yet is fine (a release not deployed); sending it requests is not.
+                labels = subsets[host][target["subset"]]
+                if not any(w.labels.get(NAME_LABEL) == host and _selects({"matchLabels": labels}, w.labels)
+                           for w in topology.workloads):
+                    problems.append(f"{where}.route.{j}.destination.subset: the subset {target['subset']!r} of "
+                                    f"{host!r} selects no pod (labels {labels}): every request sent there would "
+                                    "fail; run that version first, or give it weight 0")
             if weight is not None and not 0 <= weight <= 100:
                 problems.append(f"{where}.route.{j}.weight: {weight} is not between 0 and 100")
         if len(destinations) > 1:
@@ -188,11 +197,10 @@ def _destination_rule_problems(dr: Resource, topology: Topology) -> list[str]:
     if host not in topology.services:
         return [f"{ref}: spec.host: {dr['spec']['host']!r} is no Service (known: {_known(topology)})"]
     problems = []
-    selected = [w for w in topology.workloads if w.labels.get(NAME_LABEL) == host]
-    for i, subset in enumerate(dr["spec"].get("subsets", [])):
-        if topology.workloads and not any(_selects({"matchLabels": subset.get("labels", {})}, w.labels)
-                                          for w in selected):
-            problems.append(f"{ref}: spec.subsets.{i}: no pod of {host!r} has the labels {subset.get('labels', {})}")
+    # A subset no pod has is no problem here (a version not deployed yet): a route sending it requests is.
+    names = [subset["name"] for subset in dr["spec"].get("subsets", [])]
+    problems += [f"{ref}: spec.subsets: {name!r} is declared {names.count(name)} times"
+                 for name in sorted(set(names)) if names.count(name) > 1]
     percent = dr["spec"].get("trafficPolicy", {}).get("outlierDetection", {}).get("maxEjectionPercent")
     if percent is not None and not 0 <= percent <= 100:
         problems.append(f"{ref}: spec.trafficPolicy.outlierDetection.maxEjectionPercent: {percent} is not a percentage")
