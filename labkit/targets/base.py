@@ -22,6 +22,7 @@ from labkit.platform.component import Component
 if TYPE_CHECKING:
     import pandas as pd
 
+    from labkit.platform.mesh.faults import ReplicaFault
     from labkit.platform.mesh.resources import Mesh
 
 
@@ -168,6 +169,24 @@ class Target(abc.ABC):
         """
         raise MissingCapabilityError(self.name, "read a sidecar's admin API", "it is not implemented there",
                                      hint="run the lesson on the local target with OTTLAB_MESH=strict")
+
+    def inject_replica_fault(self, fault: ReplicaFault) -> None:
+        """Make one replica of a meshed service answer badly (a flaky pod): ``fault`` at that replica's sidecar.
+
+        Its other replicas are untouched; callers meet it through their load balancing, retries and
+        outlier detection. A fault already on that replica is replaced. :meth:`clear_replica_faults`
+        removes it (``down`` forgets it too); nothing restarts either way.
+        """
+        raise MissingCapabilityError(self.name, "inject a fault into one replica", "it is not implemented there",
+                                     hint="run the lesson on the local target with OTTLAB_MESH=strict")
+
+    def replica_faults(self) -> list[ReplicaFault]:
+        """The faults of single replicas in force now (:meth:`inject_replica_fault`), by service and replica."""
+        return []
+
+    def clear_replica_faults(self, service: str | None = None) -> list[ReplicaFault]:
+        """Remove the faults of single replicas (of ``service`` only, when given); the faults removed."""
+        return []
 
     @abc.abstractmethod
     def kill(self, component: str) -> None:

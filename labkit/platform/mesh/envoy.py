@@ -37,6 +37,7 @@ from typing import Any
 
 from labkit.platform.mesh import resources
 from labkit.platform.mesh.errors import MeshConfigError
+from labkit.platform.mesh.faults import Fault
 from labkit.platform.mesh.identity import WorkloadCertificate, spiffe_id
 from labkit.platform.mesh.resources import NAME_LABEL, NAMESPACE, TRUST_DOMAIN, Mesh, Topology, short_host
 from labkit.platform.mesh.units import duration_seconds
@@ -106,6 +107,8 @@ class Sidecar:
     outbound: Mapping[str, Address] = field(default_factory=dict)
     labels: Mapping[str, str] = field(default_factory=dict)
     namespace: str = NAMESPACE
+    # A fault of this replica alone, in its inbound side (a flaky pod: :meth:`Target.inject_replica_fault`).
+    fault: Fault | None = None
 
     @property
     def pod_labels(self) -> dict[str, str]:
@@ -269,7 +272,8 @@ def _inbound_listener(mesh: Mesh, sidecar: Sidecar) -> Config:
             "name": "inbound", "domains": ["*"],
             "routes": [{"match": {"prefix": "/"}, "route": {"cluster": f"inbound|{port}||", "timeout": "0s"}}],
         }]},
-        "http_filters": [*filters, {"name": "envoy.filters.http.router", "typed_config": {"@type": _TYPES["router"]}}],
+        "http_filters": [*filters, *([inbound_fault(sidecar.fault, sidecar.workload)] if sidecar.fault else []),
+                         {"name": "envoy.filters.http.router", "typed_config": {"@type": _TYPES["router"]}}],
         # The only local 403 on this listener is RBAC's: say which policy refused whom.
         "local_reply_config": {"mappers": [{
             "filter": {"status_code_filter": {"comparison": {
@@ -377,6 +381,15 @@ def fault_config(fault: Mapping[str, Any], where: str) -> Config:
         out["abort"] = {"http_status": abort["httpStatus"],
                         "percentage": _percent(abort.get("percentage", {}).get("value", 100))}
     return out
+
+
+def inbound_fault(fault: Fault, workload: str) -> Config:
+    """A fault filter for one replica's inbound side: its delay/abort on ``fault.percent`` % of the authorized
+    requests it takes (those with ``fault.header`` only, if set), whoever calls it."""
+    config = fault_config(fault.route_fault(), f"the replica fault of {workload}")
+    if fault.header is not None:
+        config["headers"] = [{"name": fault.header[0], "string_match": {"exact": fault.header[1]}}]
+    return {"name": FAULT_FILTER, "typed_config": config}
 
 
 def _routes(vs: Mapping[str, Any] | None, service: str, port: int, namespace: str) -> list[Config]:

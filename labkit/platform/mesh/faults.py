@@ -92,6 +92,42 @@ class Fault:
         return out
 
 
+@dataclass(frozen=True)
+class ReplicaFault:
+    """``fault`` in one replica of its service only, at that replica's own sidecar (its inbound side).
+
+    A flaky pod, which a VirtualService cannot express (its faults are the callers'): the replica
+    answers ``fault``'s abort or delay to ``fault.percent`` % of whatever reaches it, whoever calls
+    it, so the callers' retries and outlier detection meet it as they would a bad replica.
+    :meth:`Target.inject_replica_fault` puts it in force, :meth:`Target.clear_replica_faults` removes it.
+    """
+
+    fault: Fault
+    replica: int
+
+    def __post_init__(self) -> None:
+        if isinstance(self.replica, bool) or not isinstance(self.replica, int) or self.replica < 0:
+            raise FaultError(f"replica {self.replica!r} is not a replica number",
+                             hint="give 0 for the first replica, 1 for the second, ...")
+
+    def describe(self) -> str:
+        """``abort 503 of 30% of the requests to cas replica 1 (every request)``."""
+        return self.fault.describe().replace(f" to {self.fault.service} ",
+                                             f" to {self.fault.service} replica {self.replica} ", 1)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"service": self.fault.service, "replica": self.replica, "delay_s": self.fault.delay_s,
+                "abort_status": self.fault.abort_status, "percent": self.fault.percent,
+                "header": list(self.fault.header) if self.fault.header else None}
+
+    @classmethod
+    def of(cls, data: dict[str, Any]) -> ReplicaFault:
+        header = data.get("header")
+        return cls(Fault(str(data["service"]), delay_s=data.get("delay_s"), abort_status=data.get("abort_status"),
+                         percent=float(data.get("percent", 100.0)),
+                         header=(str(header[0]), str(header[1])) if header else None), int(data["replica"]))
+
+
 def _duration(seconds: float) -> str:
     """Istio's duration of ``seconds``, in milliseconds when that is exact (``2s``, ``1500ms``, ``0.0005s``)."""
     millis = seconds * 1000

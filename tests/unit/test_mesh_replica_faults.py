@@ -1,0 +1,56 @@
+"""A fault of one replica: rendered in that replica's own sidecar (its inbound side), kept and read back."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from labkit.platform.mesh import envoy, identity, resources
+from labkit.platform.mesh.faults import Fault, FaultError, ReplicaFault
+
+INSTANCES = [envoy.Instance("cas", "cas", envoy.Address(port=9104)), envoy.Instance("license", "license",
+                                                                                   envoy.Address(port=9103))]
+PORTS = {"cas": 8000, "license": 8000}
+STRICT: dict[str, Any] = {
+    "apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
+    "metadata": {"name": "default", "namespace": "ottlab"}, "spec": {"mtls": {"mode": "STRICT"}},
+}
+
+
+@pytest.fixture(scope="module")
+def ca(tmp_path_factory: pytest.TempPathFactory) -> identity.LabCA:
+    return identity.LabCA.ensure(tmp_path_factory.mktemp("mesh") / "ca")
+
+
+def inbound_filters(ca: identity.LabCA, fault: Fault | None) -> list[dict[str, Any]]:
+    sidecar = envoy.Sidecar("cas", "cas", ca.issue("cas"), admin=envoy.Address(port=9900),
+                            inbound=envoy.Address(port=9104), app=envoy.Address(path="/tmp/cas.sock"), fault=fault)
+    bootstrap = envoy.render(resources.Mesh((STRICT,)), sidecar, INSTANCES, PORTS)
+    (inbound,) = [x for x in bootstrap["static_resources"]["listeners"] if x["name"] == "inbound_8000"]
+    filters: list[dict[str, Any]] = inbound["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"]
+    return filters
+
+
+def test_a_replica_fault_is_a_fault_filter_before_the_router_of_its_inbound_side(ca: identity.LabCA) -> None:
+    assert [f["name"] for f in inbound_filters(ca, None)] == ["envoy.filters.http.router"]
+    filters = inbound_filters(ca, Fault("cas", abort_status=503, percent=30))
+    assert [f["name"] for f in filters] == [envoy.FAULT_FILTER, "envoy.filters.http.router"]
+    config = filters[0]["typed_config"]
+    assert config["abort"] == {"http_status": 503, "percentage": {"numerator": 300000, "denominator": "MILLION"}}
+    assert "delay" not in config and "headers" not in config
+
+
+def test_a_scoped_delay_matches_its_header(ca: identity.LabCA) -> None:
+    (fault, _) = inbound_filters(ca, Fault("cas", delay_s=1.5, header=("x-user-id", "u1")))
+    assert fault["typed_config"]["delay"] == {"fixed_delay": "1.500s",
+                                              "percentage": {"numerator": 1000000, "denominator": "MILLION"}}
+    assert fault["typed_config"]["headers"] == [{"name": "x-user-id", "string_match": {"exact": "u1"}}]
+
+
+def test_a_replica_fault_round_trips_and_says_which_replica() -> None:
+    each = ReplicaFault(Fault("cas", abort_status=503, percent=30, header=("x-user-id", "u1")), 2)
+    assert ReplicaFault.of(each.as_dict()) == each
+    assert each.describe() == "abort 503 of 30% of the requests to cas replica 2 with x-user-id: u1"
+    with pytest.raises(FaultError, match="not a replica number"):
+        ReplicaFault(Fault("cas", abort_status=503), -1)
