@@ -211,6 +211,16 @@ class Target(abc.ABC):
             hint=f"edit the Deployment in k8s/ or run: kubectl -n {self.cfg.namespace} set env "
                  f"deployment/{component} NAME=VALUE")
 
+    def set_pop_capacity(self, rps: int | None) -> int | None:
+        """Give every PoP a capacity of ``rps`` media requests a second (None: no limit); the capacity in force after.
+
+        The lab's per-PoP limit (:data:`labkit.platform.layers.cdn.POP_CAPACITY_RPS`), enforced by nginx's
+        limit_req on every PoP, the ones an HPA adds too. Locally the edge's setting (``ottlab env edge
+        OTT_EDGE_CAPACITY_RPS=80``); on kube the edge StatefulSet's environment, its PoPs rolled. Checked first.
+        """
+        raise MissingCapabilityError(self.name, "set the PoPs' capacity", "it is not implemented there",
+                                     hint="use the local or the kube target")
+
     # -- capabilities where the targets differ ---------------------------------------------
     # A target that truly cannot do one raises MissingCapabilityError, saying why and what instead;
     # notebooks and instruments call these and never ask which target they hold.
