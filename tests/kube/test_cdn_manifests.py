@@ -9,7 +9,9 @@
   for the pod (its log, the pod's name as the PoP's id), the log's folder shared read-write, as
   the log's owner (it empties the log), and the pod scraped on the exporter's port;
 - the URL-signing secret is never in the manifests: labkit.targets.kube.secrets creates it per lab;
-- the config is valid for nginx itself (``nginx -t``, marked integration).
+- the config is valid for nginx itself (``nginx -t``, marked integration), run through the container's
+  start script: the PoP's capacity from the environment ``Target.set_pop_capacity`` sets is written
+  as the very lines the local target renders, where the config includes them; a bad one stops the pod.
 
 test_manifests.py covers what every layer shares (schemas, labels, ports, probes, lock-down).
 """
@@ -105,15 +107,21 @@ def test_the_edge_config_map_is_render_kube_byte_for_byte() -> None:
     assert committed.read_bytes() == text.encode()
     assert committed.resolve() == cdn.KUBE_CONFIG.resolve(), "where `python -m labkit.platform.layers` writes"
     assert manifest.labels(edge_config_map())[manifest.LAYER_LABEL] == LAYER
+    # The container's command beside it: render_kube_start(), committed as generated.
+    start = edge_config_map()["data"][cdn.KUBE_START.name]
+    assert start == cdn.render_kube_start() == cdn.KUBE_START.read_text(), "stale: python -m labkit.platform.layers"
 
 
 def test_the_edge_runs_the_mounted_config_as_non_root() -> None:
     spec = edge_container()
     assert spec["name"] == cdn.EDGE.name
     command = spec["command"]
-    assert command[0] == "nginx" and command[-2:] == ["-g", "daemon off;"]
+    # The start script (the PoP's capacity), which execs nginx with the arguments after it.
+    assert command[0] == "sh" and command[-2:] == ["-g", "daemon off;"]
     assert "args" not in spec
     config = PurePosixPath(command[command.index("-c") + 1])
+    script = PurePosixPath(command[1])
+    assert script == config.parent / cdn.KUBE_START.name
     volume, mount = mounted_at(spec, str(config.parent))
     assert volume["configMap"]["name"] == edge_config_map()["metadata"]["name"]
     assert mount["readOnly"] is True and config.name == "nginx.conf"
@@ -183,6 +191,10 @@ def test_the_edge_writes_only_to_its_empty_dirs() -> None:
     assert "emptyDir" in volume
     for path in re.findall(r"_temp_path (\S+);", cdn.render_kube()):
         assert PurePosixPath(path).is_relative_to(temp_dir), path
+    # The start script writes the PoP's capacity there too, and the config includes it from there.
+    assert PurePosixPath(cdn.KUBE_CAPACITY_DIR).is_relative_to(temp_dir)
+    assert {PurePosixPath(p).parent for p in re.findall(r"include (/tmp/\S+);", cdn.render_kube())} == {
+        PurePosixPath(cdn.KUBE_CAPACITY_DIR)}
     writable = writable_mounts(edge_container())
     assert writable == {temp_dir, cdn.KUBE_CACHE_DIR, str(access_log().parent)}
     for name in writable:
@@ -326,20 +338,17 @@ def test_no_secret_and_no_signing_secret_is_in_the_manifests(directory: str) -> 
 # -- nginx itself ----------------------------------------------------------------------------
 
 
-@pytest.mark.integration
-def test_nginx_accepts_the_pods_config(tmp_path: Path) -> None:
-    nginx = shutil.which("nginx")
-    if nginx is None:
-        pytest.skip("needs nginx")
-    text = cdn.render_kube()
-    (access_log,) = re.findall(r"^\s*access_log (\S+) edge[ ;]", text, flags=re.MULTILINE)
+def _pod_files(tmp_path: Path) -> tuple[Path, Path]:
+    """The pod's nginx.conf and start script, their paths moved into ``tmp_path``; (config, script)."""
+    text, script = cdn.render_kube(), cdn.render_kube_start()
     include = tmp_path / "signing" / PurePosixPath(cdn.KUBE_SECRET_INCLUDE).name
     include.parent.mkdir()
     include.write_text(cdn.secure_link_directive(secrets.url_signing()[secrets.URL_SIGNING_SECRET_KEY].decode()))
     replacements = {
         cdn.KUBE_SECRET_INCLUDE: str(include),
         cdn.KUBE_CACHE_DIR: str(tmp_path / "cache"),
-        str(PurePosixPath(access_log).parent): str(tmp_path / "log"),
+        str(access_log().parent): str(tmp_path / "log"),
+        # The run volume: temp paths, the pid file and the capacity's folder (the script's too).
         str(PurePosixPath(directive("pid")).parent): str(tmp_path / "run"),
         # nginx -t resolves the upstream's host names; no `origin` here.
         f"server origin:{origin.CONTAINER_PORT} ": "server 127.0.0.1:1 ",
@@ -347,15 +356,54 @@ def test_nginx_accepts_the_pods_config(tmp_path: Path) -> None:
     for old, new in replacements.items():
         assert old in text, old
         text = text.replace(old, new)
+        script = script.replace(old, new)
+    assert str(tmp_path / "run") in script
     for folder in ("cache", "log", "run"):
         (tmp_path / folder).mkdir()
-    config = tmp_path / "nginx.conf"
-    config.write_text(text)
+    (tmp_path / "nginx.conf").write_text(text)
+    (tmp_path / "start.sh").write_text(script)
+    return tmp_path / "nginx.conf", tmp_path / "start.sh"
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("rps", [None, cdn.POP_CAPACITY_RPS])
+def test_nginx_accepts_the_pods_config_through_its_start_script(tmp_path: Path, rps: int | None) -> None:
+    """The container's command as the pod runs it (sh start.sh <nginx's arguments>), nginx -t at the end.
+
+    With the capacity in the environment (what Target.set_pop_capacity sets on the StatefulSet), the
+    files the config includes hold the lines the local target renders for the same capacity; unset, nothing.
+    """
+    nginx = shutil.which("nginx")
+    if nginx is None:
+        pytest.skip("needs nginx")
+    config, script = _pod_files(tmp_path)
+    command = edge_container()["command"]
+    arguments = [a.replace(command[command.index("-c") + 1], str(config)) for a in command[2:]
+                 if a not in ("-g", "daemon off;")]
+    env = {"PATH": f"{Path(nginx).parent}:/usr/bin:/bin"}
+    if rps is not None:
+        env[cdn.CAPACITY_SETTING] = str(rps)
 
     result = subprocess.run(
-        [nginx, "-t", "-p", str(tmp_path), "-c", str(config), "-e", "stderr"],
-        capture_output=True, text=True, timeout=30, check=False,
+        ["sh", str(script), "-t", "-p", str(tmp_path), *arguments],
+        capture_output=True, text=True, timeout=30, check=False, env=env,
     )  # fmt: skip
 
     assert result.returncode == 0, result.stderr
     assert "test is successful" in result.stderr
+    written = tuple((tmp_path / "run" / "capacity" / name).read_text().splitlines() for name in cdn.CAPACITY_FILES)
+    assert written == tuple(cdn.capacity_directives(rps)), written
+    # Included where the local config writes the lines: at the http level once, in every media location.
+    text = config.read_text()
+    assert text.count(f"include {tmp_path}/run/capacity/{cdn.CAPACITY_FILES[0]};") == 1
+    assert text.count(f"include {tmp_path}/run/capacity/{cdn.CAPACITY_FILES[1]};") == len(cdn.OBJECT_TYPES)
+
+
+@pytest.mark.parametrize("value", ["0", "080", "-5", "fast", "1.5", "1000001"])
+def test_the_start_script_refuses_what_is_no_capacity_before_nginx_starts(tmp_path: Path, value: str) -> None:
+    _, script = _pod_files(tmp_path)
+    result = subprocess.run(["sh", str(script), "-v"], capture_output=True, text=True, timeout=30, check=False,
+                            env={"PATH": "/usr/bin:/bin", cdn.CAPACITY_SETTING: value})
+    assert result.returncode == 64, (result.returncode, result.stderr)
+    assert f"{cdn.CAPACITY_SETTING}={value}: a PoP's capacity" in result.stderr
+    assert "nginx version" not in result.stderr

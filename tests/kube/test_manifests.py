@@ -355,7 +355,10 @@ def test_each_nginx_runs_its_rendered_config_as_non_root(name: str) -> None:
     volumes = {v["name"]: v for v in pod_spec(deployment)["volumes"]}
     # The generated ConfigMap holding render_kube(), mounted read-only where `nginx -c` reads it.
     command = spec["command"]
-    assert command[0] == "nginx" and command[-2:] == ["-g", "daemon off;"]
+    # nginx itself, or (the edge) its start script beside the config, which execs nginx with these arguments.
+    assert command[0] == "nginx" or command[:2] == ["sh", f"{PurePosixPath(command[command.index('-c') + 1]).parent}/"
+                                                         f"{cdn.KUBE_START.name}"], command
+    assert command[-2:] == ["-g", "daemon off;"]
     config = PurePosixPath(command[command.index("-c") + 1])
     mount = mounts[str(config.parent)]
     (config_map,) = [o for o in objects if o["kind"] == "ConfigMap"

@@ -19,6 +19,7 @@ from labkit.platform.layers.monitoring import alerting, processes
 
 for module in (gateway, origin, cdn, player):
     nginx.write_kube_config(module.KUBE_CONFIG, module.render_kube)
+nginx.write_kube_config(cdn.KUBE_START, cdn.render_kube_start)
 nginx.write_kube_config(processes.KUBE_CONFIG, lambda: processes.render_kube(platform.components()))
 canary.write_kube()
 for path, text in alerting.files().items():

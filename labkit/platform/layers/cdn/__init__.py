@@ -68,10 +68,16 @@ REQUEST_ID = "$msec-$connection-$connection_requests"
 # rate, nginx's limit_req queues a request (its answer waits: time to first byte grows) up to
 # CAPACITY_QUEUE_S seconds of requests, and refuses the rest with 503, as a saturated PoP does.
 # A new PoP brings its own capacity: scaling the edge out lifts the limit, which is what an
-# autoscaled PoP fleet is for.
+# autoscaled PoP fleet is for. Both targets set it with ``Target.set_pop_capacity``.
 CAPACITY_SETTING = "OTT_EDGE_CAPACITY_RPS"
 POP_CAPACITY_RPS = 80
 CAPACITY_QUEUE_S = 4
+MAX_CAPACITY_RPS = 100_000
+# On Kubernetes every PoP mounts one nginx.conf (a ConfigMap): the capacity is the edge container's
+# environment (CAPACITY_SETTING on the StatefulSet's template), which the container's command, the
+# script KUBE_START, writes as nginx lines into KUBE_CAPACITY_DIR before it starts nginx; the config
+# includes those two files (empty: no limit). A PoP an HPA adds starts from the same template.
+KUBE_CAPACITY_DIR = "/tmp/nginx/capacity"
 
 
 @dataclass(frozen=True)
@@ -150,7 +156,8 @@ def render(*, pop: str, listen: str, origin_peers: Sequence[str], cache_dir: str
            access_log: str, secret: str | None = None, secret_include: str | None = None,
            user: str | None = None, cache_size: str = "1g", cache_lock: bool = True,
            log_flush_s: int = LOG_FLUSH_S, status_listen: str | None = None,
-           file_output: Sequence[str] = LOCAL_FILE_OUTPUT, capacity_rps: int | None = None) -> str:
+           file_output: Sequence[str] = LOCAL_FILE_OUTPUT, capacity_rps: int | None = None,
+           capacity_include: str | None = None) -> str:
     """nginx.conf of the PoP ``pop`` (``pop`` may be an nginx variable, like ``$hostname`` in a pod).
 
     The signing secret is either written in (``secret``: the local lab's private conf folder) or
@@ -160,11 +167,18 @@ def render(*, pop: str, listen: str, origin_peers: Sequence[str], cache_dir: str
     ``status_listen``: a loopback address for nginx's own counters (:func:`labkit.platform.nginx.status_server`).
     ``file_output``: how cached files are sent, :data:`LOCAL_FILE_OUTPUT` or :data:`POD_FILE_OUTPUT`.
     ``capacity_rps``: the PoP takes media requests at most at this rate (:data:`CAPACITY_SETTING`); None: no limit.
+    ``capacity_include``: instead, include the capacity's lines from the folder a pod's start script writes
+    them to (:data:`KUBE_CAPACITY_DIR`, :func:`render_kube_start`).
     """
     if (secret is None) == (secret_include is None):
         raise ValueError("give exactly one of secret and secret_include")
+    if capacity_rps is not None and capacity_include is not None:
+        raise ValueError("give at most one of capacity_rps and capacity_include")
     check = secure_link_directive(secret) if secret is not None else f"include {secret_include};"
     capacity = capacity_directives(capacity_rps)
+    if capacity_include is not None:
+        capacity = ([f"include {capacity_include}/{CAPACITY_FILES[0]};"],
+                    [f"include {capacity_include}/{CAPACITY_FILES[1]};"])
     zone = "edge_cache"
     types = "; ".join(f"{mime} {ext}" for ext, mime in origin.MIME_TYPES.items())
     log_fields = {
@@ -266,20 +280,37 @@ def capacity_directives(rps: int | None) -> tuple[list[str], list[str]]:
     """
     if rps is None:
         return [], []
-    return ([f"limit_req_zone $server_port zone=pop_capacity:1m rate={rps}r/s;", "limit_req_status 503;",
+    return _capacity_lines(str(rps), str(rps * CAPACITY_QUEUE_S))
+
+
+def _capacity_lines(rate: str, burst: str) -> tuple[list[str], list[str]]:
+    return ([f"limit_req_zone $server_port zone=pop_capacity:1m rate={rate}r/s;", "limit_req_status 503;",
              "limit_req_log_level info;"],
-            [f"limit_req zone=pop_capacity burst={rps * CAPACITY_QUEUE_S};"])
+            [f"limit_req zone=pop_capacity burst={burst};"])
+
+
+# The files of KUBE_CAPACITY_DIR: the http-level lines and the media locations' (capacity_directives' two lists).
+CAPACITY_FILES = ("http.conf", "media.conf")
 
 
 def capacity_of(edge: Component) -> int | None:
     """The capacity the lab set on the edge (:data:`CAPACITY_SETTING`), requests a second per PoP; None: unset."""
-    value = edge.env.get(CAPACITY_SETTING)
+    return capacity_value(edge.env.get(CAPACITY_SETTING))
+
+
+def capacity_value(value: str | int | None) -> int | None:
+    """``value`` as a PoP's capacity (1 to :data:`MAX_CAPACITY_RPS` requests a second); None or "": none.
+
+    A ConfigError for anything else (0, a negative, a fraction, a word, a bool), before anything is changed.
+    """
     if value is None or value == "":
         return None
-    if not value.isdigit() or not 1 <= int(value) <= 100_000:
+    text = value if isinstance(value, str) else "" if isinstance(value, bool) else str(value)
+    if not text.isdigit() or not 1 <= int(text) <= MAX_CAPACITY_RPS:
         raise ConfigError(f"{CAPACITY_SETTING}={value!r}: a PoP's capacity is a whole number of requests a second, "
-                          "1 to 100000", hint=f"e.g. {CAPACITY_SETTING}={POP_CAPACITY_RPS}, or unset it for none")
-    return int(value)
+                          f"1 to {MAX_CAPACITY_RPS}", hint=f"e.g. {CAPACITY_SETTING}={POP_CAPACITY_RPS}, or unset it "
+                          "for none")
+    return int(text)
 
 
 def edge_urls(cfg: LabConfig, platform: Sequence[Component]) -> dict[str, str]:
@@ -311,6 +342,8 @@ def write_configs(cfg: LabConfig, platform: Sequence[Component]) -> Mapping[str,
 
 
 KUBE_CONFIG = repo_root() / "k8s" / "base" / "cdn" / "edge" / "nginx.conf"
+# The edge container's command (render_kube_start), beside its config in the ConfigMap edge-config.
+KUBE_START = KUBE_CONFIG.with_name("start.sh")
 KUBE_SECRET_INCLUDE = "/etc/nginx/signing/secure-link.conf"
 KUBE_CACHE_DIR = "/var/cache/ott-edge"
 
@@ -323,7 +356,50 @@ def render_kube() -> str:
                   origin_peers=[f"origin:{origin.CONTAINER_PORT}"], cache_dir=KUBE_CACHE_DIR,
                   temp_dir="/tmp/nginx", access_log="/var/log/ott-edge/access.log",
                   secret_include=KUBE_SECRET_INCLUDE, cache_size="512m", status_listen=nginx.kube_status_listen(),
-                  file_output=POD_FILE_OUTPUT)
+                  file_output=POD_FILE_OUTPUT, capacity_include=KUBE_CAPACITY_DIR)
+
+
+def render_kube_start() -> str:
+    """The edge container's command (``sh start.sh <nginx's arguments>``): the PoP's capacity, then nginx.
+
+    It reads :data:`CAPACITY_SETTING` from the container's environment and writes the lines
+    :func:`capacity_directives` gives for it into :data:`KUBE_CAPACITY_DIR` (empty files when it is
+    unset), which :func:`render_kube`'s config includes; a value that is no capacity stops the
+    container (exit 64) before nginx starts. Then it execs nginx with its own arguments.
+    """
+    http, media = _capacity_lines("@RATE@", "@BURST@")
+
+    def quoted(lines: Sequence[str]) -> str:
+        escaped = [line.replace("\\", "\\\\").replace('"', '\\"').replace("`", "\\`").replace("$", "\\$")
+                   for line in lines]
+        return " ".join(f'"{line}"' for line in escaped).replace("@RATE@", "${rps}").replace("@BURST@", "${burst}")
+
+    folder = KUBE_CAPACITY_DIR
+    refusal = (f"{CAPACITY_SETTING}=$rps: a PoP's capacity is a whole number of requests a second, "
+               f"1 to {MAX_CAPACITY_RPS}")
+    return "\n".join([
+        "#!/bin/sh",
+        "# Generated by labkit.platform.layers.cdn (render_kube_start): edit that module, not this file.",
+        f"# The edge container's command: the PoP's capacity from {CAPACITY_SETTING} (media requests a second;",
+        "# unset or empty: none), written where nginx.conf includes it, then nginx with this script's arguments.",
+        "set -eu",
+        f'rps="${{{CAPACITY_SETTING}:-}}"',
+        f"mkdir -p {folder}",
+        *(f": > {folder}/{name}" for name in CAPACITY_FILES),
+        'if [ -n "$rps" ]; then',
+        '  case "$rps" in',
+        f'    *[!0-9]*|0*) echo "{refusal}" >&2; exit 64 ;;',
+        "  esac",
+        f'  if [ "${{#rps}}" -gt {len(str(MAX_CAPACITY_RPS))} ] || [ "$rps" -gt {MAX_CAPACITY_RPS} ]; then',
+        f'    echo "{refusal}" >&2; exit 64',
+        "  fi",
+        f"  burst=$((rps * {CAPACITY_QUEUE_S}))",
+        f"  printf '%s\\n' {quoted(http)} > {folder}/{CAPACITY_FILES[0]}",
+        f"  printf '%s\\n' {quoted(media)} > {folder}/{CAPACITY_FILES[1]}",
+        "fi",
+        'exec nginx "$@"',
+        "",
+    ])
 
 
 LAYER = Layer(
