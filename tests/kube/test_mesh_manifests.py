@@ -27,6 +27,7 @@ from labkit.platform.mesh.units import duration_seconds
 from labkit.targets.kube import manifest
 
 MESHED = ["gateway", "auth", "catalog", "subscription", "license", "cas", "qoe", "player", "transcoder"]
+SIDECAR_ANNOTATIONS = {"proxy.istio.io/config", "prometheus.istio.io/merge-metrics"}
 
 
 @functools.cache
@@ -90,7 +91,16 @@ def test_it_adds_identities_and_injection_and_changes_nothing_else(overlay: str)
             assert changed["metadata"]["labels"] == {**obj["metadata"]["labels"], "istio-injection": "enabled"}
         elif ref[0] == "Deployment" and ref[1] in MESHED:
             assert changed["spec"]["template"]["spec"].pop("serviceAccountName") == ref[1]
-            assert changed == obj, f"the component changed more than the account of {ref}"
+            # Istio's sidecar settings (tests/kube/test_mesh_on_kube.py says which and why).
+            annotations = changed["spec"]["template"]["metadata"]["annotations"]
+            assert {k for k in annotations if "istio.io/" in k} >= SIDECAR_ANNOTATIONS, ref
+            changed["spec"]["template"]["metadata"]["annotations"] = {
+                k: v for k, v in annotations.items() if "istio.io/" not in k}
+            assert changed == obj, f"the component changed more than the account and sidecar of {ref}"
+        elif ref[0] in ("Deployment", "StatefulSet", "Job"):
+            # A workload outside the mesh says so: no sidecar although the namespace asks for injection.
+            assert changed["spec"]["template"]["metadata"]["labels"].pop("sidecar.istio.io/inject") == "false", ref
+            assert changed == obj, f"the component changed more than the injection label of {ref}"
         else:
             assert changed == obj, f"the component changed {ref}"
     for ref in added:
