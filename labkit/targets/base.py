@@ -188,6 +188,20 @@ class Target(abc.ABC):
         """Remove the faults of single replicas (of ``service`` only, when given); the faults removed."""
         return []
 
+    def start_version(self, service: str, version: str) -> ComponentStatus:
+        """Run ``service``'s release ``version`` next to the declared one (a canary: catalog ``v2``) and wait for it.
+
+        Its pods carry the label ``version: <version>``, the one the DestinationRule's subset selects;
+        it takes requests only once a VirtualService gives its subset a weight (:meth:`apply_mesh`).
+        """
+        raise MissingCapabilityError(self.name, "run a second release of a service", "it runs no mesh yet",
+                                     hint="run the lesson on the local target with OTTLAB_MESH=strict")
+
+    def stop_version(self, service: str, version: str) -> None:
+        """Stop what :meth:`start_version` started; refused while the mesh in force still sends it requests."""
+        raise MissingCapabilityError(self.name, "stop a second release of a service", "it runs no mesh yet",
+                                     hint="run the lesson on the local target with OTTLAB_MESH=strict")
+
     @abc.abstractmethod
     def kill(self, component: str) -> None:
         """Kill a component abruptly (SIGKILL / pod delete), as a failure drill does."""
