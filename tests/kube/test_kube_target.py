@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import copy
 import json
 import os
 import re
@@ -85,7 +86,9 @@ class LabApiServer(kmock.KubernetesEmulator):
       (``v4.channel.k8s.io``), relaying to a fake pod that answers any HTTP request with
       :data:`POD_REPLY` (kmock serves no websockets);
     - ``pods/<name>/exec`` speaks the exec protocol: it records the command (:attr:`execs`) and
-      answers as a command that succeeded (or failed, with :attr:`exec_failure`).
+      answers as a command that succeeded (or failed, with :attr:`exec_failure`);
+    - a strategic merge patch merges the lists the API server merges by name (containers, env ...)
+      and honours ``$patch: delete`` (:func:`strategic_merge`), where kmock replaces every list.
     """
 
     # What each exec asked: (its path, its command, its container); a failure message to answer with.
@@ -114,6 +117,15 @@ class LabApiServer(kmock.KubernetesEmulator):
         if request.subresource == "exec":
             return await self._exec(request)
         content_type = str(request.headers.get("Content-Type", ""))
+        if (request.action == kmock.action.UPDATE and content_type.startswith("application/strategic-merge-patch")
+                and request.subresource is None):
+            assert request.resource is not None and request.name is not None
+            key = (request.resource, request.namespace, request.name)
+            async with self._lock:
+                if key in self.objects and not self.objects[key].deleted:
+                    merged = strategic_merge(copy.deepcopy(self.objects[key].raw), request.data)
+                    self.objects[key] = merged
+                    return aiohttp.web.json_response(merged)
         if request.action == kmock.action.UPDATE and content_type.startswith("application/apply-patch"):
             assert request.resource is not None and request.name is not None
             key = (request.resource, request.namespace, request.name)
@@ -175,6 +187,35 @@ class LabApiServer(kmock.KubernetesEmulator):
                 received = b""
         await ws.close()
         return ws
+
+
+def strategic_merge(live: Any, patch: Any) -> Any:
+    """``patch`` merged into ``live`` as a strategic merge patch: lists of named items by name, ``$patch: delete``.
+
+    Enough of the API server's rules for what labkit patches (a pod template's containers and env);
+    a list of anything else is replaced, and ``None`` removes a key, as in a JSON merge patch.
+    """
+    if isinstance(live, dict) and isinstance(patch, dict):
+        merged = dict(live)
+        for key, value in patch.items():
+            if value is None:
+                merged.pop(key, None)
+            else:
+                merged[key] = strategic_merge(live.get(key), value)
+        return merged
+    if isinstance(live, list) and isinstance(patch, list) and all(isinstance(i, dict) and "name" in i for i in patch):
+        merged_items = [dict(i) for i in live]
+        for item in patch:
+            at = next((n for n, i in enumerate(merged_items) if i.get("name") == item["name"]), None)
+            if item.get("$patch") == "delete":
+                if at is not None:
+                    del merged_items[at]
+            elif at is None:
+                merged_items.append(item)
+            else:
+                merged_items[at] = strategic_merge(merged_items[at], item)
+        return merged_items
+    return patch
 
 
 @dataclass
