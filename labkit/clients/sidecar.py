@@ -1,7 +1,10 @@
 """What a service mesh's sidecar reports and how its port answers, for the mesh lesson (notebook 05).
 
-- :class:`Sidecar`: an Envoy's admin API (:meth:`Target.mesh_sidecar`): its counters by name and the
-  SPIFFE identity of the certificate it holds;
+- :class:`Sidecar`: an Envoy's admin API (:meth:`Target.mesh_sidecar`): its counters by name (one
+  upstream cluster's with :meth:`Sidecar.cluster_counters`: retries, circuit-breaker overflows,
+  outlier ejections), the hosts of a cluster with their requests and health (:meth:`Sidecar.hosts`,
+  Envoy's ``/clusters``: a replica ejected by outlier detection) and the SPIFFE identity of the
+  certificate it holds;
 - :func:`handshake`: a TLS client at a service's port (:meth:`Target.mesh_address`), with a
   workload certificate or none: the identity the port presents, and whether a request was answered
   or the connection refused;
@@ -12,6 +15,9 @@ Example::
     cas = Sidecar(target.mesh_sidecar("cas"))
     cas.identity()                                   # 'spiffe://cluster.local/ns/ottlab/sa/cas'
     cas.counter("http.inbound_8000.rbac.denied")     # 0
+    gateway = Sidecar(target.mesh_sidecar("gateway"))
+    gateway.cluster_counters("outbound|8000||cas.ottlab.svc.cluster.local", ["upstream_rq_retry"])  # {...: 0}
+    [h.ejected for h in gateway.hosts("outbound|8000||cas.ottlab.svc.cluster.local")]           # [False]
     handshake(*target.mesh_address("cas"))           # Handshake(peer='spiffe://.../sa/cas', status=None, refused='...')
 """
 
@@ -20,8 +26,9 @@ from __future__ import annotations
 import re
 import socket
 import ssl
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 from cryptography import x509
@@ -83,6 +90,64 @@ class Sidecar:
                         return str(san["uri"])
         raise LabError(f"the sidecar at {self.url} holds no certificate with a SPIFFE identity",
                        hint="its workload certificate is missing: bring the lab up again")
+
+    def cluster_counters(self, cluster: str, names: Iterable[str]) -> dict[str, int]:
+        """Counters of one upstream cluster by their names after ``cluster.<cluster>.``; 0 for one not created yet.
+
+        ``names`` such as ``upstream_rq_5xx``, ``upstream_rq_retry``, ``upstream_rq_pending_overflow``,
+        ``outlier_detection.ejections_enforced_total``, ``outlier_detection.ejections_active`` (a gauge).
+        """
+        wanted = list(names)
+        prefix = f"cluster.{cluster}."
+        found = self.counters(rf"^{re.escape(prefix)}({'|'.join(re.escape(n) for n in wanted)})$")
+        return {name: found.get(prefix + name, 0) for name in wanted}
+
+    def hosts(self, cluster: str) -> list[Host]:
+        """The hosts (replicas) of one upstream cluster as Envoy's ``/clusters`` reports them, in its order.
+
+        Each with its requests (``rq_total``, ``rq_success``, ``rq_error``: the answers this sidecar
+        got from that host, every retry attempt counted) and the health checks it fails now
+        (``failed_outlier_check``: ejected by outlier detection).
+        """
+        statuses = self._get("/clusters", format="json").json().get("cluster_statuses", [])
+        for status in statuses:
+            if status.get("name") == cluster:
+                return [_host(each) for each in status.get("host_statuses", [])]
+        raise LabError(f"the sidecar at {self.url} has no cluster {cluster!r}",
+                       hint="its clusters: " + ", ".join(str(s.get("name")) for s in statuses))
+
+
+@dataclass(frozen=True)
+class Host:
+    """One host of a sidecar's upstream cluster: its address, the requests it answered, its health."""
+
+    address: str
+    requests: int
+    successes: int
+    errors: int
+    # The health checks it fails now ("failed_outlier_check": ejected), empty when healthy.
+    failing: tuple[str, ...]
+
+    @property
+    def ejected(self) -> bool:
+        return "failed_outlier_check" in self.failing
+
+    def as_dict(self) -> dict[str, object]:
+        return {"address": self.address, "requests": self.requests, "successes": self.successes,
+                "errors": self.errors, "health": ", ".join(self.failing) or "healthy"}
+
+
+def _host(status: Mapping[str, Any]) -> Host:
+    """A host of ``/clusters?format=json``: Envoy leaves a zero counter's ``value`` out."""
+    stats = {str(s.get("name")): int(s.get("value", 0)) for s in status.get("stats", [])}
+    address = status.get("address", {})
+    if "socket_address" in address:
+        where = f"{address['socket_address'].get('address')}:{address['socket_address'].get('port_value')}"
+    else:
+        where = f"unix:{address.get('pipe', {}).get('path', '?')}"
+    health = status.get("health_status", {})
+    failing = tuple(sorted(k for k, v in health.items() if v is True))
+    return Host(where, stats.get("rq_total", 0), stats.get("rq_success", 0), stats.get("rq_error", 0), failing)
 
 
 @dataclass(frozen=True)
