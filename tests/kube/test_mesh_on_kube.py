@@ -17,13 +17,20 @@ from __future__ import annotations
 
 import copy
 import functools
+from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 from _scrape import relabel, targets
+from test_kube_mesh import with_istio
+from test_kube_target import POD_REPLY, PODS, FakeCluster, apis_target, pod, running_fake_cluster, settle_deployments
 
 from labkit import platform
+from labkit.clients.sidecar import Sidecar
+from labkit.core.config import LabConfig
+from labkit.core.errors import ConfigError, KubeError, MissingCapabilityError, NotRunningError
 from labkit.platform import mesh
 from labkit.targets.kube import manifest
 
@@ -158,3 +165,154 @@ def test_only_the_meshed_workloads_get_a_sidecar(overlay: str) -> None:
     # Viewers reach the PoPs and the origin in plaintext at their node ports; Prometheus scrapes pods directly.
     assert {"edge", "origin", "prometheus", "alertmanager"} <= set(found) - with_sidecar
     assert all(w["kind"] != "Job" for name, w in found.items() if name in with_sidecar)
+
+
+# -- the kube target with the mesh, against the fake API server (kmock) -----------------------
+
+
+@pytest.fixture
+def istio() -> Iterator[FakeCluster]:
+    """A fake API server serving Istio's kinds, as a cluster with Istio installed, and holding the committed mesh."""
+    with running_fake_cluster() as made:
+        yield with_istio(made)
+
+
+def meshed_pod(component: str, *, sidecar: bool = True) -> dict[str, Any]:
+    made = pod(component)
+    if sidecar:
+        made["spec"]["containers"].append({"name": "istio-proxy", "image": "docker.io/istio/proxyv2:1.25.2",
+                                           "ports": [{"name": "http-envoy-prom", "containerPort": ENVOY_PROM_PORT}]})
+    return made
+
+
+def applied(fake: FakeCluster, kind: str) -> dict[str, dict[str, Any]]:
+    return {str(r.name): r.data for r in fake.requests("PATCH") if isinstance(r.data, dict) and r.data["kind"] == kind}
+
+
+@pytest.mark.parametrize("mode", ["strict", "permissive"])
+def test_up_with_the_mesh_applies_its_component_in_the_mode_asked(
+    istio: FakeCluster, lab_cfg: LabConfig, mode: str
+) -> None:
+    settle_deployments(istio)
+    target = apis_target(istio, lab_cfg.with_(mesh=mode))
+    try:
+        assert all(s.healthy for s in target.up(["apis"]))
+    finally:
+        target.close()
+
+    (namespace,) = applied(istio, "Namespace").values()
+    assert namespace["metadata"]["labels"]["istio-injection"] == "enabled"
+    assert {"gateway", "auth", "catalog", "subscription", "license", "cas", "ottlab-tools"} <= set(
+        applied(istio, "ServiceAccount"))
+    cas = applied(istio, "Deployment")["cas"]["spec"]["template"]
+    assert cas["spec"]["serviceAccountName"] == "cas"
+    assert "proxyStatsMatcher" in cas["metadata"]["annotations"]["proxy.istio.io/config"]
+    modes = {name: p["spec"]["mtls"]["mode"] for name, p in applied(istio, "PeerAuthentication").items()}
+    assert modes == {"default": mode.upper(), "gateway": "PERMISSIVE"}
+    assert {"cas", "license"} <= set(applied(istio, "AuthorizationPolicy")) and applied(istio, "VirtualService")
+    # Each resource of the mesh after the Deployments it selects, at its own kind's URL.
+    order = [r.data["kind"] for r in istio.requests("PATCH")]
+    assert max(i for i, k in enumerate(order) if k == "Deployment") < order.index("PeerAuthentication")
+    (default,) = [r for r in istio.requests("PATCH") if r.data["kind"] == "PeerAuthentication" and r.name == "default"]
+    assert default.url.path == f"/apis/security.istio.io/v1/namespaces/{NAMESPACE}/peerauthentications/default"
+
+
+def test_up_with_the_mesh_on_a_cluster_without_istio_changes_nothing_and_says_how_to_install_it(
+    fake: FakeCluster, lab_cfg: LabConfig
+) -> None:
+    settle_deployments(fake)
+    target = apis_target(fake, lab_cfg.with_(mesh="strict"))
+
+    with pytest.raises(KubeError) as refused:
+        target.up(["apis"])
+
+    assert "ottlab addons install istio-base istiod" in str(refused.value)
+    assert fake.requests("PATCH") == [] and fake.requests("POST") == []
+
+
+def test_up_with_the_mesh_refuses_pods_istio_did_not_inject(istio: FakeCluster, lab_cfg: LabConfig) -> None:
+    settle_deployments(istio)
+    istio.put(PODS, "cas-a", meshed_pod("cas", sidecar=False))
+    istio.put(PODS, "license-a", meshed_pod("license"))
+    target = apis_target(istio, lab_cfg.with_(mesh="strict"))
+
+    with pytest.raises(KubeError) as refused:
+        target.up(["apis"])
+
+    assert "Istio injected no sidecar into pod/cas-a," in str(refused.value)
+    assert "license-a" not in str(refused.value) and "istio-base istiod" in str(refused.value)
+
+
+def test_up_without_the_mesh_applies_none_of_it(istio: FakeCluster, lab_cfg: LabConfig) -> None:
+    settle_deployments(istio)
+    istio.put(PODS, "cas-a", meshed_pod("cas", sidecar=False))
+    target = apis_target(istio, lab_cfg)
+    target.up(["apis"])
+
+    (namespace,) = applied(istio, "Namespace").values()
+    assert "istio-injection" not in namespace["metadata"].get("labels", {})
+    assert not applied(istio, "PeerAuthentication") and not applied(istio, "VirtualService")
+
+
+def test_down_deletes_the_mesh_a_lab_was_brought_up_with(istio: FakeCluster, lab_cfg: LabConfig) -> None:
+    istio.put("v1/namespaces", NAMESPACE, {"metadata": {"labels": {"istio-injection": "enabled"}}}, namespace=None)
+    target = apis_target(istio, lab_cfg)   # OTTLAB_MESH unset now: the cluster's mesh goes all the same
+
+    target.down()
+
+    deleted = {r.url.path for r in istio.requests("DELETE")}
+    assert f"/apis/security.istio.io/v1/namespaces/{NAMESPACE}/peerauthentications/default" in deleted
+    assert f"/apis/networking.istio.io/v1/namespaces/{NAMESPACE}/virtualservices/license" in deleted
+    assert f"/apis/security.istio.io/v1/namespaces/{NAMESPACE}/authorizationpolicies/cas" in deleted
+
+
+def test_mesh_sidecar_is_a_port_forward_to_the_envoy_admin_port_of_the_pods_istio_proxy(
+    istio: FakeCluster, lab_cfg: LabConfig
+) -> None:
+    istio.put(PODS, "cas-a", meshed_pod("cas"))
+    istio.put(PODS, "cas-b", meshed_pod("cas"))
+    target = apis_target(istio, lab_cfg.with_(mesh="strict"))
+    try:
+        url = target.mesh_sidecar("cas", 1)
+        assert url.startswith("http://127.0.0.1:") and target.mesh_sidecar("cas", 1) == url
+
+        answer = httpx.get(f"{url}/stats", params={"filter": "rbac"}, timeout=10)
+        # labkit.clients.sidecar reads it as it reads a local sidecar (the fake pod has no counters).
+        assert Sidecar(url).counters("rbac") == {}
+
+        assert (answer.status_code, answer.content) == (200, POD_REPLY)
+        forwards = [r for r in istio.requests("GET") if r.subresource == "portforward"]
+        assert {r.url.path for r in forwards} == {f"/api/v1/namespaces/{NAMESPACE}/pods/cas-b/portforward"}
+        assert {r.params["ports"] for r in forwards} == {"15000"}
+        assert target.mesh_sidecar("cas") != url   # replica 0, cas-a: a forward of its own
+    finally:
+        target.close()
+
+
+def test_mesh_sidecar_of_a_pod_outside_the_mesh_or_of_no_pod_says_what_to_do(
+    istio: FakeCluster, lab_cfg: LabConfig
+) -> None:
+    target = apis_target(istio, lab_cfg)
+    with pytest.raises(NotRunningError, match="no ready pod"):
+        target.mesh_sidecar("cas")
+    istio.put(PODS, "cas-a", meshed_pod("cas", sidecar=False))
+    with pytest.raises(KubeError) as outside:
+        target.mesh_sidecar("cas")
+    assert "pod/cas-a has no istio-proxy container" in str(outside.value)
+    assert "OTTLAB_MESH=strict" in str(outside.value) and "ottlab restart cas" in str(outside.value)
+    with pytest.raises(ConfigError, match="choose a replica from 0 to 0"):
+        target.mesh_sidecar("cas", 1)
+    assert [r for r in istio.requests("GET") if r.subresource == "portforward"] == []
+
+
+def test_mesh_address_is_refused_saying_why_a_port_forward_would_lie_and_what_to_do(
+    istio: FakeCluster, lab_cfg: LabConfig
+) -> None:
+    target = apis_target(istio, lab_cfg.with_(mesh="strict"))
+    with pytest.raises(MissingCapabilityError) as refused:
+        target.mesh_address("cas")
+    text = str(refused.value)
+    assert "port-forward enters the pod at its loopback" in text
+    assert f"kubectl -n {NAMESPACE} run mtls-probe" in text and "sidecar.istio.io/inject=false" in text
+    assert "http://cas:8000/" in text
+    assert istio.requests() == []

@@ -22,7 +22,7 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from labkit.core.console import progress
@@ -31,6 +31,7 @@ from labkit.platform.mesh import resources
 from labkit.platform.mesh.errors import MeshConfigError
 from labkit.platform.mesh.resources import Mesh, Resource, Topology
 from labkit.targets.kube.cluster import Cluster, ResourceType
+from labkit.targets.kube.manifest import KubeObject
 
 # The kinds of the mesh and the version labkit reads and writes them as (Istio 1.22+ serves v1).
 API_VERSIONS = {
@@ -41,6 +42,16 @@ API_VERSIONS = {
 }
 # What kubectl adds to an object it applied client-side: not part of the declaration.
 _BOOKKEEPING_ANNOTATIONS = frozenset({"kubectl.kubernetes.io/last-applied-configuration"})
+# The kustomize component of the mesh (k8s/components/mesh), which the kube target adds to its
+# overlay when the lab runs with the mesh (OTTLAB_MESH=strict or permissive).
+COMPONENT = "mesh"
+# The container Istio's injector adds to a meshed pod, and its Envoy's admin API: on the pod's
+# loopback only (127.0.0.1:15000), so reached by a port-forward into the pod, as `istioctl
+# dashboard envoy` does; the API server's pod proxy dials the pod's IP and cannot.
+PROXY_CONTAINER = "istio-proxy"
+ADMIN_PORT = 15000
+INSTALL_HINT = ("install Istio on the cluster first: ottlab addons install istio-base istiod "
+                "(its CRDs serve these kinds)")
 
 
 def _types(cluster: Cluster) -> dict[str, ResourceType]:
@@ -49,9 +60,51 @@ def _types(cluster: Cluster) -> dict[str, ResourceType]:
         try:
             types[kind] = cluster.resource_type(API_VERSIONS[kind], kind)
         except KubeError as exc:
-            raise KubeError(exc.message, hint="install Istio on the cluster first: ottlab addons install istio-base "
-                                              "istiod (its CRDs serve these kinds)") from None
+            raise KubeError(exc.message, hint=INSTALL_HINT) from None
     return types
+
+
+def require_istio(cluster: Cluster) -> None:
+    """A :class:`KubeError` saying how to install Istio when the cluster does not serve the mesh's kinds."""
+    _types(cluster)
+
+
+def with_mode(objects: Sequence[KubeObject], mode: str) -> list[KubeObject]:
+    """``objects`` with the namespace-wide PeerAuthentication's mTLS mode ``mode`` (``OTTLAB_MESH``).
+
+    The committed one is STRICT; ``permissive`` starts the lab where Istio's migration starts.
+    """
+    out = []
+    for obj in objects:
+        if obj.get("kind") == "PeerAuthentication" and "selector" not in (obj.get("spec") or {}):
+            obj = {**obj, "spec": {**obj["spec"], "mtls": {"mode": mode.upper()}}}
+        out.append(obj)
+    return out
+
+
+def meshed(workload: Mapping[str, Any]) -> bool:
+    """Whether Istio injects its sidecar into the pods of ``workload`` (in a namespace asking for injection)."""
+    labels = ((workload.get("spec") or {}).get("template") or {}).get("metadata", {}).get("labels") or {}
+    return labels.get("sidecar.istio.io/inject") != "false"
+
+
+def without_sidecar(pods: Sequence[KubeObject], objects: Sequence[KubeObject]) -> list[str]:
+    """The pods of the meshed workloads among ``objects`` that run no sidecar (Istio did not inject it), by name.
+
+    A pod being deleted is left out: its replacement is what counts.
+    """
+    wanted = {str(o["metadata"]["name"]) for o in objects
+              if o.get("kind") in ("Deployment", "StatefulSet") and meshed(o)}
+    return sorted(str(p["metadata"]["name"]) for p in pods
+                  if (p.get("metadata", {}).get("labels") or {}).get("app.kubernetes.io/name") in wanted
+                  and not p.get("metadata", {}).get("deletionTimestamp") and not has_sidecar(p))
+
+
+def has_sidecar(pod: Mapping[str, Any]) -> bool:
+    """Whether ``pod`` runs Istio's sidecar (a container, or a native sidecar among its init containers)."""
+    spec = pod.get("spec") or {}
+    return any(c.get("name") == PROXY_CONTAINER for c in [*(spec.get("containers") or []),
+                                                          *(spec.get("initContainers") or [])])
 
 
 def declared(obj: Mapping[str, Any]) -> Resource:

@@ -161,6 +161,8 @@ class KubeTarget(Target):
         # The alert rules and Alertmanager's waits of the lab's timing (fast under CI), as the local target runs them.
         objects = monitoring.with_alert_timing(objects, alerting.timing_from())
         self._refuse_sqlite_on_several_nodes(objects)
+        if any(o.get("kind") in kube_mesh.API_VERSIONS for o in objects):
+            kube_mesh.require_istio(self._cluster)  # before anything is applied: the mesh needs Istio's kinds
         which = ", ".join(layers) if layers else "every layer"
         progress(f"applying {len(objects)} objects ({which}) to namespace {self.namespace} at {self._cluster.host}")
         wants_secrets = secrets.needed_by(objects)
@@ -193,6 +195,8 @@ class KubeTarget(Target):
                 progress(f"  note: {component.name} has no Deployment in k8s/overlays/{self.overlay}")
         rollout.wait_all(self._cluster, self.namespace, workloads, self.cfg.ready_timeout,
                          check=self._require_the_services_image, kinds=self._workload_kinds())
+        if self.cfg.mesh != "off":
+            self._require_sidecars(objects)
         if public is not None:
             self._check_entry(objects, readers)
         return [self._status_of(c, self._cluster.get(self._kind(c), _workload(c), self.namespace)) for c in chosen]
@@ -209,6 +213,8 @@ class KubeTarget(Target):
         # No manifest holds the Secrets labkit generates (labkit.targets.kube.secrets): their kind first
         # here, so they are deleted last, after the pods that mount them.
         manifest_kinds = [(str(o.get("apiVersion")), str(o.get("kind"))) for o in applied]
+        # A lab brought up with the mesh leaves its Istio resources and accounts whatever OTTLAB_MESH says now.
+        manifest_kinds += [("v1", "ServiceAccount"), *((v, k) for k, v in kube_mesh.API_VERSIONS.items())]
         kinds = list(dict.fromkeys([(SECRETS.api_version, SECRETS.kind), *manifest_kinds]))
         namespace_exists = self._cluster.get(NAMESPACES, self.namespace) is not None
         progress(
@@ -555,6 +561,57 @@ class KubeTarget(Target):
         progress(f"applying the mesh's resources to namespace {self.namespace}")
         kube_mesh.apply(self._cluster, self.namespace, mesh, self._mesh_topology())
 
+    def mesh_address(self, service: str) -> tuple[str, int]:
+        """Refused, saying why and what instead: nothing on this machine reaches a pod's port through its sidecar.
+
+        A pod's port takes its sidecar's mutual TLS from the cluster's network only. A port-forward
+        enters the pod at its loopback, which Istio's redirection leaves alone: a client there would
+        reach the service around its sidecar (a plaintext client let in under STRICT), a false lesson.
+        """
+        comp = self.component(service)
+        port = comp.port("http").container if any(p.name == "http" for p in comp.ports) else 8000
+        raise MissingCapabilityError(
+            self.name, f"reach {comp.name}'s port through its sidecar from this machine",
+            "a pod's port takes mutual TLS from the cluster's network only; a port-forward enters the pod at its "
+            "loopback, where Istio does not intercept, so a client there would reach the service around its sidecar",
+            hint=f"probe it from a pod without a sidecar, as Istio's mutual TLS migration task does: kubectl -n "
+                 f"{self.namespace} run mtls-probe --rm -i --restart=Never --image=curlimages/curl "
+                 f"--labels=sidecar.istio.io/inject=false -- curl -sS -m 5 http://{comp.name}:{port}/ (under STRICT "
+                 f"the connection is reset, curl exit 56); its sidecar counts it: "
+                 f"labkit.clients.sidecar.Sidecar(target.mesh_sidecar({comp.name!r})).listener_tls()")
+
+    def mesh_sidecar(self, service: str, replica: int = 0) -> str:
+        """The Envoy admin API of the istio-proxy in ``service``'s ``replica``-th ready pod (by name): a port-forward.
+
+        Istio binds it to the pod's loopback (:data:`labkit.targets.kube.mesh.ADMIN_PORT`), so the
+        forward goes into that pod, as ``istioctl dashboard envoy`` does; kept open and reused.
+        ``gateway`` is the gateway pod's own sidecar, through which it calls the services. A pod
+        without the sidecar (the lab up without the mesh, or Istio not injecting) is a :class:`KubeError`.
+        """
+        comp = self._not_a_sidecar(self.component(service), "read the mesh sidecar of")
+        pods = [p for p in self._pods(comp) if _ready(p)]
+        if not pods:
+            raise NotRunningError(f"component {comp.name!r} (no ready pod in namespace {self.namespace})")
+        if isinstance(replica, bool) or not isinstance(replica, int) or not 0 <= replica < len(pods):
+            raise ConfigError(f"{comp.name} has {len(pods)} ready pod(s), not a replica {replica!r}",
+                              hint=f"choose a replica from 0 to {len(pods) - 1}")
+        pod = manifest.name(pods[replica])
+        if not kube_mesh.has_sidecar(pods[replica]):
+            raise KubeError(
+                f"pod/{pod} has no {kube_mesh.PROXY_CONTAINER} container: {comp.name} runs outside the mesh",
+                hint="bring the lab up with the mesh (Istio installed: ottlab addons install istio-base istiod; then "
+                     "OTTLAB_MESH=strict ottlab up --target kube); a pod made before Istio was gets its sidecar "
+                     f"when restarted: ottlab restart {comp.name} --target kube")
+        key = (f"{kube_mesh.PROXY_CONTAINER}/{pod}", "admin")
+        forward = self._forwards.get(key)
+        if forward is None or not forward.alive:
+            forward = PortForward(functools.partial(self._pod_tunnel, pod, kube_mesh.ADMIN_PORT),
+                                  name=f"{pod}:{kube_mesh.ADMIN_PORT}")
+            self._forwards[key] = forward
+            progress(f"port-forward {forward.url} -> pod/{pod} port {kube_mesh.ADMIN_PORT} "
+                     f"(its {kube_mesh.PROXY_CONTAINER}'s Envoy admin API)")
+        return forward.url
+
     def _mesh_topology(self) -> Topology:
         """What the mesh may name: the Services, workloads and accounts the manifests declare with the mesh."""
         if self._topology is None:
@@ -718,10 +775,28 @@ class KubeTarget(Target):
         if stuck:
             raise ImageMissingError(wanted, sorted(stuck))
 
+    def _kustomize_components(self) -> tuple[str, ...]:
+        """The components under k8s/components the lab adds to its overlay: its database's, then the mesh when on."""
+        return (*manifest.DATABASES[self.database], *((kube_mesh.COMPONENT,) if self.cfg.mesh != "off" else ()))
+
+    def _require_sidecars(self, objects: Sequence[KubeObject]) -> None:
+        """A :class:`KubeError` when pods of the meshed workloads among ``objects`` run without Istio's sidecar."""
+        pods = self._cluster.list(PODS, self.namespace, label_selector=LAB_SELECTOR)
+        missing = kube_mesh.without_sidecar(pods, objects)
+        if missing:
+            raise KubeError(
+                f"Istio injected no sidecar into {', '.join(f'pod/{p}' for p in missing)}, although the lab runs "
+                f"with the mesh (OTTLAB_MESH={self.cfg.mesh}): those pods are outside it",
+                hint=f"is istiod running? (ottlab addons install istio-base istiod; kubectl get namespace "
+                     f"{self.namespace} --show-labels shows istio-injection=enabled); then restart those "
+                     "workloads (ottlab restart <component> --target kube) so that their new pods get it")
+
     def _manifests(self) -> list[KubeObject]:
         if self._rendered is not None:
             return self._rendered
-        objects = manifest.render(self.overlay_dir, components=manifest.DATABASES[self.database])
+        objects = manifest.render(self.overlay_dir, components=self._kustomize_components())
+        if self.cfg.mesh != "off":
+            objects = kube_mesh.with_mode(objects, self.cfg.mesh)
         namespaces = [manifest.name(o) for o in objects if o.get("kind") == "Namespace"]
         if namespaces != [self.namespace]:
             raise ConfigError(
@@ -957,10 +1032,14 @@ class KubeTarget(Target):
 
     def _tunnel(self, comp: Component, port: str, service_name: str | None = None) -> Stream:
         """A new websocket port-forward to a ready pod of the component's Service (or ``service_name``)."""
+        pod, number = self._backend(comp, port, service_name)
+        return self._pod_tunnel(pod, number)
+
+    def _pod_tunnel(self, pod: str, number: int) -> Stream:
+        """A new websocket port-forward to port ``number`` of ``pod`` (one on its loopback too: it enters the pod)."""
         from kubernetes import client as k8s_client
         from kubernetes.stream import portforward
 
-        pod, number = self._backend(comp, port, service_name)
         # kubernetes.stream swaps the transport of the ApiClient it is given while it connects:
         # a private client keeps that away from the calls other threads make meanwhile.
         api_client = k8s_client.ApiClient(self._cluster.api_client.configuration)
