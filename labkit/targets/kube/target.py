@@ -46,6 +46,7 @@ from labkit.platform.mesh.resources import Mesh, Topology
 from labkit.targets.base import AutoscalerStatus, ComponentStatus, Target, inside_media_root
 from labkit.targets.kube import autoscaling, cluster, entry, image, manifest, monitoring, rollout, secrets, usage
 from labkit.targets.kube import mesh as kube_mesh
+from labkit.targets.kube import releases as kube_releases
 from labkit.targets.kube.cluster import (
     CONFIGMAPS,
     DEPLOYMENTS,
@@ -137,6 +138,7 @@ class KubeTarget(Target):
         self._forwards: dict[tuple[str, str], PortForward] = {}
         self._rendered: list[KubeObject] | None = None
         self._topology: Topology | None = None
+        self._releases: list[KubeObject] | None = None
         self._entry: Entry | None = None
 
     @property
@@ -612,12 +614,45 @@ class KubeTarget(Target):
                      f"(its {kube_mesh.PROXY_CONTAINER}'s Envoy admin API)")
         return forward.url
 
-    def _mesh_topology(self) -> Topology:
-        """What the mesh may name: the Services, workloads and accounts the manifests declare with the mesh."""
+    def _mesh_topology(self, without: str | None = None) -> Topology:
+        """What the mesh may name: the Services, workloads and accounts the manifests declare with the mesh.
+
+        With the second releases the cluster runs now (:meth:`start_version`), but ``without``.
+        """
         if self._topology is None:
             objects = manifest.render(self.overlay_dir, components=(*manifest.DATABASES[self.database], "mesh"))
             self._topology = dataclasses.replace(Topology.of(objects), namespace=self.namespace)
-        return self._topology
+        running = [o for o in kube_releases.running(self._cluster, self.namespace, self._release_objects())
+                   if manifest.name(o) != without]
+        return dataclasses.replace(self._topology, workloads=[*self._topology.workloads,
+                                                              *Topology.of(running).workloads])
+
+    def start_version(self, service: str, version: str) -> ComponentStatus:
+        """Apply ``<service>-<version>`` of ``k8s/components/canary`` (catalog-v2) and wait for its rollout."""
+        obj = kube_releases.deployment(self._release_objects(), service, version)
+        self._require_mesh_for(manifest.name(obj))
+        progress(f"starting {manifest.name(obj)} in namespace {self.namespace}")
+        live = kube_releases.start(self._cluster, self.namespace, obj, self.cfg.ready_timeout)
+        return self._status_of(dataclasses.replace(self.component(service), name=manifest.name(obj)), live)
+
+    def stop_version(self, service: str, version: str) -> None:
+        """Delete that Deployment, refused first (nothing sent) while the mesh in force routes requests to it."""
+        obj = kube_releases.deployment(self._release_objects(), service, version)
+        self._require_mesh_for(manifest.name(obj))
+        kube_releases.stop(self._cluster, self.namespace, obj, self.mesh(), self._mesh_topology(manifest.name(obj)))
+
+    def _release_objects(self) -> list[KubeObject]:
+        """The second releases' Deployments, rendered before the lab's database component (its patches reach them)."""
+        if self._releases is None:
+            objects = manifest.render(self.overlay_dir, components=(kube_releases.COMPONENT,
+                                                                    *manifest.DATABASES[self.database], "mesh"))
+            self._releases = kube_releases.deployments(objects)
+        return self._releases
+
+    def _require_mesh_for(self, release: str) -> None:
+        if self.cfg.mesh == "off":
+            raise ConfigError(f"{release} is routed by the mesh (its DestinationRule's subset), and this lab runs "
+                              "without it", hint="bring the lab up with OTTLAB_MESH=strict first")
 
     def cpu_shares(self) -> dict[str, float]:
         """One core per running replica, or its container's CPU limit when lower (the edge's 500m): a pod's ceiling."""
