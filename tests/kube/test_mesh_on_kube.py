@@ -24,7 +24,7 @@ import httpx
 import pytest
 import yaml
 from _scrape import relabel, targets
-from test_kube_mesh import with_istio
+from test_kube_mesh import resource, with_istio
 from test_kube_target import POD_REPLY, PODS, FakeCluster, apis_target, pod, running_fake_cluster, settle_deployments
 
 from labkit import platform
@@ -32,6 +32,7 @@ from labkit.clients.sidecar import Sidecar
 from labkit.core.config import LabConfig
 from labkit.core.errors import ConfigError, KubeError, MissingCapabilityError, NotRunningError
 from labkit.platform import mesh
+from labkit.platform.mesh import resources
 from labkit.targets.kube import manifest
 
 NAMESPACE = "ottlab"
@@ -316,3 +317,26 @@ def test_mesh_address_is_refused_saying_why_a_port_forward_would_lie_and_what_to
     assert f"kubectl -n {NAMESPACE} run mtls-probe" in text and "sidecar.istio.io/inject=false" in text
     assert "http://cas:8000/" in text
     assert istio.requests() == []
+
+
+def test_the_mesh_a_cluster_lists_equals_the_committed_files_and_comes_back_to_them(
+    istio: FakeCluster, lab_cfg: LabConfig
+) -> None:
+    # Notebook 05's check, on kube: the cluster lists by kind and name, the files declare in their order.
+    target = apis_target(istio, lab_cfg.with_(mesh="strict"))
+    defaults = target.mesh()
+    assert [o["metadata"]["name"] for o in defaults.of_kind("AuthorizationPolicy")] != [
+        o["metadata"]["name"] for o in resources.load().of_kind("AuthorizationPolicy")]
+    assert defaults == resources.load()
+    cas = next(p for p in defaults.of_kind("AuthorizationPolicy") if p["metadata"]["name"] == "cas")
+    nothing = {**cas, "spec": {k: v for k, v in cas["spec"].items() if k != "rules"}}
+
+    target.apply_mesh(defaults.replaced(nothing))
+    # (A server-side apply drops the fields its manager no longer sends; kmock merges, so the request is checked.)
+    (emptied,) = istio.requests("PATCH")
+    assert emptied.name == "cas" and "rules" not in emptied.data["spec"] and defaults.replaced(nothing) != defaults
+    istio.put(resource("AuthorizationPolicy"), "cas", emptied.data)
+    target.apply_mesh(defaults)
+
+    assert target.mesh() == defaults == resources.load()
+    assert [r.name for r in istio.requests("PATCH")] == ["cas", "cas"]

@@ -17,6 +17,7 @@ Example::
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,11 +41,20 @@ def component_dir() -> Path:
     return repo_root() / "k8s" / "components" / "mesh"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Mesh:
-    """The Istio resources of the mesh, by kind, in file order."""
+    """The Istio resources of the mesh, by kind, in file order.
+
+    Two meshes are equal when they hold the same resources, in any order (Istio gives them none):
+    the mesh a cluster lists, kind by kind and name by name, equals the one the files declare.
+    """
 
     objects: tuple[Resource, ...]
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Mesh):
+            return NotImplemented
+        return _canonical(self.objects) == _canonical(other.objects)
 
     def of_kind(self, kind: str) -> list[Resource]:
         return [o for o in self.objects if o["kind"] == kind]
@@ -54,6 +64,10 @@ class Mesh:
         key = (obj["kind"], obj["metadata"]["name"])
         kept = [o for o in self.objects if (o["kind"], o["metadata"]["name"]) != key]
         return Mesh((*kept, obj))
+
+
+def _canonical(objects: Iterable[Resource]) -> list[str]:
+    return sorted(json.dumps(o, sort_keys=True, default=str) for o in objects)
 
 
 def load(directory: Path | None = None) -> Mesh:
