@@ -99,6 +99,11 @@ LESSONS: dict[str, Lesson] = {
         "DELAY_S": Range(0.5, 10, unit="seconds", hint="Istio's task uses 2 s; the lesson asserts about that much"),
         "ABORT_STATUS": Range(500, 599, whole=True, hint="a server error the player must report, e.g. 503"),
         "TIMEOUT_S": Range(0.2, 9, unit="seconds", hint="a timeout below DELAY_S, e.g. 1"),
+        "BURST": Range(10, 200, whole=True,
+                       hint="requests released together at a pool of one connection: 40 overflows most of them"),
+        "OUTLIER_REQUESTS": Range(20, 500, whole=True,
+                                  hint="requests per phase at three replicas: 30 bring the bad one its 5 errors"),
+        "EJECTION_S": Range(1, 30, unit="seconds", hint="the shortened baseEjectionTime, e.g. 3 (committed: 30 s)"),
     }, title_hint=f"{_TITLE_HINT}: a seeded title both viewers may play, e.g. 'city-timelapse'"),
     "06-observability": Lesson({
         "SAMPLE_SECONDS": Range(8, 600, unit="seconds", hint="20 s: five segments per viewer; the test uses 12"),
