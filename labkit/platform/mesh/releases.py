@@ -16,11 +16,12 @@ Example::
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 
 from labkit.core.errors import ConfigError
 from labkit.platform.mesh.errors import MeshConfigError
-from labkit.platform.mesh.resources import Mesh, Resource, Topology, check
+from labkit.platform.mesh.resources import Mesh, Resource
 
 VERSION_LABEL = "version"
 # Each service with releases: the declared one's version first, then those a lesson may run beside it.
@@ -70,10 +71,17 @@ def shares(mesh: Mesh, service: str) -> dict[str, int]:
             for d in route}
 
 
-def refuse_stopping(mesh: Mesh, without: Topology, release: str) -> None:
-    """A :class:`MeshConfigError` when ``mesh`` would send requests to a pod ``release`` was the only one to have."""
+@contextmanager
+def stopping(release: str) -> Iterator[None]:
+    """Around checking the mesh in force without ``release``: its refusal says ``release`` cannot stop, and why.
+
+    Example::
+
+        with releases.stopping("catalog-v2"):
+            resources.check(mesh, topology_without_it)
+    """
     try:
-        check(mesh, without)
+        yield
     except MeshConfigError as exc:
         raise MeshConfigError(f"{release} cannot stop: the mesh in force still sends it requests. {exc.message}",
                               hint="give its subset weight 0 first (target.apply_mesh), then stop it") from None

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from labkit.core.console import progress
 from labkit.core.errors import ConfigError
 from labkit.platform.mesh import releases
-from labkit.platform.mesh.resources import Mesh, Topology
+from labkit.platform.mesh.resources import Mesh, Topology, check
 from labkit.targets.kube import manifest, rollout
 from labkit.targets.kube.cluster import DEPLOYMENTS, Cluster
 from labkit.targets.kube.manifest import KubeObject
@@ -70,7 +70,8 @@ def start(cluster: Cluster, namespace: str, obj: KubeObject, timeout: float) -> 
 def stop(cluster: Cluster, namespace: str, obj: KubeObject, mesh: Mesh, without: Topology) -> None:
     """Delete release ``obj``, unless ``mesh`` still routes requests to it (checked against ``without`` it)."""
     name = manifest.name(obj)
-    releases.refuse_stopping(mesh, without, name)
+    with releases.stopping(name):
+        check(mesh, without)
     if cluster.delete(DEPLOYMENTS, name, namespace):
         progress(f"  deleted deployment/{name}")
     else:
