@@ -22,7 +22,9 @@ from labkit.platform.component import Component
 if TYPE_CHECKING:
     import pandas as pd
 
+    from labkit.clients.sidecar import Handshake, Plaintext
     from labkit.platform.mesh.faults import ReplicaFault
+    from labkit.platform.mesh.identity import WorkloadCertificate
     from labkit.platform.mesh.resources import Mesh
 
 
@@ -169,6 +171,23 @@ class Target(abc.ABC):
         """
         raise MissingCapabilityError(self.name, "read a sidecar's admin API", "it is not implemented there",
                                      hint="run the lesson on the local target with OTTLAB_MESH=strict")
+
+    def mesh_handshake(self, service: str, certificate: WorkloadCertificate | None = None, *,
+                       path: str = "/") -> Handshake:
+        """A TLS client outside the mesh at ``service``'s port, presenting ``certificate`` (none: anonymous).
+
+        What its sidecar presented and answered, or why it refused (:func:`labkit.clients.sidecar.handshake`),
+        from where a client without a sidecar stands: here, at :meth:`mesh_address`.
+        """
+        from labkit.clients.sidecar import handshake
+
+        return handshake(*self.mesh_address(service), certificate, path=path)
+
+    def mesh_plaintext(self, service: str, method: str = "GET", path: str = "/") -> Plaintext:
+        """A plaintext HTTP client outside the mesh at ``service``'s port: the answer, or the refusal."""
+        from labkit.clients.sidecar import plaintext
+
+        return plaintext(*self.mesh_address(service), method, path)
 
     def inject_replica_fault(self, fault: ReplicaFault) -> None:
         """Make one replica of a meshed service answer badly (a flaky pod): ``fault`` at that replica's sidecar.
