@@ -159,7 +159,8 @@ class Handshake:
     refused: str | None
 
 
-def _uri(der: bytes | None) -> str | None:
+def spiffe_uri(der: bytes | None) -> str | None:
+    """The SPIFFE URI (the first URI name) of the DER certificate ``der``; None without one."""
     if not der:
         return None
     try:
@@ -186,7 +187,7 @@ def handshake(host: str, port: int, certificate: WorkloadCertificate | None = No
     try:
         with socket.create_connection((host, port), timeout=timeout) as raw, \
                 context.wrap_socket(raw, server_hostname=host) as tls:
-            peer = _uri(tls.getpeercert(binary_form=True))
+            peer = spiffe_uri(tls.getpeercert(binary_form=True))
             tls.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
             first = tls.recv(64)
     except (ssl.SSLError, OSError) as exc:

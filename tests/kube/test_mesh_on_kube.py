@@ -15,12 +15,21 @@ and the shipped Prometheus configuration's relabelling (tests/_scrape.py) says w
 
 from __future__ import annotations
 
+import base64
 import copy
 import functools
+import json
+import socket
+import ssl
+import subprocess
+import sys
+import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
+import kmock
 import pytest
 import yaml
 from _scrape import relabel, targets
@@ -28,12 +37,13 @@ from test_kube_mesh import resource, with_istio
 from test_kube_target import POD_REPLY, PODS, FakeCluster, apis_target, pod, running_fake_cluster, settle_deployments
 
 from labkit import platform
-from labkit.clients.sidecar import Sidecar
+from labkit.clients.sidecar import Sidecar, spiffe_uri
 from labkit.core.config import LabConfig
 from labkit.core.errors import ConfigError, KubeError, MissingCapabilityError, NotRunningError
 from labkit.platform import mesh
-from labkit.platform.mesh import resources
-from labkit.targets.kube import manifest
+from labkit.platform.mesh import identity, resources
+from labkit.targets.kube import image, manifest
+from labkit.targets.kube import mesh as kube_mesh
 
 NAMESPACE = "ottlab"
 MESHED = ("gateway", "auth", "catalog", "subscription", "license", "cas", "qoe", "player", "transcoder")
@@ -340,3 +350,128 @@ def test_the_mesh_a_cluster_lists_equals_the_committed_files_and_comes_back_to_t
 
     assert target.mesh() == defaults == resources.load()
     assert [r.name for r in istio.requests("PATCH")] == ["cas", "cas"]
+
+
+# -- a client outside the mesh, from inside the cluster (mesh_handshake, mesh_plaintext) -------------
+
+
+class TlsPort:
+    """A sidecar's port as STRICT makes it: TLS with ``cas``'s certificate, requiring a client one of the same CA."""
+
+    def __init__(self, directory: Path) -> None:
+        self.ca = identity.LabCA.ensure(directory / "ca")
+        served = self.ca.issue("cas")
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(str(served.chain), str(served.key))
+        context.load_verify_locations(str(served.ca))
+        context.verify_mode = ssl.CERT_REQUIRED
+        self.context = context
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            try:
+                with self.context.wrap_socket(conn, server_side=True) as tls:
+                    tls.recv(65536)
+                    tls.sendall(b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+            except (ssl.SSLError, OSError):
+                conn.close()
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def run_probe(port: int, mode: str, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """:data:`kube_mesh.PROBE_SCRIPT` run here as the probe pod runs it; what it printed."""
+    done = subprocess.run([sys.executable, "-c", kube_mesh.PROBE_SCRIPT, "127.0.0.1", str(port), "POST", "/sessions",
+                           mode], capture_output=True, text=True, timeout=30, env=env, check=True)
+    found: dict[str, Any] = json.loads(done.stdout.splitlines()[-1])
+    return found
+
+
+def test_the_probe_script_reports_the_identity_presented_the_answer_or_the_refusal(tmp_path: Path) -> None:
+    port = TlsPort(tmp_path)
+    try:
+        anonymous = run_probe(port.port, "anonymous")
+        client = port.ca.issue("license")
+        allowed = run_probe(port.port, "certificate", {"PROBE_CHAIN": client.chain.read_text(),
+                                                       "PROBE_KEY": client.key.read_text()})
+        plain = run_probe(port.port, "plaintext")
+    finally:
+        port.close()
+    assert spiffe_uri(base64.b64decode(anonymous["peer_der"])) == identity.spiffe_id("cas")
+    assert anonymous["status"] is None and anonymous["refused"], anonymous
+    assert (allowed["status"], allowed["body"], allowed["refused"]) == (201, "ok", None)
+    assert plain["status"] is None and plain["refused"] and plain["peer_der"] is None, plain
+
+
+def probe_answers(fake: FakeCluster, printed: bytes, *, phase: str = "Succeeded") -> None:
+    """The fake's pods finish at once (as a kubelet would run them) and their log is ``printed``."""
+    pods = kmock.resource("", "v1", "pods")
+
+    def finished(request: kmock.Request) -> dict[str, Any]:
+        stored = fake.stored(PODS, str(request.name))
+        if stored is None:
+            raise kmock.KubernetesObjectNotFoundError()
+        return {**stored, "status": {"phase": phase}}
+
+    fake.server[pods, kmock.subresource("log")] << printed   # first: the reaction below would match it too
+    fake.server[kmock.action.FETCH, pods] << finished
+
+
+def test_mesh_handshake_on_kube_runs_the_client_in_a_pod_outside_the_mesh_and_deletes_it(
+    istio: FakeCluster, lab_cfg: LabConfig, tmp_path: Path
+) -> None:
+    port = TlsPort(tmp_path)
+    try:
+        printed = json.dumps(run_probe(port.port, "anonymous")).encode() + b"\n"
+    finally:
+        port.close()
+    probe_answers(istio, b"some warning\n" + printed)
+    target = apis_target(istio, lab_cfg.with_(mesh="strict"))
+    foreign = identity.LabCA.ensure(tmp_path / "other-ca").issue("license")
+
+    seen = target.mesh_handshake("cas", foreign, path="/sessions")
+
+    assert seen.peer == identity.spiffe_id("cas") and seen.status is None and seen.refused, seen
+    (created,) = istio.requests("POST")
+    assert created.url.path == f"/api/v1/namespaces/{NAMESPACE}/pods"
+    probe = created.data
+    assert probe["metadata"]["labels"]["sidecar.istio.io/inject"] == "false"
+    (container,) = probe["spec"]["containers"]
+    assert container["image"] == image.services_image() and container["command"][:2] == ["python", "-c"]
+    assert container["command"][3:] == [f"cas.{NAMESPACE}.svc", "8000", "GET", "/sessions", "certificate"]
+    assert {e["name"]: e["value"] for e in container["env"]}["PROBE_CHAIN"] == foreign.chain.read_text()
+    (deleted,) = istio.requests("DELETE")
+    assert deleted.url.path == f"/api/v1/namespaces/{NAMESPACE}/pods/{probe['metadata']['name']}"
+
+
+def test_mesh_plaintext_on_kube_reports_the_sidecars_answer(istio: FakeCluster, lab_cfg: LabConfig) -> None:
+    body = "RBAC: access denied by AuthorizationPolicy ottlab/cas"
+    probe_answers(istio, json.dumps({"peer_der": None, "status": 403, "body": body, "refused": None}).encode())
+    target = apis_target(istio, lab_cfg.with_(mesh="permissive"))
+
+    seen = target.mesh_plaintext("cas", "POST", "/sessions")
+
+    assert (seen.status, seen.body, seen.refused) == (403, body, None)
+    (created,) = istio.requests("POST")
+    assert created.data["spec"]["containers"][0]["command"][3:] == [f"cas.{NAMESPACE}.svc", "8000", "POST",
+                                                                     "/sessions", "plaintext"]
+    assert created.data["spec"]["containers"][0]["env"] == []
+    assert len(istio.requests("DELETE")) == 1
+
+
+def test_a_probe_pod_that_prints_no_result_is_an_error_and_is_deleted(istio: FakeCluster, lab_cfg: LabConfig) -> None:
+    probe_answers(istio, b"exec: python: not found\n", phase="Failed")
+    target = apis_target(istio, lab_cfg.with_(mesh="strict"))
+
+    with pytest.raises(KubeError, match="printed no result: exec: python: not found"):
+        target.mesh_plaintext("cas")
+
+    assert len(istio.requests("DELETE")) == 1

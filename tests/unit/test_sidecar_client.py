@@ -109,8 +109,8 @@ def test_the_identity_is_the_spiffe_uri_of_the_certificate_it_holds() -> None:
 def test_the_uri_of_a_workload_certificate(tmp_path: Path) -> None:
     issued = identity.LabCA.ensure(tmp_path / "ca").issue("license", directory=tmp_path / "license")
     der = x509.load_pem_x509_certificate(issued.chain.read_bytes()).public_bytes(Encoding.DER)
-    assert sidecar._uri(der) == identity.spiffe_id("license")
-    assert sidecar._uri(None) is None
+    assert sidecar.spiffe_uri(der) == identity.spiffe_id("license")
+    assert sidecar.spiffe_uri(None) is None
 
 
 def test_a_port_nobody_listens_on_is_a_refusal_not_an_answer() -> None:

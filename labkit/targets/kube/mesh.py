@@ -166,3 +166,83 @@ def apply(cluster: Cluster, namespace: str, mesh: Mesh, topology: Topology) -> l
     if not done:
         progress(f"  the mesh in namespace {namespace} is already as asked")
     return done
+
+
+# -- a client outside the mesh, inside the cluster -------------------------------------------
+# What a notebook's TLS or plaintext client at a service's port needs on kube: a connection that
+# enters the service's pod from the cluster's network, where its sidecar intercepts it. A pod of
+# the lab's services image without a sidecar makes it (Istio's mutual TLS migration task uses such
+# a "legacy" client) and prints what happened as one JSON line: the bytes of the certificate the
+# port presented, the HTTP status and the start of the body, or why the connection was refused.
+PROBE_NAME = "ottlab-mesh-probe"
+PROBE_TIMEOUT = 120.0   # a pod's start, the image already on the node; the connection itself is bounded at 5 s
+PROBE_SCRIPT = r"""
+import base64, json, os, socket, ssl, sys, tempfile
+host, port, method, path, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+out = {"peer_der": None, "status": None, "body": "", "refused": None}
+try:
+    sock = socket.create_connection((host, port), timeout=5)
+    if mode != "plaintext":
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        if mode == "certificate":
+            folder = tempfile.mkdtemp()
+            for name in ("chain", "key"):
+                with open(os.path.join(folder, name + ".pem"), "w") as f:
+                    f.write(os.environ["PROBE_" + name.upper()])
+            context.load_cert_chain(os.path.join(folder, "chain.pem"), os.path.join(folder, "key.pem"))
+        sock = context.wrap_socket(sock, server_hostname=host)
+        der = sock.getpeercert(binary_form=True)
+        out["peer_der"] = base64.b64encode(der).decode() if der else None
+    sock.sendall(f"{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".encode())
+    data = b""
+    while len(data) < 65536:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    if data.startswith(b"HTTP/"):
+        out["status"] = int(data.split()[1])
+        out["body"] = data.partition(b"\r\n\r\n")[2][:300].decode(errors="replace")
+    else:
+        out["refused"] = "the connection closed before an answer"
+except (ssl.SSLError, OSError) as exc:
+    out["refused"] = f"{type(exc).__name__}: {exc or 'connection closed'}"
+print(json.dumps(out))
+"""
+
+
+def probe_pod(name: str, image: str, host: str, port: int, method: str, path: str, *,
+              chain: str | None = None, key: str | None = None, tls: bool = True) -> KubeObject:
+    """The Pod that runs :data:`PROBE_SCRIPT` once against ``host:port``, outside the mesh (no sidecar).
+
+    ``chain`` and ``key`` (PEM): the client certificate it presents; ``tls=False``: plaintext HTTP.
+    """
+    mode = "plaintext" if not tls else "certificate" if chain is not None else "anonymous"
+    env = [{"name": "PROBE_CHAIN", "value": chain or ""}, {"name": "PROBE_KEY", "value": key or ""}]
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": {
+            "app.kubernetes.io/name": PROBE_NAME, "app.kubernetes.io/part-of": "ottlab", "ottlab.io/layer": "apis",
+            # Outside the mesh: a client with no identity of the mesh, whatever the namespace asks.
+            "sidecar.istio.io/inject": "false"}},
+        "spec": {
+            "restartPolicy": "Never",
+            "automountServiceAccountToken": False,
+            "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001,
+                                "seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [{
+                "name": "probe", "image": image,
+                "command": ["python", "-c", PROBE_SCRIPT, host, str(port), method, path, mode],
+                "env": env if mode == "certificate" else [],
+                "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                                    "capabilities": {"drop": ["ALL"]}},
+                "resources": {"requests": {"cpu": "10m", "memory": "32Mi"},
+                              "limits": {"cpu": "200m", "memory": "64Mi"}},
+                "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+            }],
+            "volumes": [{"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}}],
+        },
+    }

@@ -67,6 +67,9 @@ from labkit.targets.kube.portforward import PortForward, Stream
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient
 
+    from labkit.clients.sidecar import Handshake, Plaintext
+    from labkit.platform.mesh.identity import WorkloadCertificate
+
 # kubectl's own annotation for `kubectl rollout restart`, so kubectl shows ours the same way.
 RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"
 STOPPED_REPLICAS = "ottlab.io/stopped-replicas"
@@ -236,6 +239,10 @@ class KubeTarget(Target):
                 if self._cluster.delete(rtype, manifest.name(obj), namespace):
                     progress(f"  deleted {rtype.kind.lower()}/{manifest.name(obj)}")
         if namespace_exists:
+            # A client pod of mesh_handshake/mesh_plaintext left by a process that stopped mid-probe.
+            for probe in self._cluster.list(PODS, self.namespace,
+                                            label_selector=f"{manifest.NAME_LABEL}={kube_mesh.PROBE_NAME}"):
+                self._cluster.delete(PODS, manifest.name(probe), self.namespace, grace_period_seconds=0)
             until(
                 lambda: not self._cluster.list(PODS, self.namespace, label_selector=LAB_SELECTOR),
                 self.cfg.ready_timeout, rollout.POLL_INTERVAL,
@@ -613,6 +620,67 @@ class KubeTarget(Target):
             progress(f"port-forward {forward.url} -> pod/{pod} port {kube_mesh.ADMIN_PORT} "
                      f"(its {kube_mesh.PROXY_CONTAINER}'s Envoy admin API)")
         return forward.url
+
+    def mesh_handshake(self, service: str, certificate: WorkloadCertificate | None = None, *,
+                       path: str = "/") -> Handshake:
+        """A TLS client outside the mesh at ``service``'s Service port, from inside the cluster.
+
+        It runs in a pod of the lab's services image without a sidecar (:func:`kube_mesh.probe_pod`),
+        so its connection enters the service's pod from the cluster's network, where the sidecar
+        intercepts it, as a legacy client's does in Istio's mutual TLS migration task; the pod's
+        log gives what it saw, and the pod is deleted.
+        """
+        from labkit.clients.sidecar import Handshake, spiffe_uri
+
+        chain = certificate.chain.read_text() if certificate is not None else None
+        key = certificate.key.read_text() if certificate is not None else None
+        seen = self._mesh_probe(service, "GET", path, tls=True, chain=chain, key=key)
+        der = base64.b64decode(seen["peer_der"]) if seen.get("peer_der") else None
+        return Handshake(spiffe_uri(der), seen.get("status"), seen.get("refused"))
+
+    def mesh_plaintext(self, service: str, method: str = "GET", path: str = "/") -> Plaintext:
+        """A plaintext HTTP client outside the mesh at ``service``'s Service port: from a pod, as above."""
+        from labkit.clients.sidecar import Plaintext
+
+        seen = self._mesh_probe(service, method, path, tls=False)
+        return Plaintext(seen.get("status"), str(seen.get("body") or ""), seen.get("refused"))
+
+    def _mesh_probe(self, service: str, method: str, path: str, *, tls: bool, chain: str | None = None,
+                    key: str | None = None) -> dict[str, Any]:
+        """Run :data:`kube_mesh.PROBE_SCRIPT` once in a pod outside the mesh against ``service``; what it printed."""
+        import json
+        import uuid
+
+        comp = self._not_a_sidecar(self.component(service), "probe")
+        port = comp.port("http").container
+        name = f"{kube_mesh.PROBE_NAME}-{uuid.uuid4().hex[:8]}"
+        pod = kube_mesh.probe_pod(name, image.services_image(), f"{comp.name}.{self.namespace}.svc", port,
+                                  method, path, chain=chain, key=key, tls=tls)
+        progress(f"pod/{name}, outside the mesh: {'TLS' if tls else 'plaintext'} {method} {path} "
+                 f"at {comp.name}:{port}{' with a client certificate' if chain else ''}")
+        self._cluster.create(PODS, pod, self.namespace)
+        try:
+            def finished() -> bool:
+                current = self._cluster.get(PODS, name, self.namespace) or {}
+                status = current.get("status") or {}
+                for container in status.get("containerStatuses") or []:
+                    reason = ((container.get("state") or {}).get("waiting") or {}).get("reason")
+                    if reason in IMAGE_PULL_FAILURES:
+                        raise ImageMissingError(image.services_image(), [f"pod/{name} is {reason}"])
+                return status.get("phase") in ("Succeeded", "Failed")
+
+            until(finished, kube_mesh.PROBE_TIMEOUT, 0.5, f"pod/{name} (a client outside the mesh) to finish")
+            text = self._cluster.text(PODS.path(self.namespace, name, "log"), {"container": "probe"})
+        finally:
+            self._cluster.delete(PODS, name, self.namespace, grace_period_seconds=0)
+        lines = [line for line in text.splitlines() if line.startswith("{")]
+        try:
+            seen: dict[str, Any] = json.loads(lines[-1])
+        except (IndexError, ValueError):
+            raise KubeError(f"pod/{name} printed no result: {text.strip()[-500:] or '(nothing)'}",
+                            hint="its image is the services image: is it the one the lab runs? "
+                                 "(make image && ottlab image load)") from None
+        return seen
 
     def _mesh_topology(self, without: str | None = None) -> Topology:
         """What the mesh may name: the Services, workloads and accounts the manifests declare with the mesh.
