@@ -8,6 +8,12 @@ rung, so it stalls and the rebuffering panels have stalls; one on a stepped trac
 an unknown title (video start failures, license denials), a browser's beacons for a playback failure
 and an exit before the start (the simulator does not produce those on purpose), and a forged
 signed segment URL at every PoP (the signed-URL refusals).
+
+The lab runs with the service mesh on (``mesh="strict"``, whatever OTTLAB_MESH says): the Platform
+dashboard's mesh panels read the Envoy sidecars' counters (job ``envoy-stats``), which a lab without
+the mesh does not have, and every panel must show data. Retries, timeouts, ejections and overflows
+are zero in this traffic: their panels show zero rates of counters that exist, which is data; a
+renamed Envoy metric has no series and fails.
 """
 
 from __future__ import annotations
@@ -52,7 +58,9 @@ class Window:
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalTarget]:
     home = tmp_path_factory.mktemp("dashboards")
-    with running_lab(home, 32300, seeded=True) as target:   # every layer, monitoring included
+    # Every layer, monitoring included, and the mesh: the Platform dashboard's mesh panels need its sidecars.
+    # Its sidecars' ports reach base + 750: the base keeps them below the ephemeral range (32768-60999).
+    with running_lab(home, 21400, seeded=True, mesh="strict") as target:
         clip = make_sample(home / "clip.mp4", CLIP_S, width=1280, height=720)
         transcoding.transcode(target, clip, TITLE, ladder="small", preset="ultrafast", tier="free", progress=False)
         yield target
@@ -125,3 +133,17 @@ def test_a_renamed_metric_fails(window: Window) -> None:
                 if "ott_edge_requests_total" in expr and expr.endswith("or vector(0)")}
     assert fallback and dead == uses - fallback
     assert missing_metrics(renamed, window.prometheus) == {"ott_edge_request_total"}
+
+
+def test_the_mesh_panels_read_the_sidecars_of_the_plays(window: Window) -> None:
+    # The viewers' plays went through the gateway's sidecar to license's: its destination cluster counted them.
+    license_cluster = "outbound|8000||license.ottlab.svc.cluster.local"
+    sent = window.prometheus.scalar(
+        f'sum(increase(envoy_cluster_upstream_rq_total{{job="envoy-stats", cluster_name="{license_cluster}"}}'
+        f'[{max(1, round(window.minutes))}m]))')
+    assert sent > 0
+    # A renamed Envoy counter (retries are zero here, yet the series exists) is caught.
+    model = dashboards.load("platform")
+    retries = "envoy_cluster_upstream_rq_retry"
+    renamed = json.loads(json.dumps(model).replace(retries, retries + "_count"))
+    assert missing_metrics(renamed, window.prometheus) == {retries + "_count"}

@@ -1,7 +1,11 @@
 """Platform: the OTT services' own metrics, per service and route.
 
 Rate, errors and duration (``ott_http_*``, every service), license decisions by reason, CAS
-decisions and sessions started, entitlement checks, and the transcoder's jobs and speed.
+decisions and sessions started, entitlement checks, the transcoder's jobs and speed, and the service
+mesh as its Envoy sidecars count it (job ``envoy-stats``, Istio's ``cluster_name`` label, one series per
+destination cluster such as ``outbound|8000||license.ottlab.svc.cluster.local``): requests, retries,
+timeouts, outlier ejections, circuit-breaker overflows and upstream latency. Those panels have data
+with the mesh on (``OTTLAB_MESH=strict`` or ``permissive``, and on kube with Istio's sidecars).
 """
 
 from __future__ import annotations
@@ -18,12 +22,22 @@ from labkit.analysis.dashboards.panel import (
     timeseries,
     variable,
 )
+from labkit.platform.mesh import STATS_JOB
 
 UID = "ottlab-platform"
 TITLE = "Platform"
 SERVICE = '{service=~"$service"}'
 REQUESTS = f"rate(ott_http_requests_total{SERVICE}[{RATE}])"
 ERRORS = f'rate(ott_http_requests_total{{service=~"$service", status=~"5.."}}[{RATE}])'
+
+
+# The sidecars' outbound clusters of the services the $service variable selects (a subset, a canary's v1/v2, included).
+MESH = f'{{job="{STATS_JOB}", cluster_name=~"outbound\\\\|[0-9]+\\\\|[^|]*\\\\|($service)\\\\..+"}}'
+
+
+def _mesh_rate(counter: str) -> str:
+    """Per second, by destination cluster, summed over every sidecar that calls it."""
+    return f"sum by (cluster_name) (rate({counter}{MESH}[{RATE}]))"
 
 
 def _latency(q: float, by: str) -> str:
@@ -83,5 +97,29 @@ def build() -> dict[str, Any]:
             timeseries("Transcode speed", "Mean encode speed of the published jobs, × realtime", "suffix:×",
                        Query("sum(ott_transcode_speed_ratio_sum) / sum(ott_transcode_speed_ratio_count)", "speed"),
                        steps=falling(1, 2), minimum=0),
+        ]),
+        ("Service mesh (Envoy sidecars)", [
+            timeseries("Mesh requests per destination", "Requests the sidecars sent to each destination cluster, "
+                       "per second", "reqps",
+                       Query(_mesh_rate("envoy_cluster_upstream_rq_total"), "{{cluster_name}}"), minimum=0),
+            timeseries("Mesh p95 upstream latency", "95th percentile of the time a destination took to answer the "
+                       "calling sidecar (retries included)", "ms",
+                       Query(f"histogram_quantile(0.95, sum by (cluster_name, le) "
+                             f"(rate(envoy_cluster_upstream_rq_time_bucket{MESH}[{RATE}])))", "{{cluster_name}}"),
+                       steps=rising(250, 500), minimum=0),
+            timeseries("Mesh retries", "Retries the sidecars made (VirtualService retries), per second", "reqps",
+                       Query(_mesh_rate("envoy_cluster_upstream_rq_retry"), "{{cluster_name}}"), minimum=0),
+            timeseries("Mesh timeouts", "Requests cut by the route's timeout, and tries cut by the per-try timeout, "
+                       "per second", "reqps",
+                       Query(_mesh_rate("envoy_cluster_upstream_rq_timeout"), "{{cluster_name}} route"),
+                       Query(_mesh_rate("envoy_cluster_upstream_rq_per_try_timeout"), "{{cluster_name}} per try"),
+                       minimum=0),
+            timeseries("Mesh outlier ejections", "Hosts ejected by outlier detection (DestinationRule), per second",
+                       "cps", Query(_mesh_rate("envoy_cluster_outlier_detection_ejections_enforced_total"),
+                                    "{{cluster_name}}"), minimum=0),
+            timeseries("Mesh pending overflow", "Requests refused by the connection pool's circuit breaker "
+                       "(http1MaxPendingRequests), per second", "reqps",
+                       Query(_mesh_rate("envoy_cluster_upstream_rq_pending_overflow"), "{{cluster_name}}"),
+                       minimum=0),
         ]),
     ])
