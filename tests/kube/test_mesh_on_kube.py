@@ -267,11 +267,15 @@ def test_up_without_the_mesh_applies_none_of_it(istio: FakeCluster, lab_cfg: Lab
 
 def test_down_deletes_the_mesh_a_lab_was_brought_up_with(istio: FakeCluster, lab_cfg: LabConfig) -> None:
     istio.put("v1/namespaces", NAMESPACE, {"metadata": {"labels": {"istio-injection": "enabled"}}}, namespace=None)
+    # A client pod a process left when it stopped mid-probe (mesh_handshake) goes too.
+    istio.put(PODS, "ottlab-mesh-probe-1", {"metadata": {"labels": {
+        manifest.NAME_LABEL: kube_mesh.PROBE_NAME, manifest.PART_OF_LABEL: manifest.PART_OF}}})
     target = apis_target(istio, lab_cfg)   # OTTLAB_MESH unset now: the cluster's mesh goes all the same
 
     target.down()
 
     deleted = {r.url.path for r in istio.requests("DELETE")}
+    assert f"/api/v1/namespaces/{NAMESPACE}/pods/ottlab-mesh-probe-1" in deleted
     assert f"/apis/security.istio.io/v1/namespaces/{NAMESPACE}/peerauthentications/default" in deleted
     assert f"/apis/networking.istio.io/v1/namespaces/{NAMESPACE}/virtualservices/license" in deleted
     assert f"/apis/security.istio.io/v1/namespaces/{NAMESPACE}/authorizationpolicies/cas" in deleted

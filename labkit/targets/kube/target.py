@@ -240,9 +240,9 @@ class KubeTarget(Target):
                     progress(f"  deleted {rtype.kind.lower()}/{manifest.name(obj)}")
         if namespace_exists:
             # A client pod of mesh_handshake/mesh_plaintext left by a process that stopped mid-probe.
-            for probe in self._cluster.list(PODS, self.namespace,
-                                            label_selector=f"{manifest.NAME_LABEL}={kube_mesh.PROBE_NAME}"):
-                self._cluster.delete(PODS, manifest.name(probe), self.namespace, grace_period_seconds=0)
+            for probe in self._cluster.list(PODS, self.namespace, label_selector=LAB_SELECTOR):
+                if manifest.labels(probe).get(manifest.NAME_LABEL) == kube_mesh.PROBE_NAME:
+                    self._cluster.delete(PODS, manifest.name(probe), self.namespace, grace_period_seconds=0)
             until(
                 lambda: not self._cluster.list(PODS, self.namespace, label_selector=LAB_SELECTOR),
                 self.cfg.ready_timeout, rollout.POLL_INTERVAL,
