@@ -4,6 +4,7 @@ shows a failing query in its panel."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pandas as pd
@@ -246,3 +247,28 @@ def test_dead_queries_are_the_empty_the_nan_and_the_refused() -> None:
     assert dead == ["renamed_total: no data: renamed_total",
                     "histogram_quantile(0.5, x): no data: histogram_quantile(0.5, x)",
                     "fails: failed (Prometheus at http://127.0.0.1:1: refused the request: bad_data): fails"]
+
+
+class ScrapedJobs:
+    """A Prometheus that scrapes targets of ``jobs`` (its ``up`` counted by job)."""
+
+    def __init__(self, *jobs: str) -> None:
+        self.jobs = jobs
+
+    def query(self, promql: str) -> pd.DataFrame:
+        assert promql == "count by (job) (up)"
+        return pd.DataFrame([{"job": job, "value": 1.0} for job in self.jobs], columns=["job", "value"])
+
+
+def test_the_mesh_panels_are_set_aside_only_where_no_sidecar_is_scraped() -> None:
+    model = dashboards.load("platform")
+    mesh = [p["title"] for p in panels(model) if any('job=\\"envoy-stats\\"' in json.dumps(t) for t in p["targets"])]
+    assert len(mesh) == 6
+    no_mesh = ScrapedJobs("auth", "license", "gateway")
+    assert figure.unscraped_panels(model, no_mesh) == mesh  # type: ignore[arg-type]
+    assert figure.unscraped_panels(model, ScrapedJobs("auth", "envoy-stats")) == []  # type: ignore[arg-type]
+    kept = figure.without_panels(model, mesh)
+    assert [p["title"] for p in panels(kept)] == [p["title"] for p in panels(model) if p["title"] not in mesh]
+    # The other dashboards read no job by name: a lab lacking any job leaves all their panels to be checked.
+    for name, other in models():
+        assert name == "platform" or figure.unscraped_panels(other, ScrapedJobs()) == []  # type: ignore[arg-type]
