@@ -21,7 +21,14 @@ only when those match. On loopback ours settles on the top rung after its first 
 starts low), Locust fetches the top rung throughout. The lab (edges, origin, gateway,
 APIs) runs on the same cores as the load generators: every figure includes that contention.
 
+With the service mesh on (``--mesh strict``, or ``OTTLAB_MESH``) every call between services, and the
+gateway's to them (logins, license grants, QoE beacons), goes through Envoy sidecars; the segments do
+not (the PoPs serve them). Then each sidecar's memory (RSS, its own USS, Envoy's allocated) and CPU
+share of a core is printed at idle (``--idle-s`` before the first step) and during each step, as
+``bench_mesh.py`` measures them (:class:`bench_mesh.Sidecars`).
+
     python bench/bench_viewers.py [--smoke | --quick] [--counts 25,50,100,200,400,800] [--sample-seconds 24]
+                                  [--mesh off|permissive|strict] [--idle-s 5]
 """
 
 from __future__ import annotations
@@ -39,6 +46,8 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from bench_mesh import Sidecars, print_usage
 
 from labkit import platform
 from labkit.clients import seed
@@ -192,11 +201,15 @@ def main() -> int:
     parser.add_argument("--arrivals", type=float, default=5.0, help="the viewers arrive over this many seconds")
     parser.add_argument("--side", choices=("both", "ours", "locust"), default="both")
     parser.add_argument("--base-port", type=int, default=31100)
+    parser.add_argument("--mesh", choices=("off", "permissive", "strict"), default=None,
+                        help="the lab's service mesh (default: OTTLAB_MESH, else the lab's default)")
+    parser.add_argument("--idle-s", type=float, default=5.0,
+                        help="with the mesh on: seconds the sidecars' idle CPU is read over (default: 5)")
     args = parser.parse_args()
     if args.quick:
         args.counts, args.sample_seconds = "10,20,40", 12.0
     if args.smoke:
-        args.counts, args.sample_seconds, args.arrivals = "2", 4.0, 1.0
+        args.counts, args.sample_seconds, args.arrivals, args.idle_s = "2", 4.0, 1.0, 1.0
     counts = sorted({int(c) for c in args.counts.split(",") if c.strip()})
     if not counts or counts[0] < 1 or counts[-1] > 2000 or not 4 <= args.sample_seconds <= 120:
         parser.error("need counts from 1 to 2000 and --sample-seconds from 4 to 120")
@@ -215,7 +228,7 @@ def main() -> int:
 
     steps: list[Step] = []
     with tempfile.TemporaryDirectory(prefix="ottlab-bench-viewers-") as tmp:
-        cfg = LabConfig(home=Path(tmp) / "lab", base_port=args.base_port, ready_timeout=60)
+        cfg = LabConfig.from_env(home=Path(tmp) / "lab", base_port=args.base_port, ready_timeout=60, mesh=args.mesh)
         target = LocalTarget(cfg, platform.components(), platform.layers())
         try:
             target.up()
@@ -224,10 +237,18 @@ def main() -> int:
             master_urls = signed_master_urls(gateway)
             print(f"\n{TITLE}: {args.sample_seconds:g} s clip, {len(master_urls)} PoP(s), viewers arrive over "
                   f"{args.arrivals:g} s, max buffer {MAX_BUFFER_S:g} s; {os.cpu_count()} CPUs shared by the lab "
-                  f"(edges, origin, gateway, APIs) and the load generator", flush=True)
+                  f"(edges, origin, gateway, APIs) and the load generator; mesh {cfg.mesh}", flush=True)
+            sidecars = Sidecars(target) if cfg.mesh != "off" else None
+            if sidecars is not None:
+                idle = sidecars.mark()
+                time.sleep(args.idle_s)  # the measured window: no traffic while it lasts
+                quiet = sidecars.mark()
+                print_usage(f"Envoy sidecars, idle ({args.idle_s:g} s, no traffic):",
+                            sidecars.usage(Sidecars.cpu_between(idle, quiet), quiet[0] - idle[0]))
             active = list(sides)
             for count in counts:
                 for side in list(active):
+                    before = sidecars.mark() if sidecars is not None else None
                     if side == "ours":
                         step = run_ours(gateway, count, args.sample_seconds, args.arrivals)
                     else:
@@ -238,6 +259,11 @@ def main() -> int:
                           f"{step.errors} errors, {step.cpu_s:7.2f} CPU s in {step.wall_s:5.1f} s "
                           f"({step.cpu_per_viewer_minute:.3f} CPU s/viewer/min; {step.fetched()})"
                           f"{'  ' + step.note if step.note else ''}", flush=True)
+                    if sidecars is not None and before is not None:
+                        after = sidecars.mark()
+                        print_usage(f"  Envoy sidecars while {side} played {count} viewers "
+                                    f"({after[0] - before[0]:.0f} s):",
+                                    sidecars.usage(Sidecars.cpu_between(before, after), after[0] - before[0]))
                     if not step.clean:
                         active.remove(side)
                 if not active:
