@@ -1,6 +1,7 @@
 """A PoP's declared capacity on real nginx (labkit.platform.layers.cdn.POP_CAPACITY_RPS's mechanism):
-set on the edge, each PoP queues media requests past its rate (their answers wait) and refuses
-those beyond its queue with 503; a PoP the edge scales to renders it too; unset, nothing waits."""
+set on the edge (Target.set_pop_capacity), each PoP queues media requests past its rate (their answers
+wait) and refuses those beyond its queue with 503; a PoP the edge scales to renders it too, and `up`
+again keeps both the capacity and the replicas scaling gave; unset, nothing waits."""
 
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ def _segment_urls(lab: LocalTarget, pop: int) -> list[str]:
 
 
 def test_a_pop_queues_past_its_capacity_and_refuses_beyond_its_queue(lab: LocalTarget) -> None:
-    lab.set_env("edge", {cdn.CAPACITY_SETTING: str(RPS)})
+    assert lab.set_pop_capacity(RPS) == RPS
     answers = asyncio.run(_burst(_segment_urls(lab, 0)))
     refused = [s for s, _ in answers if s == 503]
     served = [(s, t) for s, t in answers if s != 503]
@@ -61,9 +62,22 @@ def test_a_pop_queues_past_its_capacity_and_refuses_beyond_its_queue(lab: LocalT
     refused_new = [s for s, _ in asyncio.run(_burst(_segment_urls(lab, 2))) if s == 503]
     assert len(refused_new) >= BURST - queue - 2
 
+    # `up` again (what `ottlab up` does after an autoscaler scaled the edge) keeps 3 PoPs and their capacity ...
+    lab.up(["media", "cdn"])
+    edge = next(s for s in lab.status() if s.name == "edge")
+    assert edge.replicas == 3 and len(edge.replica_urls) == 3, edge
+    assert all(f"rate={RPS}r/s" in (lab.cfg.conf_dir / "edge" / str(i) / "nginx.conf").read_text() for i in range(3))
+    # ... and one PoP stays one: `up` does not start the declared second again behind the edges' list.
+    lab.scale("edge", 1)
+    lab.up(["media", "cdn"])
+    edge = next(s for s in lab.status() if s.name == "edge")
+    assert edge.replicas == 1 and len(edge.pids) == 1 and len(edge.replica_urls) == 1, edge
+    lab.scale("edge", cdn.EDGE.replicas)
+
 
 def test_without_a_capacity_nothing_waits(lab: LocalTarget) -> None:
-    assert cdn.CAPACITY_SETTING not in lab.set_env("edge", {cdn.CAPACITY_SETTING: None})
+    assert lab.set_pop_capacity(None) is None
+    assert cdn.CAPACITY_SETTING not in lab.set_env("edge", {})
     assert "limit_req" not in (lab.cfg.conf_dir / "edge" / "0" / "nginx.conf").read_text()
     answers = asyncio.run(_burst(_segment_urls(lab, 0)))
     assert {s for s, _ in answers} == {404}, answers

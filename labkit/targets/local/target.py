@@ -95,6 +95,10 @@ class LocalTarget(Target):
             if not self.supervisor.is_running():
                 self._reap_orphans()
             running = self._running_programs()
+            # Each with the replicas `scale` (or the autoscaler) gave it, as its configs list them: `up` again
+            # undoes no scaling, as on kube, where an HPA's workload keeps its live replicas.
+            scaled = {c.name: c for c in self._scaled_components()}
+            selected = [scaled[c.name] for c in selected]
             wanted_ports = [p for c in selected if not self._is_up(c, running) for p in self._ports_of(c)]
             ports.ensure_free(wanted_ports, self.cfg.host)
             if self.supervisor.is_running():
@@ -540,6 +544,16 @@ class LocalTarget(Target):
                 self.supervisor.reload()
                 self._start(next(c for c in self._scaled_components() if c.name == comp.name))
         return mine
+
+    def set_pop_capacity(self, rps: int | None) -> int | None:
+        """The edge's setting :data:`cdn.CAPACITY_SETTING` (``ottlab env edge``): every PoP's nginx.conf renders it.
+
+        Through :meth:`set_env`: the PoPs' configs are written again and the edge restarted with them;
+        a PoP :meth:`scale` or the autoscaler adds later renders it too. Checked before anything changes.
+        """
+        capacity = cdn.capacity_value(rps)
+        settings = self.set_env(cdn.EDGE.name, {cdn.CAPACITY_SETTING: None if capacity is None else str(capacity)})
+        return cdn.capacity_value(settings.get(cdn.CAPACITY_SETTING))
 
     def _env_overrides(self) -> dict[str, dict[str, str]]:
         try:
