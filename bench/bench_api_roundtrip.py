@@ -41,6 +41,7 @@ from argon2 import PasswordHasher
 
 from labkit import platform
 from labkit.clients import seed
+from labkit.clients.api import service_client
 from labkit.core.config import LabConfig
 from labkit.core.console import echo_command
 from labkit.core.ports import ensure_free
@@ -141,12 +142,13 @@ def argon2_verify_s(samples: int = 5) -> list[float]:
 
 def bench_devices(target: LocalTarget, count: int, *, create_key: bool = True) -> list[Device]:
     """One account per device (the CAS stream limit, 2 per account, must not refuse the bench), with the title's
-    key unless ``create_key`` is False (with the mesh on only the transcoder's identity may create it)."""
+    key (created as the transcoder, the only identity the mesh lets create it) unless ``create_key`` is False."""
     token = {"X-Service-Token": target.service_token()}
     devices = []
     with httpx.Client(timeout=30, headers=token) as http:
         if create_key:
-            http.post(f"{target.endpoint('license')}/admin/keys/{TITLE}").raise_for_status()
+            with service_client(target, "license", caller="transcoder", timeout=30) as license_admin:
+                license_admin.post(f"/admin/keys/{TITLE}").raise_for_status()
         for i in range(count):
             email, password = f"bench-{i}@example.com", f"bench-password-{i}"
             user = http.post(f"{target.endpoint('auth')}/admin/users", json={"email": email, "password": password})

@@ -14,11 +14,11 @@ from labkit.targets.local.target import LocalTarget
 
 @contextmanager
 def running_lab(home: Path, base_port: int, layers: Sequence[str] | None = None, *,
-                seeded: bool = False, mesh: str = "off") -> Iterator[LocalTarget]:
+                seeded: bool = False, mesh: str | None = None) -> Iterator[LocalTarget]:
     """A local lab in ``home / "lab"`` on ``base_port`` with ``layers`` up (every layer by default) and the
-    demo data when ``seeded``, the service mesh as ``mesh`` says (OTTLAB_MESH); always brought down and
-    purged afterwards, also when a test failed."""
-    cfg = LabConfig(home=home / "lab", base_port=base_port, ready_timeout=60, mesh=mesh)
+    demo data when ``seeded``, the service mesh as ``mesh`` says, else as OTTLAB_MESH or its default does;
+    always brought down and purged afterwards, also when a test failed."""
+    cfg = LabConfig.from_env(home=home / "lab", base_port=base_port, ready_timeout=60, mesh=mesh)
     target = LocalTarget(cfg, platform.components(), platform.layers())
     try:
         target.up(list(layers) if layers is not None else None)

@@ -17,17 +17,22 @@ REPO = Path(__file__).resolve().parent.parent
 TEST_BASE_PORT = int(os.environ.get("OTTLAB_TEST_BASE_PORT", "28000"))
 
 
+# Kept for the tests: their port range, and the service mesh their labs run with (OTTLAB_MESH=off runs
+# the suite without it; a lab's LabConfig.from_env reads it, the CLI run by a test too).
+KEPT = ("OTTLAB_TEST_BASE_PORT", "OTTLAB_MESH")
+
+
 @pytest.fixture(autouse=True)
 def _quiet_isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    # A developer's own OTTLAB_* settings must not leak into tests.
+    # A developer's own other OTTLAB_* settings must not leak into tests.
     for name in list(os.environ):
-        if name.startswith("OTTLAB_") and name != "OTTLAB_TEST_BASE_PORT":
+        if name.startswith("OTTLAB_") and name not in KEPT:
             monkeypatch.delenv(name)
 
 
 @pytest.fixture
 def lab_cfg(tmp_path: Path) -> LabConfig:
-    return LabConfig(home=tmp_path / "lab", base_port=TEST_BASE_PORT, ready_timeout=30)
+    return LabConfig.from_env(home=tmp_path / "lab", base_port=TEST_BASE_PORT, ready_timeout=30)
 
 
 @pytest.fixture

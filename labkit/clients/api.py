@@ -175,16 +175,20 @@ def forge_token(claims: dict[str, Any], *, kid: str) -> str:
     return jwt.encode(claims, ec.generate_private_key(ec.SECP256R1()), algorithm="ES256", headers={"kid": kid})
 
 
-def service_client(target: Target, component: str, *, timeout: float = DEFAULT_TIMEOUT) -> httpx.Client:
+def service_client(target: Target, component: str, *, caller: str | None = None,
+                   timeout: float = DEFAULT_TIMEOUT) -> httpx.Client:
     """An HTTP client of ``component``'s internal routes (``/admin/...``) with the lab's service token.
 
+    With the mesh on, the lab's tools call as their own identity (``ottlab-tools``); ``caller`` makes
+    the calls as that workload's (:meth:`Target.endpoint_as`): only the transcoder may create keys.
     The caller closes the client::
 
-        with service_client(target, "license") as admin:
+        with service_client(target, "license", caller="transcoder") as admin:
             admin.post("/admin/keys/ocean-documentary").json()["key_hex"]
     """
-    return httpx.Client(base_url=target.endpoint(component), headers={"X-Service-Token": target.service_token()},
-                        timeout=timeout)
+    url, tls = (target.endpoint(component), None) if caller is None else target.endpoint_as(component, caller)
+    return httpx.Client(base_url=url, headers={"X-Service-Token": target.service_token()}, timeout=timeout,
+                        verify=tls if tls is not None else True)
 
 
 @dataclass(frozen=True)

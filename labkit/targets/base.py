@@ -10,6 +10,7 @@ A notebook or the CLI holds a :class:`Target` and never asks which kind it is::
 from __future__ import annotations
 
 import abc
+import ssl
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -228,6 +229,12 @@ class Target(abc.ABC):
     @abc.abstractmethod
     def endpoint(self, component: str, port: str = "http") -> str:
         """A base URL reachable from this machine (a port-forward on kube)."""
+
+    def endpoint_as(self, component: str, caller: str) -> tuple[str, ssl.SSLContext | None]:
+        """Where ``caller``'s calls to ``component`` go from here, and the TLS context carrying ``caller``'s
+        mesh identity (None: no mesh on the way), for what a policy lets only ``caller`` do (keys: the
+        transcoder's). Without a mesh to pass, the tools' :meth:`endpoint`."""
+        return self.endpoint(component), None
 
     def service_token(self) -> str:
         """The lab's service-to-service secret, for admin calls such as seeding."""

@@ -106,7 +106,7 @@ def test_an_unknown_title_is_a_video_start_failure(lab: LocalTarget) -> None:
 def test_beacons_reach_the_collector(lab: LocalTarget) -> None:
     result = audience.run(lab.endpoint("gateway"), TITLE, 2, 12, arrivals_s=0, seed=4)
     assert result.beacons_sent >= 2 and result.beacons_failed == 0
-    metrics = lab.endpoint("qoe") + "/metrics"
+    metrics = lab.endpoint("qoe", lab.component("qoe").metrics_port) + "/metrics"
 
     def counted() -> bool:
         text = httpx.get(metrics, timeout=5).text

@@ -33,7 +33,7 @@ LIVE_EXPIRY_S = cdn.OBJECT_TYPES[0].ttl_s + 1.2
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalTarget]:
-    cfg = LabConfig(home=tmp_path_factory.mktemp("edge") / "lab", base_port=28800, ready_timeout=60)
+    cfg = LabConfig.from_env(home=tmp_path_factory.mktemp("edge") / "lab", base_port=28800, ready_timeout=60)
     target = LocalTarget(cfg, platform.components(), platform.layers())
     try:
         target.up(["media", "cdn"])

@@ -38,7 +38,7 @@ SLOW_ORIGIN_RATE = "400k"
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalTarget]:
-    cfg = LabConfig(home=tmp_path_factory.mktemp("herd") / "lab", base_port=29100, ready_timeout=60)
+    cfg = LabConfig.from_env(home=tmp_path_factory.mktemp("herd") / "lab", base_port=29100, ready_timeout=60)
     target = LocalTarget(cfg, platform.components(), platform.layers())
     try:
         target.up(["media", "cdn"])

@@ -69,7 +69,7 @@ def lab_ca(lab: LocalTarget) -> identity.LabCA:
 def test_the_lab_runs_with_the_mesh_on(lab: LocalTarget) -> None:
     assert lab.cfg.mesh == "strict"
     names = {s.name: s for s in lab.status()}
-    for service in local_mesh.MESHED:
+    for service in local_mesh.APIS:
         assert names[service].healthy and names[local_mesh.proxy_name(service)].healthy, names[service]
         # The app listens on its socket only: its sidecar holds the service's port.
         assert (lab.cfg.run_dir / "mesh" / f"{service}-0.sock").is_socket()
@@ -103,7 +103,7 @@ def test_a_viewer_plays_through_the_mesh(lab: LocalTarget, tmp_path: Path) -> No
 
 
 def test_a_plaintext_request_to_a_services_port_is_refused(lab: LocalTarget) -> None:
-    for service in local_mesh.MESHED:
+    for service in local_mesh.APIS:
         with pytest.raises(httpx.TransportError):
             httpx.get(f"http://127.0.0.1:{port(lab, service)}/readyz", timeout=5)
 
@@ -159,8 +159,8 @@ def test_probes_and_metrics_pass_the_health_port_and_prometheus_scrapes_envoys_s
     assert auth_targets == [f"127.0.0.1:{port(lab, 'auth', 'health')}"]
     # And the lab's Prometheus does scrape them all, the sidecars' stats with Envoy's own labels.
     prometheus = Prometheus(lab.endpoint("prometheus"))
-    frame = prometheus.wait_for_targets([local_mesh.STATS_JOB, *local_mesh.MESHED], timeout=60)
-    assert (frame["job"] == local_mesh.STATS_JOB).sum() == len(local_mesh.MESHED) + 2
+    frame = prometheus.wait_for_targets([local_mesh.STATS_JOB, *local_mesh.APIS], timeout=60)
+    assert (frame["job"] == local_mesh.STATS_JOB).sum() == len(local_mesh.APIS) + 2
     httpx.post(f"http://127.0.0.1:{port(lab, 'license', 'out-cas')}/sessions", json={}, timeout=10)
     cluster = "outbound|8000||cas.ottlab.svc.cluster.local"
     prometheus.wait_for_samples(

@@ -20,7 +20,7 @@ from _labs import running_lab
 from prometheus_client.parser import text_string_to_metric_families
 
 from labkit.clients import seed, transcoding
-from labkit.clients.api import OttClient
+from labkit.clients.api import OttClient, service_client
 from labkit.clients.prometheus import Prometheus
 from labkit.core.wait import until
 from labkit.platform.layers import cdn, media
@@ -77,7 +77,7 @@ def play(lab: LocalTarget, browser: Browser, title: str, user: str = "alice", *,
 
 def collector_counter(lab: LocalTarget, name: str, **labels: str) -> float:
     """A counter of the QoE collector's /metrics, summed over the series matching ``labels``."""
-    text = httpx.get(lab.endpoint("qoe") + "/metrics", timeout=10).text
+    text = httpx.get(lab.endpoint("qoe", lab.component("qoe").metrics_port) + "/metrics", timeout=10).text
     return sum(sample.value for family in text_string_to_metric_families(text) for sample in family.samples
                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()))
 
@@ -281,8 +281,8 @@ def test_an_expired_access_token_is_refreshed(lab: LocalTarget, browser: Browser
 def test_a_missing_key_stops_playback_before_start(lab: LocalTarget, browser: Browser) -> None:
     title = "browser-keyless"
     publish(lab, title, encrypt=True)
-    forgot = httpx.delete(f"{lab.endpoint('license')}/admin/keys/{title}",
-                          headers={"X-Service-Token": lab.service_token()}, timeout=10)
+    with service_client(lab, "license", caller="transcoder") as license_admin:
+        forgot = license_admin.delete(f"/admin/keys/{title}")
     assert forgot.status_code == 204, forgot.text
     before = collector_counter(lab, "ott_qoe_start_failures_total", reason="key_unavailable")
     run = play(lab, browser, title)

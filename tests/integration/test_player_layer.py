@@ -47,7 +47,7 @@ def beacon(*events: dict[str, Any], **fields: Any) -> dict[str, Any]:
 
 def metric(lab: LocalTarget, line_start: str) -> float:
     """The value of the collector's sample whose exposition line starts with ``line_start`` (0 if none)."""
-    text = httpx.get(lab.endpoint("qoe") + "/metrics", timeout=5).text
+    text = httpx.get(lab.endpoint("qoe", lab.component("qoe").metrics_port) + "/metrics", timeout=5).text
     values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(line_start + " ")]
     return values[0] if values else 0.0
 

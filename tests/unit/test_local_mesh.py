@@ -50,10 +50,9 @@ def test_with_the_mesh_every_service_has_a_socket_a_sidecar_and_no_port_is_taken
     for service in local_mesh.MESHED:
         env = comps[service].environment(lab, 1, links(lab, list(comps.values())))
         assert env["OTT_UDS"] == str(lab.run_dir / "mesh" / f"{service}-1.sock")
-        for peer in local_mesh.MESHED:
-            if peer != service:
-                outbound = comps[service].local_port(lab, f"out-{peer}", 1)
-                assert env[f"OTT_{peer.upper()}_URL"] == f"http://127.0.0.1:{outbound}"
+        for peer in local_mesh.calls(service):
+            outbound = comps[service].local_port(lab, f"out-{peer}", 1)
+            assert env[f"OTT_{peer.upper()}_URL"] == f"http://127.0.0.1:{outbound}"
         assert comps[service].readiness.port == "health" and comps[service].metrics_port == "health"
         proxy = comps[local_mesh.proxy_name(service)]
         assert proxy.follows == service and proxy.max_replicas == comps[service].max_replicas
@@ -69,16 +68,35 @@ def test_the_gateway_leaves_retries_to_its_sidecar(tmp_path: Path) -> None:
     assert f"server 127.0.0.1:{proxy.local_port(lab, 'out-license')} max_fails=0;" in conf
     license_block = conf.split("location /api/license/ {")[1].split("}")[0]
     assert "proxy_next_upstream off;" in license_block and "proxy_read_timeout 15s;" in license_block
-    # qoe is not behind a sidecar: nginx still retries it itself.
+    # The QoE collector too (only the gateway's identity may post beacons); the player's nginx is not
+    # behind a sidecar: nginx still retries it itself.
     qoe_block = conf.split("location /api/qoe/ {")[1].split("}")[0]
-    assert "proxy_next_upstream_tries 3;" in qoe_block
+    assert "proxy_next_upstream off;" in qoe_block
+    player_block = conf.split("location /player/ {")[1].split("location")[0]
+    assert "proxy_next_upstream_tries 3;" in player_block
+
+
+def test_the_qoe_collector_and_the_transcoder_have_sidecars_in_their_own_layers(tmp_path: Path) -> None:
+    lab = cfg(tmp_path)
+    comps = {c.name: c for c in local_mesh.components(lab, platform.components())}
+    assert comps["qoe-proxy"].layer == "player" and comps["transcoder-proxy"].layer == "media"
+    # The collector calls no one; the transcoder calls license (keys) and catalog (titles), through its sidecar.
+    assert local_mesh.calls("qoe") == [] and local_mesh.calls("transcoder") == ["license", "catalog"]
+    env = comps["transcoder"].environment(lab, 0, links(lab, list(comps.values())))
+    assert env["OTT_LICENSE_URL"] == f"http://127.0.0.1:{comps['transcoder'].local_port(lab, 'out-license')}"
+    # Only the layers up have sidecars running: the APIs alone render no qoe or transcoder sidecar.
+    running = [c for c in comps.values() if c.layer == "apis"]
+    programs = {r.program for r in local_mesh.render_all(lab, local_mesh.current(lab), running)}
+    assert "qoe-proxy-0" not in programs and "transcoder-proxy-0" not in programs
+    everything = {r.program for r in local_mesh.render_all(lab, local_mesh.current(lab), list(comps.values()))}
+    assert {"qoe-proxy-0", "transcoder-proxy-0"} <= everything
 
 
 def test_sidecar_files_are_rendered_for_dynamic_configuration(tmp_path: Path) -> None:
     lab = cfg(tmp_path, "permissive")
     running = [c for c in local_mesh.components(lab, platform.components()) if c.layer == "apis"]
     changes = local_mesh.write(lab, local_mesh.current(lab), running)
-    assert {c.program for c in changes} == {*(f"{local_mesh.proxy_name(s)}-0" for s in local_mesh.MESHED),
+    assert {c.program for c in changes} == {*(f"{local_mesh.proxy_name(s)}-0" for s in local_mesh.APIS),
                                            f"{local_mesh.GATEWAY_PROXY}-0", f"{local_mesh.TOOLS_PROXY}-0"}
     directory = lab.conf_dir / "mesh" / "cas-proxy-0"
     bootstrap = json.loads((directory / "bootstrap.json").read_text())
@@ -113,3 +131,25 @@ def test_down_forgets_the_applied_resources(tmp_path: Path) -> None:
     assert local_mesh.current(lab) != local_mesh.committed(lab)
     local_mesh.forget(lab)
     assert local_mesh.current(lab) == local_mesh.committed(lab)
+
+
+def test_the_lab_calls_as_a_workload_with_its_certificate_only_when_a_mesh_is_on_the_way(tmp_path: Path) -> None:
+    from labkit.targets.local.target import LocalTarget
+
+    meshed = LocalTarget(cfg(tmp_path), platform.components(), platform.layers())
+    url, tls = meshed.endpoint_as("license", "transcoder")
+    assert url == f"https://127.0.0.1:{meshed.component('license').local_port(meshed.cfg)}" and tls is not None
+    chain = meshed.cfg.conf_dir / "mesh" / "ca" / "workloads" / "transcoder" / "cert-chain.pem"
+    assert b"spiffe://cluster.local/ns/ottlab/sa/transcoder" in identity_uri(chain)
+    # Not a meshed component (the origin), or no mesh: the tools' own endpoint, no TLS.
+    assert meshed.endpoint_as("origin", "transcoder") == (meshed.endpoint("origin"), None)
+    plain = LocalTarget(cfg(tmp_path / "off", "off"), platform.components(), platform.layers())
+    assert plain.endpoint_as("license", "transcoder") == (plain.endpoint("license"), None)
+
+
+def identity_uri(chain: Path) -> bytes:
+    from cryptography import x509
+
+    certificate = x509.load_pem_x509_certificate(chain.read_bytes())
+    names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    return b" ".join(str(uri).encode() for uri in names.get_values_for_type(x509.UniformResourceIdentifier))

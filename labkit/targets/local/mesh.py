@@ -3,8 +3,8 @@
 With ``OTTLAB_MESH=strict`` (or ``permissive``) :func:`components` rewrites the APIs layer as a
 pod with Istio's sidecar injection would run it:
 
-- each replica of auth, catalog, subscription, license and cas listens on a unix socket of the
-  lab directory (``OTT_UDS``): only its sidecar reaches it;
+- each replica of auth, catalog, subscription, license, cas, the QoE collector and the transcoder
+  listens on a unix socket of the lab directory (``OTT_UDS``): only its sidecar reaches it;
 - its sidecar ``<service>-proxy`` (one Envoy per replica, ``follows`` the service) listens on the
   service's usual port with mutual TLS (the lab CA's certificates, SPIFFE identities) and the
   AuthorizationPolicies, on loopback ports per peer the service calls (``OTT_<PEER>_URL`` point
@@ -33,6 +33,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import ssl
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -51,10 +52,13 @@ from labkit.platform.mesh.envoy import Address, Config, Instance, Sidecar
 from labkit.platform.mesh.errors import CertificateError
 from labkit.platform.mesh.resources import Mesh
 
-# The services behind sidecars, and the offsets of their sidecars' ports (a block of 20 each).
-MESHED = ("auth", "catalog", "subscription", "license", "cas")
-_BASE_OFFSET = 600
-_STRIDE = 20
+# The API services behind sidecars (each calls the others through its own), then the QoE collector
+# (it calls no one; the gateway's sidecar brings it the beacons) and the transcoder (it creates keys at
+# license and writes titles to catalog through its sidecar). Their sidecars' ports: a block of 20 each.
+APIS = ("auth", "catalog", "subscription", "license", "cas")
+MESHED = (*APIS, "qoe", "transcoder")
+_CALLS = {"qoe": (), "transcoder": ("license", "catalog")}
+_BLOCKS = {"auth": 600, "catalog": 620, "subscription": 640, "license": 660, "cas": 680, "qoe": 720, "transcoder": 740}
 _REPLICAS = 3
 GATEWAY = "gateway"
 GATEWAY_PROXY = "gateway-proxy"
@@ -92,15 +96,16 @@ def proxy_name(service: str) -> str:
     return f"{service}-proxy"
 
 
-def _peers(service: str) -> list[str]:
-    return [peer for peer in MESHED if peer != service]
+def calls(service: str) -> list[str]:
+    """The services ``service`` calls, each through a port of its sidecar."""
+    return list(_CALLS.get(service, [peer for peer in APIS if peer != service]))
 
 
 def _service_offsets(service: str) -> tuple[int, int, dict[str, int]]:
     """(admin, health, {peer: outbound}) offsets of the sidecars of ``service`` (replica 0; +1 per replica)."""
-    base = _BASE_OFFSET + _STRIDE * MESHED.index(service)
+    base = _BLOCKS[service]
     return base, base + _REPLICAS, {peer: base + 2 * _REPLICAS + _REPLICAS * j
-                                     for j, peer in enumerate(_peers(service))}
+                                     for j, peer in enumerate(calls(service))}
 
 
 def _envoy_args(program: str) -> tuple[str, ...]:
@@ -111,9 +116,9 @@ def _envoy_args(program: str) -> tuple[str, ...]:
 
 
 def _proxy(name: str, follows: str, admin_offset: int, replicas: int, max_replicas: int,
-           description: str) -> Component:
+           description: str, layer: str = "apis") -> Component:
     return Component(
-        name=name, layer="apis", binary=str(_envoy_binary()), package=programs.ENVOY_PACKAGE,
+        name=name, layer=layer, binary=str(_envoy_binary()), package=programs.ENVOY_PACKAGE,
         args=_envoy_args(name), ports=(Port("http", offset=admin_offset, container=15000),),
         readiness=Readiness(path="/ready"), replicas=replicas, max_replicas=max_replicas,
         metrics_path="/stats/prometheus", job=STATS_JOB, follows=follows, description=description,
@@ -144,7 +149,8 @@ def components(cfg: LabConfig, declared: Sequence[Component]) -> list[Component]
                 readiness=replace(comp.readiness, port="health"), metrics_port="health",
             )
             out += [service, _proxy(proxy_name(comp.name), comp.name, admin, comp.replicas, comp.max_replicas,
-                                    f"Envoy sidecar of {comp.name}: mTLS, authorization, retries, faults")]
+                                    f"Envoy sidecar of {comp.name}: mTLS, authorization, retries, faults",
+                                    comp.layer)]
         elif comp.name == GATEWAY:
             gateway = _proxy(GATEWAY_PROXY, GATEWAY, _GATEWAY_OFFSET, 1, 1,
                              "Envoy sidecar of the gateway: its calls to the services, in mTLS")
@@ -240,6 +246,16 @@ def _certificate(ca: identity.LabCA, account: str, directory: Path) -> identity.
     return ca.issue(account, directory=directory)
 
 
+def client_context(cfg: LabConfig, account: str) -> ssl.SSLContext:
+    """A TLS context presenting ``account``'s workload certificate to the sidecars (the lab's CA trusted)."""
+    ca = identity.LabCA.ensure(_dir(cfg) / "ca")
+    certificate = _certificate(ca, account, _dir(cfg) / "ca" / "workloads" / account)
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca.cert_file))
+    context.check_hostname = False  # a sidecar's only name is its SPIFFE URI: the CA check is what counts
+    context.load_cert_chain(str(certificate.chain), str(certificate.key))
+    return context
+
+
 def _health_listener(address: Address, port: int) -> Config:
     """Plaintext, only GET of the probe and metrics paths, to the app (Istio's port 15020)."""
     get = [{"name": ":method", "string_match": {"exact": "GET"}}]
@@ -267,8 +283,8 @@ def render_all(cfg: LabConfig, mesh: Mesh, running: Sequence[Component]) -> list
     certs = _dir(cfg) / "ca" / "workloads"
     instances = [Instance(s, s, Address(port=comps[s].local_port(cfg, "http", r)))
                  for s in MESHED if s in comps for r in range(comps[s].replicas)]
-    # Declared by the resources, not behind sidecars here: they are named, never routed to.
-    instances += [Instance(s, s, Address(port=9)) for s in SERVICE_PORTS if s not in MESHED]
+    # Declared by the resources, not behind sidecars here (or their layer is not up): named, never routed to.
+    instances += [Instance(s, s, Address(port=9)) for s in SERVICE_PORTS if s not in MESHED or s not in comps]
     rendered: list[Rendered] = []
 
     def add(program: str, sidecar: Sidecar, extra: list[Config]) -> None:
@@ -283,7 +299,7 @@ def render_all(cfg: LabConfig, mesh: Mesh, running: Sequence[Component]) -> list
         comp, proxy = comps[service], comps[proxy_name(service)]
         certificate = _certificate(ca, service, certs / service)
         for replica in range(comp.replicas):
-            outbound = {peer: Address(port=comp.local_port(cfg, f"out-{peer}", replica)) for peer in _peers(service)}
+            outbound = {peer: Address(port=comp.local_port(cfg, f"out-{peer}", replica)) for peer in calls(service)}
             sidecar = Sidecar(service, service, certificate, admin=Address(port=proxy.local_port(cfg, "http", replica)),
                               inbound=Address(port=comp.local_port(cfg, "http", replica)),
                               app=Address(path=str(cfg.run_dir / "mesh" / f"{service}-{replica}.sock")),

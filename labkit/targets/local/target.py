@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -245,6 +246,16 @@ class LocalTarget(Target):
             if through is not None:
                 return through
         return self.component(component).url(self.cfg, port)
+
+    def endpoint_as(self, component: str, caller: str) -> tuple[str, ssl.SSLContext | None]:
+        from labkit.targets.local import mesh as local_mesh
+
+        name = self.component(component).name
+        if self.cfg.mesh == "off" or name not in local_mesh.MESHED:
+            return super().endpoint_as(component, caller)
+        # Straight to the service's sidecar in mutual TLS, with the lab CA's certificate for ``caller``.
+        port = self.component(name).local_port(self.cfg, "http")
+        return f"https://{self.cfg.host}:{port}", local_mesh.client_context(self.cfg, caller)
 
     def service_token(self) -> str:
         from labkit.platform.credentials import SERVICE_TOKEN_FILE

@@ -21,7 +21,7 @@ from _bad_sources import BAD_INPUTS
 from _labs import running_lab
 from _sessions import signed_in
 
-from labkit.clients.api import OttClient
+from labkit.clients.api import OttClient, service_client
 from labkit.clients.prometheus import Prometheus
 from labkit.clients.transcoding import TranscodeFailed, TranscoderClient, TranscoderRefused, transcode
 from labkit.core.errors import ConfigError, LabError
@@ -64,7 +64,9 @@ def catalog_title(lab: LocalTarget, title_id: str) -> httpx.Response:
 
 
 def key_versions(lab: LocalTarget, title_id: str) -> httpx.Response:
-    return httpx.get(f"{lab.endpoint('license')}/admin/keys/{title_id}", headers=internal(lab), timeout=10)
+    # The key registry is the transcoder's (with the mesh on, only its identity may read it).
+    with service_client(lab, "license", caller="transcoder") as license_admin:
+        return license_admin.get(f"/admin/keys/{title_id}")
 
 
 def no_staging_left(media_root: Path) -> bool:
