@@ -6,10 +6,12 @@ Its code is read cell by cell (ast), so a new call is picked up:
 - each ``target.<method>`` it calls, and each labkit function it gives the target (with what
   that function asks of the target: :data:`FUNCTIONS`), is classified; an unknown one fails until
   someone says what it needs on kube;
-- a method the kube target does not implement (the base's :class:`MissingCapabilityError`) stops
-  the kube variant there: the first such cell must come after the capacity ramp's, and the
-  methods of the cells before it are the kube target's own (``cpu_meter``: cAdvisor through
-  Prometheus, :mod:`labkit.targets.kube.usage`);
+- a method the kube target does not implement (the base's :class:`MissingCapabilityError`) would stop
+  the kube variant there: no cell may call one (the PoPs' capacity is ``set_pop_capacity``, which the
+  kube target implements, where ``set_env`` is refused), and the ramp's methods are the kube target's
+  own (``cpu_meter``: cAdvisor through Prometheus, :mod:`labkit.targets.kube.usage`);
+- what ``set_pop_capacity`` waits for on kube (the rollout of the workload the edge's HPA scales) is
+  what the manifests make of it: a StatefulSet whose PoPs' start script reads the setting it sets;
 - what those reach on the cluster: a Service for each endpoint named, Prometheus' remote-write
   receiver (k6's metrics), the cAdvisor job and the ClusterRole bound to Prometheus' account (the
   ramp's CPU), and the HorizontalPodAutoscalers and custom metrics the notebook names.
@@ -98,14 +100,19 @@ def test_every_call_of_notebook_07_on_a_target_is_classified() -> None:
     assert RAMP in functions and {"up", "endpoint", "autoscale"} <= methods  # the extraction reads something
 
 
-def test_the_kube_variant_gets_past_the_capacity_ramp() -> None:
+def test_the_kube_variant_calls_nothing_the_kube_target_refuses() -> None:
     steps = [asks(c) for c in cells()]
-    ramp_cell = next(i for i, c in enumerate(cells()) if RAMP in calls(c)[1])
+    ramp_cells = [i for i, c in enumerate(cells()) if RAMP in calls(c)[1]]
     gaps = [(i, sorted(m for m in asked if not on_kube(m))) for i, asked in enumerate(steps)]
     first_gap = next((i for i, missing in gaps if missing), len(steps))
-    assert first_gap > ramp_cell, (
-        f"on kube, cell {first_gap} calls {dict(gaps)[first_gap]}, which the kube target does not implement, "
-        f"before the capacity ramp (cell {ramp_cell})")
+    assert first_gap == len(steps), (
+        f"on kube, cell {first_gap} calls {dict(gaps)[first_gap]}, which the kube target does not implement "
+        f"(the capacity ramps are cells {ramp_cells})")
+    assert len(ramp_cells) == 3  # the capacity curve, the PoPs' capacity before and with the HPAs
+    # The PoPs' capacity is set through the Target method both targets implement, not a setting kube refuses.
+    methods = {m for c in cells() for m in calls(c)[0]}
+    assert "set_pop_capacity" in methods and "set_env" not in methods
+    assert KubeTarget.set_pop_capacity is not Target.set_pop_capacity
     # The ramp's CPU per component is the kube target's own: cAdvisor through its Prometheus, read lagging.
     assert KubeTarget.cpu_meter is not Target.cpu_meter and on_kube("cpu_meter")
     assert usage.LAG_S > 0
@@ -162,3 +169,27 @@ def test_the_autoscalers_and_metrics_notebook_07_names_are_rendered_and_served()
     assert custom, "the notebook names no custom metric of the HPAs (it lowers the edge's egress target)"
     assert custom <= set(hpa.adapter_rules()), "prometheus-adapter serves every custom metric the notebook names"
 
+
+
+def test_what_set_pop_capacity_waits_for_on_kube_is_what_the_manifests_make() -> None:
+    """The notebook's capacity cell on kube: the edge's pod template gets the setting, its rollout is awaited.
+
+    That workload is the one the edge's HPA scales (its PoPs the HPA adds start from the same
+    template), a StatefulSet the kube target waits for as such; its container ``edge`` runs the start
+    script, which reads the very variable set (test_cdn_manifests runs the script and nginx -t).
+    """
+    from labkit.platform.layers import cdn
+
+    objects = manifest.render(manifest.overlay_dir(manifest.default_overlay()))
+    (edge_hpa,) = [o for o in manifest.autoscalers(objects) if o["metadata"]["name"] == cdn.EDGE.name]
+    ref = edge_hpa["spec"]["scaleTargetRef"]
+    (edge,) = [o for o in objects if o["kind"] == ref["kind"] and o["metadata"]["name"] == ref["name"]]
+    assert edge["kind"] == "StatefulSet" and ref["name"] == cdn.EDGE.name
+    (container,) = [c for c in edge["spec"]["template"]["spec"]["containers"] if c["name"] == cdn.EDGE.name]
+    assert container["command"][:2] == ["sh", f"/etc/ottlab/edge/{cdn.KUBE_START.name}"]
+    assert f'rps="${{{cdn.CAPACITY_SETTING}:-}}"' in cdn.render_kube_start()
+    # Not set by the manifests: the PoPs start without a limit, as the local ones do, until the lesson sets it.
+    assert cdn.CAPACITY_SETTING not in {e["name"] for e in container.get("env", [])}
+    # The value the notebook sets is one the script takes (1 to MAX_CAPACITY_RPS, no leading zero).
+    assert cdn.capacity_value(cdn.POP_CAPACITY_RPS) == cdn.POP_CAPACITY_RPS
+    assert not str(cdn.POP_CAPACITY_RPS).startswith("0")
