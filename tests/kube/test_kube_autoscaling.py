@@ -7,10 +7,11 @@ official client to kmock (test_kube_target's fake cluster), which records what l
 from __future__ import annotations
 
 import copy
+import json
 from typing import Any
 
 import pytest
-from test_kube_target import NAMESPACE, apis_target, header, running_fake_cluster
+from test_kube_target import NAMESPACE, apis_target, header, running_fake_cluster, settle_deployments
 
 from labkit import platform
 from labkit.core.config import LabConfig
@@ -150,3 +151,59 @@ def test_the_kube_target_switches_the_autoscalers_through_the_api_server(lab_cfg
 
         assert not any(row.active for row in rows)
         assert len([r for r in fake.requests("DELETE") if "/horizontalpodautoscalers/" in r.url.path]) == 6
+
+
+# -- `up` leaves spec.replicas to the HPAs ------------------------------------------------------------
+
+STATEFULSETS = "apps/v1/statefulsets"
+
+
+def _applied(fake: Any, kind: str, name: str) -> dict[str, Any]:
+    (request,) = [r for r in fake.requests("PATCH")
+                  if header(r, "Content-Type") == "application/apply-patch+yaml"
+                  and r.data["kind"] == kind and r.name == name]
+    return dict(request.data)
+
+
+def _edges_listed(fake: Any) -> list[str]:
+    public = fake.stored("v1/configmaps", "ott-public")
+    assert public is not None
+    return sorted(json.loads(public["data"]["edges.json"]))
+
+
+def test_up_keeps_the_replicas_an_hpa_gave_and_applies_the_declared_ones_otherwise(lab_cfg: LabConfig) -> None:
+    with running_fake_cluster() as fake:
+        settle_deployments(fake)
+        target = apis_target(fake, lab_cfg)
+        target.up(["cdn"])
+        declared = _applied(fake, "StatefulSet", "edge")["spec"]["replicas"]
+        assert declared == 2 and _edges_listed(fake) == ["edge-0", "edge-1"]
+
+        target.autoscale(True)
+        # The cluster's HPA controller scales the edge out (the scale subresource), as it would under load.
+        live = fake.stored(STATEFULSETS, "edge")
+        assert live is not None
+        fake.put(STATEFULSETS, "edge", {**live, "spec": {**live["spec"], "replicas": 4}})
+        before = len(fake.requests())
+
+        target.up(["cdn"])
+
+        again = [r for r in fake.requests()[before:] if r.method == "PATCH" and r.data.get("kind") == "StatefulSet"]
+        assert [r.data["spec"]["replicas"] for r in again] == [4]      # the HPA's count, not k8s/'s 2
+        assert fake.stored(STATEFULSETS, "edge")["spec"]["replicas"] == 4  # type: ignore[index]
+        assert _edges_listed(fake) == ["edge-0", "edge-1", "edge-2", "edge-3"]  # license signs for all four
+        # Everything else as declared: only the replicas of the HPA's workload changed.
+        body = dict(again[0].data)
+        rendered_edge = next(o for o in manifest.render(manifest.overlay_dir("kind"))
+                             if o["kind"] == "StatefulSet" and manifest.name(o) == "edge")
+        assert {k: v for k, v in body["spec"].items() if k != "replicas"} == {
+            k: v for k, v in rendered_edge["spec"].items() if k != "replicas"}
+
+        target.autoscale(False)
+        before = len(fake.requests())
+
+        target.up(["cdn"])   # no HPA any more: k8s/ decides again
+
+        again = [r for r in fake.requests()[before:] if r.method == "PATCH" and r.data.get("kind") == "StatefulSet"]
+        assert [r.data["spec"]["replicas"] for r in again] == [declared]
+        assert _edges_listed(fake) == ["edge-0", "edge-1"]

@@ -165,6 +165,8 @@ class KubeTarget(Target):
             manifest.of_layers(self._manifests(), layers or None)))
         # The alert rules and Alertmanager's waits of the lab's timing (fast under CI), as the local target runs them.
         objects = monitoring.with_alert_timing(objects, alerting.timing_from())
+        # A workload an HPA of the lab scales keeps the replicas it runs (the HPA's), not k8s/'s.
+        objects = self._keeping_autoscaled_replicas(objects)
         self._refuse_sqlite_on_several_nodes(objects)
         if any(o.get("kind") in kube_mesh.API_VERSIONS for o in objects):
             kube_mesh.require_istio(self._cluster)  # before anything is applied: the mesh needs Istio's kinds
@@ -177,7 +179,12 @@ class KubeTarget(Target):
         public = None
         if readers or entry.node_ports(objects):
             self._entry = entry.chosen(self._manifests(), self.cfg, self.components)
-            public = entry.public_config(self._entry, self._declared_pops())
+            # License's PoPs: those the applied edge runs (kept when its HPA scaled it), else those running now.
+            applied_edge = next((o for o in objects if o.get("kind") == "StatefulSet"
+                                 and manifest.name(o) == cdn.EDGE.name), None)
+            pops = (int((applied_edge.get("spec") or {}).get("replicas") or self._declared_pops())
+                    if applied_edge is not None else self._running_pops())
+            public = entry.public_config(self._entry, pops)
             objects = [entry.stamped(o, entry.config_hash(public, entry.keys_read(o)))
                        if manifest.name(o) in readers and o.get("kind") == "Deployment" else o for o in objects]
         for obj in objects:
@@ -836,6 +843,34 @@ class KubeTarget(Target):
             self._cluster.api_client.close()  # type: ignore[no-untyped-call]
 
     # -- helpers -------------------------------------------------------------------------
+
+    def _keeping_autoscaled_replicas(self, objects: Sequence[KubeObject]) -> list[KubeObject]:
+        """``objects``, each workload a HorizontalPodAutoscaler on the cluster scales given the replicas it runs now.
+
+        Re-applying k8s/'s ``replicas`` would undo the HPA's scaling until its next sync (a rolled PoP
+        fleet, dropped caches). Leaving the field out of the apply is no better: the server-side apply
+        then drops labkit's ownership of it and, while labkit is its only owner (an HPA that never changed
+        the count), resets it to the default, 1. Applying the live count changes nothing, and the HPA stays
+        the only one that moves it (Kubernetes' advice: leave ``spec.replicas`` to the HPA).
+        """
+        scaled = {(str((h.get("spec") or {}).get("scaleTargetRef", {}).get("kind")),
+                   str((h.get("spec") or {}).get("scaleTargetRef", {}).get("name"))): manifest.name(h)
+                  for h in self._cluster.list(autoscaling.HPAS, self.namespace)}
+        kept = []
+        for obj in objects:
+            kind = str(obj.get("kind"))
+            hpa_name = scaled.get((kind, manifest.name(obj))) if kind in _WORKLOAD_KINDS else None
+            live = (self._cluster.get(_WORKLOAD_KINDS[kind], manifest.name(obj), self.namespace)
+                    if hpa_name is not None else None)
+            replicas = ((live or {}).get("spec") or {}).get("replicas")
+            if live is None or replicas is None:
+                kept.append(obj)
+                continue
+            obj = {**obj, "spec": {**(obj.get("spec") or {}), "replicas": int(replicas)}}
+            progress(f"  {kind.lower()}/{manifest.name(obj)} keeps its {replicas} replica(s): "
+                     f"HorizontalPodAutoscaler {hpa_name} scales it")
+            kept.append(obj)
+        return kept
 
     def _refuse_sqlite_on_several_nodes(self, objects: Sequence[KubeObject]) -> None:
         """A :class:`ConfigError` when services of ``objects`` use SQLite and the cluster has several schedulable nodes.
