@@ -27,7 +27,8 @@ from typing import TypeVar
 from labkit.core.errors import ConfigError, UnknownTargetError
 
 TARGETS = ("local", "kube")
-# The service mesh on the local target (labkit.targets.local.mesh): off, or on with its mTLS mode.
+# The service mesh (OTTLAB_MESH): off, or on with its mTLS mode; Envoy sidecars rendered by labkit on the
+# local target (labkit.targets.local.mesh), k8s/components/mesh under Istio on kube (labkit.targets.kube.mesh).
 MESH_MODES = ("off", "permissive", "strict")
 HOST = "127.0.0.1"
 DEFAULT_BASE_PORT = 18000
