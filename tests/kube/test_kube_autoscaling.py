@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -15,12 +16,14 @@ from test_kube_target import NAMESPACE, apis_target, header, running_fake_cluste
 
 from labkit import platform
 from labkit.core.config import LabConfig
-from labkit.core.errors import ConfigError
+from labkit.core.errors import ConfigError, TimeoutExpired
 from labkit.platform import hpa
 from labkit.targets.kube import autoscaling, manifest
 from labkit.targets.kube.cluster import Cluster
+from labkit.traffic import capacity
 
 HPAS = "autoscaling/v2/horizontalpodautoscalers"
+EVENTS = "v1/events"
 
 
 @pytest.fixture(scope="module")
@@ -97,40 +100,69 @@ def test_apply_status_and_delete_through_the_api_server(rendered: list[dict[str,
             assert header(request, "Content-Type") == "application/apply-patch+yaml"
             assert request.params == {"fieldManager": "labkit", "force": "true"}
         assert fake.stored(HPAS, "edge") is not None
-        # The cluster's controller writes the status; here, as it would.
+        # The cluster's controller writes the status at a sync, stamped in managedFields; here, as it would.
         live = fake.stored(HPAS, "edge")
         assert live is not None
-        fake.put(HPAS, "edge", {**live, "status": {
-            "currentReplicas": 2, "desiredReplicas": 3,
-            "currentMetrics": [
-                {"type": "Resource", "resource": {"name": "cpu", "current": {"averageUtilization": 35}}},
-                {"type": "Pods", "pods": {"metric": {"name": "ott_edge_egress_bytes_per_second"},
-                                          "current": {"averageValue": "61M"}}}],
-            "conditions": [
-                {"type": "AbleToScale", "status": "True", "reason": "SucceededRescale",
-                 "message": "the HPA controller was able to update the target scale to 3",
-                 "lastTransitionTime": "2026-01-01T10:00:05Z"},
-                {"type": "ScalingLimited", "status": "False", "reason": "DesiredWithinRange",
-                 "message": "the desired count is within the acceptable range",
-                 "lastTransitionTime": "2026-01-01T10:00:00Z"}]}})
+        history = autoscaling.History()
+        assert [r.decisions for r in autoscaling.status(cluster, NAMESPACE, rendered, history)] == [[]] * 6
+        fake.put(HPAS, "edge", _written(live, "2026-01-01T10:00:05Z", current=2, desired=3, cpu=35, egress="61M"))
+        # Its event for the rescale, which names the reason: the decision's message.
+        fake.put(EVENTS, "edge.1", {"apiVersion": "v1", "kind": "Event", "reason": autoscaling.RESCALED,
+                                    "involvedObject": {"kind": hpa.KIND, "name": "edge", "namespace": NAMESPACE},
+                                    "message": "New size: 3; reason: pods metric ott_edge_egress_bytes_per_second "
+                                               "above target", "lastTimestamp": "2026-01-01T10:00:05Z"})
 
-        rows = {row.hpa: row for row in autoscaling.status(cluster, NAMESPACE, rendered)}
+        rows = {row.hpa: row for row in autoscaling.status(cluster, NAMESPACE, rendered, history)}
         edge = rows["edge"]
         assert edge.active and (edge.current, edge.desired) == (2, 3)
         assert edge.metrics == [{"metric": "cpu", "current": 35.0, "target": 80.0},
                                 {"metric": "ott_edge_egress_bytes_per_second", "current": 61e6, "target": 40e6},
                                 # Not in the status the fake API server holds: not read yet.
                                 {"metric": "ott_edge_sessions", "current": None, "target": 10.0}]
-        assert [d["reason"] for d in edge.decisions] == ["DesiredWithinRange", "SucceededRescale"]
-        assert edge.decisions[-1]["message"].startswith("AbleToScale=True: the HPA controller was able")
-        assert rows["catalog"].active and rows["catalog"].current is None  # no status written yet
+        (first,) = edge.decisions
+        assert (first["current"], first["desired"], first["reason"]) == (2, 3, "SucceededRescale")
+        assert first["message"] == "pods metric ott_edge_egress_bytes_per_second above target"
+        assert first["at"] == first["last"] == datetime.fromisoformat("2026-01-01T10:00:05+00:00").timestamp()
+        assert first["metrics"] == edge.metrics
+        assert rows["catalog"].active and rows["catalog"].current is None and rows["catalog"].decisions == []
+        # Read again without a new write: the same decision, not a second one.
+        again = {row.hpa: row for row in autoscaling.status(cluster, NAMESPACE, rendered, history)}
+        assert again["edge"].decisions == [first]
+        # The next sync: the new PoP counted, every metric within the tolerance; its message the conditions'.
+        fake.put(HPAS, "edge", _written(live, "2026-01-01T10:00:20Z", current=3, desired=3, cpu=30, egress="40M"))
+        rows = {row.hpa: row for row in autoscaling.status(cluster, NAMESPACE, rendered, history)}
+        decisions = rows["edge"].decisions
+        assert [(d["current"], d["desired"]) for d in decisions] == [(2, 3), (3, 3)]
+        assert decisions[-1]["last"] - decisions[0]["last"] == 15.0
+        assert decisions[-1]["message"].startswith("AbleToScale=True: ")
 
         autoscaling.delete(cluster, NAMESPACE, objects)
 
         deletes = fake.requests("DELETE")
         assert {r.url.path.rsplit("/", 1)[-1] for r in deletes} == {manifest.name(o) for o in objects}
         assert fake.stored(HPAS, "edge") is None
-        assert not any(row.active for row in autoscaling.status(cluster, NAMESPACE, rendered))
+        rows = {row.hpa: row for row in autoscaling.status(cluster, NAMESPACE, rendered, history)}
+        assert not any(row.active for row in rows.values())
+        assert rows["edge"].decisions == decisions   # what it decided stays readable after it is gone
+
+
+def _written(live: dict[str, Any], at: str, *, current: int, desired: int, cpu: int, egress: str) -> dict[str, Any]:
+    """``live`` with the status the HPA controller writes at a sync, and the time the API server stamps on it."""
+    fields = [{"manager": "kube-controller-manager", "operation": "Update", "subresource": "status", "time": at,
+               "fieldsType": "FieldsV1", "fieldsV1": {"f:status": {}}}]
+    return {**live, "metadata": {**live["metadata"], "managedFields": fields}, "status": {
+        "currentReplicas": current, "desiredReplicas": desired,
+        "currentMetrics": [
+            {"type": "Resource", "resource": {"name": "cpu", "current": {"averageUtilization": cpu}}},
+            {"type": "Pods", "pods": {"metric": {"name": "ott_edge_egress_bytes_per_second"},
+                                      "current": {"averageValue": egress}}}],
+        "conditions": [
+            {"type": "AbleToScale", "status": "True", "reason": "SucceededRescale" if desired != current
+             else "ReadyForNewScale", "message": "the HPA controller was able to update the target scale",
+             "lastTransitionTime": at},
+            {"type": "ScalingLimited", "status": "False", "reason": "DesiredWithinRange",
+             "message": "the desired count is within the acceptable range",
+             "lastTransitionTime": "2026-01-01T10:00:00Z"}]}}
 
 
 def test_the_kube_target_switches_the_autoscalers_through_the_api_server(lab_cfg: LabConfig) -> None:
@@ -207,3 +239,24 @@ def test_up_keeps_the_replicas_an_hpa_gave_and_applies_the_declared_ones_otherwi
         again = [r for r in fake.requests()[before:] if r.method == "PATCH" and r.data.get("kind") == "StatefulSet"]
         assert [r.data["spec"]["replicas"] for r in again] == [declared]
         assert _edges_listed(fake) == ["edge-0", "edge-1"]
+
+
+def test_a_ramp_waits_on_kube_for_the_controllers_next_status_write(lab_cfg: LabConfig) -> None:
+    """capacity.autoscaler_synced (notebook 07's settle between steps) reads the kube target's decisions."""
+    with running_fake_cluster() as fake:
+        target = apis_target(fake, lab_cfg)
+        target.autoscale(True)
+        live = fake.stored(HPAS, "edge")
+        assert live is not None
+        step_ended = datetime.fromisoformat("2026-01-01T10:00:10+00:00").timestamp()
+        fake.put(HPAS, "edge", _written(live, "2026-01-01T10:00:05Z", current=2, desired=2, cpu=20, egress="1M"))
+        settle = capacity.autoscaler_synced(target, "edge", timeout=1.0, clock=lambda: step_ended)
+        with pytest.raises(TimeoutExpired, match="the edge HPA's next sync"):
+            settle()   # the last write is older than the step's end: the controller has not seen the step yet
+
+        fake.put(HPAS, "edge", _written(live, "2026-01-01T10:00:20Z", current=2, desired=4, cpu=90, egress="90M"))
+        settle()   # written after the step: its decision (4 PoPs) is the one the next step meets
+
+        (edge,) = [row for row in target.autoscale_status() if row.hpa == "edge"]
+        ups = [d for d in edge.decisions if (d["desired"] or 0) > (d["current"] or 0)]  # as notebook 07 reads them
+        assert [(d["current"], d["desired"]) for d in ups] == [(2, 4)]

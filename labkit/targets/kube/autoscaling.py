@@ -4,7 +4,14 @@ The objects are the overlay's render of ``k8s/base/autoscaling``; the cluster's 
 acts on them (CPU from metrics-server, the custom metrics from prometheus-adapter: ``ottlab addons
 install metrics-server prometheus-adapter``). What the lab reports is the objects' ``status``: the
 metrics' current values, current and desired replicas, and the conditions with their reasons
-(AbleToScale, ScalingActive, ScalingLimited), which say what the controller decided last and why.
+(AbleToScale, ScalingActive, ScalingLimited).
+
+A decision is one status the controller wrote at a sync: it writes the metrics it computed and
+the replicas it chose together, and the API server stamps the time in the status' managedFields
+entry (a sync that changed nothing writes nothing). :class:`History` keeps each one this process
+reads (``last``: that time), as the local controller keeps its own; a rescale's reason ("All
+metrics below target", "pods metric ott_edge_sessions above target") is the controller's
+SuccessfulRescale event of that size.
 
 Example::
 
@@ -29,6 +36,23 @@ from labkit.targets.kube.cluster import Cluster, ResourceType
 from labkit.targets.kube.manifest import KubeObject
 
 HPAS = ResourceType(hpa.API_VERSION, hpa.KIND, "horizontalpodautoscalers", namespaced=True)
+EVENTS = ResourceType("v1", "Event", "events", namespaced=True)
+# The HPA controller's event when it changed a workload's scale: "New size: 4; reason: <why>".
+RESCALED = "SuccessfulRescale"
+
+
+class History:
+    """The decisions (status writes) of each HPA this process has read, oldest first; the target keeps one."""
+
+    def __init__(self) -> None:
+        self.decisions: dict[str, list[dict[str, Any]]] = {}
+
+    def record(self, name: str, decision: dict[str, Any] | None) -> list[dict[str, Any]]:
+        """``decision`` added unless it is the one seen last (the same write); every decision of ``name``."""
+        seen = self.decisions.setdefault(name, [])
+        if decision is not None and (not seen or seen[-1]["last"] != decision["last"]):
+            seen.append(decision)
+        return list(seen)
 
 
 def checked(objects: Sequence[KubeObject], components: Sequence[Component], *,
@@ -91,8 +115,13 @@ def delete(cluster: Cluster, namespace: str, objects: Sequence[KubeObject]) -> N
             progress(f"  deleted {manifest.ref(obj)}")
 
 
-def status(cluster: Cluster, namespace: str, objects: Sequence[KubeObject]) -> list[AutoscalerStatus]:
-    """One row per declared HPA, from the live object's status (inactive when it is not on the cluster)."""
+def status(cluster: Cluster, namespace: str, objects: Sequence[KubeObject],
+           history: History | None = None) -> list[AutoscalerStatus]:
+    """One row per declared HPA, from the live object's status (inactive when it is not on the cluster).
+
+    Its decisions: those ``history`` holds, the status written last included (without a history, that one).
+    """
+    history = history if history is not None else History()
     rows = []
     for obj in manifest.autoscalers(objects):
         declared = hpa.parse(obj)
@@ -100,20 +129,50 @@ def status(cluster: Cluster, namespace: str, objects: Sequence[KubeObject]) -> l
         if live is None:
             rows.append(AutoscalerStatus(declared.name, declared.target, False,
                                          [{"metric": m.name, "current": None, "target": m.target}
-                                          for m in declared.metrics]))
+                                          for m in declared.metrics], decisions=history.record(declared.name, None)))
             continue
         state = live.get("status") or {}
         current = _current_metrics(state.get("currentMetrics") or [])
         metrics = [{"metric": m.name, "current": current.get(m.name), "target": m.target} for m in declared.metrics]
-        decisions = [
-            {"at": _epoch(c.get("lastTransitionTime")), "current": state.get("currentReplicas"),
-             "desired": state.get("desiredReplicas"), "reason": c.get("reason"), "metrics": metrics,
-             "message": f"{c.get('type')}={c.get('status')}: {c.get('message', '')}"}
-            for c in sorted(state.get("conditions") or [], key=lambda c: str(c.get("lastTransitionTime", "")))
-        ]
         rows.append(AutoscalerStatus(declared.name, declared.target, True, metrics, state.get("currentReplicas"),
-                                     state.get("desiredReplicas"), decisions))
+                                     state.get("desiredReplicas"),
+                                     history.record(declared.name, _decision(cluster, namespace, live, metrics))))
     return rows
+
+
+def _decision(cluster: Cluster, namespace: str, live: KubeObject,
+              metrics: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The decision the controller's last status write holds; None before it wrote one."""
+    written = _status_written(live)
+    if written is None:
+        return None
+    state = live.get("status") or {}
+    conditions = {str(c.get("type")): c for c in state.get("conditions") or []}
+    current, desired = state.get("currentReplicas"), state.get("desiredReplicas")
+    message = "; ".join(f"{kind}={c.get('status')}: {c.get('message', '')}" for kind, c in sorted(conditions.items()))
+    if desired is not None and desired != current:
+        message = _rescale_reason(cluster, namespace, manifest.name(live), int(desired)) or message
+    return {"at": written, "last": written, "current": current, "desired": desired,
+            "reason": (conditions.get("AbleToScale") or {}).get("reason"), "metrics": metrics, "message": message}
+
+
+def _status_written(live: KubeObject) -> float | None:
+    """When the status was written last (its managedFields entry's time; the controller's when it has one)."""
+    entries = [e for e in (live.get("metadata") or {}).get("managedFields") or [] if e.get("subresource") == "status"]
+    times = [t for t in (_epoch(e.get("time")) for e in entries) if t is not None]
+    return max(times) if times else None
+
+
+def _rescale_reason(cluster: Cluster, namespace: str, name: str, size: int) -> str:
+    """Why the controller set ``size`` replicas, as its newest SuccessfulRescale event of that size says; "" if none."""
+    answer = cluster.request("GET", EVENTS.path(namespace), allow_missing=True, query={
+        "fieldSelector": f"involvedObject.kind={hpa.KIND},involvedObject.name={name},reason={RESCALED}"})
+    prefix = f"New size: {size}; reason: "
+    found = [e for e in (answer or {}).get("items") or []
+             if (e.get("involvedObject") or {}).get("name") == name and e.get("reason") == RESCALED
+             and str(e.get("message", "")).startswith(prefix)]
+    found.sort(key=lambda e: str(e.get("lastTimestamp") or e.get("eventTime") or ""))
+    return str(found[-1]["message"])[len(prefix):] if found else ""
 
 
 def _current_metrics(entries: Sequence[dict[str, Any]]) -> dict[str, float]:

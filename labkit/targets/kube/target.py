@@ -143,6 +143,8 @@ class KubeTarget(Target):
         self._topology: Topology | None = None
         self._releases: list[KubeObject] | None = None
         self._entry: Entry | None = None
+        # The HPAs' decisions (status writes) this target has read: the cluster keeps only the last one.
+        self._hpa_history = autoscaling.History()
 
     @property
     def namespace(self) -> str:
@@ -512,11 +514,15 @@ class KubeTarget(Target):
             autoscaling.apply(self._cluster, self.namespace, objects)
         else:
             autoscaling.delete(self._cluster, self.namespace, objects)
-        return autoscaling.status(self._cluster, self.namespace, rendered)
+        return autoscaling.status(self._cluster, self.namespace, rendered, self._hpa_history)
 
     def autoscale_status(self) -> list[AutoscalerStatus]:
-        """Each HPA's live status: current metrics, current and desired replicas, its conditions' reasons."""
-        return autoscaling.status(self._cluster, self.namespace, self._manifests())
+        """Each HPA's live status: current metrics, current and desired replicas, and its decisions.
+
+        A decision is a status the cluster's controller wrote at a sync (:mod:`.autoscaling`): those
+        this target has read since it was made, ``last`` the time the API server stamped on the write.
+        """
+        return autoscaling.status(self._cluster, self.namespace, self._manifests(), self._hpa_history)
 
     def set_pop_capacity(self, rps: int | None) -> int | None:
         """The edge StatefulSet's container ``edge`` gets :data:`cdn.CAPACITY_SETTING` (None: it is removed); wait.
