@@ -61,6 +61,16 @@ def test_the_capacity_is_the_edges_setting_and_a_bad_one_is_refused(tmp_path: Pa
             cdn.capacity_of(replace(cdn.EDGE, env={cdn.CAPACITY_SETTING: bad}))
 
 
+def test_a_capacity_given_as_a_number_is_checked_the_same_way() -> None:
+    # What Target.set_pop_capacity takes (an int, None for none), refused before a target changes anything.
+    assert cdn.capacity_value(cdn.POP_CAPACITY_RPS) == cdn.POP_CAPACITY_RPS
+    assert cdn.capacity_value(cdn.MAX_CAPACITY_RPS) == cdn.MAX_CAPACITY_RPS
+    assert cdn.capacity_value(None) is None and cdn.capacity_value("") is None
+    for bad in (0, -1, cdn.MAX_CAPACITY_RPS + 1, True, False, 2.0):
+        with pytest.raises(ConfigError, match=f"{cdn.CAPACITY_SETTING}={bad!r}"):
+            cdn.capacity_value(bad)  # type: ignore[arg-type]
+
+
 class _Target:
     """The autoscaler's status as a target reports it; ``syncs`` decisions appear one per look."""
 
