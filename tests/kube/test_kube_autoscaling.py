@@ -260,3 +260,43 @@ def test_a_ramp_waits_on_kube_for_the_controllers_next_status_write(lab_cfg: Lab
         (edge,) = [row for row in target.autoscale_status() if row.hpa == "edge"]
         ups = [d for d in edge.decisions if (d["desired"] or 0) > (d["current"] or 0)]  # as notebook 07 reads them
         assert [(d["current"], d["desired"]) for d in ups] == [(2, 4)]
+
+
+def _edge_running(fake: Any, replicas: int, available: int) -> None:
+    """The edge StatefulSet as its controller reports it: ``replicas`` wanted, ``available`` of them ready."""
+    live = fake.stored(STATEFULSETS, "edge") or next(o for o in manifest.render(manifest.overlay_dir("kind"))
+                                                      if o["kind"] == "StatefulSet" and manifest.name(o) == "edge")
+    fake.put(STATEFULSETS, "edge", {**live, "spec": {**live["spec"], "replicas": replicas}, "status": {
+        "replicas": replicas, "updatedReplicas": replicas, "availableReplicas": available, "observedGeneration": 1}})
+
+
+def test_licenses_pop_list_follows_the_edge_once_its_hpa_scaled_it_and_its_pops_are_ready(lab_cfg: LabConfig) -> None:
+    """The kube HPA scales the StatefulSet itself; reading the HPAs brings license's list along, as `scale` does."""
+    with running_fake_cluster() as fake:
+        target = apis_target(fake, lab_cfg)
+        _edge_running(fake, 2, 2)
+        target.up(["cdn"])
+        target.autoscale(True)
+        assert _edges_listed(fake) == ["edge-0", "edge-1"]
+        # The controller set 4 replicas; two new pods are not ready yet: the list waits for them.
+        _edge_running(fake, 4, 2)
+        target.autoscale_status()
+        assert _edges_listed(fake) == ["edge-0", "edge-1"]
+
+        _edge_running(fake, 4, 4)
+        target.autoscale_status()
+
+        assert _edges_listed(fake) == ["edge-0", "edge-1", "edge-2", "edge-3"]
+        assert "edge-3" in json.dumps(fake.stored("v1/configmaps", "blackbox-targets"))  # probed too
+        # Scaled back in: the list follows down too; read again, nothing more is written.
+        _edge_running(fake, 3, 3)
+        target.autoscale_status()
+        assert _edges_listed(fake) == ["edge-0", "edge-1", "edge-2"]
+        writes = len(fake.requests("PATCH"))
+        target.autoscale_status()
+        assert len(fake.requests("PATCH")) == writes
+        # No edge HPA on the cluster: the list is `scale`'s and `up`'s business again.
+        target.autoscale(False)
+        _edge_running(fake, 4, 4)
+        target.autoscale_status()
+        assert _edges_listed(fake) == ["edge-0", "edge-1", "edge-2"]

@@ -522,7 +522,33 @@ class KubeTarget(Target):
         A decision is a status the cluster's controller wrote at a sync (:mod:`.autoscaling`): those
         this target has read since it was made, ``last`` the time the API server stamped on the write.
         """
-        return autoscaling.status(self._cluster, self.namespace, self._manifests(), self._hpa_history)
+        rows = autoscaling.status(self._cluster, self.namespace, self._manifests(), self._hpa_history)
+        if any(row.active and row.target == cdn.EDGE.name for row in rows):
+            self._follow_the_edge()
+        return rows
+
+    def _follow_the_edge(self) -> None:
+        """License's PoP list (ott-public) brought to the edge's replicas once they settled at a count it lacks.
+
+        Locally the autoscaler scales through :meth:`scale`, which rewrites the list; on kube the
+        cluster's HPA scales the StatefulSet itself, so the target brings the list along whenever it
+        reads the HPAs: once the edge's rollout is complete (its new PoPs ready), as :meth:`scale`
+        does it (license rolled and awaited, the probes' targets rewritten).
+        """
+        import json
+
+        edge = self._cluster.get(STATEFULSETS, cdn.EDGE.name, self.namespace)
+        public = self._cluster.get(CONFIGMAPS, entry.PUBLIC_CONFIG, self.namespace)
+        if edge is None or public is None:
+            return
+        status = rollout.RolloutStatus.of(edge)
+        listed = len(json.loads(str((public.get("data") or {}).get(entry.EDGES_KEY) or "{}")))
+        if status.desired < 1 or not status.complete or status.desired == listed:
+            return
+        progress(f"the edge runs {status.desired} PoP(s) (its HPA scaled it), license's list has {listed}: "
+                 "publishing them")
+        self._publish_entry(self._current_entry(), status.desired)
+        self._publish_probes(pops=status.desired)
 
     def set_pop_capacity(self, rps: int | None) -> int | None:
         """The edge StatefulSet's container ``edge`` gets :data:`cdn.CAPACITY_SETTING` (None: it is removed); wait.
