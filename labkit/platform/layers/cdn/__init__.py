@@ -62,7 +62,7 @@ REQUEST_ID = "$msec-$connection-$connection_requests"
 
 # The lab's per-PoP capacity, declared once: what a pod's resource limit is on a cluster, the rate
 # at which one PoP (one nginx worker) takes media requests. Off unless the lab sets it on the edge
-# (`ottlab env edge OTT_EDGE_CAPACITY_RPS=80`, ``target.set_env("edge", {CAPACITY_SETTING: "80"})``; `--unset`):
+# (`ottlab env edge OTT_EDGE_CAPACITY_RPS=80`, `--unset`; ``target.set_pop_capacity(80)`` on either target):
 # on this machine a PoP's own limits (a core, the NIC) sit far beyond what one load generator on
 # the same cores can ask, so without it every knee is the generator's (notebook 07). Above the
 # rate, nginx's limit_req queues a request (its answer waits: time to first byte grows) up to
