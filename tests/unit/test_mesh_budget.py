@@ -103,3 +103,23 @@ def test_lengthening_a_leafs_timeout_past_the_gateways_breaks_the_committed_chai
                                                        "retries": {"attempts": 0}}]}}
     found = budget.violations(committed.replaced(longer))
     assert len(found) == 1 and found[0].startswith("gateway → license: gateway gives up after 15 s"), found
+
+
+def test_bounding_a_route_keeps_its_destination_and_fixes_the_budget() -> None:
+    committed = resources.load()
+    mis = budget.bounded(budget.bounded(committed, "license", timeout_s=2), "cas", timeout_s=10)
+    assert budget.hop(mis, "gateway", "license") == budget.Hop("gateway", "license", 2.0, 0, None)
+    assert len(budget.violations(mis)) == 1
+    fixed = mis
+    for service, share in {"catalog": 8, "subscription": 4, "cas": 4}.items():
+        fixed = budget.bounded(fixed, service, timeout_s=2 / share)
+    assert budget.violations(fixed) == [] and budget.worst_case_s(fixed, "license") == 1.0
+    cas = next(v for v in fixed.of_kind("VirtualService") if v["metadata"]["name"] == "cas")
+    assert cas["spec"]["http"][0] == {"route": [{"destination": {"host": "cas", "port": {"number": 8000}}}],
+                                      "timeout": "500ms", "retries": {"attempts": 0}}
+    retried = budget.bounded(committed, "cas", timeout_s=3, attempts=2, per_try_s=1)
+    assert budget.hop(retried, "license", "cas") == budget.Hop("license", "cas", 3.0, 2, 1.0)
+    cas = next(v for v in retried.of_kind("VirtualService") if v["metadata"]["name"] == "cas")
+    assert cas["spec"]["http"][0]["retries"]["retryOn"] == "connect-failure,refused-stream,gateway-error"
+    with pytest.raises(faults.FaultError, match="no VirtualService routes 'nowhere'"):
+        budget.bounded(committed, "nowhere", timeout_s=1)

@@ -23,7 +23,7 @@ def ca(tmp_path_factory: pytest.TempPathFactory) -> identity.LabCA:
     return identity.LabCA.ensure(tmp_path_factory.mktemp("mesh") / "ca")
 
 
-def inbound_filters(ca: identity.LabCA, fault: Fault | None) -> list[dict[str, Any]]:
+def inbound_filters(ca: identity.LabCA, fault: ReplicaFault | None) -> list[dict[str, Any]]:
     sidecar = envoy.Sidecar("cas", "cas", ca.issue("cas"), admin=envoy.Address(port=9900),
                             inbound=envoy.Address(port=9104), app=envoy.Address(path="/tmp/cas.sock"), fault=fault)
     bootstrap = envoy.render(resources.Mesh((STRICT,)), sidecar, INSTANCES, PORTS)
@@ -34,23 +34,29 @@ def inbound_filters(ca: identity.LabCA, fault: Fault | None) -> list[dict[str, A
 
 def test_a_replica_fault_is_a_fault_filter_before_the_router_of_its_inbound_side(ca: identity.LabCA) -> None:
     assert [f["name"] for f in inbound_filters(ca, None)] == ["envoy.filters.http.router"]
-    filters = inbound_filters(ca, Fault("cas", abort_status=503, percent=30))
+    filters = inbound_filters(ca, ReplicaFault(Fault("cas", abort_status=503, percent=30), 1))
     assert [f["name"] for f in filters] == [envoy.FAULT_FILTER, "envoy.filters.http.router"]
     config = filters[0]["typed_config"]
     assert config["abort"] == {"http_status": 503, "percentage": {"numerator": 300000, "denominator": "MILLION"}}
     assert "delay" not in config and "headers" not in config
 
 
-def test_a_scoped_delay_matches_its_header(ca: identity.LabCA) -> None:
-    (fault, _) = inbound_filters(ca, Fault("cas", delay_s=1.5, header=("x-user-id", "u1")))
+def test_a_scoped_delay_matches_its_header_and_method(ca: identity.LabCA) -> None:
+    (fault, _) = inbound_filters(ca, ReplicaFault(Fault("cas", delay_s=1.5, header=("x-user-id", "u1")), 0, "POST"))
     assert fault["typed_config"]["delay"] == {"fixed_delay": "1.500s",
                                               "percentage": {"numerator": 1000000, "denominator": "MILLION"}}
-    assert fault["typed_config"]["headers"] == [{"name": "x-user-id", "string_match": {"exact": "u1"}}]
+    assert fault["typed_config"]["headers"] == [{"name": "x-user-id", "string_match": {"exact": "u1"}},
+                                                {"name": ":method", "string_match": {"exact": "POST"}}]
 
 
 def test_a_replica_fault_round_trips_and_says_which_replica() -> None:
     each = ReplicaFault(Fault("cas", abort_status=503, percent=30, header=("x-user-id", "u1")), 2)
     assert ReplicaFault.of(each.as_dict()) == each
     assert each.describe() == "abort 503 of 30% of the requests to cas replica 2 with x-user-id: u1"
+    posts = ReplicaFault(Fault("cas", abort_status=503, percent=30), 0, "POST")
+    assert ReplicaFault.of(posts.as_dict()) == posts
+    assert posts.describe() == "abort 503 of 30% of the POST requests to cas replica 0 (every request)"
     with pytest.raises(FaultError, match="not a replica number"):
         ReplicaFault(Fault("cas", abort_status=503), -1)
+    with pytest.raises(FaultError, match="not an HTTP method"):
+        ReplicaFault(Fault("cas", abort_status=503), 0, "post")

@@ -28,6 +28,7 @@ Example::
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -107,6 +108,35 @@ def hop(mesh: Mesh, caller: str, callee: str) -> Hop:
     return Hop(caller, callee, _seconds(timeout if isinstance(timeout, str) else None),
                int(retries.get("attempts", DEFAULT_RETRIES if "retries" not in route else 0)),
                _seconds(retries.get("perTryTimeout")))
+
+
+def bounded(mesh: Mesh, service: str, *, timeout_s: float | None, attempts: int = 0,
+            per_try_s: float | None = None, retry_on: str | None = None) -> Mesh:
+    """``mesh`` with the ordinary route of ``service``'s VirtualService bounded so (None: no timeout, no per-try).
+
+    Its matches and destinations are kept; ``retry_on`` keeps the route's own conditions unless given.
+    """
+    vs = next((v for v in mesh.of_kind("VirtualService")
+               if service in {short_host(h, v["metadata"].get("namespace") or NAMESPACE) for h in v["spec"]["hosts"]}),
+              None)
+    if vs is None:
+        raise faults.FaultError(f"no VirtualService routes {service!r}",
+                                hint="bound a service of k8s/components/mesh/virtual-services.yaml")
+    changed = copy.deepcopy(vs)
+    routes = changed["spec"]["http"]
+    index = next(i for i, r in enumerate(routes) if not faults.is_fault_route(r))
+    route = {k: v for k, v in routes[index].items() if k not in {"timeout", "retries"}}
+    if timeout_s is not None:
+        route["timeout"] = faults.duration(timeout_s)
+    retries: dict[str, object] = {"attempts": attempts}
+    if attempts and per_try_s is not None:
+        retries["perTryTimeout"] = faults.duration(per_try_s)
+    conditions = retry_on or routes[index].get("retries", {}).get("retryOn")
+    if attempts and conditions:
+        retries["retryOn"] = conditions
+    route["retries"] = retries
+    routes[index] = route
+    return Mesh(tuple(changed if o is vs else o for o in mesh.objects))
 
 
 def hops(mesh: Mesh, calls: Calls = PLAY_START) -> list[Hop]:

@@ -37,7 +37,7 @@ from typing import Any
 
 from labkit.platform.mesh import resources
 from labkit.platform.mesh.errors import MeshConfigError
-from labkit.platform.mesh.faults import Fault
+from labkit.platform.mesh.faults import ReplicaFault
 from labkit.platform.mesh.identity import WorkloadCertificate, spiffe_id
 from labkit.platform.mesh.resources import NAME_LABEL, NAMESPACE, TRUST_DOMAIN, Mesh, Topology, short_host
 from labkit.platform.mesh.units import duration_seconds
@@ -108,7 +108,7 @@ class Sidecar:
     labels: Mapping[str, str] = field(default_factory=dict)
     namespace: str = NAMESPACE
     # A fault of this replica alone, in its inbound side (a flaky pod: :meth:`Target.inject_replica_fault`).
-    fault: Fault | None = None
+    fault: ReplicaFault | None = None
 
     @property
     def pod_labels(self) -> dict[str, str]:
@@ -383,12 +383,16 @@ def fault_config(fault: Mapping[str, Any], where: str) -> Config:
     return out
 
 
-def inbound_fault(fault: Fault, workload: str) -> Config:
-    """A fault filter for one replica's inbound side: its delay/abort on ``fault.percent`` % of the authorized
-    requests it takes (those with ``fault.header`` only, if set), whoever calls it."""
+def inbound_fault(replica: ReplicaFault, workload: str) -> Config:
+    """A fault filter for one replica's inbound side: its delay/abort on ``percent`` % of the authorized
+    requests it takes (those with its header and of its method only, if set), whoever calls it."""
+    fault = replica.fault
     config = fault_config(fault.route_fault(), f"the replica fault of {workload}")
-    if fault.header is not None:
-        config["headers"] = [{"name": fault.header[0], "string_match": {"exact": fault.header[1]}}]
+    headers = [{"name": fault.header[0], "string_match": {"exact": fault.header[1]}}] if fault.header else []
+    if replica.method is not None:
+        headers.append({"name": ":method", "string_match": {"exact": replica.method}})
+    if headers:
+        config["headers"] = headers
     return {"name": FAULT_FILTER, "typed_config": config}
 
 

@@ -51,6 +51,7 @@ ROUTE_PREFIX = "ottlab-fault"
 # Istio's header keys: lowercase, hyphen separated (HTTPMatchRequest.headers).
 _HEADER_NAME = re.compile(r"[a-z0-9][a-z0-9-]*")
 MIN_DELAY_S = 0.001  # Istio refuses a fixedDelay under 1 ms
+_METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")
 
 
 class FaultError(MeshConfigError):
@@ -104,28 +105,34 @@ class ReplicaFault:
 
     fault: Fault
     replica: int
+    # Only the requests of this method (``POST``: cas's session openings, not the gateway's ends), if set.
+    method: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.replica, bool) or not isinstance(self.replica, int) or self.replica < 0:
             raise FaultError(f"replica {self.replica!r} is not a replica number",
                              hint="give 0 for the first replica, 1 for the second, ...")
+        if self.method is not None and self.method not in _METHODS:
+            raise FaultError(f"method {self.method!r} is not an HTTP method", hint=f"one of {', '.join(_METHODS)}")
 
     def describe(self) -> str:
-        """``abort 503 of 30% of the requests to cas replica 1 (every request)``."""
-        return self.fault.describe().replace(f" to {self.fault.service} ",
+        """``abort 503 of 30% of the POST requests to cas replica 1 (every request)``."""
+        what = self.fault.describe().replace(f" to {self.fault.service} ",
                                              f" to {self.fault.service} replica {self.replica} ", 1)
+        return what.replace(" of the requests ", f" of the {self.method} requests ", 1) if self.method else what
 
     def as_dict(self) -> dict[str, Any]:
         return {"service": self.fault.service, "replica": self.replica, "delay_s": self.fault.delay_s,
                 "abort_status": self.fault.abort_status, "percent": self.fault.percent,
-                "header": list(self.fault.header) if self.fault.header else None}
+                "header": list(self.fault.header) if self.fault.header else None, "method": self.method}
 
     @classmethod
     def of(cls, data: dict[str, Any]) -> ReplicaFault:
         header = data.get("header")
         return cls(Fault(str(data["service"]), delay_s=data.get("delay_s"), abort_status=data.get("abort_status"),
                          percent=float(data.get("percent", 100.0)),
-                         header=(str(header[0]), str(header[1])) if header else None), int(data["replica"]))
+                         header=(str(header[0]), str(header[1])) if header else None), int(data["replica"]),
+                   data.get("method"))
 
 
 def _duration(seconds: float) -> str:
@@ -135,6 +142,11 @@ def _duration(seconds: float) -> str:
         whole = round(millis)
         return f"{whole // 1000}s" if whole % 1000 == 0 else f"{whole}ms"
     return f"{seconds:.6f}".rstrip("0") + "s"
+
+
+def duration(seconds: float) -> str:
+    """Istio's duration of ``seconds`` (``2s``, ``1500ms``), as the fault routes write it."""
+    return _duration(seconds)
 
 
 def _check(fault: Fault) -> None:

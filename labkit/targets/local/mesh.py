@@ -51,6 +51,7 @@ from labkit.platform.mesh import STATS_JOB, envoy, identity, resources
 from labkit.platform.mesh.envoy import Address, Config, Instance, Sidecar
 from labkit.platform.mesh.errors import CertificateError
 from labkit.platform.mesh.resources import Mesh
+from labkit.targets.local import replica_faults
 
 # The API services behind sidecars (each calls the others through its own), then the QoE collector
 # (it calls no one; the gateway's sidecar brings it the beacons) and the transcoder (it creates keys at
@@ -207,6 +208,7 @@ def current(cfg: LabConfig) -> Mesh:
 def forget(cfg: LabConfig) -> None:
     """Forget the resources applied while the lab ran (``down``): the next ``up`` starts from :func:`committed`."""
     _resources_file(cfg).unlink(missing_ok=True)
+    replica_faults.save(cfg, [])
 
 
 def _save(cfg: LabConfig, mesh: Mesh) -> None:
@@ -293,6 +295,7 @@ def render_all(cfg: LabConfig, mesh: Mesh, running: Sequence[Component]) -> list
         rendered.append(Rendered(program, f"http://{sidecar.admin}", bootstrap,
                                  [*static["listeners"], *extra], static["clusters"]))
 
+    flaky = replica_faults.load(cfg)
     for service in MESHED:
         if service not in comps or proxy_name(service) not in comps:
             continue
@@ -303,7 +306,8 @@ def render_all(cfg: LabConfig, mesh: Mesh, running: Sequence[Component]) -> list
             sidecar = Sidecar(service, service, certificate, admin=Address(port=proxy.local_port(cfg, "http", replica)),
                               inbound=Address(port=comp.local_port(cfg, "http", replica)),
                               app=Address(path=str(cfg.run_dir / "mesh" / f"{service}-{replica}.sock")),
-                              service_port=SERVICE_PORTS[service], outbound=outbound)
+                              service_port=SERVICE_PORTS[service], outbound=outbound,
+                              fault=replica_faults.of(flaky, service, replica))
             add(f"{proxy.name}-{replica}", sidecar,
                 [_health_listener(Address(port=comp.local_port(cfg, "health", replica)), SERVICE_PORTS[service])])
     for name, account in ((GATEWAY_PROXY, GATEWAY), (TOOLS_PROXY, TOOLS_ACCOUNT)):
@@ -446,6 +450,15 @@ def apply(cfg: LabConfig, mesh: Mesh, running: Sequence[Component], *, timeout: 
     progress(f"mesh applied: {len(changes)} sidecar(s) changed" + (
         f" ({', '.join(c.program for c in changes)})" if changes else ""))
     return [c.program for c in changes]
+
+
+def settle(cfg: LabConfig, running: Sequence[Component], *, timeout: float = APPLY_TIMEOUT) -> None:
+    """Wait until every running sidecar runs the configuration rendered for it (after ``scale``: new peers)."""
+    comps = _by_name(running)
+    wanted = {each.admin: (_discovery("clusters", each.clusters)[0], _discovery("listeners", each.listeners)[0])
+              for each in render_all(cfg, current(cfg), running) if _running(comps, each.program)}
+    until(lambda: all(versions(admin) == version for admin, version in wanted.items()), timeout, 0.1,
+          "every sidecar to run the configuration rendered for it", ignoring=(httpx.HTTPError,))
 
 
 def _running(comps: Mapping[str, Component], program: str) -> bool:

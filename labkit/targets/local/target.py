@@ -21,7 +21,14 @@ import psutil
 from labkit.core import ports
 from labkit.core.config import MESH_MODES, LabConfig
 from labkit.core.console import progress
-from labkit.core.errors import ComponentFailedError, ConfigError, MissingBinaryError, NotRunningError, TimeoutExpired
+from labkit.core.errors import (
+    ComponentFailedError,
+    ConfigError,
+    LabError,
+    MissingBinaryError,
+    NotRunningError,
+    TimeoutExpired,
+)
 from labkit.core.wait import until
 from labkit.platform import hpa
 from labkit.platform.component import Component
@@ -34,6 +41,7 @@ from labkit.targets.local.labdir import LabDir
 from labkit.targets.local.supervisor import Supervisor, log_tail, program_names
 
 if TYPE_CHECKING:
+    from labkit.platform.mesh.faults import ReplicaFault
     from labkit.platform.mesh.resources import Mesh
 
 # supervisord states in which a process will not come up without help.
@@ -334,6 +342,52 @@ class LocalTarget(Target):
         self._require_mesh()
         name = local_mesh.GATEWAY_PROXY if service == local_mesh.GATEWAY else local_mesh.proxy_name(service)
         return self.component(name).url(self.cfg, "http", replica)
+
+    def inject_replica_fault(self, fault: ReplicaFault) -> None:
+        """``fault`` in one replica's own sidecar (its inbound side), taken by that Envoy without a restart."""
+        from labkit.targets.local import mesh as local_mesh
+
+        self._require_mesh()
+        service = fault.fault.service
+        if service not in local_mesh.MESHED:
+            raise ConfigError(f"{service!r} has no sidecar here: no replica of it can be given a fault",
+                              hint=f"one of {', '.join(local_mesh.MESHED)}")
+        replicas = self.replicas(service)
+        if fault.replica >= replicas:
+            raise ConfigError(f"{service} runs {replicas} replica(s): there is no replica {fault.replica}",
+                              hint=f"give a replica from 0 to {replicas - 1}")
+        kept = [f for f in self.replica_faults()
+                if (f.fault.service, f.replica) != (service, fault.replica)]
+        self._set_replica_faults([*kept, fault])
+
+    def replica_faults(self) -> list[ReplicaFault]:
+        from labkit.targets.local import replica_faults
+
+        return replica_faults.load(self.cfg) if self.cfg.mesh != "off" else []
+
+    def clear_replica_faults(self, service: str | None = None) -> list[ReplicaFault]:
+        in_force = self.replica_faults()
+        removed = [f for f in in_force if service is None or f.fault.service == service]
+        if removed:
+            self._set_replica_faults([f for f in in_force if f not in removed])
+        return removed
+
+    def _set_replica_faults(self, chosen: list[ReplicaFault]) -> None:
+        """Keep ``chosen`` and have the sidecars take them; on a refusal the previous faults stay in force."""
+        from labkit.targets.local import mesh as local_mesh
+        from labkit.targets.local import replica_faults
+
+        with self.labdir.lock():
+            previous = replica_faults.load(self.cfg)
+            active = set(self._active_layers())
+            running = [c for c in self._scaled_components() if c.layer in active]
+            replica_faults.save(self.cfg, chosen)
+            try:
+                local_mesh.apply(self.cfg, local_mesh.current(self.cfg), running)
+            except LabError:
+                replica_faults.save(self.cfg, previous)  # apply put the sidecars' previous files back
+                raise
+            local_mesh.settle(self.cfg, running)  # replicas scaled just before are in every peer's clusters
 
     def _record_mesh(self) -> None:
         """Remember the mesh mode the lab runs with; a running lab cannot switch it (`down` first)."""
