@@ -43,7 +43,8 @@ from labkit.clients.sidecar import Sidecar, spiffe_uri
 from labkit.core.config import LabConfig, repo_root
 from labkit.core.errors import ConfigError, KubeError, MissingCapabilityError, NotRunningError
 from labkit.platform import mesh
-from labkit.platform.mesh import identity, resources
+from labkit.platform.mesh import envoy, identity, resources
+from labkit.platform.mesh.faults import Fault, ReplicaFault
 from labkit.targets.base import Target
 from labkit.targets.kube import image, manifest
 from labkit.targets.kube import mesh as kube_mesh
@@ -274,11 +275,15 @@ def test_down_deletes_the_mesh_a_lab_was_brought_up_with(istio: FakeCluster, lab
     # A client pod a process left when it stopped mid-probe (mesh_handshake) goes too.
     istio.put(PODS, "ottlab-mesh-probe-1", {"metadata": {"labels": {
         manifest.NAME_LABEL: kube_mesh.PROBE_NAME, manifest.PART_OF_LABEL: manifest.PART_OF}}})
+    with_envoy_filters(istio).put(ENVOY_FILTERS, "ottlab-replica-fault-cas-0", {"metadata": {"labels": {
+        manifest.PART_OF_LABEL: manifest.PART_OF}}})
     target = apis_target(istio, lab_cfg)   # OTTLAB_MESH unset now: the cluster's mesh goes all the same
 
     target.down()
 
     deleted = {r.url.path for r in istio.requests("DELETE")}
+    assert f"/apis/{ENVOY_FILTERS.replace('/envoyfilters', '')}/namespaces/{NAMESPACE}/envoyfilters/" \
+           "ottlab-replica-fault-cas-0" in deleted
     assert f"/api/v1/namespaces/{NAMESPACE}/pods/ottlab-mesh-probe-1" in deleted
     assert f"/apis/security.istio.io/v1/namespaces/{NAMESPACE}/peerauthentications/default" in deleted
     assert f"/apis/networking.istio.io/v1/namespaces/{NAMESPACE}/virtualservices/license" in deleted
@@ -485,14 +490,66 @@ def test_a_probe_pod_that_prints_no_result_is_an_error_and_is_deleted(istio: Fak
     assert len(istio.requests("DELETE")) == 1
 
 
+
+# -- a fault in one replica's sidecar (inject_replica_fault) ------------------------------------------
+
+ENVOY_FILTERS = f"{kube_mesh.ENVOY_FILTER_VERSION}/envoyfilters"
+
+
+def with_envoy_filters(fake: FakeCluster) -> FakeCluster:
+    info: Any = {"namespaced": True, "kind": "EnvoyFilter", "singular": "envoyfilter",
+                 "verbs": {"get", "list", "patch", "delete", "create", "update"}}
+    fake.server.resources[ENVOY_FILTERS] = info
+    return fake
+
+
+def test_a_replica_fault_is_an_envoy_filter_selecting_that_pod_with_the_local_sidecars_fault_filter(
+    istio: FakeCluster, lab_cfg: LabConfig
+) -> None:
+    with_envoy_filters(istio)
+    istio.put(PODS, "cas-a", meshed_pod("cas"))
+    istio.put(PODS, "cas-b", meshed_pod("cas"))
+    target = apis_target(istio, lab_cfg.with_(mesh="strict"))
+    fault = ReplicaFault(Fault("cas", abort_status=503, percent=30), 1)
+
+    target.inject_replica_fault(fault)
+
+    labelled = next(r for r in istio.requests("PATCH") if r.url.path.endswith("/pods/cas-b"))
+    assert labelled.data == {"metadata": {"labels": {kube_mesh.REPLICA_FAULT_LABEL: "cas-b"}}}
+    (applied_filter,) = [r for r in istio.requests("PATCH") if "envoyfilters" in r.url.path]
+    assert applied_filter.url.path.endswith(f"/namespaces/{NAMESPACE}/envoyfilters/ottlab-replica-fault-cas-1")
+    spec = applied_filter.data["spec"]
+    assert spec["workloadSelector"] == {"labels": {kube_mesh.REPLICA_FAULT_LABEL: "cas-b"}}
+    (patch,) = spec["configPatches"]
+    assert (patch["applyTo"], patch["match"]["context"], patch["patch"]["operation"]) == (
+        "HTTP_FILTER", "SIDECAR_INBOUND", "INSERT_BEFORE")
+    assert patch["match"]["listener"]["filterChain"]["filter"]["subFilter"] == {"name": "envoy.filters.http.router"}
+    # The filter the local target renders in that replica's own Envoy, byte for byte.
+    assert patch["patch"]["value"] == json.loads(json.dumps(envoy.inbound_fault(fault, "cas")))
+    assert target.replica_faults() == [fault]
+
+    assert target.clear_replica_faults("license") == [] and target.clear_replica_faults() == [fault]
+    (deleted,) = istio.requests("DELETE")
+    assert deleted.url.path.endswith("/envoyfilters/ottlab-replica-fault-cas-1")
+    assert target.replica_faults() == []
+
+
+def test_a_replica_fault_without_istio_or_on_a_replica_not_running_changes_nothing(
+    istio: FakeCluster, lab_cfg: LabConfig
+) -> None:
+    istio.put(PODS, "cas-a", meshed_pod("cas"))
+    target = apis_target(istio, lab_cfg.with_(mesh="strict"))
+    with pytest.raises(ConfigError, match="choose a replica from 0 to 0"):
+        target.inject_replica_fault(ReplicaFault(Fault("cas", abort_status=503), 1))
+    with pytest.raises(KubeError, match="istio-base istiod"):   # this fake serves no EnvoyFilter
+        target.inject_replica_fault(ReplicaFault(Fault("cas", abort_status=503), 0))
+    assert istio.requests("PATCH") == [] and target.replica_faults() == []
+
+
 # -- notebook 05 asks the target only what the kube target does --------------------------------
 
 # Target methods notebook 05 may call that the kube target does not implement yet, and why.
-KUBE_NOT_YET = {
-    "inject_replica_fault": "a fault in one pod's sidecar: an EnvoyFilter selecting that pod by a label, not done yet",
-    "replica_faults": "as inject_replica_fault",
-    "clear_replica_faults": "as inject_replica_fault",
-}
+KUBE_NOT_YET: dict[str, str] = {}
 
 
 def test_every_target_method_notebook_05_calls_is_the_kube_targets_own() -> None:

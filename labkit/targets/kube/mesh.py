@@ -23,7 +23,7 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from labkit.core.console import progress
 from labkit.core.errors import KubeError
@@ -32,6 +32,9 @@ from labkit.platform.mesh.errors import MeshConfigError
 from labkit.platform.mesh.resources import Mesh, Resource, Topology
 from labkit.targets.kube.cluster import Cluster, ResourceType
 from labkit.targets.kube.manifest import KubeObject
+
+if TYPE_CHECKING:
+    from labkit.platform.mesh.faults import ReplicaFault
 
 # The kinds of the mesh and the version labkit reads and writes them as (Istio 1.22+ serves v1).
 API_VERSIONS = {
@@ -246,3 +249,61 @@ def probe_pod(name: str, image: str, host: str, port: int, method: str, path: st
             "volumes": [{"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}}],
         },
     }
+
+
+# -- a fault in one replica (Target.inject_replica_fault) --------------------------------------------
+# A VirtualService's fault is in the callers' sidecars and reaches every pod of the service alike.
+# A fault in one pod's own sidecar (a flaky replica) is an EnvoyFilter selecting that pod, by a label
+# labkit gives it, that inserts the fault filter the local sidecars render for it
+# (labkit.platform.mesh.envoy.inbound_fault) before the router of the pod's inbound HTTP chains:
+# after the authorization filters, on the requests it lets in, whoever calls.
+ENVOY_FILTER_VERSION = "networking.istio.io/v1alpha3"
+REPLICA_FAULT_LABEL = "ottlab.io/replica-fault"        # on the pod (its name) and on the EnvoyFilter
+REPLICA_FAULT_ANNOTATION = "ottlab.io/replica-fault"   # the ReplicaFault, as JSON
+
+
+def envoy_filters(cluster: Cluster) -> ResourceType:
+    """Istio's EnvoyFilter kind; a :class:`KubeError` saying how to install Istio when the cluster does not serve it."""
+    try:
+        return cluster.resource_type(ENVOY_FILTER_VERSION, "EnvoyFilter")
+    except KubeError as exc:
+        raise KubeError(exc.message, hint=INSTALL_HINT) from None
+
+
+def replica_fault_filter(fault: ReplicaFault, pod: str) -> KubeObject:
+    """The EnvoyFilter putting ``fault`` in force in ``pod``'s sidecar (one per service and replica)."""
+    import json
+
+    from labkit.platform.mesh import envoy
+
+    service = fault.fault.service
+    return {
+        "apiVersion": ENVOY_FILTER_VERSION,
+        "kind": "EnvoyFilter",
+        "metadata": {
+            "name": f"ottlab-replica-fault-{service}-{fault.replica}",
+            "labels": {"app.kubernetes.io/name": service, "app.kubernetes.io/part-of": "ottlab",
+                       "ottlab.io/layer": "apis", REPLICA_FAULT_LABEL: "true"},
+            "annotations": {REPLICA_FAULT_ANNOTATION: json.dumps(fault.as_dict(), sort_keys=True)},
+        },
+        "spec": {
+            "workloadSelector": {"labels": {REPLICA_FAULT_LABEL: pod}},
+            "configPatches": [{
+                "applyTo": "HTTP_FILTER",
+                "match": {"context": "SIDECAR_INBOUND", "listener": {"filterChain": {"filter": {
+                    "name": "envoy.filters.network.http_connection_manager",
+                    "subFilter": {"name": "envoy.filters.http.router"}}}}},
+                "patch": {"operation": "INSERT_BEFORE", "value": envoy.inbound_fault(fault, service)},
+            }],
+        },
+    }
+
+
+def replica_fault_of(obj: Mapping[str, Any]) -> ReplicaFault | None:
+    """The ReplicaFault an EnvoyFilter of :func:`replica_fault_filter` holds; None for another EnvoyFilter."""
+    import json
+
+    from labkit.platform.mesh.faults import ReplicaFault
+
+    text = (obj.get("metadata", {}).get("annotations") or {}).get(REPLICA_FAULT_ANNOTATION)
+    return ReplicaFault.of(json.loads(text)) if text else None

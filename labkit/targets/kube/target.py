@@ -68,6 +68,7 @@ if TYPE_CHECKING:
     from kubernetes.client import ApiClient
 
     from labkit.clients.sidecar import Handshake, Plaintext
+    from labkit.platform.mesh.faults import ReplicaFault
     from labkit.platform.mesh.identity import WorkloadCertificate
 
 # kubectl's own annotation for `kubectl rollout restart`, so kubectl shows ours the same way.
@@ -228,7 +229,8 @@ class KubeTarget(Target):
         # here, so they are deleted last, after the pods that mount them.
         manifest_kinds = [(str(o.get("apiVersion")), str(o.get("kind"))) for o in applied]
         # A lab brought up with the mesh leaves its Istio resources and accounts whatever OTTLAB_MESH says now.
-        manifest_kinds += [("v1", "ServiceAccount"), *((v, k) for k, v in kube_mesh.API_VERSIONS.items())]
+        manifest_kinds += [("v1", "ServiceAccount"), *((v, k) for k, v in kube_mesh.API_VERSIONS.items()),
+                           (kube_mesh.ENVOY_FILTER_VERSION, "EnvoyFilter")]
         kinds = list(dict.fromkeys([(SECRETS.api_version, SECRETS.kind), *manifest_kinds]))
         namespace_exists = self._cluster.get(NAMESPACES, self.namespace) is not None
         progress(
@@ -636,7 +638,19 @@ class KubeTarget(Target):
         ``gateway`` is the gateway pod's own sidecar, through which it calls the services. A pod
         without the sidecar (the lab up without the mesh, or Istio not injecting) is a :class:`KubeError`.
         """
-        comp = self._not_a_sidecar(self.component(service), "read the mesh sidecar of")
+        pod = self._meshed_pod(self._not_a_sidecar(self.component(service), "read the mesh sidecar of"), replica)
+        key = (f"{kube_mesh.PROXY_CONTAINER}/{pod}", "admin")
+        forward = self._forwards.get(key)
+        if forward is None or not forward.alive:
+            forward = PortForward(functools.partial(self._pod_tunnel, pod, kube_mesh.ADMIN_PORT),
+                                  name=f"{pod}:{kube_mesh.ADMIN_PORT}")
+            self._forwards[key] = forward
+            progress(f"port-forward {forward.url} -> pod/{pod} port {kube_mesh.ADMIN_PORT} "
+                     f"(its {kube_mesh.PROXY_CONTAINER}'s Envoy admin API)")
+        return forward.url
+
+    def _meshed_pod(self, comp: Component, replica: int) -> str:
+        """The name of ``comp``'s ``replica``-th ready pod (by name), which must run Istio's sidecar."""
         pods = [p for p in self._pods(comp) if _ready(p)]
         if not pods:
             raise NotRunningError(f"component {comp.name!r} (no ready pod in namespace {self.namespace})")
@@ -650,15 +664,47 @@ class KubeTarget(Target):
                 hint="bring the lab up with the mesh (Istio installed: ottlab addons install istio-base istiod; then "
                      "OTTLAB_MESH=strict ottlab up --target kube); a pod made before Istio was gets its sidecar "
                      f"when restarted: ottlab restart {comp.name} --target kube")
-        key = (f"{kube_mesh.PROXY_CONTAINER}/{pod}", "admin")
-        forward = self._forwards.get(key)
-        if forward is None or not forward.alive:
-            forward = PortForward(functools.partial(self._pod_tunnel, pod, kube_mesh.ADMIN_PORT),
-                                  name=f"{pod}:{kube_mesh.ADMIN_PORT}")
-            self._forwards[key] = forward
-            progress(f"port-forward {forward.url} -> pod/{pod} port {kube_mesh.ADMIN_PORT} "
-                     f"(its {kube_mesh.PROXY_CONTAINER}'s Envoy admin API)")
-        return forward.url
+        return pod
+
+    def inject_replica_fault(self, fault: ReplicaFault) -> None:
+        """``fault`` in one pod's own sidecar: an EnvoyFilter selecting that pod (:func:`.mesh.replica_fault_filter`).
+
+        The pod (the replica-th ready one by name, as :meth:`mesh_sidecar` reads it) gets the label
+        the filter selects; a fault already on that replica is replaced. Nothing restarts: istiod
+        pushes the filter to that sidecar alone. A pod replaced meanwhile (killed, rolled) is rid of it.
+        """
+        comp = self._not_a_sidecar(self.component(fault.fault.service), "give a replica fault to")
+        pod = self._meshed_pod(comp, fault.replica)
+        kube_mesh.envoy_filters(self._cluster)   # Istio serves the kind, before anything is changed
+        self._cluster.patch(PODS, pod, self.namespace, {"metadata": {"labels": {kube_mesh.REPLICA_FAULT_LABEL: pod}}})
+        self._cluster.apply(kube_mesh.replica_fault_filter(fault, pod), namespace=self.namespace)
+        progress(f"applied envoyfilter/ottlab-replica-fault-{comp.name}-{fault.replica}: {fault.describe()} "
+                 f"(pod/{pod}'s sidecar)")
+
+    def replica_faults(self) -> list[ReplicaFault]:
+        """The faults of single replicas in force: the EnvoyFilters :meth:`inject_replica_fault` applied."""
+        try:
+            rtype = kube_mesh.envoy_filters(self._cluster)
+        except KubeError:
+            return []   # no Istio: no fault of a replica can be in force
+        found = [kube_mesh.replica_fault_of(o) for o in self._cluster.list(rtype, self.namespace,
+                                                                           label_selector=LAB_SELECTOR)]
+        return sorted((f for f in found if f is not None), key=lambda f: (f.fault.service, f.replica))
+
+    def clear_replica_faults(self, service: str | None = None) -> list[ReplicaFault]:
+        """Delete the EnvoyFilters of single replicas' faults (of ``service`` only, when given); the faults removed."""
+        try:
+            rtype = kube_mesh.envoy_filters(self._cluster)
+        except KubeError:
+            return []
+        removed = []
+        for obj in self._cluster.list(rtype, self.namespace, label_selector=LAB_SELECTOR):
+            fault = kube_mesh.replica_fault_of(obj)
+            if fault is not None and service in (None, fault.fault.service):
+                self._cluster.delete(rtype, manifest.name(obj), self.namespace)
+                progress(f"deleted envoyfilter/{manifest.name(obj)}: {fault.describe()}")
+                removed.append(fault)
+        return removed
 
     def mesh_handshake(self, service: str, certificate: WorkloadCertificate | None = None, *,
                        path: str = "/") -> Handshake:
