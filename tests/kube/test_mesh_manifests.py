@@ -134,7 +134,12 @@ def test_every_route_of_the_gateway_has_its_declared_timeout_and_retries_in_a_vi
         assert duration_seconds(http["timeout"]) == route.timeout_s
         assert http["retries"]["attempts"] == route.retries
         assert duration_seconds(http["retries"]["perTryTimeout"]) == route.per_try_timeout_s
-        assert http["route"] == [{"destination": {"host": route.service, "port": {"number": route.container_port}}}]
+        (only,) = http["route"]
+        destination = dict(only["destination"])
+        # catalog's requests all go to its release v1 (the DestinationRule's subset; v2 is the canary's).
+        assert destination.pop("subset", None) == ("v1" if route.service == "catalog" else None)
+        assert set(only) == {"destination"}
+        assert destination == {"host": route.service, "port": {"number": route.container_port}}
 
 
 def test_every_meshed_service_gets_mutual_tls_a_connection_pool_and_outlier_detection() -> None:

@@ -51,6 +51,7 @@ from labkit.platform.mesh import STATS_JOB, envoy, identity, resources
 from labkit.platform.mesh.envoy import Address, Config, Instance, Sidecar
 from labkit.platform.mesh.errors import CertificateError
 from labkit.platform.mesh.resources import Mesh
+from labkit.targets.local import releases as local_releases
 from labkit.targets.local import replica_faults
 
 # The API services behind sidecars (each calls the others through its own), then the QoE collector
@@ -164,6 +165,11 @@ def components(cfg: LabConfig, declared: Sequence[Component]) -> list[Component]
                        "Envoy of the lab's tools (seeding, admin calls), identity ottlab-tools")
         out.append(replace(tools, follows=None, ports=(*tools.ports, *(
             Port(f"out-{s}", offset=_TOOLS_OFFSET + 1 + i, container=15001) for i, s in enumerate(MESHED)))))
+    # A service's second release started in this lab (target.start_version), after its own sidecar.
+    for name in local_releases.running(cfg):
+        at = next((i for i, c in enumerate(out) if c.name == proxy_name(local_releases.service_of(name)[0])), None)
+        if at is not None:
+            out[at + 1:at + 1] = local_releases.components(name, out[at - 1], out[at])
     return out
 
 
@@ -287,6 +293,12 @@ def render_all(cfg: LabConfig, mesh: Mesh, running: Sequence[Component]) -> list
                  for s in MESHED if s in comps for r in range(comps[s].replicas)]
     # Declared by the resources, not behind sidecars here (or their layer is not up): named, never routed to.
     instances += [Instance(s, s, Address(port=9)) for s in SERVICE_PORTS if s not in MESHED or s not in comps]
+    # Pods labelled by their release (catalog's: version v1), then those of a release started beside them.
+    instances = [replace(i, labels=local_releases.labels(i.service)) for i in instances]
+    started = [n for n in local_releases.running(cfg) if n in comps]
+    instances += [Instance(local_releases.service_of(n)[0], local_releases.service_of(n)[0],
+                           Address(port=comps[n].local_port(cfg, "http", r)), local_releases.labels(n))
+                  for n in started for r in range(comps[n].replicas)]
     rendered: list[Rendered] = []
 
     def add(program: str, sidecar: Sidecar, extra: list[Config]) -> None:
@@ -296,18 +308,19 @@ def render_all(cfg: LabConfig, mesh: Mesh, running: Sequence[Component]) -> list
                                  [*static["listeners"], *extra], static["clusters"]))
 
     flaky = replica_faults.load(cfg)
-    for service in MESHED:
-        if service not in comps or proxy_name(service) not in comps:
+    for name, service in [*((s, s) for s in MESHED), *((n, local_releases.service_of(n)[0]) for n in started)]:
+        if name not in comps or proxy_name(name) not in comps:
             continue
-        comp, proxy = comps[service], comps[proxy_name(service)]
+        comp, proxy = comps[name], comps[proxy_name(name)]
         certificate = _certificate(ca, service, certs / service)
         for replica in range(comp.replicas):
             outbound = {peer: Address(port=comp.local_port(cfg, f"out-{peer}", replica)) for peer in calls(service)}
             sidecar = Sidecar(service, service, certificate, admin=Address(port=proxy.local_port(cfg, "http", replica)),
                               inbound=Address(port=comp.local_port(cfg, "http", replica)),
-                              app=Address(path=str(cfg.run_dir / "mesh" / f"{service}-{replica}.sock")),
+                              app=Address(path=str(cfg.run_dir / "mesh" / f"{name}-{replica}.sock")),
+                              labels=local_releases.labels(name),
                               service_port=SERVICE_PORTS[service], outbound=outbound,
-                              fault=replica_faults.of(flaky, service, replica))
+                              fault=replica_faults.of(flaky, service, replica) if name == service else None)
             add(f"{proxy.name}-{replica}", sidecar,
                 [_health_listener(Address(port=comp.local_port(cfg, "health", replica)), SERVICE_PORTS[service])])
     for name, account in ((GATEWAY_PROXY, GATEWAY), (TOOLS_PROXY, TOOLS_ACCOUNT)):

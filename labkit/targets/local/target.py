@@ -72,6 +72,8 @@ class LocalTarget(Target):
         if cfg.mesh == "off" and running_mesh is not None and Supervisor(cfg).pid() is not None:
             # The lab runs with the mesh: every later command sees it so, asked or not.
             cfg = cfg.with_(mesh=running_mesh)
+        # As declared: the mesh's sidecars, and a release started beside its service, are added to them.
+        self._declared = list(components)
         if cfg.mesh != "off":
             from labkit.targets.local import mesh as local_mesh
 
@@ -140,8 +142,10 @@ class LocalTarget(Target):
                 (self.cfg.run_dir / MESH_MODE_FILE).unlink(missing_ok=True)
                 if self.cfg.mesh != "off":
                     from labkit.targets.local import mesh as local_mesh
+                    from labkit.targets.local import releases as local_releases
 
                     local_mesh.forget(self.cfg)
+                    local_releases.record(self.cfg, [])  # a release started by a lesson does not outlive the lab
                 self._reap_orphans()
                 self._wait_ports_closed()
         if purge:
@@ -407,6 +411,66 @@ class LocalTarget(Target):
             raise ConfigError("this lab runs without the service mesh",
                               hint="bring it up with OTTLAB_MESH=strict (or permissive): "
                                    "ottlab down, then OTTLAB_MESH=strict ottlab up")
+
+    def start_version(self, service: str, version: str) -> ComponentStatus:
+        """Run ``<service>-<version>`` behind a sidecar of its own (:mod:`labkit.targets.local.releases`), ready.
+
+        It gets requests once a VirtualService gives its subset a weight (:meth:`apply_mesh`).
+        """
+        from labkit.platform.mesh import releases
+        from labkit.targets.local import releases as local_releases
+
+        self._require_mesh()
+        self._require_supervisor()
+        name = releases.name(service, version)
+        with self.labdir.lock():
+            started = local_releases.running(self.cfg)
+            local_releases.record(self.cfg, [*started, name] if name not in started else started)
+            self._redeclare()
+            self._write_layer_configs()  # its sidecar's files; no peer's change until a route names its subset
+            if self.supervisor.write_config(self._configured_components()):
+                self.supervisor.reload()
+            release = next(c for c in self._scaled_components() if c.name == name)
+            self._start_all([release, *self.followers(name)])
+            self._reload_prometheus()
+        return self._status_of(self.component(name), self.supervisor.all_info())
+
+    def stop_version(self, service: str, version: str) -> None:
+        """Stop that release and its sidecar; refused (nothing changed) while the mesh in force routes it requests."""
+        from labkit.platform.mesh import releases
+        from labkit.targets.local import mesh as local_mesh
+        from labkit.targets.local import releases as local_releases
+
+        self._require_mesh()
+        self._require_supervisor()
+        name = releases.name(service, version)
+        with self.labdir.lock():
+            started = local_releases.running(self.cfg)
+            if name not in started:
+                progress(f"{name} is not running")
+                return
+            active = set(self._active_layers())
+            gone = {name, local_mesh.proxy_name(name)}
+            without = [c for c in self._scaled_components() if c.layer in active and c.name not in gone]
+            with releases.stopping(name):
+                # Every sidecar rendered without it: refused while a route still gives its subset a weight.
+                local_mesh.apply(self.cfg, local_mesh.current(self.cfg), without)
+            local_releases.record(self.cfg, [n for n in started if n != name])
+            for comp in (self.component(local_mesh.proxy_name(name)), self.component(name)):
+                for program in self._active_programs(comp):
+                    progress(f"stopping {program}")
+                    self.supervisor.stop_program(program)
+            self._redeclare()
+            self.supervisor.write_config(self._configured_components())
+            self.supervisor.reload()
+            self._write_layer_configs()
+            self._reload_prometheus()
+
+    def _redeclare(self) -> None:
+        """The components again from the declarations, with the releases started now (``start_version``)."""
+        from labkit.targets.local import mesh as local_mesh
+
+        self.components = local_mesh.components(self.cfg, self._declared)
 
     # -- autoscaling (labkit.targets.local.autoscaling) ------------------------------------------
 
