@@ -531,6 +531,8 @@ def test_a_replica_fault_is_an_envoy_filter_selecting_that_pod_with_the_local_si
     assert target.clear_replica_faults("license") == [] and target.clear_replica_faults() == [fault]
     (deleted,) = istio.requests("DELETE")
     assert deleted.url.path.endswith("/envoyfilters/ottlab-replica-fault-cas-1")
+    unlabelled = [r for r in istio.requests("PATCH") if r.url.path.endswith("/pods/cas-b")][-1]
+    assert unlabelled.data == {"metadata": {"labels": {kube_mesh.REPLICA_FAULT_LABEL: None}}}
     assert target.replica_faults() == []
 
 

@@ -702,6 +702,10 @@ class KubeTarget(Target):
             fault = kube_mesh.replica_fault_of(obj)
             if fault is not None and service in (None, fault.fault.service):
                 self._cluster.delete(rtype, manifest.name(obj), self.namespace)
+                selected = ((obj.get("spec") or {}).get("workloadSelector") or {}).get("labels") or {}
+                if selected.get(kube_mesh.REPLICA_FAULT_LABEL):   # the pod's label goes too (a gone pod: nothing)
+                    self._cluster.patch(PODS, selected[kube_mesh.REPLICA_FAULT_LABEL], self.namespace,
+                                        {"metadata": {"labels": {kube_mesh.REPLICA_FAULT_LABEL: None}}})
                 progress(f"deleted envoyfilter/{manifest.name(obj)}: {fault.describe()}")
                 removed.append(fault)
         return removed
