@@ -96,6 +96,8 @@ LESSONS: dict[str, Lesson] = {
     }, title_hint=f"{_TITLE_HINT}, at most 58 characters, e.g. 'lab-clock-qoe'", encrypted=True),
     "05-service-mesh": Lesson({
         "PLAYS": Range(2, 50, whole=True, hint="starts measured per viewer and phase: 5 is plenty; the test uses 3"),
+        "CANARY_REQUESTS": Range(50, 20_000, whole=True,
+                                 hint="catalog requests per canary split: 400 measure 90/10 within a few percent"),
         "DELAY_S": Range(0.5, 10, unit="seconds", hint="Istio's task uses 2 s; the lesson asserts about that much"),
         "ABORT_STATUS": Range(500, 599, whole=True, hint="a server error the player must report, e.g. 503"),
         "TIMEOUT_S": Range(0.2, 9, unit="seconds", hint="a timeout below DELAY_S, e.g. 1"),
