@@ -134,7 +134,11 @@ class Target(abc.ABC):
         """Start a stopped component again (its replicas as before) and wait until it is ready."""
 
     def stop_replica(self, component: str, replica: int) -> ComponentStatus:
-        """Stop one replica (``edge``, 1: the PoP edge-1) until :meth:`start` brings it back: one PoP of many down."""
+        """Stop one replica (``edge``, 1: the PoP edge-1) until :meth:`start` brings it back: one PoP of many down.
+
+        Only the component's own program stops: with the service mesh on, the replica's sidecar keeps
+        running and answers its callers 503 for it, a bad replica for outlier detection (notebook 05).
+        """
         raise MissingCapabilityError(self.name, "stop one replica of a component", "it is not implemented there",
                                      hint=f"stop the whole component instead: target.stop({component!r})")
 
