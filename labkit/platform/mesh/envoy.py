@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from labkit.platform.mesh import resources
+from labkit.platform.mesh import releases, resources
 from labkit.platform.mesh.errors import MeshConfigError
 from labkit.platform.mesh.faults import ReplicaFault
 from labkit.platform.mesh.identity import WorkloadCertificate, spiffe_id
@@ -88,6 +88,11 @@ class Instance:
     account: str
     address: Address
     labels: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def pod_labels(self) -> dict[str, str]:
+        """Its pod's labels: the service's name, its release (a service's declared one unless ``labels`` says)."""
+        return {NAME_LABEL: self.service, **releases.labels(self.service), **self.labels}
 
 
 @dataclass(frozen=True)
@@ -527,7 +532,8 @@ def _outbound_cluster(name: str, service: str, subset: str, rule: Mapping[str, A
         if not declared:
             raise MeshConfigError(f"{name}: no DestinationRule of {service!r} declares the subset {subset!r}")
         labels = declared[0].get("labels", {})
-    members = [i for i in instances if i.service == service and all(i.labels.get(k) == v for k, v in labels.items())]
+    members = [i for i in instances
+               if i.service == service and all(i.pod_labels.get(k) == v for k, v in labels.items())]
     cluster: Config = {
         "name": name, "type": "STATIC",
         "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [
@@ -560,7 +566,7 @@ def topology(instances: Sequence[Instance], ports: Mapping[str, int], clients: S
     """What the resources may name: the instances the sidecars route to, and accounts that only call (``clients``)."""
     return Topology(
         services={s: [p] for s, p in ports.items()},
-        workloads=[resources.Workload(i.service, {NAME_LABEL: i.service, **i.labels}, i.account) for i in instances],
+        workloads=[resources.Workload(i.service, i.pod_labels, i.account) for i in instances],
         accounts=frozenset([*(i.account for i in instances), *clients]),
         namespace=namespace,
     )

@@ -34,6 +34,12 @@ def declared(service: str) -> str | None:
     return versions[0] if versions else None
 
 
+def labels(service: str, version: str | None = None) -> dict[str, str]:
+    """The label telling ``service``'s releases apart on its pods (``{"version": "v1"}``: the declared one's); {}."""
+    release = declared(service)
+    return {} if release is None else {VERSION_LABEL: version or release}
+
+
 def name(service: str, version: str) -> str:
     """``catalog-v2``: the workload of ``service``'s release ``version`` (not the declared one); else a ConfigError."""
     extra = RELEASES.get(service, ())[1:]

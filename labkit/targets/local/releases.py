@@ -54,8 +54,8 @@ def service_of(name: str) -> tuple[str, str]:
 
 def labels(name: str) -> dict[str, str]:
     """The pod labels of workload ``name``: ``version`` for a service with releases (v1: the declared one)."""
-    service, version = service_of(name) if name in BLOCKS else (name, releases.declared(name) or "")
-    return {releases.VERSION_LABEL: version} if releases.declared(service) else {}
+    service, version = service_of(name) if name in BLOCKS else (name, None)
+    return releases.labels(service, version)
 
 
 def components(name: str, service: Component, proxy: Component) -> tuple[Component, Component]:
