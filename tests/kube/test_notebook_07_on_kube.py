@@ -193,3 +193,26 @@ def test_what_set_pop_capacity_waits_for_on_kube_is_what_the_manifests_make() ->
     # The value the notebook sets is one the script takes (1 to MAX_CAPACITY_RPS, no leading zero).
     assert cdn.capacity_value(cdn.POP_CAPACITY_RPS) == cdn.POP_CAPACITY_RPS
     assert not str(cdn.POP_CAPACITY_RPS).startswith("0")
+
+
+def test_every_series_the_hpas_custom_metrics_read_carries_the_namespace_and_pod_the_adapter_needs() -> None:
+    """prometheus-adapter's rules select ``{namespace!="",pod!=""}``: every job scraping pods must label both.
+
+    Notebook 07 waits on the edge's sessions per PoP and its HPA scales on them: the nginx exporters'
+    ``nginx_connections_active``, scraped by the job ``nginx``, which labelled ``pod`` only, so the
+    adapter found no series and the HPA had no ``ott_edge_sessions`` on a cluster.
+    """
+    objects = applied(manifest.default_overlay(), None)
+    config = _prometheus_config(objects)
+    rules = hpa.adapter_rules()
+    for job in config["scrape_configs"]:
+        if not any(sd.get("role") == "pod" for sd in job.get("kubernetes_sd_configs", [])):
+            continue
+        labelled = {r.get("target_label"): r.get("source_labels") for r in job.get("relabel_configs", [])}
+        assert labelled.get("namespace") == ["__meta_kubernetes_namespace"], job["job_name"]
+        assert labelled.get("pod") == ["__meta_kubernetes_pod_name"], job["job_name"]
+    # The sessions' series is the edge pods' nginx exporter's, which says which PoP (the notebook's `pop`).
+    (edge,) = [o for o in objects if o["kind"] == "StatefulSet" and o["metadata"]["name"] == "edge"]
+    args = [a for c in edge["spec"]["template"]["spec"]["containers"] for a in c.get("command", [])]
+    assert rules["ott_edge_sessions"].series == "nginx_connections_active"
+    assert "-prometheus.const-labels=component=edge,pop=$(POD_NAME)" in args
