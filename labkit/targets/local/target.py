@@ -66,6 +66,7 @@ class LocalTarget(Target):
 
     name = "local"
     programs_needed_by = ("all", "local")   # every program of the platform runs here
+    mesh_denial_names_policy = True          # its sidecars' 403 names the policy (envoy.py's local reply)
 
     def __init__(self, cfg: LabConfig, components: Sequence[Component], layers: Sequence[Layer] = ()) -> None:
         running_mesh = _running_mesh(cfg)
