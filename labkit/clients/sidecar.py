@@ -14,7 +14,7 @@ Example::
 
     cas = Sidecar(target.mesh_sidecar("cas"))
     cas.identity()                                   # 'spiffe://cluster.local/ns/ottlab/sa/cas'
-    cas.counter("http.inbound_8000.rbac.denied")     # 0
+    cas.inbound_counter("rbac.denied")               # 0: http.inbound_0.0.0.0_8000;.rbac.denied, as Istio names it
     gateway = Sidecar(target.mesh_sidecar("gateway"))
     gateway.cluster_counters("outbound|8000||cas.ottlab.svc.cluster.local", ["upstream_rq_retry"])  # {...: 0}
     [h.ejected for h in gateway.hosts("outbound|8000||cas.ottlab.svc.cluster.local")]           # [False]
@@ -34,6 +34,7 @@ import httpx
 from cryptography import x509
 
 from labkit.core.errors import LabError
+from labkit.platform.mesh import envoy
 from labkit.platform.mesh.identity import WorkloadCertificate
 
 TIMEOUT_S = 5.0
@@ -67,6 +68,22 @@ class Sidecar:
     def counter(self, name: str) -> int:
         """One counter by its exact name; 0 when Envoy has not created it yet (nothing counted)."""
         return self.counters(f"^{re.escape(name)}$").get(name, 0)
+
+    def inbound_counter(self, name: str, port: int = 8000) -> int:
+        """A counter of the HTTP connection manager taking the workload's callers on ``port``.
+
+        ``rbac.denied``, ``fault.aborts_injected``, ``downstream_rq_2xx``...: the stat is named as
+        Istio's sidecars name it (:func:`labkit.platform.mesh.envoy.hcm_stat_prefix`), on both targets.
+        """
+        return self.counter(f"http.{envoy.hcm_stat_prefix('inbound', port)}.{name}")
+
+    def outbound_counter(self, name: str, port: int = 8000) -> int:
+        """A counter of the HTTP connection manager of the workload's calls to services on ``port``.
+
+        ``fault.delays_injected``...: as on Istio, one for every service called on that port (their
+        counts add up); one service's own upstream counters are :meth:`cluster_counters`.
+        """
+        return self.counter(f"http.{envoy.hcm_stat_prefix('outbound', port)}.{name}")
 
     def listener_tls(self) -> dict[str, int]:
         """The TLS outcomes of the connections its listeners accepted, summed over them.
@@ -243,7 +260,7 @@ def inbound(sidecars: Mapping[str, Sidecar], port: int = 8000) -> list[dict[str,
     """What each service's sidecar accepted on its port: connections, those in TLS, requests, refused by RBAC."""
     rows = []
     for service, sidecar in sidecars.items():
-        prefix = f"http.inbound_{port}."
+        prefix = f"http.{envoy.hcm_stat_prefix('inbound', port)}."
         counts = sidecar.counters(rf"^{re.escape(prefix)}(downstream_cx_total|downstream_cx_ssl_total|"
                                   r"downstream_rq_total|rbac\.denied)$")
         rows.append({"service": service, "connections": counts.get(prefix + "downstream_cx_total", 0),

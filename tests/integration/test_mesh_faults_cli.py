@@ -65,16 +65,16 @@ def test_a_delay_and_an_abort_injected_and_cleared_through_the_cli(lab: LocalTar
         ["cas", "x-ottlab-fault:", "delay", "1s", "-", "100"],
     ]
 
-    delays, aborts = stat(lab, "http.outbound_cas.fault.delays_injected"), stat(
-        lab, "http.outbound_cas.fault.aborts_injected")
+    delays, aborts = stat(lab, "http.outbound_0.0.0.0_8000;.fault.delays_injected"), stat(
+        lab, "http.outbound_0.0.0.0_8000;.fault.aborts_injected")
     delayed, took = call_cas(lab, {"x-ottlab-fault": "delay"})
     assert delayed.status_code != 503 and took >= DELAY_S
     aborted, _ = call_cas(lab, {"x-ottlab-abort": "yes"})
     assert aborted.status_code == 503 and "fault filter abort" in aborted.text
     plain, quick = call_cas(lab)
     assert plain.status_code != 503 and quick < DELAY_S / 2, (quick, plain_before)
-    assert stat(lab, "http.outbound_cas.fault.delays_injected") == delays + 1
-    assert stat(lab, "http.outbound_cas.fault.aborts_injected") == aborts + 1
+    assert stat(lab, "http.outbound_0.0.0.0_8000;.fault.delays_injected") == delays + 1
+    assert stat(lab, "http.outbound_0.0.0.0_8000;.fault.aborts_injected") == aborts + 1
 
     cleared = ottlab(lab, "fault", "clear", "cas").output
     assert "cleared: abort 503" in cleared and "cleared: delay 1s" in cleared

@@ -84,7 +84,7 @@ def test_the_lab_runs_with_the_mesh_on(lab: LocalTarget) -> None:
 
 def test_a_viewer_plays_through_the_mesh(lab: LocalTarget, tmp_path: Path) -> None:
     cas_admin = admin(lab, "cas")
-    sessions_before = stat(cas_admin, "http.inbound_8000.downstream_rq_2xx")
+    sessions_before = stat(cas_admin, "http.inbound_0.0.0.0_8000;.downstream_rq_2xx")
     # Only the transcoder may create keys: a client holding its certificate does, in mutual TLS.
     transcoder = lab_ca(lab).issue("transcoder", directory=tmp_path / "transcoder")
     created = httpx.post(f"https://127.0.0.1:{port(lab, 'license')}/admin/keys/ocean-documentary",
@@ -96,7 +96,7 @@ def test_a_viewer_plays_through_the_mesh(lab: LocalTarget, tmp_path: Path) -> No
         grant = alice.authorize("ocean-documentary", device_id="tv")
         assert alice.key("ocean-documentary", grant["authorization"]).hex() == created.json()["key_hex"]
     # license opened the stream session at cas through the two sidecars, in mutual TLS.
-    assert stat(cas_admin, "http.inbound_8000.downstream_rq_2xx") > sessions_before
+    assert stat(cas_admin, "http.inbound_0.0.0.0_8000;.downstream_rq_2xx") > sessions_before
     license_admin = admin(lab, "license")
     assert stat(license_admin, "cluster.outbound|8000||cas.ottlab.svc.cluster.local.upstream_rq_2xx") >= 1
     assert stat(license_admin, "cluster.outbound|8000||cas.ottlab.svc.cluster.local.ssl.handshake") >= 1
@@ -123,14 +123,14 @@ def test_license_may_call_cas_and_another_identity_gets_403_naming_the_policy(la
     # Through license's own sidecar (OTT_CAS_URL of license points there): allowed, cas answers itself.
     allowed = httpx.post(f"http://127.0.0.1:{port(lab, 'license', 'out-cas')}/sessions", json={}, timeout=10)
     assert allowed.status_code != 403, allowed.text
-    denied_before = stat(admin(lab, "cas"), "http.inbound_8000.rbac.denied")
+    denied_before = stat(admin(lab, "cas"), "http.inbound_0.0.0.0_8000;.rbac.denied")
     # The gateway's identity may not open a session (only license may).
     refused = httpx.post(f"http://127.0.0.1:{port(lab, local_mesh.GATEWAY_PROXY, 'out-cas')}/sessions",
                          json={}, timeout=10)
     assert refused.status_code == 403
     assert "AuthorizationPolicy ottlab/cas" in refused.text
     assert "spiffe://cluster.local/ns/ottlab/sa/gateway to POST /sessions" in refused.text
-    assert stat(admin(lab, "cas"), "http.inbound_8000.rbac.denied") == denied_before + 1
+    assert stat(admin(lab, "cas"), "http.inbound_0.0.0.0_8000;.rbac.denied") == denied_before + 1
 
 
 def test_probes_and_metrics_pass_the_health_port_and_prometheus_scrapes_envoys_stats(lab: LocalTarget) -> None:
@@ -219,11 +219,11 @@ def test_a_scaled_service_gets_a_sidecar_per_replica_and_its_callers_reach_both(
         names = {s.name: s for s in lab.status()}
         assert names["cas"].replicas == 2 and names[local_mesh.proxy_name("cas")].replicas == 2
         second = f"http://127.0.0.1:{port(lab, local_mesh.proxy_name('cas'), replica=1)}"
-        before = stat(second, "http.inbound_8000.downstream_rq_completed")
+        before = stat(second, "http.inbound_0.0.0.0_8000;.downstream_rq_completed")
         url = f"http://127.0.0.1:{port(lab, 'license', 'out-cas')}/sessions"
         answers = [httpx.post(url, json={}, timeout=10).status_code for _ in range(10)]
         assert 403 not in answers and all(a < 500 for a in answers), answers
         # Round robin over both replicas: the new one's sidecar took its share, in mutual TLS.
-        assert stat(second, "http.inbound_8000.downstream_rq_completed") >= before + 3
+        assert stat(second, "http.inbound_0.0.0.0_8000;.downstream_rq_completed") >= before + 3
     finally:
         lab.scale("cas", 1)

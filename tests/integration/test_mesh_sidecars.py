@@ -195,12 +195,12 @@ def test_an_allowed_identity_reaches_the_service_over_mutual_tls(mesh: Mesh) -> 
 
 
 def test_an_identity_the_policy_does_not_allow_gets_403_naming_the_policy(mesh: Mesh) -> None:
-    denied_before = mesh.sidecars["cas"].stat("http.inbound_8000.rbac.denied")
+    denied_before = mesh.sidecars["cas"].stat("http.inbound_0.0.0.0_8000;.rbac.denied")
     answer = httpx.post(f"{mesh.url('gateway')}/sessions", timeout=10)
     assert answer.status_code == 403
     assert "AuthorizationPolicy ottlab/cas of workload cas" in answer.text
     assert "spiffe://cluster.local/ns/ottlab/sa/gateway to POST /sessions" in answer.text
-    assert mesh.sidecars["cas"].stat("http.inbound_8000.rbac.denied") == denied_before + 1
+    assert mesh.sidecars["cas"].stat("http.inbound_0.0.0.0_8000;.rbac.denied") == denied_before + 1
     # The same gateway may heartbeat: the policy grants it that route.
     assert httpx.post(f"{mesh.url('gateway')}/sessions/s1/heartbeat", timeout=10).status_code == 200
 
@@ -232,7 +232,7 @@ def test_a_client_with_another_cas_certificate_is_refused(mesh: Mesh, tmp_path: 
 
 def test_a_delay_scoped_by_a_header_slows_only_that_request_and_is_counted(mesh: Mesh) -> None:
     license_ = mesh.sidecars["license"]
-    before = license_.stat("http.outbound_cas.fault.delays_injected")
+    before = license_.stat("http.outbound_0.0.0.0_8000;.fault.delays_injected")
     started = time.monotonic()
     assert httpx.post(f"{mesh.url('license')}/sessions", headers={FAULT_HEADER: "delay"}, timeout=10).status_code == 200
     delayed = time.monotonic() - started
@@ -241,16 +241,16 @@ def test_a_delay_scoped_by_a_header_slows_only_that_request_and_is_counted(mesh:
     plain = time.monotonic() - started
     assert delayed >= DELAY_S
     assert plain < DELAY_S / 2
-    assert license_.stat("http.outbound_cas.fault.delays_injected") == before + 1
+    assert license_.stat("http.outbound_0.0.0.0_8000;.fault.delays_injected") == before + 1
 
 
 def test_an_abort_scoped_by_a_header_answers_its_status_and_is_counted(mesh: Mesh) -> None:
     license_ = mesh.sidecars["license"]
-    before = license_.stat("http.outbound_cas.fault.aborts_injected")
+    before = license_.stat("http.outbound_0.0.0.0_8000;.fault.aborts_injected")
     answer = httpx.post(f"{mesh.url('license')}/sessions", headers={FAULT_HEADER: "abort"}, timeout=10)
     assert answer.status_code == 418
     assert "fault filter abort" in answer.text
-    assert license_.stat("http.outbound_cas.fault.aborts_injected") == before + 1
+    assert license_.stat("http.outbound_0.0.0.0_8000;.fault.aborts_injected") == before + 1
     # Nothing reached the upstream for it; the cluster counted the other requests only.
     assert httpx.post(f"{mesh.url('license')}/sessions", timeout=10).status_code == 200
 

@@ -176,6 +176,16 @@ def test_strict_requires_a_client_certificate_of_the_trust_domain_and_nothing_el
     assert "listener_filters" not in strict
 
 
+def test_the_http_stats_are_prefixed_as_istio_prefixes_them(ca: identity.LabCA) -> None:
+    # One inbound prefix per port; one outbound prefix per port, whichever service is called on it.
+    (chain,) = inbound(ca, STRICT, POLICY)["filter_chains"]
+    assert hcm(chain)["stat_prefix"] == "inbound_0.0.0.0_8000;"
+    bootstrap = render(ca, RULE, ROUTES, outbound={"catalog": envoy.Address(port=9201),
+                                                   "cas": envoy.Address(port=9202)})
+    assert {hcm(listener(bootstrap, f"outbound_{s}")["filter_chains"][0])["stat_prefix"]
+            for s in ("catalog", "cas")} == {"outbound_0.0.0.0_8000;"}
+
+
 def test_permissive_takes_tls_and_plaintext(ca: identity.LabCA) -> None:
     permissive = copy.deepcopy(STRICT)
     permissive["spec"]["mtls"]["mode"] = "PERMISSIVE"

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from labkit.clients import sidecar
 from labkit.core.errors import LabError
-from labkit.platform.mesh import identity
+from labkit.platform.mesh import envoy, identity
 
 STATS = """\
 cluster.outbound|8000||cas.ottlab.svc.cluster.local.upstream_cx_total: 2
@@ -22,10 +22,12 @@ cluster.outbound|8000||cas.ottlab.svc.cluster.local.upstream_rq_completed: 5
 cluster.outbound|8000||catalog.ottlab.svc.cluster.local.upstream_cx_total: 0
 cluster.outbound|8000||catalog.ottlab.svc.cluster.local.ssl.handshake: 0
 cluster.outbound|8000||catalog.ottlab.svc.cluster.local.upstream_rq_completed: 0
-http.inbound_8000.downstream_cx_total: 7
-http.inbound_8000.downstream_cx_ssl_total: 6
-http.inbound_8000.downstream_rq_total: 9
-http.inbound_8000.rbac.denied: 1
+http.inbound_0.0.0.0_8000;.downstream_cx_total: 7
+http.inbound_0.0.0.0_8000;.downstream_cx_ssl_total: 6
+http.inbound_0.0.0.0_8000;.downstream_rq_total: 9
+http.inbound_0.0.0.0_8000;.rbac.denied: 1
+http.outbound_0.0.0.0_8000;.fault.delays_injected: 3
+http.outbound_0.0.0.0_9000;.fault.delays_injected: 4
 listener.127.0.0.1_22450.ssl.handshake: 6
 listener.127.0.0.1_22450.ssl.fail_verify_no_cert: 1
 listener.127.0.0.1_22450.ssl.connection_error: 2
@@ -80,10 +82,19 @@ class Canned(sidecar.Sidecar):
 
 def test_counters_by_exact_name_and_zero_for_one_not_created_yet() -> None:
     canned = Canned()
-    assert canned.counter("http.inbound_8000.rbac.denied") == 1
-    assert canned.counter("http.inbound_8000.rbac.allowed") == 0
+    assert canned.counter("http.inbound_0.0.0.0_8000;.rbac.denied") == 1
+    assert canned.counter("http.inbound_0.0.0.0_8000;.rbac.allowed") == 0
     # A text readout is no counter.
     assert canned.counters("version_text") == {}
+
+
+def test_the_http_counters_by_direction_and_port_under_istios_prefixes() -> None:
+    canned = Canned()
+    assert canned.inbound_counter("rbac.denied") == 1 and canned.inbound_counter("rbac.denied", port=9000) == 0
+    assert canned.outbound_counter("fault.delays_injected") == 3
+    assert canned.outbound_counter("fault.delays_injected", port=9000) == 4
+    # Istio 1.25's own names (pilot's listener builder: direction, wildcard listener, ';').
+    assert envoy.hcm_stat_prefix("inbound", 8000) == "inbound_0.0.0.0_8000;"
 
 
 def test_hops_keep_the_calls_made_and_leave_out_those_never_taken() -> None:

@@ -7,7 +7,7 @@ One Envoy per workload (its sidecar), configured statically (a bootstrap file):
   identity; PERMISSIVE: TLS or plaintext; DISABLE: plaintext), then Envoy's RBAC filter built from
   the AuthorizationPolicies selecting the workload (principals are the peer's SPIFFE URI SAN), then
   the app (a unix socket, so nothing reaches it around the sidecar). A refusal is a 403 whose body
-  names the policy, counted in ``http.inbound_<port>.rbac.denied``.
+  names the policy, counted in ``http.inbound_0.0.0.0_<port>;.rbac.denied`` (:func:`hcm_stat_prefix`).
 - **outbound**: a plaintext listener on loopback per service the workload calls, routed by that
   service's VirtualService: header/URI matches, weighted subsets (a canary), the route timeout,
   retries (``retry_on``, ``num_retries``, ``per_try_timeout``) and faults (delay/abort percentages,
@@ -33,7 +33,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from labkit.platform.mesh import releases, resources
 from labkit.platform.mesh.errors import MeshConfigError
@@ -136,6 +136,17 @@ def _percent(value: float) -> Config:
 
 def fqdn(service: str, namespace: str = NAMESPACE) -> str:
     return f"{service}.{namespace}.svc.{TRUST_DOMAIN}"
+
+
+def hcm_stat_prefix(direction: Literal["inbound", "outbound"], port: int) -> str:
+    """The stat prefix Istio (1.25) gives a sidecar's HTTP connection manager: ``inbound_0.0.0.0_8000;``.
+
+    Its direction and its listener's name (wildcard address and port), ended by the ``;`` its stats
+    tag regex looks for (pilot's ENABLE_DELIMITED_STATS_TAG_REGEX, on by default). One inbound prefix
+    per port of the workload; one outbound prefix per port for every service called on it (their
+    counters add up), as on Istio: ``http.outbound_0.0.0.0_8000;.fault.delays_injected``.
+    """
+    return f"{direction}_0.0.0.0_{port};"
 
 
 def cluster_name(service: str, port: int, subset: str = "", namespace: str = NAMESPACE) -> str:
@@ -269,7 +280,7 @@ def _inbound_listener(mesh: Mesh, sidecar: Sidecar) -> Config:
     policies = ", ".join(names)
     hcm = {"name": "envoy.filters.network.http_connection_manager", "typed_config": {
         "@type": _TYPES["hcm"],
-        "stat_prefix": f"inbound_{port}",
+        "stat_prefix": hcm_stat_prefix("inbound", port),
         # The app may read who called it, as Istio passes it: the peer's SPIFFE identity.
         "forward_client_cert_details": "SANITIZE_SET",
         "set_current_client_cert_details": {"uri": True},
@@ -441,7 +452,7 @@ def _outbound_listener(service: str, address: Address, vs: Mapping[str, Any] | N
     return {"name": f"outbound_{service}", "address": address.envoy(), "filter_chains": [{"filters": [{
         "name": "envoy.filters.network.http_connection_manager", "typed_config": {
             "@type": _TYPES["hcm"],
-            "stat_prefix": f"outbound_{service}",
+            "stat_prefix": hcm_stat_prefix("outbound", port),
             # Not checked against the clusters Envoy has when the listener loads (Istio's setting too): a
             # route to a new subset's cluster arrives with it, the listeners' and clusters' files in any order.
             "route_config": {"name": service, "validate_clusters": False, "virtual_hosts": [{

@@ -120,6 +120,7 @@ class KubeTarget(Target):
 
     name = "kube"
     programs_needed_by = ("all", "kube")   # only kubectl, to render k8s/; the cluster runs the rest
+    mesh_denial_names_policy = False       # Istio's RBAC filter answers "RBAC: access denied", nothing more
 
     def __init__(
         self,

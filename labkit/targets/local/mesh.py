@@ -84,7 +84,9 @@ ISTIO_STATS_TAGS: list[Config] = [
     {"tag_name": "cluster_name", "regex": r"^cluster\.((.+?(\..+?\.svc\.cluster\.local)?)\.)"},
     {"tag_name": "response_code", "regex": r"_rq(_(\d{3}))$"},
     {"tag_name": "response_code_class", "regex": r"_rq(_(\dxx))$"},
-    {"tag_name": "http_conn_manager_prefix", "regex": r"^http\.((.*?)\.)"},
+    # Istio 1.25's, for its delimited prefixes (envoy.hcm_stat_prefix): the tag is inbound_0.0.0.0_8000.
+    {"tag_name": "http_conn_manager_prefix",
+     "regex": r"^http\.(((?:[_.[:digit:]\w]*|[_\[\]aAbBcCdDeEfF[:digit:]\w\:]*));\.)"},
     {"tag_name": "listener_address",
      "regex": r"^listener\.(((?:[_.[:digit:]]*|[_\[\]aAbBcCdDeEfF[:digit:]]*))\.)"},
 ]
