@@ -92,7 +92,7 @@ def test_a_tiny_connection_pool_overflows_into_503s_counted_and_never_retried(la
     refused = burst.statuses.count(503)
     assert set(burst.statuses) == {200, 503}, burst.frame()
     # Each 503 is one overflow of the pool, answered by the gateway's sidecar without calling cas.
-    assert refused == tripped["upstream_rq_pending_overflow"] >= BURST // 4, (burst.statuses, tripped)
+    assert refused == tripped["upstream_rq_pending_overflow"] >= BURST // 8, (burst.statuses, tripped)
     assert tripped["upstream_rq_total"] == BURST - refused and tripped["upstream_rq_retry"] == 0, tripped
     assert calm.statuses == [200] * BURST, calm.frame()
     assert untouched == {"upstream_rq_total": BURST, "upstream_rq_pending_overflow": 0, "upstream_rq_retry": 0}
