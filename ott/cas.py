@@ -32,12 +32,13 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from typing import Annotated, Any
 
 from fastapi import APIRouter, FastAPI, Path, Request, Response
 from prometheus_client import Counter
 from pydantic import BaseModel, Field
-from sqlalchemy import Column, Connection, Float, Index, Integer, String, Table, delete, insert, select, update
+from sqlalchemy import Column, Connection, Engine, Float, Index, Integer, String, Table, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from ott.db import from_epoch, metadata, update_or_insert
@@ -230,11 +231,25 @@ def _lock_account(conn: Connection, user_id: str) -> int:
     return int(counted)
 
 
-def _start(cas: Cas, user: User, body: SessionRequest) -> StreamSession:
-    """Check the device and stream limits and record the session, in one serialised transaction."""
+def _start(cas: Cas, user: User, body: SessionRequest, engine: Engine) -> StreamSession:
+    """Check the device and stream limits and record the session, in one serialised transaction.
+
+    Writers that lose a race to create the account's guard row try again (not with SQLite: it
+    serialises writers).
+    """
+    for attempt in range(_ATTEMPTS):
+        try:
+            return _start_once(cas, user, body, engine)
+        except IntegrityError:
+            if attempt == _ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _start_once(cas: Cas, user: User, body: SessionRequest, engine: Engine) -> StreamSession:
     settings = cas.service.settings
     at = now()
-    with cas.service.session_engine.begin() as conn:
+    with engine.begin() as conn:
         decisions = _lock_account(conn, user.id)
         devices = [r.device_id for r in conn.execute(
             select(cas_devices.c.device_id)
@@ -290,22 +305,20 @@ router = APIRouter(tags=["cas"])
 SessionId = Annotated[str, Path(pattern=SESSION_ID_PATTERN, description="a session id from POST /sessions")]
 
 
+# The routes of a play are async and reach the database through Service.run_db: on the event loop
+# when the database is free, in the thread pool when another process holds its write lock.
+
+
 @router.post("/sessions", status_code=201, response_model=StreamSession,
              responses=error_responses(_ERRORS, 400, 401, 403, 413, 422))
-def start_session(body: SessionRequest, user: CurrentUser, request: Request) -> StreamSession:
+async def start_session(body: SessionRequest, user: CurrentUser, request: Request) -> StreamSession:
     """Start a stream session if the account's policies allow it; 403 with the reason otherwise."""
     cas = _cas(request)
     try:
         if cas.window is not None and not cas.window.contains(from_epoch(now())):
             raise ApiError(403, "outside_window", f"playback is allowed between {cas.window.text} UTC only",
                            {"window": cas.window.text, "timezone": "UTC"})
-        for attempt in range(_ATTEMPTS):
-            try:
-                session = _start(cas, user, body)
-                break
-            except IntegrityError:
-                if attempt == _ATTEMPTS - 1:
-                    raise
+        session = await cas.service.run_db(partial(_start, cas, user, body))
     except ApiError as refusal:
         cas.decide(user, body, refusal.code)
         raise
@@ -315,11 +328,15 @@ def start_session(body: SessionRequest, user: CurrentUser, request: Request) -> 
 
 @router.post("/sessions/{session_id}/heartbeat", response_model=HeartbeatResponse,
              responses=error_responses(_ERRORS, 401, 403, 404, 422))
-def heartbeat(session_id: SessionId, user: CurrentUser, service: Svc) -> HeartbeatResponse:
+async def heartbeat(session_id: SessionId, user: CurrentUser, service: Svc) -> HeartbeatResponse:
     """Keep a session alive for another heartbeat timeout."""
+    return await service.run_db(partial(_heartbeat, service.settings, session_id, user))
+
+
+def _heartbeat(settings: Settings, session_id: str, user: User, engine: Engine) -> HeartbeatResponse:
     at = now()
-    expires = at + service.settings.heartbeat_timeout
-    with service.session_engine.begin() as conn:
+    expires = at + settings.heartbeat_timeout
+    with engine.begin() as conn:
         # One conditional update, so a heartbeat cannot revive a session that expired meanwhile.
         device = conn.execute(update(cas_sessions)
                               .where(cas_sessions.c.id == session_id, cas_sessions.c.user_id == user.id,
@@ -335,10 +352,17 @@ def heartbeat(session_id: SessionId, user: CurrentUser, service: Svc) -> Heartbe
 
 @router.delete("/sessions/{session_id}", status_code=204, response_class=Response,
                responses=error_responses(_ERRORS, 401, 403, 404, 422))
-def end_session(session_id: SessionId, user: CurrentUser, service: Svc) -> Response:
+async def end_session(session_id: SessionId, user: CurrentUser, service: Svc) -> Response:
     """End a session now (idempotent for its owner: ending an ended session is a 204 too)."""
+    await service.run_db(partial(_end, session_id, user))
+    service.log.info("session ended", extra={"event": "session_ended", "user_id": user.id,
+                                                 "session_id": session_id})
+    return Response(status_code=204)
+
+
+def _end(session_id: str, user: User, engine: Engine) -> None:
     at = now()
-    with service.session_engine.begin() as conn:
+    with engine.begin() as conn:
         ended = conn.execute(update(cas_sessions)
                              .where(cas_sessions.c.id == session_id, cas_sessions.c.user_id == user.id,
                                     cas_sessions.c.ended_at.is_(None))
@@ -346,9 +370,6 @@ def end_session(session_id: SessionId, user: CurrentUser, service: Svc) -> Respo
         if ended.rowcount == 0:
             # Not ended now: unknown, someone else's, or ended before (a retried DELETE, still a 204).
             _owner_check(conn, session_id, user)
-    service.log.info("session ended", extra={"event": "session_ended", "user_id": user.id,
-                                                 "session_id": session_id})
-    return Response(status_code=204)
 
 
 @router.get("/sessions", response_model=list[StreamSession], responses=error_responses(_ERRORS, 401))

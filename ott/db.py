@@ -29,13 +29,17 @@ metadata = MetaData()
 
 
 SYNCHRONOUS = ("FULL", "NORMAL")
+# How long a SQLite statement waits for another process's write lock before it fails.
+BUSY_TIMEOUT_S = 15
 
 
-def connect(url: str, *, synchronous: str = "FULL") -> Engine:
+def connect(url: str, *, synchronous: str = "FULL", wait: bool = True) -> Engine:
     """An engine for ``url``; for SQLite, the file's folder is created and the pragmas set.
 
     ``synchronous`` is SQLite's: ``FULL`` (durable through a power loss) or ``NORMAL`` (through a
     process crash only; for short-lived session state). Other databases keep their own settings.
+    ``wait=False`` (SQLite only): a statement that finds the write lock taken fails at once with
+    "database is locked" (see :func:`is_busy`) instead of waiting up to 15 s for it.
     """
     if synchronous not in SYNCHRONOUS:
         raise ValueError(f"synchronous={synchronous!r}: use one of {', '.join(SYNCHRONOUS)}")
@@ -44,7 +48,8 @@ def connect(url: str, *, synchronous: str = "FULL") -> Engine:
         return create_engine(url, pool_pre_ping=True)
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, connect_args={"timeout": 15})
+    busy_timeout_s = BUSY_TIMEOUT_S if wait else 0
+    engine = create_engine(url, connect_args={"timeout": busy_timeout_s})
 
     @event.listens_for(engine, "connect")
     def _pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -52,10 +57,20 @@ def connect(url: str, *, synchronous: str = "FULL") -> Engine:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute(f"PRAGMA synchronous={synchronous}")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA busy_timeout=15000")
+        cursor.execute(f"PRAGMA busy_timeout={busy_timeout_s * 1000}")
         cursor.close()
 
     return engine
+
+
+def is_sqlite(engine: Engine) -> bool:
+    return engine.dialect.name == "sqlite"
+
+
+def is_busy(exc: OperationalError) -> bool:
+    """Whether ``exc`` is SQLite's "the database is locked by another writer" (SQLITE_BUSY or SQLITE_LOCKED)."""
+    name = str(getattr(exc.orig, "sqlite_errorname", ""))
+    return name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED"))
 
 
 def create_tables(engine: Engine, attempts: int = 5) -> None:

@@ -30,17 +30,17 @@ import json
 import secrets
 import time
 from datetime import datetime
+from functools import partial
 from pathlib import Path as PathLib
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 import httpx
 from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request, Response
-from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import Counter
 from pydantic import BaseModel, Field, ValidationError
-from sqlalchemy import Column, Float, Index, LargeBinary, String, Table, delete, insert, select
+from sqlalchemy import Column, Connection, Engine, Float, Index, LargeBinary, String, Table, delete, insert, select
 
 from ott import signing
 from ott.calls import call
@@ -329,20 +329,20 @@ async def authorize(
     authorization = secrets.token_urlsafe(32)
     at = now()
     expires = at + lic.service.settings.playback_ttl
-    await run_in_threadpool(_record, lic, authorization, user.id, body, session_id, at, expires)
+    await lic.service.run_db(partial(_record, lic, authorization, user.id, body, session_id, at, expires))
     lic.decide("grant", "authorized", session_id=session_id, **context)
     return PlaybackAuthorization(authorization=authorization, expires_at=from_epoch(expires), session_id=session_id,
                                  key_uri=lic.key_uri(body.title_id), playback=playback)
 
 
 def _record(lic: License, authorization: str, user_id: str, body: AuthorizationRequest, session_id: str,
-            at: float, expires: float) -> None:
-    """Store the authorisation's digest (a database write: off the event loop, in the thread pool).
+            at: float, expires: float, engine: Engine) -> None:
+    """Store the authorisation's digest (through ``Service.run_db``: on the loop unless the database is busy).
 
     Authorisations live ``OTT_PLAYBACK_TTL`` (a minute): they are session state, committed without
     an fsync (``session_engine``, see :mod:`ott.db`); keys stay on the durable engine.
     """
-    with lic.service.session_engine.begin() as conn:
+    with engine.begin() as conn:
         conn.execute(insert(license_authorizations).values(
             token_sha256=_digest(authorization), user_id=user_id, title_id=body.title_id,
             device_id=body.device_id, session_id=session_id, created_at=at, expires_at=expires,
@@ -362,26 +362,29 @@ _AuthorizationQuery = Annotated[str | None, Query(max_length=512, description="t
 _Playback = Annotated[HTTPAuthorizationCredentials | None, Depends(_playback)]
 
 
+# A key request is two reads (the authorisation, the key): async routes, whose reads run on the
+# event loop through Service.run_db (in WAL mode a read never waits for a writer).
+
+
 @router.get("/keys/{title_id}", response_class=Response, responses=_KEY_RESPONSES)
-def key(title_id: TitleId, lic: LicenseState, credentials: _Playback,
-        authorization: _AuthorizationQuery = None) -> Response:
+async def key(title_id: TitleId, lic: LicenseState, credentials: _Playback,
+              authorization: _AuthorizationQuery = None) -> Response:
     """The title's newest AES-128 key, for a valid playback authorisation of that title."""
-    return _deliver(lic, title_id, None, credentials, authorization)
+    return await _deliver(lic, title_id, None, credentials, authorization)
 
 
 @router.get("/keys/{title_id}/{kid}", response_class=Response, responses=_KEY_RESPONSES)
-def key_version(title_id: TitleId, kid: Kid, lic: LicenseState, credentials: _Playback,
-                authorization: _AuthorizationQuery = None) -> Response:
+async def key_version(title_id: TitleId, kid: Kid, lic: LicenseState, credentials: _Playback,
+                      authorization: _AuthorizationQuery = None) -> Response:
     """One version of the title's key (the URI its playlists name), for a valid playback authorisation."""
-    return _deliver(lic, title_id, kid, credentials, authorization)
+    return await _deliver(lic, title_id, kid, credentials, authorization)
 
 
-def _deliver(lic: License, title_id: str, kid: str | None, credentials: HTTPAuthorizationCredentials | None,
-             authorization: str | None) -> Response:
+async def _deliver(lic: License, title_id: str, kid: str | None, credentials: HTTPAuthorizationCredentials | None,
+                   authorization: str | None) -> Response:
     given = credentials.credentials if credentials is not None and credentials.credentials else authorization
     try:
-        user_id = _authorised_user(lic, title_id, given)
-        row = _key_row(lic, title_id, kid)
+        user_id, row = await lic.service.run_db(partial(_authorised_key, lic, title_id, kid, given))
         if row is None:
             version = f" version {kid!r}" if kid else ""
             raise ApiError(404, "no_key", f"title {title_id!r} has no key{version} (is it encrypted? was it "
@@ -395,23 +398,33 @@ def _deliver(lic: License, title_id: str, kid: str | None, credentials: HTTPAuth
                     headers={"Cache-Control": "no-store"})
 
 
-def _key_row(lic: License, title_id: str, kid: str | None) -> Any:
+def _key_row(lic: License, title_id: str, kid: str | None, engine: Engine | None = None) -> Any:
     """The title's key ``kid``, or its newest one; None if there is none."""
+    with (engine or lic.service.engine).connect() as conn:
+        return _key_query(conn, title_id, kid)
+
+
+def _key_query(conn: Connection, title_id: str, kid: str | None) -> Any:
     query = select(license_keys).where(license_keys.c.title_id == title_id)
     if kid is not None:
         query = query.where(license_keys.c.kid == kid)
-    with lic.service.engine.connect() as conn:
-        return conn.execute(query.order_by(license_keys.c.created_at.desc()).limit(1)).first()
+    return conn.execute(query.order_by(license_keys.c.created_at.desc()).limit(1)).first()
 
 
-def _authorised_user(lic: License, title_id: str, given: str | None) -> str:
+def _authorised_key(lic: License, title_id: str, kid: str | None, given: str | None, engine: Engine) -> tuple[str, Any]:
+    """The user of a valid playback authorisation for ``title_id`` and the key row (None if there is none)."""
+    with engine.connect() as conn:
+        user_id = _authorised_user(conn, title_id, given)
+        return user_id, _key_query(conn, title_id, kid)
+
+
+def _authorised_user(conn: Connection, title_id: str, given: str | None) -> str:
     """The user of a valid, unexpired playback authorisation for ``title_id``; 401/403 otherwise."""
     if not given:
         raise ApiError(401, "missing_authorization",
                        "send the playback authorisation: Authorization: Bearer <it>, or ?authorization=<it>")
-    with lic.service.session_engine.connect() as conn:
-        grant = conn.execute(select(license_authorizations)
-                             .where(license_authorizations.c.token_sha256 == _digest(given))).first()
+    grant = conn.execute(select(license_authorizations)
+                         .where(license_authorizations.c.token_sha256 == _digest(given))).first()
     if grant is None:
         raise ApiError(401, "unknown_authorization", "this playback authorisation is not known: get one from "
                        "POST /authorizations")

@@ -17,10 +17,10 @@ Run it with ``python -m ott.subscription`` (settings from ``OTT_*`` variables, s
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Annotated, Any, Literal, cast
 
 from fastapi import APIRouter, FastAPI, Path, Request, Response
-from fastapi.concurrency import run_in_threadpool
 from prometheus_client import Counter
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy import Column, DateTime, Engine, String, Table, select, update
@@ -183,7 +183,7 @@ def cancel(user: CurrentUser, service: Svc) -> Subscription:
 async def entitlement(title_id: TitleId, user: CurrentUser, service: Svc, request: Request) -> Entitlement:
     """Whether the caller may watch ``title_id`` now, and the reason."""
     required_tier = await _title_tier(service, title_id, _tiers(request))
-    row = await run_in_threadpool(_find, service.engine, user.id)
+    row = await service.run_db(partial(_find, user_id=user.id))
     plan_id: PlanId | None = None
     reason: Reason
     if row is None:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import sqlite3
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +18,7 @@ from fastapi import APIRouter
 from fastapi.testclient import TestClient
 from pydantic import BaseModel
 from sqlalchemy import Column, Connection, Integer, MetaData, String, Table, insert, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from ott import db
 from ott.errors import ApiError, ErrorBody, not_found
@@ -248,6 +252,57 @@ def test_session_state_commits_without_fsync_everything_else_durably(tmp_path: P
         service.dispose()
     with pytest.raises(ValueError, match="synchronous='OFF': use one of FULL, NORMAL"):
         db.connect(f"sqlite:///{tmp_path}/ott.db", synchronous="OFF")
+
+
+def test_run_db_works_on_the_loop_and_waits_in_the_thread_pool_only_while_another_writer_holds_the_lock(
+    tmp_path: Path,
+) -> None:
+    """A free database: ``work`` runs once, on the event loop's thread, with the engine that never waits.
+    Another process's write lock: that try fails at once, and ``work`` runs again in a worker thread on
+    the session engine, which waits for the lock; the wait is counted."""
+    path = tmp_path / "ott.db"
+    service = create_app("demo", [], Settings(database_url=f"sqlite:///{path}")).state.service
+    table = Table("plays", MetaData(), Column("id", String(8), primary_key=True))
+    table.metadata.create_all(service.engine)
+    runs: list[tuple[Any, int]] = []
+
+    def work(row: str, engine: Any) -> str:
+        runs.append((engine, threading.get_ident()))
+        with engine.begin() as conn:
+            conn.execute(insert(table).values(id=row))
+        return row
+
+    async def scenario() -> None:
+        loop_thread = threading.get_ident()
+        assert await service.run_db(partial(work, "free")) == "free"
+        assert runs == [(service.quick_engine, loop_thread)]
+        runs.clear()
+        other = sqlite3.connect(path, isolation_level=None)  # another process's writer
+        other.execute("BEGIN IMMEDIATE")
+        try:
+            waiting = asyncio.create_task(service.run_db(partial(work, "busy")))
+            await asyncio.sleep(0)  # the task tries on the loop, fails, and goes to the thread pool
+            assert runs == [(service.quick_engine, loop_thread)]
+            assert service.lock_waits._value.get() == 1
+        finally:
+            other.execute("COMMIT")
+            other.close()
+        assert await waiting == "busy"
+        assert runs[1][0] is service.session_engine and runs[1][1] != loop_thread
+
+    try:
+        asyncio.run(scenario())
+        with service.engine.connect() as conn:
+            assert sorted(conn.execute(select(table.c.id)).scalars()) == ["busy", "free"]
+    finally:
+        service.dispose()
+    with pytest.raises(OperationalError, match="no such table"):  # any other error is the caller's
+        asyncio.run(service.run_db(partial(_select_from, "missing_table")))
+
+
+def _select_from(name: str, engine: Any) -> None:
+    with engine.connect() as conn:
+        conn.exec_driver_sql(f"SELECT * FROM {name}")
 
 
 @pytest.fixture
