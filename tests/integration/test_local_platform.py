@@ -29,14 +29,15 @@ from labkit.targets.local.target import LocalTarget
 pytestmark = pytest.mark.integration
 
 
-def _all_ports(cfg: LabConfig) -> list[int]:
-    return [p for c in platform.components() for p in c.local_ports(cfg)]
+def _all_ports(target: LocalTarget) -> list[int]:
+    # The target's components: the platform's, with the mesh's sidecars when it is on.
+    return [p for c in target.components for p in c.local_ports(target.cfg)]
 
 
 def test_up_status_and_down_leave_nothing_behind(local_lab: LocalTarget) -> None:
     statuses = local_lab.up()
     assert {s.name: (s.state, s.healthy) for s in statuses} == {
-        c.name: ("running", True) for c in platform.components()}
+        c.name: ("running", True) for c in local_lab.components}
     pids = [pid for s in statuses for pid in s.pids]
     supervisor_pid = local_lab.supervisor.pid()
     assert supervisor_pid is not None
@@ -44,7 +45,8 @@ def test_up_status_and_down_leave_nothing_behind(local_lab: LocalTarget) -> None
     # Prometheus scrapes every component that exposes metrics, as its job
     prom = Prometheus(local_lab.endpoint("prometheus"))
     # (the nginx exporters share the job nginx) and probes through every PoP (the job blackbox).
-    jobs = {*platform.scrape_jobs(), probes.JOB}
+    # With the mesh on, the sidecars' Envoy stats too (their job envoy-stats).
+    jobs = {*platform.scrape_jobs(), probes.JOB, *(c.scrape_job for c in local_lab.components if c.scrape_job)}
     targets = prom.wait_for_targets(sorted(jobs), timeout=60)
     assert set(targets["job"]) == jobs
     # ...and loaded the one rules file.
@@ -64,7 +66,7 @@ def test_up_status_and_down_leave_nothing_behind(local_lab: LocalTarget) -> None
     for pid in [*pids, supervisor_pid]:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
-    assert listening(_all_ports(local_lab.cfg)) == []
+    assert listening(_all_ports(local_lab)) == []
     assert all(s.state == "stopped" for s in local_lab.status())
     assert LabDir(local_lab.cfg).exists()  # down keeps state; purge removes it
 
@@ -82,7 +84,7 @@ def test_platform_outlives_the_process_that_started_it(lab_cfg: LabConfig) -> No
     finally:
         subprocess.run([*ottlab, "down", "--purge"], env=env, check=True, timeout=120)
     assert not lab_cfg.home.exists()
-    assert listening(_all_ports(lab_cfg)) == []
+    assert listening(_all_ports(LocalTarget(lab_cfg, platform.components(), platform.layers()))) == []
 
 
 def test_killed_component_is_restarted_and_keeps_its_data(local_lab: LocalTarget) -> None:
@@ -172,4 +174,4 @@ def test_orphan_free_after_supervisor_is_killed(local_lab: LocalTarget) -> None:
     until(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, 10, 0.05,
           f"supervisord (pid {pid}) to die", ignoring=(psutil.NoSuchProcess,))
     local_lab.down()
-    assert listening(_all_ports(local_lab.cfg)) == []
+    assert listening(_all_ports(local_lab)) == []
