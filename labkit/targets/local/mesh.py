@@ -476,6 +476,18 @@ def settle(cfg: LabConfig, running: Sequence[Component], *, timeout: float = APP
           "every sidecar to run the configuration rendered for it", ignoring=(httpx.HTTPError,))
 
 
+def drained(cfg: LabConfig, running: Sequence[Component], *, timeout: float = APPLY_TIMEOUT) -> None:
+    """Wait until no sidecar of ``running`` still serves a listener an apply replaced.
+
+    Connections a listener accepted before it was replaced keep its routes while it drains
+    (``--drain-time-s``): before a release those routes named stops, they must be gone.
+    """
+    admins = [c.url(cfg, "http", r) for c in running if c.job == STATS_JOB for r in range(c.replicas)]
+    gauge = "listener_manager.total_listeners_draining"
+    until(lambda: all(stats(a, f"^{gauge.replace('.', chr(92) + '.')}$").get(gauge) == "0" for a in admins),
+          timeout, 0.1, "the sidecars' replaced listeners to drain", ignoring=(httpx.HTTPError,))
+
+
 def _running(comps: Mapping[str, Component], program: str) -> bool:
     name, _, replica = program.rpartition("-")
     comp = comps.get(name)

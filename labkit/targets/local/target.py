@@ -456,6 +456,7 @@ class LocalTarget(Target):
             with releases.stopping(name):
                 # Every sidecar rendered without it: refused while a route still gives its subset a weight.
                 local_mesh.apply(self.cfg, local_mesh.current(self.cfg), without)
+            local_mesh.drained(self.cfg, without)  # connections kept from an earlier route to it
             local_releases.record(self.cfg, [n for n in started if n != name])
             for comp in (self.component(local_mesh.proxy_name(name)), self.component(name)):
                 for program in self._active_programs(comp):
