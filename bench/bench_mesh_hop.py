@@ -56,8 +56,11 @@ class Run:
 
 
 def _ms(text: str) -> float:
-    value, unit = re.fullmatch(r"([0-9.]+)(us|ms|s)", text).groups()  # type: ignore[union-attr]
-    return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
+    """A latency as wrk prints it (``812.00us``, ``1.30ms``, ``2.01s``, ``1.02m``), in milliseconds."""
+    found = re.fullmatch(r"([0-9.]+)(us|ms|s|m)", text)
+    if found is None:
+        raise RuntimeError(f"cannot read wrk's latency {text!r}")
+    return float(found.group(1)) * {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}[found.group(2)]
 
 
 def wrk(url: str, connections: int, seconds: float, sidecars: list[psutil.Process]) -> Run:
@@ -69,8 +72,9 @@ def wrk(url: str, connections: int, seconds: float, sidecars: list[psutil.Proces
     run = parse_wrk(url, done.stdout)
     if run.bad:
         raise RuntimeError(f"{url}: {run.bad} of {run.requests} requests failed:\n{done.stdout}")
-    p50, p99 = (re.search(rf"{q}%\s+(\S+)", done.stdout) for q in (50, 99))
-    assert p50 and p99, done.stdout
+    p50, p99 = (re.search(rf"\n\s+{q}%\s+(\S+)", done.stdout) for q in (50, 99))
+    if p50 is None or p99 is None:
+        raise RuntimeError(f"wrk printed no latency distribution:\n{done.stdout}")
     return Run(run.requests, seconds, _ms(p50.group(1)), _ms(p99.group(1)), used / run.requests * 1e6)
 
 
