@@ -1,4 +1,4 @@
-"""catalog's second release (k8s/components/canary), offline: it renders, validates, and differs from catalog only where it must.
+"""catalog's second release (k8s/components/canary), offline: it renders, validates, is catalog but its release.
 
 The canary of notebook 05 is catalog's own Deployment with OTT_VERSION=v2 and the pod label
 version: v2; the Service catalog selects both releases' pods and the DestinationRule catalog's
@@ -29,7 +29,7 @@ def deployment(objects: tuple[dict[str, Any], ...], name: str) -> dict[str, Any]
 
 
 def canary_route(weight_v2: int) -> dict[str, Any]:
-    vs = copy.deepcopy(next(v for v in resources.load().of_kind("VirtualService") if v["metadata"]["name"] == "catalog"))
+    (vs,) = [copy.deepcopy(v) for v in resources.load().of_kind("VirtualService") if v["metadata"]["name"] == "catalog"]
     destination = vs["spec"]["http"][0]["route"][0]
     vs["spec"]["http"][0]["route"] = [
         {**destination, "weight": 100 - weight_v2},
@@ -55,8 +55,9 @@ def test_catalog_v2_validates_and_is_catalog_but_for_its_release(overlay: str, c
     v1["spec"]["template"]["spec"]["containers"][0].pop("imagePullPolicy", None)
     for each in (v1, v2):
         # The overlay's own annotations are added to what it holds, not to a component's objects.
+        annotations = each["spec"]["template"]["metadata"]["annotations"]
         each["spec"]["template"]["metadata"]["annotations"] = {
-            k: v for k, v in each["spec"]["template"]["metadata"]["annotations"].items() if not k.startswith("ottlab.io/")}
+            k: v for k, v in annotations.items() if not k.startswith("ottlab.io/")}
     assert v2["spec"]["template"] == v1["spec"]["template"]
     assert v2["spec"]["replicas"] == v1["spec"]["replicas"]
     service = next(o for o in objects if o["kind"] == "Service" and o["metadata"]["name"] == "catalog")
