@@ -468,12 +468,19 @@ def apply(cfg: LabConfig, mesh: Mesh, running: Sequence[Component], *, timeout: 
 
 
 def settle(cfg: LabConfig, running: Sequence[Component], *, timeout: float = APPLY_TIMEOUT) -> None:
-    """Wait until every running sidecar runs the configuration rendered for it (after ``scale``: new peers)."""
+    """Wait until every running sidecar runs the configuration rendered for it (after ``scale``: new peers)
+    and no listener it replaced is still draining: a kept-alive connection of one would carry a request
+    under the previous configuration (a replica's fault just injected would miss it)."""
     comps = _by_name(running)
     wanted = {each.admin: (_discovery("clusters", each.clusters)[0], _discovery("listeners", each.listeners)[0])
               for each in render_all(cfg, current(cfg), running) if _running(comps, each.program)}
-    until(lambda: all(versions(admin) == version for admin, version in wanted.items()), timeout, 0.1,
-          "every sidecar to run the configuration rendered for it", ignoring=(httpx.HTTPError,))
+    until(lambda: all(versions(admin) == version and _draining(admin) == 0 for admin, version in wanted.items()),
+          timeout, 0.1, "every sidecar to run the configuration rendered for it", ignoring=(httpx.HTTPError,))
+
+
+def _draining(admin: str) -> int:
+    found = stats(admin, r"^listener_manager\.total_listeners_draining$")
+    return int(found.get("listener_manager.total_listeners_draining", "0"))
 
 
 def drained(cfg: LabConfig, running: Sequence[Component], *, timeout: float = APPLY_TIMEOUT) -> None:
