@@ -127,7 +127,8 @@ def test_idempotent_requests_are_retried_past_a_dead_replica(lab: LocalTarget) -
         gateway = lab.endpoint("gateway")
         info = lab.supervisor.all_info()
         meshed = lab.cfg.mesh != "off"
-        retries = f"cluster.outbound|8000||catalog.{lab.cfg.namespace}.svc.cluster.local.upstream_rq_retry"
+        # catalog's committed route goes to its release v1 (the DestinationRule's subset).
+        retries = f"cluster.outbound|8000|v1|catalog.{lab.cfg.namespace}.svc.cluster.local.upstream_rq_retry"
         retried_before = Sidecar(lab.mesh_sidecar("gateway")).counter(retries) if meshed else 0
         # Stop replica 0 for good (not a crash that supervisord would undo): its port refuses connections.
         lab.supervisor.stop_program("catalog-0")

@@ -287,9 +287,13 @@ def replica(name: str, status: int, delay: float = 0.0) -> socketserver.Threadin
 
 def plain_rule(host: str, policy: dict[str, Any]) -> dict[str, Any]:
     # Plaintext to the replicas (no sidecars in front of them here): these are client-side behaviours.
+    # The committed rule's subsets stay (catalog's route goes to its release v1).
+    (committed,) = [r for r in resources.load().of_kind("DestinationRule") if r["spec"]["host"] == host]
+    subsets = committed["spec"].get("subsets", [])
     return {"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
             "metadata": {"name": host, "namespace": "ottlab"},
-            "spec": {"host": host, "trafficPolicy": {"tls": {"mode": "DISABLE"}, **policy}}}
+            "spec": {"host": host, "trafficPolicy": {"tls": {"mode": "DISABLE"}, **policy},
+                     **({"subsets": subsets} if subsets else {})}}
 
 
 @pytest.fixture(scope="module")
@@ -330,7 +334,7 @@ def test_outlier_detection_ejects_the_failing_replica(policies: tuple[Envoy, dic
     # The bad replica answers one 500, is ejected for 3 minutes, and the good one takes every other request.
     assert statuses.count(500) == 1, statuses
     assert statuses[-6:] == [200] * 6
-    cluster_ = "cluster.outbound|8000||catalog.ottlab.svc.cluster.local"
+    cluster_ = "cluster.outbound|8000|v1|catalog.ottlab.svc.cluster.local"
     assert proxy.stat(f"{cluster_}.outlier_detection.ejections_enforced_consecutive_5xx") == 1
     assert proxy.stat(f"{cluster_}.outlier_detection.ejections_active") == 1
 
