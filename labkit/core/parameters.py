@@ -106,6 +106,11 @@ LESSONS: dict[str, Lesson] = {
         "OUTLIER_REQUESTS": Range(20, 500, whole=True,
                                   hint="requests per phase at three replicas: 30 bring the bad one its 5 errors"),
         "EJECTION_S": Range(1, 30, unit="seconds", hint="the shortened baseEjectionTime, e.g. 3 (committed: 30 s)"),
+        "BUDGET_S": Range(0.5, 10, unit="seconds", hint="the gateway's timeout to license in the budget lesson, e.g. 1"),
+        "SLOW_S": Range(0.2, 9, unit="seconds", hint="cas's delay, above BUDGET_S and under 2 s, e.g. 1.5"),
+        "FLAKY_PERCENT": Range(10, 100, unit="percent", hint="the flaky cas replica's share of 503s, e.g. 50"),
+        "RETRY_PLAYS": Range(10, 500, whole=True, hint="play starts per phase at three cas replicas, e.g. 30"),
+        "STORM_PLAYS": Range(1, 50, whole=True, hint="play starts per phase with cas down, e.g. 5"),
     }, title_hint=f"{_TITLE_HINT}: a seeded title both viewers may play, e.g. 'city-timelapse'"),
     "06-observability": Lesson({
         "SAMPLE_SECONDS": Range(8, 600, unit="seconds", hint="20 s: five segments per viewer; the test uses 12"),
