@@ -154,6 +154,10 @@ def test_probes_and_metrics_pass_the_health_port_and_prometheus_scrapes_envoys_s
     license_stats = httpx.get(f"{admin(lab, 'license')}/stats/prometheus", timeout=5).text
     assert 'cluster_name="outbound|8000||cas.ottlab.svc.cluster.local"' in license_stats
     assert "envoy_cluster_name=" not in license_stats
+    # Istio's connection manager prefixes as its label, their ';' in no name (Prometheus would refuse the scrape).
+    cas_stats = httpx.get(f"{admin(lab, 'cas')}/stats/prometheus", timeout=5).text
+    assert 'http_conn_manager_prefix="inbound_0.0.0.0_8000"' in cas_stats
+    assert not [line for line in cas_stats.splitlines() if ";" in line.partition("{")[0]]
     # The services' own metrics are scraped through their health port.
     auth_targets = [t for group in jobs["auth"]["static_configs"] for t in group["targets"]]
     assert auth_targets == [f"127.0.0.1:{port(lab, 'auth', 'health')}"]
