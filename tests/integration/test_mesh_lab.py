@@ -37,8 +37,9 @@ FAULT_HEADER = "x-ottlab-fault"
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalTarget]:
-    with running_lab(tmp_path_factory.mktemp("mesh-lab"), 24000, ["monitoring", "apis"], seeded=True,
-                     mesh="strict") as target:
+    # Every layer with a sidecar (the APIs; the player's QoE collector; the media's transcoder).
+    with running_lab(tmp_path_factory.mktemp("mesh-lab"), 24000, ["monitoring", "apis", "player", "media"],
+                     seeded=True, mesh="strict") as target:
         yield target
 
 
@@ -164,7 +165,7 @@ def test_probes_and_metrics_pass_the_health_port_and_prometheus_scrapes_envoys_s
     # And the lab's Prometheus does scrape them all, the sidecars' stats with Envoy's own labels.
     prometheus = Prometheus(lab.endpoint("prometheus"))
     frame = prometheus.wait_for_targets([local_mesh.STATS_JOB, *local_mesh.APIS], timeout=60)
-    assert (frame["job"] == local_mesh.STATS_JOB).sum() == len(local_mesh.APIS) + 2
+    assert (frame["job"] == local_mesh.STATS_JOB).sum() == len(local_mesh.MESHED) + 2
     httpx.post(f"http://127.0.0.1:{port(lab, 'license', 'out-cas')}/sessions", json={}, timeout=10)
     cluster = "outbound|8000||cas.ottlab.svc.cluster.local"
     prometheus.wait_for_samples(
