@@ -124,7 +124,10 @@ def render(
     for route in ROUTES:
         lines.append(f"  upstream {route.service} {{")
         lines += [f"    server {peer} max_fails=0;" for peer in _peers(upstreams[route.service], route)]
-        lines += ["    keepalive 16;", "  }"]
+        # No connections kept to the gateway's sidecar: a kept connection stays on the listener (and its
+        # routes) it was accepted by, so after a mesh change its next request would still take the
+        # replaced route, to a cluster that may be gone (Envoy's 503). A new connection takes the new one.
+        lines += ([] if route.service in meshed else ["    keepalive 16;"]) + ["  }"]
     lines += [
         "  server {",
         f"    listen {listen};",
