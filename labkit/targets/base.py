@@ -94,6 +94,11 @@ class Target(abc.ABC):
                 return c
         raise UnknownComponentError(name, [c.name for c in self.components])
 
+    def component_names(self) -> set[str]:
+        """The names of the components this target runs: what its status lists (a local lab with the
+        mesh adds each workload's sidecar; a cluster runs the declared components)."""
+        return {c.name for c in self.components}
+
     def select(self, layers: Sequence[str] | None) -> list[Component]:
         """The components of ``layers`` (all when None), in declaration order."""
         if not layers:

@@ -57,7 +57,7 @@ from labkit.targets.kube import target as kube_target
 NAMESPACE = "ottlab"
 NOTEBOOKS = sorted((repo_root() / "notebooks").glob("0[0-46]-*.ipynb"))
 # Target methods a notebook may call that ask nothing of the manifests beyond what `up` applied.
-INERT = {"describe", "missing_programs", "status", "status_frame"}
+INERT = {"component_names", "describe", "missing_programs", "status", "status_frame"}
 # ... and the ones the kube target cannot answer from the manifests: it says so (MissingCapabilityError).
 NOT_ON_KUBE = {"media_root"}
 # Target methods that read what the pods write: each one's source among the applied objects is checked.
