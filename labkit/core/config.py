@@ -27,8 +27,9 @@ from typing import TypeVar
 from labkit.core.errors import ConfigError, UnknownTargetError
 
 TARGETS = ("local", "kube")
-# The service mesh (OTTLAB_MESH): off, or on with its mTLS mode; Envoy sidecars rendered by labkit on the
-# local target (labkit.targets.local.mesh), k8s/components/mesh under Istio on kube (labkit.targets.kube.mesh).
+# The service mesh (OTTLAB_MESH): on with its mTLS mode (STRICT by default, PERMISSIVE for the migration lesson)
+# or off; Envoy sidecars rendered by labkit on the local target (labkit.targets.local.mesh),
+# k8s/components/mesh under Istio on kube (labkit.targets.kube.mesh).
 MESH_MODES = ("off", "permissive", "strict")
 HOST = "127.0.0.1"
 DEFAULT_BASE_PORT = 18000
@@ -51,7 +52,7 @@ class LabConfig:
     namespace: str = "ottlab"
     ready_timeout: float = 60.0
     host: str = HOST
-    mesh: str = "off"
+    mesh: str = "strict"
 
     def __post_init__(self) -> None:
         if self.target not in TARGETS:

@@ -20,8 +20,10 @@ def cfg(tmp_path: Path, mesh: str = "strict") -> LabConfig:
     return LabConfig(home=tmp_path / "lab", base_port=24000, mesh=mesh)
 
 
-def test_the_mesh_is_off_by_default_and_off_changes_nothing(tmp_path: Path) -> None:
-    assert LabConfig().mesh == "off"
+def test_the_mesh_is_strict_by_default_and_off_changes_nothing(tmp_path: Path) -> None:
+    assert LabConfig().mesh == "strict"
+    assert LabConfig.from_env({}).mesh == "strict"
+    assert LabConfig.from_env({"OTTLAB_MESH": "off"}).mesh == "off"
     assert LabConfig.from_env({"OTTLAB_MESH": "Strict"}).mesh == "strict"
     with pytest.raises(ConfigError, match="OTTLAB_MESH='on' is not a mesh mode"):
         LabConfig(mesh="on")
