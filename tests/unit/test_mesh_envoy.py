@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _mesh import STRICT
 
 from labkit.platform.mesh import envoy, identity, resources
 from labkit.platform.mesh.errors import MeshConfigError
@@ -52,15 +53,6 @@ POLICY: dict[str, Any] = {
         {"to": [{"operation": {"paths": ["/sessions/*"]}}]},
     ]},
 }
-STRICT: dict[str, Any] = {
-    "apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
-    "metadata": {"name": "default", "namespace": "ottlab"}, "spec": {"mtls": {"mode": "STRICT"}},
-}
-
-
-@pytest.fixture(scope="module")
-def ca(tmp_path_factory: pytest.TempPathFactory) -> identity.LabCA:
-    return identity.LabCA.ensure(tmp_path_factory.mktemp("mesh") / "ca")
 
 
 def sidecar(ca: identity.LabCA, workload: str, **kwargs: Any) -> envoy.Sidecar:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from _mesh import STRICT
 
 from labkit.platform.mesh import envoy, identity, resources
 from labkit.platform.mesh.faults import Fault, FaultError, ReplicaFault
@@ -12,15 +13,6 @@ from labkit.platform.mesh.faults import Fault, FaultError, ReplicaFault
 INSTANCES = [envoy.Instance("cas", "cas", envoy.Address(port=9104)), envoy.Instance("license", "license",
                                                                                    envoy.Address(port=9103))]
 PORTS = {"cas": 8000, "license": 8000}
-STRICT: dict[str, Any] = {
-    "apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
-    "metadata": {"name": "default", "namespace": "ottlab"}, "spec": {"mtls": {"mode": "STRICT"}},
-}
-
-
-@pytest.fixture(scope="module")
-def ca(tmp_path_factory: pytest.TempPathFactory) -> identity.LabCA:
-    return identity.LabCA.ensure(tmp_path_factory.mktemp("mesh") / "ca")
 
 
 def inbound_filters(ca: identity.LabCA, fault: ReplicaFault | None) -> list[dict[str, Any]]:
