@@ -99,6 +99,15 @@ class Target(abc.ABC):
         mesh adds each workload's sidecar; a cluster runs the declared components)."""
         return {c.name for c in self.components}
 
+    def scrape_jobs(self, layers: Sequence[str] | None = None) -> list[str]:
+        """The Prometheus jobs of what this target runs (of ``layers``), in start order: what a notebook waits for.
+
+        The components' declared jobs (:func:`labkit.platform.scrape_jobs`) and, with the mesh on, its
+        sidecars' (:data:`labkit.platform.mesh.STATS_JOB`); besides them, the probes' job
+        (:data:`labkit.platform.PROBE_JOB`).
+        """
+        return list(dict.fromkeys(c.scrape_job for c in self.select(layers) if c.scrape_job is not None))
+
     def select(self, layers: Sequence[str] | None) -> list[Component]:
         """The components of ``layers`` (all when None), in declaration order."""
         if not layers:

@@ -11,17 +11,22 @@ templates that mount them, so that a change of timing rolls Prometheus and Alert
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import yaml
 
+from labkit import platform
 from labkit.platform.layers.monitoring import RULES_CONFIG, alerting
+from labkit.platform.mesh import STATS_JOB
 from labkit.targets.kube import manifest
+from labkit.targets.kube import mesh as kube_mesh
 from labkit.targets.kube.manifest import KubeObject
 
 PROMETHEUS_CONFIG = "prometheus.yml"
 ALERTMANAGER_CONFIG = "alertmanager.yml"
 TIMING_ANNOTATION = "ottlab.io/alert-timing"
+# The Namespace label asking Istio to inject its sidecar into the namespace's pods (k8s/components/mesh).
+ISTIO_INJECTION = "istio-injection"
 
 
 def files(timing: alerting.Timing, prometheus_yml: str) -> dict[str, str]:
@@ -52,6 +57,21 @@ def with_alert_timing(objects: Iterable[KubeObject], timing: alerting.Timing) ->
             changed.add(manifest.name(obj))
         out.append(obj)
     return [_stamped(o, timing) if _mounts(o, changed) else o for o in out]
+
+
+def scrape_jobs(objects: Iterable[KubeObject], layers: Sequence[str] | None = None) -> list[str]:
+    """The jobs the lab's Prometheus makes of what ``up(layers)`` applies of ``objects`` (a rendered overlay).
+
+    Each component's declared job (:func:`labkit.platform.scrape_jobs`: its pods' ``prometheus.io/job``)
+    and, where the namespace asks Istio for injection (the mesh component) and a workload of those
+    layers is meshed, the sidecars' own statistics as the job :data:`~labkit.platform.mesh.STATS_JOB`.
+    """
+    chosen = manifest.of_layers(objects, layers)
+    injecting = any(o.get("kind") == "Namespace" and manifest.labels(o).get(ISTIO_INJECTION) == "enabled"
+                    for o in chosen)
+    meshed = injecting and any(o.get("kind") in ("Deployment", "StatefulSet") and kube_mesh.meshed(o)
+                               for o in chosen)
+    return list(dict.fromkeys([*platform.scrape_jobs(layers), *([STATS_JOB] if meshed else [])]))
 
 
 def _mounts(obj: KubeObject, config_maps: set[str]) -> bool:

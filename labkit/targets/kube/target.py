@@ -599,6 +599,11 @@ class KubeTarget(Target):
                    f"ClusterRole {usage.CLUSTER_ROLE} missing (ottlab up applies it); no target, no node listed")
         return meter
 
+    def scrape_jobs(self, layers: Sequence[str] | None = None) -> list[str]:
+        """The jobs the lab's Prometheus makes of what ``up(layers)`` applies (:func:`.monitoring.scrape_jobs`):
+        the declared ones, and with the mesh the job of the sidecars Istio injects into the meshed workloads."""
+        return monitoring.scrape_jobs(self._manifests(), layers)
+
     def mesh(self) -> Mesh:
         """The Istio resources of the lab's namespace as they are now (:func:`labkit.targets.kube.mesh.read`)."""
         return kube_mesh.read(self._cluster, self.namespace)
