@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import cast
 
 import pytest
 
@@ -12,6 +13,7 @@ from labkit.core.config import LabConfig
 from labkit.core.errors import ConfigError
 from labkit.platform.component import links
 from labkit.platform.layers import apis
+from labkit.platform.mesh import STATS_JOB
 from labkit.platform.mesh.errors import MeshConfigError
 from labkit.targets.local import mesh as local_mesh
 
@@ -155,3 +157,20 @@ def identity_uri(chain: Path) -> bytes:
     certificate = x509.load_pem_x509_certificate(chain.read_bytes())
     names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     return b" ".join(str(uri).encode() for uri in names.get_values_for_type(x509.UniformResourceIdentifier))
+
+
+def test_the_scrape_jobs_a_meshed_lab_reports_are_the_jobs_its_prometheus_is_given(tmp_path: Path) -> None:
+    from labkit.platform.layers import monitoring
+    from labkit.targets.local.target import LocalTarget
+
+    for mode in ("strict", "off"):
+        lab = LocalTarget(cfg(tmp_path / mode, mode), platform.components(), platform.layers())
+        given = cast("list[dict[str, object]]", monitoring.prometheus_config(lab.cfg, lab.components, secret="s")[
+            "scrape_configs"])
+        jobs = {str(job["job_name"]) for job in given} - {platform.PROBE_JOB}
+        assert set(lab.scrape_jobs()) == jobs
+        assert (STATS_JOB in jobs) == (mode != "off"), jobs
+        # A subset of layers: the sidecars of those layers' workloads only.
+        player = lab.scrape_jobs(["player"])
+        assert (STATS_JOB in player) == (mode != "off") and "prometheus" not in player, player
+    assert set(lab.scrape_jobs()) == set(platform.scrape_jobs())
