@@ -21,6 +21,10 @@ the gateway.
 Routes the play does not take (QoE beacons, the player's page) lead to the minimal app on
 both sides: the gateway is rendered with every route it has, and only these are measured.
 
+The lab runs without the service mesh (``mesh="off"``, whatever ``OTTLAB_MESH`` says): what is measured
+here is the services' own work behind a gateway that calls them directly, comparable run to run.
+What the mesh's sidecars add to this same play is ``bench_mesh.py``'s measurement (both labs, one run).
+
     python bench/bench_api_roundtrip.py [--smoke] [--concurrency 1,4,8] [--seconds 10] [--rounds 2]
 """
 
@@ -266,7 +270,7 @@ def main() -> None:
         args.concurrency, args.seconds, args.rounds = [2], 1.0, 1
 
     with tempfile.TemporaryDirectory(prefix="ottlab-bench-") as tmp:
-        cfg = LabConfig(home=Path(tmp) / "lab", base_port=args.base_port, ready_timeout=60)
+        cfg = LabConfig(home=Path(tmp) / "lab", base_port=args.base_port, ready_timeout=60, mesh="off")
         target = LocalTarget(cfg, platform.components(), platform.layers())
         procs: list[subprocess.Popen[bytes]] = []
         try:

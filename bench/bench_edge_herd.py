@@ -13,6 +13,10 @@ misses overlap is luck) and in front of a slow origin (the same media root throu
 Goal: exactly 1 origin fetch per object with the lock; we print
 ``ratio: ours/no-lock origin fetches``.
 
+The lab runs without the service mesh (``mesh="off"``): no request measured here passes a sidecar (viewer,
+PoP and origin are nginx talking plain HTTP), and the idle Envoys of the media layer would only be more
+processes on the machine while the PoPs are measured.
+
     python bench/bench_edge_herd.py [--smoke | --quick] [--objects 5] [--clients 200] [--slow-rate 400k]
 """
 
@@ -91,7 +95,7 @@ def main() -> int:
 
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="ottlab-bench-edge-herd-") as tmp:
-        cfg = LabConfig(home=Path(tmp) / "lab", base_port=args.base_port, ready_timeout=60)
+        cfg = LabConfig(home=Path(tmp) / "lab", base_port=args.base_port, ready_timeout=60, mesh="off")
         target = LocalTarget(cfg, platform.components(), platform.layers())
         try:
             target.up(["media", "cdn"])  # cdn: the lab's signing secret, which the scratch PoPs use

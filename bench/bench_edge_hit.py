@@ -27,6 +27,10 @@ PoP's exporter to the others (``--no-pin``: leave it to the scheduler): on two c
 load generator or the exporter shares the server's core decides more than most of what is
 measured here.
 
+The lab runs without the service mesh (``mesh="off"``): no request measured here passes a sidecar (viewer,
+PoP and origin are nginx talking plain HTTP), and the idle Envoys of the media layer would only be more
+processes on the machine while the PoPs are measured.
+
     python bench/bench_edge_hit.py [--quick | --smoke] [--runs 5] [--seconds 4] [--threads 1] [--connections 8]
 
 ``--quick``: 2 rounds of 2 s; ``--smoke``: 1 round of 1 s with a 64 KB segment, to check it runs.
@@ -279,7 +283,7 @@ def main() -> int:
         parser.error("taskset (Debian package util-linux) is needed to pin wrk: install it or pass --no-pin")
 
     with tempfile.TemporaryDirectory(prefix="ottlab-bench-edge-hit-") as tmp:
-        cfg = LabConfig(home=Path(tmp) / "lab", base_port=args.base_port, ready_timeout=60)
+        cfg = LabConfig(home=Path(tmp) / "lab", base_port=args.base_port, ready_timeout=60, mesh="off")
         target = LocalTarget(cfg, platform.components(), platform.layers())
         try:
             target.up(["media", "cdn"])

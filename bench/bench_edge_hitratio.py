@@ -8,6 +8,10 @@ sees). For each wave the hit ratio (``HIT`` answers over all answers) is read fr
 exporters (``ott_edge_requests_total`` by ``cache``, deltas over the wave) and cross-checked with
 the ``X-Cache-Status`` headers the viewers got. Goal: at least 99 % once warm.
 
+The lab runs without the service mesh (``mesh="off"``): no request measured here passes a sidecar (viewer,
+PoP and origin are nginx talking plain HTTP), and the idle Envoys of the media layer would only be more
+processes on the machine while the PoPs are measured.
+
     python bench/bench_edge_hitratio.py [--smoke | --quick] [--viewers 200] [--segments 10] [--waves 1]
 """
 
@@ -204,7 +208,7 @@ def main() -> int:
 
     waves = [Wave("cold"), *(Wave(f"warm {i + 1}" if args.waves > 1 else "warm") for i in range(args.waves))]
     with tempfile.TemporaryDirectory(prefix="ottlab-bench-edge-hitratio-") as tmp:
-        cfg = LabConfig(home=Path(tmp) / "lab", base_port=args.base_port, ready_timeout=60)
+        cfg = LabConfig(home=Path(tmp) / "lab", base_port=args.base_port, ready_timeout=60, mesh="off")
         target = LocalTarget(cfg, platform.components(), platform.layers())
         try:
             target.up(["media", "cdn"])
