@@ -21,7 +21,8 @@ only when those match. On loopback ours settles on the top rung after its first 
 starts low), Locust fetches the top rung throughout. The lab (edges, origin, gateway,
 APIs) runs on the same cores as the load generators: every figure includes that contention.
 
-With the service mesh on (``--mesh strict``, or ``OTTLAB_MESH``) every call between services, and the
+With the service mesh on (the lab's default, STRICT; ``--mesh off`` or ``OTTLAB_MESH=off`` runs the lab
+without it, as the viewers' side of a comparison) every call between services, and the
 gateway's to them (logins, license grants, QoE beacons), goes through Envoy sidecars; the segments do
 not (the PoPs serve them). Then each sidecar's memory (RSS, its own USS, Envoy's allocated) and CPU
 share of a core is printed at idle (``--idle-s`` before the first step) and during each step, as
