@@ -8,8 +8,10 @@ The notebooks' code is read (ast), not copied here, so a new wait is picked up:
   objects ``up`` applied, on the component's http port, selecting its pods (the kube target
   port-forwards to it); ``target.stop/start(name)``: its Deployment;
 - ``wait_for_targets(jobs)`` and ``wait_for_samples(by="job", groups=jobs)``: the argument is
-  evaluated as the notebook writes it (a labkit declaration) and each job is a target the shipped
-  Prometheus relabelling makes of the pods ``up`` applied (tests/_scrape.py);
+  evaluated as the notebook writes it (a labkit declaration, or ``target.scrape_jobs()`` as the
+  kube target answers it from the rendered overlay) and each job is a target the shipped
+  Prometheus relabelling makes of the pods ``up`` applied (tests/_scrape.py); with the mesh, of
+  those pods as Istio's injector leaves them (test_mesh_on_kube.injected);
 - each ``ott_*`` metric the notebook names: an ott module defines it, and a component running
   that module is scraped on kube among those pods;
 - ``target.signing_secret()`` / ``service_token()``: the Secret labkit.targets.kube.secrets
@@ -44,6 +46,7 @@ from typing import Any
 import pytest
 import yaml
 from _scrape import targets
+from test_mesh_on_kube import injected
 
 import labkit
 from labkit import platform
@@ -51,13 +54,17 @@ from labkit.core.config import repo_root
 from labkit.platform.component import Component
 from labkit.platform.layers import apis, cdn
 from labkit.platform.layers.monitoring import alerting, probes
-from labkit.targets.kube import entry, manifest, secrets
+from labkit.platform.mesh import STATS_JOB
+from labkit.targets.kube import entry, manifest, monitoring, secrets
 from labkit.targets.kube import target as kube_target
 
 NAMESPACE = "ottlab"
 NOTEBOOKS = sorted((repo_root() / "notebooks").glob("0[0-46]-*.ipynb"))
 # Target methods a notebook may call that ask nothing of the manifests beyond what `up` applied.
 INERT = {"component_names", "describe", "missing_programs", "status", "status_frame"}
+# ... the ones the kube target answers from the rendered overlay alone (KubeOffline): a notebook's use
+# of the answer is what is checked (the jobs it waits for).
+OFFLINE = {"scrape_jobs"}
 # ... and the ones the kube target cannot answer from the manifests: it says so (MissingCapabilityError).
 NOT_ON_KUBE = {"media_root"}
 # Target methods that read what the pods write: each one's source among the applied objects is checked.
@@ -118,7 +125,24 @@ def _strings(node: ast.AST) -> list[str]:
 
 
 @functools.cache
-def waits(notebook: Path) -> Waits:
+def rendered_lab(overlay: str, mesh: bool) -> tuple[dict[str, Any], ...]:
+    """The overlay as the kube target renders it: with k8s/components/mesh when the lab runs with the mesh."""
+    return tuple(manifest.render(manifest.overlay_dir(overlay), components=("mesh",) if mesh else ()))
+
+
+class KubeOffline:
+    """The kube target's answers that its rendered overlay alone gives (no cluster), for the waits' arguments."""
+
+    def __init__(self, overlay: str, mesh: bool) -> None:
+        self.overlay, self.mesh = overlay, mesh
+
+    def scrape_jobs(self, layers: list[str] | None = None) -> list[str]:
+        return monitoring.scrape_jobs(rendered_lab(self.overlay, self.mesh), layers)
+
+
+@functools.cache
+def waits(notebook: Path, overlay: str = "kind", mesh: bool = False) -> Waits:
+    """What ``notebook`` asks of the kube target running ``overlay`` (with the mesh, or without)."""
     tree = code(notebook)
     found = Waits(notebook.stem)
     assigned = {t.id: node.value for node in ast.walk(tree) if isinstance(node, ast.Assign)
@@ -129,7 +153,8 @@ def waits(notebook: Path) -> Waits:
         if isinstance(expr, ast.Name) and expr.id in assigned:
             expr = assigned[expr.id]
         try:
-            return eval(compile(ast.Expression(expr), notebook.name, "eval"), {"labkit": labkit})
+            return eval(compile(ast.Expression(expr), notebook.name, "eval"),
+                        {"labkit": labkit, "target": KubeOffline(overlay, mesh)})
         except Exception as exc:  # any failure: say which wait cannot be resolved offline
             raise AssertionError(f"{notebook.name}: cannot evaluate {ast.unparse(expr)!r} offline ({exc}): "
                                  "write the wait's argument from labkit's declarations") from exc
@@ -151,7 +176,7 @@ def waits(notebook: Path) -> Waits:
                 found.routes_alerts = True
             elif method in {"signing_secret", "service_token"} | NOT_ON_KUBE | FROM_PODS:
                 found.secrets.add(method)
-            elif method not in INERT:
+            elif method not in INERT | OFFLINE:
                 found.unknown.add(f"target.{method}")
         name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
         if any(isinstance(a, ast.Name) and a.id == "target" for a in args) and name:
@@ -178,6 +203,7 @@ def test_the_notebooks_are_read() -> None:
     assert [n.stem[:2] for n in NOTEBOOKS] == ["00", "01", "02", "03", "04", "06"]
     # The extraction finds the waits the lessons are known to have (else it reads nothing).
     assert waits(NOTEBOOKS[0]).jobs == set(platform.scrape_jobs())
+    assert waits(NOTEBOOKS[0], "kind", True).jobs == {*platform.scrape_jobs(), STATS_JOB}
     assert waits(NOTEBOOKS[1]).layers == ["monitoring", apis.LAYER.name]
     assert "ott_http_requests_total" in waits(NOTEBOOKS[1]).metrics
     assert "origin" in waits(NOTEBOOKS[3]).deployments and "signing_secret" in waits(NOTEBOOKS[3]).secrets
@@ -190,10 +216,10 @@ def test_the_notebooks_are_read() -> None:
 
 
 @functools.cache
-def applied(overlay: str, layers: tuple[str, ...] | None) -> tuple[dict[str, Any], ...]:
-    """What ``target.up(layers)`` applies of ``overlay``."""
-    objects = manifest.render(manifest.overlay_dir(overlay))
-    return tuple(manifest.of_layers(objects, None if layers is None else list(layers)))
+def applied(overlay: str, layers: tuple[str, ...] | None, mesh: bool = False) -> tuple[dict[str, Any], ...]:
+    """What ``target.up(layers)`` applies of ``overlay``; with the mesh, the workloads as Istio injects their pods."""
+    objects = manifest.of_layers(rendered_lab(overlay, mesh), None if layers is None else list(layers))
+    return tuple(injected(o) if mesh and o["kind"] in {"Deployment", "StatefulSet"} else o for o in objects)
 
 
 def public_keys(pod_spec: dict[str, Any]) -> set[str]:
@@ -248,15 +274,16 @@ def metric_components(metric: str) -> set[str]:
     return names
 
 
-CASES = [(overlay, nb) for overlay in manifest.overlays() for nb in NOTEBOOKS]
+CASES = [(overlay, nb, mesh) for overlay in manifest.overlays() for nb in NOTEBOOKS for mesh in (False, True)]
 
 
-@pytest.mark.parametrize(("overlay", "notebook"), CASES, ids=[f"{o}-{n.stem[:2]}" for o, n in CASES])
-def test_the_manifests_produce_what_the_notebook_waits_for(overlay: str, notebook: Path) -> None:
-    asked = waits(notebook)
+@pytest.mark.parametrize(("overlay", "notebook", "mesh"), CASES,
+                         ids=[f"{o}-{n.stem[:2]}{'-mesh' if m else ''}" for o, n, m in CASES])
+def test_the_manifests_produce_what_the_notebook_waits_for(overlay: str, notebook: Path, mesh: bool) -> None:
+    asked = waits(notebook, overlay, mesh)
     assert not asked.unknown, f"{notebook.name} calls {sorted(asked.unknown)}: classify it in this test"
     layers = None if asked.layers is None else tuple(asked.layers)
-    objects = applied(overlay, layers)
+    objects = applied(overlay, layers, mesh)
 
     for comp in (c for lay in platform.layers() if layers is None or lay.name in layers for c in lay.components):
         deployment = workload(objects, comp.follows or comp.name)
@@ -289,7 +316,7 @@ def test_the_manifests_produce_what_the_notebook_waits_for(overlay: str, noteboo
     readers = entry.readers(objects)
     if readers:
         # What they read of ott-public is what the kube target writes there.
-        every_port = entry.node_ports(applied(overlay, None))
+        every_port = entry.node_ports(applied(overlay, None, mesh))
         written = set(entry.public_config(entry.Entry.nodeport("127.0.0.1", every_port), 2)["data"])
         for name in readers:
             keys = public_keys(one(objects, "Deployment", name)["spec"]["template"]["spec"])
