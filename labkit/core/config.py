@@ -31,6 +31,8 @@ TARGETS = ("local", "kube")
 # or off; Envoy sidecars rendered by labkit on the local target (labkit.targets.local.mesh),
 # k8s/components/mesh under Istio on kube (labkit.targets.kube.mesh).
 MESH_MODES = ("off", "permissive", "strict")
+# What a lab runs with when nothing says otherwise (a running local lab keeps the mode it came up with).
+DEFAULT_MESH = "strict"
 HOST = "127.0.0.1"
 DEFAULT_BASE_PORT = 18000
 # The highest offset a component may use; keeps every port below 65536.
@@ -52,7 +54,7 @@ class LabConfig:
     namespace: str = "ottlab"
     ready_timeout: float = 60.0
     host: str = HOST
-    mesh: str = "strict"
+    mesh: str = DEFAULT_MESH
 
     def __post_init__(self) -> None:
         if self.target not in TARGETS:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import cast
 
@@ -16,6 +17,8 @@ from labkit.platform.layers import apis
 from labkit.platform.mesh import STATS_JOB
 from labkit.platform.mesh.errors import MeshConfigError
 from labkit.targets.local import mesh as local_mesh
+from labkit.targets.local.supervisor import Supervisor
+from labkit.targets.local.target import MESH_MODE_FILE, LocalTarget
 
 
 def cfg(tmp_path: Path, mesh: str = "strict") -> LabConfig:
@@ -174,3 +177,24 @@ def test_the_scrape_jobs_a_meshed_lab_reports_are_the_jobs_its_prometheus_is_giv
         player = lab.scrape_jobs(["player"])
         assert (STATS_JOB in player) == (mode != "off") and "prometheus" not in player, player
     assert set(lab.scrape_jobs()) == set(platform.scrape_jobs())
+
+
+def test_a_running_lab_keeps_its_mesh_mode_for_every_later_command(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    # A lab brought up with OTTLAB_MESH=off: a later command that does not say OTTLAB_MESH (the default,
+    # strict) sees it without the mesh, and its tools call the services' own ports, not a sidecar.
+    monkeypatch.setattr(Supervisor, "pid", lambda self: os.getpid())
+    monkeypatch.setattr(Supervisor, "is_running", lambda self: True)
+    running = cfg(tmp_path, "off")
+    running.run_dir.mkdir(parents=True)
+    (running.run_dir / MESH_MODE_FILE).write_text("off\n")
+    later = LocalTarget(cfg(tmp_path), platform.components(), platform.layers())
+    assert later.cfg.mesh == "off" and local_mesh.GATEWAY_PROXY not in later.component_names()
+    assert later.endpoint("auth") == later.component("auth").url(later.cfg)
+    later._record_mesh()  # its `up` joins the lab as it runs
+    # A mode asked on purpose that is not the lab's is refused: switching needs a down.
+    with pytest.raises(ConfigError, match="runs with OTTLAB_MESH=off, not permissive"):
+        LocalTarget(cfg(tmp_path, "permissive"), platform.components(), platform.layers())._record_mesh()
+    # Down (no supervisor), a command runs with what it asked.
+    monkeypatch.setattr(Supervisor, "pid", lambda self: None)
+    assert LocalTarget(cfg(tmp_path), platform.components(), platform.layers()).cfg.mesh == "strict"

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import psutil
 
 from labkit.core import ports
-from labkit.core.config import MESH_MODES, LabConfig
+from labkit.core.config import DEFAULT_MESH, MESH_MODES, LabConfig
 from labkit.core.console import progress
 from labkit.core.errors import (
     ComponentFailedError,
@@ -69,9 +69,11 @@ class LocalTarget(Target):
     mesh_denial_names_policy = True          # its sidecars' 403 names the policy (envoy.py's local reply)
 
     def __init__(self, cfg: LabConfig, components: Sequence[Component], layers: Sequence[Layer] = ()) -> None:
-        running_mesh = _running_mesh(cfg)
-        if cfg.mesh == "off" and running_mesh is not None and Supervisor(cfg).pid() is not None:
-            # The lab runs with the mesh: every later command sees it so, asked or not.
+        # The mode this command asked for; a running lab keeps its own: every later command sees it so,
+        # asked or not (`up` refuses a different mode asked on purpose, see _record_mesh).
+        self._asked_mesh = cfg.mesh
+        running_mesh = _running_mesh(cfg) if Supervisor(cfg).pid() is not None else None
+        if running_mesh is not None and running_mesh != cfg.mesh:
             cfg = cfg.with_(mesh=running_mesh)
         # As declared: the mesh's sidecars, and a release started beside its service, are added to them.
         self._declared = list(components)
@@ -395,17 +397,17 @@ class LocalTarget(Target):
             local_mesh.settle(self.cfg, running)  # replicas scaled just before are in every peer's clusters
 
     def _record_mesh(self) -> None:
-        """Remember the mesh mode the lab runs with; a running lab cannot switch it (`down` first)."""
-        running = (_running_mesh(self.cfg) or "off") if self.supervisor.is_running() else None
-        if running is not None and running != self.cfg.mesh:
-            raise ConfigError(f"this lab runs with OTTLAB_MESH={running}, not {self.cfg.mesh}",
-                              hint=f"bring it down first (ottlab down), then up with OTTLAB_MESH={self.cfg.mesh}")
+        """Remember the mesh mode the lab runs with (off included); a running lab cannot switch it (`down` first).
+
+        A command that asked for the default mode (it may not have asked at all) joins the lab as it runs."""
+        running = _running_mesh(self.cfg) if self.supervisor.is_running() else None
+        asked = self._asked_mesh
+        if running is not None and running != asked and asked != DEFAULT_MESH:
+            raise ConfigError(f"this lab runs with OTTLAB_MESH={running}, not {asked}",
+                              hint=f"bring it down first (ottlab down), then up with OTTLAB_MESH={asked}")
         path = self.cfg.run_dir / MESH_MODE_FILE
-        if self.cfg.mesh == "off":
-            path.unlink(missing_ok=True)
-        else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(self.cfg.mesh + "\n")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(self.cfg.mesh + "\n")
 
     def _require_mesh(self) -> None:
         if self.cfg.mesh == "off":
@@ -872,13 +874,14 @@ class LocalTarget(Target):
             progress(f"warning: ports still listening after down: {holders}")
 
 
-def _running_mesh(cfg: LabConfig) -> str | None:
-    """The mesh mode the lab in ``cfg.home`` came up with, None when it runs without (or is down)."""
+def _running_mesh(cfg: LabConfig) -> str:
+    """The mesh mode the lab in ``cfg.home`` came up with (ask only while its supervisor runs): ``off`` when
+    it recorded none (a lab brought up before the mode was recorded had no mesh)."""
     try:
         mode = (cfg.run_dir / MESH_MODE_FILE).read_text().strip()
     except OSError:
-        return None
-    return mode if mode in MESH_MODES and mode != "off" else None
+        return "off"
+    return mode if mode in MESH_MODES else "off"
 
 
 def _reload_nginx(supervisor: Supervisor, program: str, master_pid: int, timeout: float = 10.0) -> None:
