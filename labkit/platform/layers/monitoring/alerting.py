@@ -516,12 +516,15 @@ PLATFORM: tuple[Alert, ...] = (
     Alert(
         "ComponentDown", "up == 0", "30s", "warning",
         "{{ $labels.job }} at {{ $labels.instance }} is down",
-        "Prometheus could not scrape {{ $labels.job }} for 30 s. Look at `ottlab status` and "
-        "`ottlab logs {{ $labels.job }}`.",
-        firing=Case({'up{job="alertmanager",instance="127.0.0.1:18093"}': "1 1 1 0 0 0 0 0 0 0 0 0 0",
-                     'up{job="prometheus",instance="127.0.0.1:18090"}': "1x12"}, "50s", "5s"),
-        quiet=Case({'up{job="alertmanager",instance="127.0.0.1:18093"}': "1 1 1 0 0 0 0 0 0 0 0 0 0"}, "40s", "5s"),
-        fired_labels={"job": "alertmanager", "instance": "127.0.0.1:18093"},
+        "Prometheus could not scrape {{ $labels.job }} at {{ $labels.instance }} for 30 s. Look at `ottlab status` "
+        "and `ottlab logs` of the component listening there (a mesh sidecar, job envoy-stats, is SERVICE-proxy).",
+        # Every job, the mesh's sidecars' (envoy-stats) too: a sidecar that stops answering its admin
+        # port while the other components answer.
+        firing=Case({f'up{{job="{mesh.STATS_JOB}",instance="127.0.0.1:18600"}}': "1 1 1 0 0 0 0 0 0 0 0 0 0",
+                     'up{job="alertmanager",instance="127.0.0.1:18093"}': "1x12"}, "50s", "5s"),
+        quiet=Case({f'up{{job="{mesh.STATS_JOB}",instance="127.0.0.1:18600"}}': "1 1 1 0 0 0 0 0 0 0 0 0 0",
+                    'up{job="alertmanager",instance="127.0.0.1:18093"}': "1x12"}, "40s", "5s"),
+        fired_labels={"job": mesh.STATS_JOB, "instance": "127.0.0.1:18600"},
         why="30 s: six failed scrapes; a restart by the supervisor takes about two",
     ),
     Alert(
