@@ -18,7 +18,12 @@ its init segment and the first segment. ``ratio: browser/http`` of the warm medi
 player adds on top of the network (hls.js, MSE, decode, the first frame on screen). The goal is a
 warm startup p95 under 1 s on loopback.
 
+The lab runs as a viewer meets it: with the service mesh its settings give (``--mesh``, else
+``OTTLAB_MESH``, else the lab's default, STRICT), so the authorization a play starts with crosses the
+gateway's and the services' sidecars on both sides; the mesh each run had is printed.
+
     python bench/bench_player_startup.py [--smoke | --quick] [--plays 10] [--titles 3] [--sample-s 12] [--encrypt]
+                                     [--mesh off|permissive|strict]
 """
 
 from __future__ import annotations
@@ -112,6 +117,8 @@ def main() -> int:
     parser.add_argument("--encrypt", action="store_true", help="publish AES-128 titles (one key request more)")
     parser.add_argument("--timeout", type=float, default=20.0, help="bound on one play's start (default: 20 s)")
     parser.add_argument("--base-port", type=int, default=31500)
+    parser.add_argument("--mesh", choices=("off", "permissive", "strict"), default=None,
+                        help="the lab's service mesh (default: OTTLAB_MESH, else the lab's default)")
     parser.add_argument("--smoke", action="store_true",
                         help="1 title, 2 warm plays, a 4 s sample: proves the benchmark runs (its p95 means nothing)")
     args = parser.parse_args()
@@ -127,7 +134,8 @@ def main() -> int:
     baseline: list[float] = []
     authorizations: list[float] = []
     with tempfile.TemporaryDirectory(prefix="ottlab-bench-player-") as tmp:
-        cfg = LabConfig(home=Path(tmp) / "lab", base_port=args.base_port, ready_timeout=90)
+        cfg = LabConfig.from_env(home=Path(tmp) / "lab", base_port=args.base_port, ready_timeout=90,
+                                 mesh=args.mesh)
         target = LocalTarget(cfg, platform.components(), platform.layers())
         try:
             target.up()
@@ -148,7 +156,7 @@ def main() -> int:
                 # (scripts, media pipeline) as any viewer's browser already has.
                 browser_play(browser, gateway, titles[-1], pops[-1], args.timeout)
                 print(f"\n{len(titles)} title(s) of {args.sample_s:g} s, {len(pops)} PoPs "
-                      f"({'AES-128' if args.encrypt else 'clear'}), user {USER}", flush=True)
+                      f"({'AES-128' if args.encrypt else 'clear'}), user {USER}, mesh {cfg.mesh}", flush=True)
                 for title in titles:
                     for pop in pops:
                         if (title, pop) == (titles[-1], pops[-1]):
