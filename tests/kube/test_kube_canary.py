@@ -84,7 +84,7 @@ def test_bad_weights_and_unknown_releases_send_nothing(meshed: KubeTarget, fake:
     with pytest.raises(ConfigError, match="catalog has no release 'v3'"):
         meshed.start_version("catalog", "v3")
     assert [r for r in fake.requests()[sent:] if r.method != "GET"] == []
-    plain = apis_target(fake, lab_cfg)
+    plain = apis_target(fake, lab_cfg.with_(mesh="off"))   # STRICT is the default: a lab without the mesh says so
     try:
         with pytest.raises(ConfigError, match="this lab runs without it"):
             plain.start_version("catalog", "v2")

@@ -263,7 +263,7 @@ def test_up_with_the_mesh_refuses_pods_istio_did_not_inject(istio: FakeCluster, 
 def test_up_without_the_mesh_applies_none_of_it(istio: FakeCluster, lab_cfg: LabConfig) -> None:
     settle_deployments(istio)
     istio.put(PODS, "cas-a", meshed_pod("cas", sidecar=False))
-    target = apis_target(istio, lab_cfg)
+    target = apis_target(istio, lab_cfg.with_(mesh="off"))
     target.up(["apis"])
 
     (namespace,) = applied(istio, "Namespace").values()
