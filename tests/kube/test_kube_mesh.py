@@ -15,7 +15,15 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from test_kube_target import NAMESPACE, FakeCluster, header, make_target, running_fake_cluster
+from test_kube_target import (
+    ISTIO_PLURALS,
+    NAMESPACE,
+    FakeCluster,
+    header,
+    make_target,
+    running_fake_cluster,
+    serve_istio,
+)
 
 from labkit.core.config import LabConfig
 from labkit.core.errors import KubeError
@@ -26,8 +34,7 @@ from labkit.targets.kube import manifest
 from labkit.targets.kube import mesh as kube_mesh
 from labkit.targets.kube.cluster import Cluster
 
-PLURALS = {"VirtualService": "virtualservices", "DestinationRule": "destinationrules",
-           "PeerAuthentication": "peerauthentications", "AuthorizationPolicy": "authorizationpolicies"}
+PLURALS = ISTIO_PLURALS
 LESSON = ("x-ottlab-user", "alice")
 
 
@@ -42,10 +49,7 @@ def topology() -> resources.Topology:
 
 def with_istio(fake: FakeCluster) -> FakeCluster:
     """The fake serves Istio's kinds (its CRDs installed) and holds the committed resources, as applied."""
-    for kind in PLURALS:
-        info: Any = {"namespaced": True, "kind": kind, "singular": kind.lower(),
-                     "verbs": {"get", "list", "patch", "delete", "create", "update"}}
-        fake.server.resources[resource(kind)] = info
+    serve_istio(fake)
     for i, obj in enumerate(resources.load().objects):
         stored = copy.deepcopy(obj)
         stored["metadata"] |= {"uid": f"uid-{i}", "resourceVersion": str(100 + i), "generation": 1,

@@ -58,6 +58,7 @@ from labkit.platform.component import Component, Port, Readiness
 from labkit.platform.layers import apis, cdn
 from labkit.platform.layers.monitoring import alerting
 from labkit.targets.kube import manifest, monitoring, secrets
+from labkit.targets.kube import mesh as kube_mesh
 from labkit.targets.kube.cluster import Cluster
 from labkit.targets.kube.portforward import PortForward
 from labkit.targets.kube.target import KubeTarget
@@ -370,6 +371,21 @@ def make_target(
     )
 
 
+# Istio's kinds the mesh uses, by their plural (the CRDs `ottlab addons install istio-base istiod` puts on a cluster).
+ISTIO_PLURALS = {"VirtualService": "virtualservices", "DestinationRule": "destinationrules",
+                 "PeerAuthentication": "peerauthentications", "AuthorizationPolicy": "authorizationpolicies"}
+
+
+def serve_istio(fake: FakeCluster) -> FakeCluster:
+    """The fake serves Istio's kinds, as a cluster with Istio installed does: what a lab with the mesh
+    (STRICT, the default) needs of it; without them ``up`` is refused before anything is applied."""
+    for kind, plural in ISTIO_PLURALS.items():
+        info: Any = {"namespaced": True, "kind": kind, "singular": kind.lower(),
+                     "verbs": {"get", "list", "patch", "delete", "create", "update"}}
+        fake.server.resources[f"{kube_mesh.API_VERSIONS[kind]}/{plural}"] = info
+    return fake
+
+
 def settle_deployments(fake: FakeCluster) -> None:
     """Answer every read of a Deployment or a StatefulSet as if its rollout had completed (their controllers)."""
 
@@ -430,7 +446,7 @@ def test_up_applies_each_object_server_side_as_labkit(fake_cluster: FakeCluster,
         ("process-exporter", "running", True, 1),
         ("blackbox-exporter", "running", True, 1),
     ]
-    rendered = manifest.of_layers(manifest.render(manifest.overlay_dir("kind")), ["monitoring"])
+    rendered = manifest.of_layers(target.manifests(), ["monitoring"])   # what the lab declares (the mesh's too)
     # With the lab's alert timing (the committed files as they are for the real one; fast under CI=true).
     rendered = monitoring.with_alert_timing(rendered, alerting.timing_from())
     patches = fake_cluster.requests("PATCH")
@@ -527,7 +543,7 @@ def secret_data(fake: FakeCluster, name: str) -> dict[str, bytes]:
 def test_up_apis_creates_the_lab_secrets_before_the_pods_that_mount_them(
     fake_cluster: FakeCluster, lab_cfg: LabConfig, tmp_path: Path
 ) -> None:
-    settle_deployments(fake_cluster)
+    settle_deployments(serve_istio(fake_cluster))   # Istio installed: the lab's mesh (on by default) needs it
     target = apis_target(fake_cluster, lab_cfg)
 
     statuses = target.up(["apis"])
@@ -557,7 +573,7 @@ def test_up_apis_creates_the_lab_secrets_before_the_pods_that_mount_them(
 
 
 def test_up_apis_never_overwrites_existing_secrets(fake_cluster: FakeCluster, lab_cfg: LabConfig) -> None:
-    settle_deployments(fake_cluster)
+    settle_deployments(serve_istio(fake_cluster))   # Istio installed: the lab's mesh (on by default) needs it
     labels = {manifest.PART_OF_LABEL: manifest.PART_OF, manifest.LAYER_LABEL: "apis"}
     mine = {
         "ott-signing-key": {tokens.KEY_FILE: b"-----BEGIN PRIVATE KEY-----\nkept\n-----END PRIVATE KEY-----\n"},
@@ -580,7 +596,7 @@ def test_up_apis_never_overwrites_existing_secrets(fake_cluster: FakeCluster, la
 
 
 def test_down_keeps_the_lab_keys_and_purge_deletes_them(fake_cluster: FakeCluster, lab_cfg: LabConfig) -> None:
-    settle_deployments(fake_cluster)
+    settle_deployments(serve_istio(fake_cluster))   # Istio installed: the lab's mesh (on by default) needs it
     target = apis_target(fake_cluster, lab_cfg)
     target.up(["apis"])
     first = secret_data(fake_cluster, "ott-service-token")

@@ -1017,6 +1017,12 @@ class KubeTarget(Target):
                      f"{self.namespace} --show-labels shows istio-injection=enabled); then restart those "
                      "workloads (ottlab restart <component> --target kube) so that their new pods get it")
 
+    def manifests(self) -> list[KubeObject]:
+        """The objects this lab declares, as ``up`` applies them (before the lab's own stamps: alert timing,
+        replicas an HPA gave, the public entry's hash): the overlay with its components, its database's, then
+        the mesh's unless ``OTTLAB_MESH=off`` (the namespace's mTLS mode set as asked)."""
+        return list(self._manifests())
+
     def _manifests(self) -> list[KubeObject]:
         if self._rendered is not None:
             return self._rendered
