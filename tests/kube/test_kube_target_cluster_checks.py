@@ -12,10 +12,11 @@ The fake API server is test_kube_target.py's (kmock, with the gaps it fills).
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from test_kube_target import FakeCluster, apis_target, pod, settle_deployments
+from test_kube_target import FakeCluster, apis_target, pod, running_fake_cluster, serve_istio, settle_deployments
 
 from labkit.core.config import LabConfig
 from labkit.core.errors import ConfigError, ImageMissingError, TimeoutExpired
@@ -25,6 +26,14 @@ from labkit.targets.kube.target import KubeTarget
 NODES = "v1/nodes"
 PODS = "v1/pods"
 SERVICES_IMAGE = image.services_image()
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeCluster]:
+    """A fake API server serving Istio's kinds: the lab's mesh (STRICT, the default) needs them; the checks here
+    are the same without it (OTTLAB_MESH=off)."""
+    with running_fake_cluster() as made:
+        yield serve_istio(made)
 
 
 def lab_target(fake: FakeCluster, lab_cfg: LabConfig, *, ready_timeout: float = 5.0) -> KubeTarget:

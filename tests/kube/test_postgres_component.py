@@ -24,6 +24,7 @@ from test_kube_target import (
     APIS_SECRETS,
     FakeCluster,
     apis_target,
+    serve_istio,
     settle_deployments,
 )
 from test_manifests import K8S_VERSION, NAMESPACE
@@ -156,7 +157,7 @@ def test_an_unknown_database_option_is_a_config_error(monkeypatch: pytest.Monkey
 def test_up_with_postgres_creates_its_secret_and_goes_ahead_on_several_nodes(
     fake: FakeCluster, lab_cfg: LabConfig
 ) -> None:
-    settle_deployments(fake)
+    settle_deployments(serve_istio(fake))   # Istio installed: the lab's mesh (on by default) needs it
     for name in ("worker", "worker2", "worker3"):
         fake.put("v1/nodes", name, {"apiVersion": "v1", "kind": "Node", "spec": {}}, namespace=None)
     target = KubeTarget(lab_cfg.with_(ready_timeout=5.0), apis_target(fake, lab_cfg).components,
@@ -177,7 +178,7 @@ def test_up_with_postgres_creates_its_secret_and_goes_ahead_on_several_nodes(
 
 
 def test_up_with_sqlite_makes_no_postgres_secret(fake: FakeCluster, lab_cfg: LabConfig) -> None:
-    settle_deployments(fake)
+    settle_deployments(serve_istio(fake))   # Istio installed: the lab's mesh (on by default) needs it
     apis_target(fake, lab_cfg).up(["apis"])
     assert POSTGRES not in {r.data["metadata"]["name"] for r in fake.requests("POST")}
     assert ("Deployment", POSTGRES) not in {(r.data["kind"], r.name) for r in fake.requests("PATCH")}

@@ -30,6 +30,7 @@ from test_kube_target import (
     NAMESPACE,
     STATEFULSETS,
     FakeCluster,
+    serve_istio,
     settle_deployments,
 )
 
@@ -249,7 +250,7 @@ def secret_of(fake: FakeCluster) -> str:
 def test_up_writes_the_probes_signed_with_the_clusters_secret_and_scale_rewrites_them(
     fake: FakeCluster, target: KubeTarget
 ) -> None:
-    settle_deployments(fake)
+    settle_deployments(serve_istio(fake))   # Istio installed: the lab's mesh (on by default) needs it
 
     target.up(["monitoring"])
     assert written(fake) is None     # nothing to probe yet (as locally: no PoP, no gateway)

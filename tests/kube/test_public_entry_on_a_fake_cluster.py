@@ -32,6 +32,7 @@ from test_kube_target import (
     deployment,
     header,
     pod,
+    serve_istio,
     settle_deployments,
 )
 
@@ -72,7 +73,7 @@ def pop_pod(replica: int) -> dict[str, Any]:
 def test_up_writes_ott_public_before_its_readers_and_stamps_its_hash_on_them(
     fake: FakeCluster, target: KubeTarget
 ) -> None:
-    settle_deployments(fake)
+    settle_deployments(serve_istio(fake))   # Istio installed: the lab's mesh (on by default) needs it
 
     target.up(["apis"])
 
@@ -154,7 +155,7 @@ def test_node_ports_that_do_not_answer_end_in_port_forwards_saying_what_to_do(
 ) -> None:
     monkeypatch.delenv(entry.ENTRY_ENV)
     monkeypatch.setattr(kube_target, "ENTRY_TIMEOUT", 0.6)
-    settle_deployments(fake)
+    settle_deployments(serve_istio(fake))   # Istio installed: the lab's mesh (on by default) needs it
     # Nothing listens on the gateway's node port of this machine: a kind cluster made without its config.
     with pytest.raises(httpx.HTTPError):
         httpx.get("http://127.0.0.1:30000/healthz", timeout=1)
