@@ -44,7 +44,7 @@ from labkit.clients.sidecar import Sidecar, spiffe_uri
 from labkit.core.config import LabConfig, repo_root
 from labkit.core.errors import ConfigError, KubeError, MissingCapabilityError, NotRunningError
 from labkit.platform import mesh
-from labkit.platform.mesh import envoy, identity, resources
+from labkit.platform.mesh import envoy, identity, resources, schema
 from labkit.platform.mesh.faults import Fault, ReplicaFault
 from labkit.targets.base import Target
 from labkit.targets.kube import image, manifest
@@ -245,6 +245,27 @@ def test_up_with_the_mesh_on_a_cluster_without_istio_changes_nothing_and_says_ho
 
     assert "ottlab addons install istio-base istiod" in str(refused.value)
     assert fake.requests("PATCH") == [] and fake.requests("POST") == []
+
+
+def test_up_of_every_layer_with_the_default_mesh_without_istio_sends_nothing_and_says_what_to_do(
+    fake: FakeCluster, lab_cfg: LabConfig
+) -> None:
+    """`ottlab up --target kube` with nothing said about the mesh: STRICT, so Istio is needed first."""
+    settle_deployments(fake)
+    default = LabConfig.from_env({}, home=lab_cfg.home)
+    assert default.mesh == "strict"
+    target = apis_target(fake, default)
+
+    with pytest.raises(KubeError) as refused:
+        target.up()
+
+    said = str(refused.value)
+    assert (f"the lab runs with the service mesh (OTTLAB_MESH=strict, the default), which needs Istio "
+            f"{schema.ISTIO_VERSION} on the cluster") in said
+    assert "does not serve PeerAuthentication (security.istio.io/v1): nothing was applied" in said
+    assert "ottlab addons install istio-base istiod" in said
+    assert "OTTLAB_MESH=off ottlab up --target kube" in said
+    assert [r for r in fake.requests() if r.method != "GET"] == []   # not even the Namespace
 
 
 def test_up_with_the_mesh_refuses_pods_istio_did_not_inject(istio: FakeCluster, lab_cfg: LabConfig) -> None:

@@ -25,11 +25,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from labkit.core.config import DEFAULT_MESH
 from labkit.core.console import progress
 from labkit.core.errors import KubeError
 from labkit.platform.mesh import resources
 from labkit.platform.mesh.errors import MeshConfigError
 from labkit.platform.mesh.resources import Mesh, Resource, Topology
+from labkit.platform.mesh.schema import ISTIO_VERSION
 from labkit.targets.kube.cluster import Cluster, ResourceType
 from labkit.targets.kube.manifest import KubeObject
 
@@ -53,8 +55,8 @@ COMPONENT = "mesh"
 # dashboard envoy` does; the API server's pod proxy dials the pod's IP and cannot.
 PROXY_CONTAINER = "istio-proxy"
 ADMIN_PORT = 15000
-INSTALL_HINT = ("install Istio on the cluster first: ottlab addons install istio-base istiod "
-                "(its CRDs serve these kinds)")
+INSTALL_HINT = (f"install Istio {ISTIO_VERSION} on the cluster first: ottlab addons install istio-base istiod "
+                "(its CRDs serve these kinds), or istioctl install of the same version")
 
 
 def _types(cluster: Cluster) -> dict[str, ResourceType]:
@@ -67,9 +69,22 @@ def _types(cluster: Cluster) -> dict[str, ResourceType]:
     return types
 
 
-def require_istio(cluster: Cluster) -> None:
-    """A :class:`KubeError` saying how to install Istio when the cluster does not serve the mesh's kinds."""
-    _types(cluster)
+def require_istio(cluster: Cluster, mode: str) -> None:
+    """A :class:`KubeError` when the cluster does not serve the mesh's kinds, for a lab with the mesh in ``mode``.
+
+    Asked before anything is applied (API discovery, as ``kubectl api-resources`` does): it says the
+    lab needs Istio (the version ``ottlab addons install`` pins), how to install it, and that
+    ``OTTLAB_MESH=off`` brings the lab up without the mesh.
+    """
+    try:
+        _types(cluster)
+    except KubeError as exc:
+        default = ", the default" if mode == DEFAULT_MESH else ""
+        raise KubeError(
+            f"the lab runs with the service mesh (OTTLAB_MESH={mode}{default}), which needs Istio {ISTIO_VERSION} "
+            f"on the cluster, and {exc.message}: nothing was applied",
+            hint=f"{INSTALL_HINT}; or bring the lab up without the mesh: OTTLAB_MESH=off ottlab up --target kube",
+        ) from None
 
 
 def with_mode(objects: Sequence[KubeObject], mode: str) -> list[KubeObject]:

@@ -173,7 +173,7 @@ class KubeTarget(Target):
         objects = self._keeping_autoscaled_replicas(objects)
         self._refuse_sqlite_on_several_nodes(objects)
         if any(o.get("kind") in kube_mesh.API_VERSIONS for o in objects):
-            kube_mesh.require_istio(self._cluster)  # before anything is applied: the mesh needs Istio's kinds
+            kube_mesh.require_istio(self._cluster, self.cfg.mesh)  # before anything is applied: the mesh needs Istio
         which = ", ".join(layers) if layers else "every layer"
         progress(f"applying {len(objects)} objects ({which}) to namespace {self.namespace} at {self._cluster.host}")
         wants_secrets = secrets.needed_by(objects)
