@@ -7,7 +7,7 @@
 | ``OTTLAB_BASE_PORT``| ``18000``          | every local port is this base plus a fixed offset   |
 | ``OTTLAB_NAMESPACE``| ``ottlab``         | the Kubernetes namespace of the kube target         |
 | ``OTTLAB_READY_TIMEOUT`` | ``60``        | seconds a component may take to become ready        |
-| ``OTTLAB_MESH``     | ``off``            | the local APIs behind Envoy sidecars: ``off``, ``permissive``, ``strict`` |
+| ``OTTLAB_MESH``     | ``strict``         | the service mesh: ``strict``, ``permissive``, ``off``  |
 
 Example::
 
