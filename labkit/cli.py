@@ -91,7 +91,11 @@ def main() -> None:
 @click.option("--layer", "layers", multiple=True, help="start only this layer (repeatable)")
 @_handle_errors
 def up(target_name: str | None, layers: tuple[str, ...]) -> None:
-    """Start the platform (idempotent) and wait until every component is ready."""
+    """Start the platform (idempotent) and wait until every component is ready.
+
+    The APIs run behind the service mesh, STRICT mutual TLS by default (OTTLAB_MESH=permissive, or
+    OTTLAB_MESH=off for none; on kube the mesh needs Istio: ottlab addons install istio-base istiod).
+    """
     target = _target(target_name)
     statuses = target.up(list(layers) or None)
     _print_table(statuses)

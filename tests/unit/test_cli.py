@@ -49,6 +49,14 @@ def test_foreign_lab_directory(runner: CliRunner, tmp_path: Path, monkeypatch: p
     assert (tmp_path / "mine.txt").exists()
 
 
+def test_up_says_the_mesh_is_on_by_default_and_how_to_run_without_it(runner: CliRunner) -> None:
+    result = runner.invoke(main, ["up", "--help"])
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    assert "STRICT mutual TLS by default" in said and "OTTLAB_MESH=off for none" in said
+    assert "ottlab addons install istio-base istiod" in said
+
+
 def test_status_of_a_lab_never_started(runner: CliRunner) -> None:
     result = runner.invoke(main, ["status", "--json"])
     assert result.exit_code == 0, result.output
