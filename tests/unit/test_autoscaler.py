@@ -291,12 +291,13 @@ class _Prometheus:
 class _Target:
     """The few LocalTarget methods the controller uses, over a replica count it scales."""
 
-    def __init__(self, count: int) -> None:
+    def __init__(self, count: int, mesh: str = "off") -> None:
         from labkit import platform
         from labkit.core.config import LabConfig
+        from labkit.targets.local import mesh as local_mesh
 
-        self.cfg = LabConfig(base_port=40000)
-        self.components = platform.components()
+        self.cfg = LabConfig(base_port=40000, mesh=mesh)
+        self.components = local_mesh.components(self.cfg, platform.components())
         self.count = count
         self.scaled: list[int] = []
 
@@ -352,6 +353,26 @@ def test_the_controller_reads_the_adapter_rule_per_replica_and_scales() -> None:
                                              "ScaleDownStabilized"]
     assert target.scaled == [2, 3]
     assert controller.decisions["catalog"][0]["rescale_reason"] == "ott_http_requests_per_second above target"
+
+
+def test_behind_its_sidecar_a_replica_is_read_at_the_port_prometheus_scrapes() -> None:
+    """With the mesh, Prometheus scrapes catalog through its sidecar's plaintext health port (its own
+    port takes only mTLS): the controller must find each replica's rate there. Read at catalog's own
+    port, the metric was missing for every replica, and a metric that cannot be computed blocks every
+    scale-down (catalog stayed at 3 replicas once idle)."""
+    from labkit.targets.local.autoscaling import Controller
+
+    catalog = next(h for h in hpa_mod.load() if h.name == "catalog")
+    target = _Target(3, mesh="strict")
+    comp = target.component("catalog")
+    health = [comp.local_port(target.cfg, "health", i) for i in range(3)]
+    assert health[0] != comp.local_port(target.cfg, "http", 0)
+    rows = [{"instance": f"127.0.0.1:{p}", "value": v} for p, v in zip(health, [1.2, 1.1, 0.0], strict=True)]
+    prometheus = _Prometheus(rows)
+    controller = Controller(target, [catalog], prometheus, clock=Clock())  # type: ignore[arg-type]
+    assert controller.pods_metric(comp, "ott_http_requests_per_second") == {0: 1.2, 1: 1.1, 2: 0.0}
+    assert prometheus.queries == [
+        'sum(rate(ott_http_requests_total{job=~"catalog|envoy-stats"}[1m])) by (instance)']
 
 
 def test_a_lesson_may_shorten_the_window_and_lower_a_metric_target() -> None:

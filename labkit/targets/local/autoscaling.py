@@ -10,7 +10,8 @@ license's PoP list and Prometheus' targets follow). Its metrics:
   metrics-server and the kube HPA divide by). A replica seen for the first time has no sample yet
   (missing); a replica that does not answer its readiness probe is not ready.
 - a Pods metric: the prometheus-adapter rule of the same name (``k8s/addons/values/prometheus-adapter.yaml``)
-  rendered for the local Prometheus, one value per scrape target (replica).
+  rendered for the local Prometheus, one value per scrape target (replica: the instance is the
+  port Prometheus scrapes, the component's ``metrics_port``; with the mesh its sidecar's health port).
 
 It runs as its own process (``python -m labkit.targets.local.autoscaling``), started and stopped by
 :meth:`LocalTarget.autoscale`, carrying the lab's id so that ``ottlab down`` stops it with the lab;
@@ -128,8 +129,11 @@ class Controller:
         for each in (comp, *self.target.followers(comp.name)):
             if each.scrape_job is not None:
                 jobs.append(each.scrape_job)
+                # The port Prometheus scrapes: with the mesh a service's metrics come through its
+                # sidecar's health port, not its own port (there only mTLS is taken).
                 for i in range(each.max_replicas):
-                    by_instance[f"{self.target.cfg.host}:{each.local_port(self.target.cfg, 'http', i)}"] = i
+                    port = each.local_port(self.target.cfg, each.metrics_port, i)
+                    by_instance[f"{self.target.cfg.host}:{port}"] = i
         query = hpa_mod.metric_query(rule, f'job=~"{"|".join(jobs)}"', "instance")
         frame = self.prometheus.query(query)
         values: dict[int, float] = {}
