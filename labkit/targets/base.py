@@ -356,6 +356,14 @@ class Target(abc.ABC):
         raise MissingCapabilityError(self.name, "report autoscaling", "it has no autoscaler",
                                      hint="ottlab status shows the replicas")
 
+    def follow_autoscaler(self) -> None:  # noqa: B027 - optional hook: an autoscaler that scales through scale()
+        """Bring what follows a component's replica count (license's PoP list, the probes' targets) to the
+        count an autoscaler set: an explicit step, since reading :meth:`autoscale_status` writes nothing.
+
+        Here nothing to do: an autoscaler that scales through :meth:`scale` (the local one) brings
+        them along itself; the kube target's HPA controller scales the workloads on its own.
+        """
+
     def cpu_seconds(self) -> dict[str, float]:
         """CPU seconds (user + system) each running component's processes and their children used so far.
 

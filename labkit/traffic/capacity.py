@@ -175,7 +175,9 @@ def autoscaler_synced(target: Target, hpa: str, timeout: float,
 
     The local controller records every sync (``last``, its wall time), after it scaled. Bounded by
     ``timeout`` seconds (more than one sync period): a controller that stopped is a
-    :class:`~labkit.core.errors.TimeoutExpired`, not a ramp that silently goes on without it.
+    :class:`~labkit.core.errors.TimeoutExpired`, not a ramp that silently goes on without it. Then
+    :meth:`~labkit.targets.base.Target.follow_autoscaler`: the next step's viewers get the PoPs the
+    HPA added (on kube its controller scales the edge without license's list).
     """
     if not any(a.hpa == hpa for a in target.autoscale_status()):
         raise ConfigError(f"no HorizontalPodAutoscaler named {hpa!r}",
@@ -189,6 +191,7 @@ def autoscaler_synced(target: Target, hpa: str, timeout: float,
             return any(float(d.get("last") or d.get("at") or 0) > since for d in status.decisions)
 
         until(decided, timeout, 0.5, f"the {hpa} HPA's next sync")
+        target.follow_autoscaler()
 
     return settle
 

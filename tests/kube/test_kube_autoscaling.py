@@ -271,7 +271,8 @@ def _edge_running(fake: Any, replicas: int, available: int) -> None:
 
 
 def test_licenses_pop_list_follows_the_edge_once_its_hpa_scaled_it_and_its_pops_are_ready(lab_cfg: LabConfig) -> None:
-    """The kube HPA scales the StatefulSet itself; reading the HPAs brings license's list along, as `scale` does."""
+    """The kube HPA scales the StatefulSet itself; `follow_autoscaler` (a ramp's settle, `autoscale` off)
+    brings license's list along, as `scale` does; reading the HPAs writes nothing."""
     with running_fake_cluster() as fake:
         target = apis_target(fake, lab_cfg)
         _edge_running(fake, 2, 2)
@@ -280,23 +281,29 @@ def test_licenses_pop_list_follows_the_edge_once_its_hpa_scaled_it_and_its_pops_
         assert _edges_listed(fake) == ["edge-0", "edge-1"]
         # The controller set 4 replicas; two new pods are not ready yet: the list waits for them.
         _edge_running(fake, 4, 2)
-        target.autoscale_status()
+        target.follow_autoscaler()
         assert _edges_listed(fake) == ["edge-0", "edge-1"]
 
         _edge_running(fake, 4, 4)
-        target.autoscale_status()
+        writes = len(fake.requests("PATCH"))
+        target.autoscale_status()  # a read: the list stays as it is
+        assert len(fake.requests("PATCH")) == writes and _edges_listed(fake) == ["edge-0", "edge-1"]
+        target.follow_autoscaler()
 
         assert _edges_listed(fake) == ["edge-0", "edge-1", "edge-2", "edge-3"]
         assert "edge-3" in json.dumps(fake.stored("v1/configmaps", "blackbox-targets"))  # probed too
-        # Scaled back in: the list follows down too; read again, nothing more is written.
+        # Scaled back in: the list follows down too; again, nothing more is written.
         _edge_running(fake, 3, 3)
-        target.autoscale_status()
+        target.follow_autoscaler()
         assert _edges_listed(fake) == ["edge-0", "edge-1", "edge-2"]
         writes = len(fake.requests("PATCH"))
-        target.autoscale_status()
+        target.follow_autoscaler()
         assert len(fake.requests("PATCH")) == writes
-        # No edge HPA on the cluster: the list is `scale`'s and `up`'s business again.
+        # Switched off after the HPA removed one more PoP: the list follows it before the HPA goes ...
+        _edge_running(fake, 2, 2)
         target.autoscale(False)
+        assert _edges_listed(fake) == ["edge-0", "edge-1"]
+        # ... then, with no edge HPA on the cluster, the list is `scale`'s and `up`'s business again.
         _edge_running(fake, 4, 4)
-        target.autoscale_status()
-        assert _edges_listed(fake) == ["edge-0", "edge-1", "edge-2"]
+        target.follow_autoscaler()
+        assert _edges_listed(fake) == ["edge-0", "edge-1"]

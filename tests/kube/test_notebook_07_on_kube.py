@@ -47,7 +47,8 @@ FUNCTIONS: dict[str, set[str]] = {
     "transcode": {"endpoint"},
     "run": {"endpoint"},  # labkit.traffic.loadtest.run: k6 on the gateway, remote write to Prometheus
     "ramp": {"cpu_meter", "cpu_shares", "endpoint", "status"},  # labkit.traffic.capacity.ramp
-    "autoscaler_synced": {"autoscale_status"},  # a ramp's settle: the HPA's next sync
+    # a ramp's settle: the HPA's next sync, then license's PoP list brought along
+    "autoscaler_synced": {"autoscale_status", "follow_autoscaler"},
 }
 # The cell whose call the kube variant must get past.
 RAMP = "ramp"

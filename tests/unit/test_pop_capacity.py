@@ -77,11 +77,15 @@ class _Target:
     def __init__(self, walls: list[float]) -> None:
         self.walls = walls
         self.looks = 0
+        self.followed_at: list[int] = []
 
     def autoscale_status(self) -> list[AutoscalerStatus]:
         self.looks += 1
         seen = self.walls[:self.looks]
         return [AutoscalerStatus("edge", "edge", True, decisions=[{"at": 0.0, "last": w} for w in seen])]
+
+    def follow_autoscaler(self) -> None:
+        self.followed_at.append(self.looks)
 
 
 def test_settle_waits_for_a_decision_after_the_step() -> None:
@@ -89,6 +93,7 @@ def test_settle_waits_for_a_decision_after_the_step() -> None:
     settle = capacity.autoscaler_synced(target, "edge", timeout=5, clock=lambda: 100.0)  # type: ignore[arg-type]
     settle()
     assert target.looks == 4   # one to check the HPA exists, then until it holds the decision at 120 > 100
+    assert target.followed_at == [4]  # then what follows the replicas it set (license's PoP list), once
 
 
 def test_settle_is_bounded_and_needs_a_known_hpa() -> None:

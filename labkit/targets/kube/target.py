@@ -516,6 +516,7 @@ class KubeTarget(Target):
             progress(f"applying {len(objects)} HorizontalPodAutoscalers to namespace {self.namespace}")
             autoscaling.apply(self._cluster, self.namespace, objects)
         else:
+            self.follow_autoscaler()  # the PoPs the edge's HPA left, listed before it goes
             autoscaling.delete(self._cluster, self.namespace, objects)
         return autoscaling.status(self._cluster, self.namespace, rendered, self._hpa_history)
 
@@ -524,20 +525,25 @@ class KubeTarget(Target):
 
         A decision is a status the cluster's controller wrote at a sync (:mod:`.autoscaling`): those
         this target has read since it was made, ``last`` the time the API server stamped on the write.
+        A read only: what follows the edge's count is :meth:`follow_autoscaler`'s.
+        """
+        return autoscaling.status(self._cluster, self.namespace, self._manifests(), self._hpa_history)
+
+    def follow_autoscaler(self) -> None:
+        """License's PoP list (ott-public) brought to the edge's replicas once its HPA set a count the list lacks.
+
+        Locally the autoscaler scales through :meth:`scale`, which rewrites the list; on kube the
+        cluster's HPA scales the StatefulSet itself, so this explicit step (a ramp's settle between
+        steps, :func:`labkit.traffic.capacity.autoscaler_synced`; :meth:`autoscale` off) brings the
+        list along: once the edge's rollout is complete (its new PoPs ready), as :meth:`scale` does
+        it (license rolled and awaited, the probes' targets rewritten). Nothing without an edge HPA.
         """
         rows = autoscaling.status(self._cluster, self.namespace, self._manifests(), self._hpa_history)
         if any(row.active and row.target == cdn.EDGE.name for row in rows):
             self._follow_the_edge()
-        return rows
 
     def _follow_the_edge(self) -> None:
-        """License's PoP list (ott-public) brought to the edge's replicas once they settled at a count it lacks.
-
-        Locally the autoscaler scales through :meth:`scale`, which rewrites the list; on kube the
-        cluster's HPA scales the StatefulSet itself, so the target brings the list along whenever it
-        reads the HPAs: once the edge's rollout is complete (its new PoPs ready), as :meth:`scale`
-        does it (license rolled and awaited, the probes' targets rewritten).
-        """
+        """License's list and the probes' targets to the edge's replica count, once its rollout is complete."""
         import json
 
         edge = self._cluster.get(STATEFULSETS, cdn.EDGE.name, self.namespace)
