@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -198,3 +199,51 @@ def test_a_running_lab_keeps_its_mesh_mode_for_every_later_command(tmp_path: Pat
     # Down (no supervisor), a command runs with what it asked.
     monkeypatch.setattr(Supervisor, "pid", lambda self: None)
     assert LocalTarget(cfg(tmp_path), platform.components(), platform.layers()).cfg.mesh == "strict"
+
+
+def test_routes_come_by_rds_so_a_route_change_leaves_the_listeners_alone(tmp_path: Path) -> None:
+    lab = cfg(tmp_path)
+    running = [c for c in local_mesh.components(lab, platform.components()) if c.layer == "apis"]
+    local_mesh.write(lab, local_mesh.current(lab), running)
+    directory = lab.conf_dir / "mesh" / "license-proxy-0"
+    lds = (directory / "lds.json").read_text()
+    assert "route_config\"" not in lds and "virtual_hosts" not in lds
+    # Every HTTP connection manager names its route configuration and the file it comes from, which holds it alone.
+    for listener in json.loads(lds)["resources"]:
+        for chain in listener["filter_chains"]:
+            rds = chain["filters"][0]["typed_config"]["rds"]
+            source = rds["config_source"]["path_config_source"]
+            assert source["watched_directory"] == {"path": str(directory)}
+            (route,) = json.loads(Path(source["path"]).read_text())["resources"]
+            assert route["name"] == rds["route_config_name"]
+            assert route["@type"] == "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+    assert (directory / "rds-inbound_8000.json").is_file() and (directory / "rds-cas.json").is_file()
+    # A fault on cas: the callers' route to cas changes, no listener, no cluster.
+    mesh = local_mesh.current(lab)
+    (vs,) = [o for o in mesh.of_kind("VirtualService") if o["metadata"]["name"] == "cas"]
+    faulty = {**vs, "spec": {**vs["spec"], "http": [{**vs["spec"]["http"][0], "fault": {
+        "abort": {"percentage": {"value": 100}, "httpStatus": 503}}}]}}
+    before = {p.name: p.read_text() for p in directory.iterdir()}
+    changes = local_mesh.write(lab, mesh.replaced(faulty), running)
+    after = {p.name: p.read_text() for p in directory.iterdir()}
+    assert [name for name in after if after[name] != before.get(name)] == ["rds-cas.json"]
+    (change,) = [c for c in changes if c.program == "license-proxy-0"]
+    assert change.versions["rds cas"] != change.versions["rds auth"] and set(change.versions) >= {"cds", "lds"}
+    assert "gateway-proxy-0" in {c.program for c in changes} and "cas-proxy-0" not in {c.program for c in changes}
+
+
+def test_apply_keeps_the_clusters_running_routes_name_until_the_new_routes_are_in_force(tmp_path: Path) -> None:
+    lab = cfg(tmp_path)
+    running = [c for c in local_mesh.components(lab, platform.components()) if c.layer == "apis"]
+    (gateway,) = [r for r in local_mesh.render_all(lab, local_mesh.current(lab), running)
+                  if r.program == "gateway-proxy-0"]
+    old = {"name": "outbound|8000|v2|catalog.ottlab.svc.cluster.local", "type": "STATIC"}
+    local_mesh.write(lab, local_mesh.current(lab), running,
+                     [dataclasses.replace(gateway, clusters=[*gateway.clusters, old])])
+    steps = local_mesh._stages(lab, [gateway])
+    names = [[[c["name"] for c in json.loads(files[0].text)["resources"]] for _, files in step] for step in steps]
+    new = [c["name"] for c in gateway.clusters]
+    # First the clusters of both, then routes and listeners beside them, last the new clusters alone.
+    assert names == [[[*new, old["name"]]], [[*new, old["name"]]], [new]]
+    assert [f.path.name for f in steps[1][0][1]][-2:] == ["lds.json", "bootstrap.json"]
+    assert len(steps[0][0][1]) == len(steps[2][0][1]) == 1

@@ -29,8 +29,9 @@ Example::
 
 from __future__ import annotations
 
+import copy
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -633,6 +634,28 @@ def render(mesh: Mesh, sidecar: Sidecar, instances: Sequence[Instance], ports: M
         "admin": {"address": sidecar.admin.envoy()},
         "static_resources": {"listeners": listeners, "clusters": clusters},
     }
+
+
+def routes_by_rds(listeners: Sequence[Config], source: Callable[[str], Config]) -> tuple[list[Config], list[Config]]:
+    """``listeners`` whose HTTP connection managers take their routes by RDS, and those route configurations.
+
+    As Istio delivers routes: each inline ``route_config`` is replaced by ``rds`` (its name, and the
+    ConfigSource ``source(name)`` says where it comes from), so a route change updates the routes of
+    connections already accepted instead of replacing the listener (whose kept connections would
+    keep the old routes while it drains). One configuration per name, in the order first met.
+    """
+    out = copy.deepcopy(list(listeners))
+    routes: dict[str, Config] = {}
+    for listener in out:
+        for chain in listener.get("filter_chains", []):
+            for network_filter in chain.get("filters", []):
+                hcm = network_filter.get("typed_config", {})
+                if hcm.get("@type") != _TYPES["hcm"] or "route_config" not in hcm:
+                    continue
+                route_config = hcm.pop("route_config")
+                routes.setdefault(route_config["name"], route_config)
+                hcm["rds"] = {"route_config_name": route_config["name"], "config_source": source(route_config["name"])}
+    return out, list(routes.values())
 
 
 def write(bootstrap: Config, path: Path) -> Path:

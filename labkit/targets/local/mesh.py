@@ -18,9 +18,13 @@ pod with Istio's sidecar injection would run it:
 
 The resources in force are kept in the lab directory (``run/mesh/resources.yaml``), initially (and
 again after ``down``) the committed ones of ``k8s/components/mesh``. Envoy reads its listeners and
-clusters from files it watches (``dynamic_resources`` with ``path_config_source``): :func:`apply` renders every sidecar,
-replaces the files that changed by a rename and waits until each Envoy concerned runs the new
-version, with no process restarted and no request dropped. A mesh with a problem changes nothing.
+clusters from files it watches (``dynamic_resources`` with ``path_config_source``), and each HTTP
+connection manager its routes (RDS, a file per route configuration, as Istio delivers routes): a
+route change reaches the connections a listener already holds, and listeners change only when
+listeners do. :func:`apply` renders every sidecar, replaces the files that changed by a rename and
+waits until each Envoy concerned runs the new version, with no process restarted and no request
+dropped; the clusters new routes name first, the routes next, the clusters no route names last
+(no request meets a route to a missing cluster). A mesh with a problem changes nothing.
 
 Example::
 
@@ -33,6 +37,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import re
 import ssl
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -232,13 +237,15 @@ def _save(cfg: LabConfig, mesh: Mesh) -> None:
 
 @dataclass(frozen=True)
 class Rendered:
-    """One sidecar replica's files: its bootstrap, listeners (LDS) and clusters (CDS), and its admin URL."""
+    """One sidecar replica's files: its bootstrap, listeners (LDS), clusters (CDS) and route
+    configurations (RDS, named by its listeners), and its admin URL."""
 
     program: str
     admin: str
     bootstrap: Config
     listeners: list[Config]
     clusters: list[Config]
+    routes: list[Config]
 
 
 def _certificate(ca: identity.LabCA, account: str, directory: Path) -> identity.WorkloadCertificate:
@@ -306,8 +313,10 @@ def render_all(cfg: LabConfig, mesh: Mesh, running: Sequence[Component]) -> list
     def add(program: str, sidecar: Sidecar, extra: list[Config]) -> None:
         bootstrap = envoy.render(mesh, sidecar, instances, SERVICE_PORTS, clients=[TOOLS_ACCOUNT])
         static = bootstrap.pop("static_resources")
-        rendered.append(Rendered(program, f"http://{sidecar.admin}", bootstrap,
-                                 [*static["listeners"], *extra], static["clusters"]))
+        directory = _dir(cfg) / program
+        listeners, routes = envoy.routes_by_rds([*static["listeners"], *extra],
+                                                lambda name: _source(directory, _routes_file(name)))
+        rendered.append(Rendered(program, f"http://{sidecar.admin}", bootstrap, listeners, static["clusters"], routes))
 
     flaky = replica_faults.load(cfg)
     for name, service in [*((s, s) for s in MESHED), *((n, local_releases.service_of(n)[0]) for n in started)]:
@@ -339,20 +348,29 @@ def render_all(cfg: LabConfig, mesh: Mesh, running: Sequence[Component]) -> list
 def _discovery(kind: str, items: list[Config]) -> tuple[str, Config]:
     """A DiscoveryResponse file of ``items`` and its version: a hash of their content."""
     type_url = {"listeners": "type.googleapis.com/envoy.config.listener.v3.Listener",
-                "clusters": "type.googleapis.com/envoy.config.cluster.v3.Cluster"}[kind]
+                "clusters": "type.googleapis.com/envoy.config.cluster.v3.Cluster",
+                "routes": "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"}[kind]
     body = json.dumps(items, sort_keys=True)
     version = hashlib.sha256(body.encode()).hexdigest()[:16]
     return version, {"version_info": version, "resources": [{"@type": type_url, **item} for item in items]}
 
 
-def _bootstrap(rendered: Rendered, directory: Path) -> Config:
-    def source(name: str) -> Config:
-        return {"path_config_source": {"path": str(directory / name), "watched_directory": {"path": str(directory)}},
-                "resource_api_version": "V3"}
+def _source(directory: Path, name: str) -> Config:
+    """A ConfigSource: the file ``name`` of ``directory``, read again when a file is moved into the directory."""
+    return {"path_config_source": {"path": str(directory / name), "watched_directory": {"path": str(directory)}},
+            "resource_api_version": "V3"}
 
+
+def _routes_file(name: str) -> str:
+    """The file of a route configuration (file-based RDS takes one per file): ``rds-inbound_8000.json``."""
+    return "rds-" + re.sub(r"[^A-Za-z0-9_.-]", "_", name) + ".json"
+
+
+def _bootstrap(rendered: Rendered, directory: Path) -> Config:
     return {**rendered.bootstrap,
             "stats_config": {"use_all_default_tags": False, "stats_tags": ISTIO_STATS_TAGS},
-            "dynamic_resources": {"lds_config": source("lds.json"), "cds_config": source("cds.json")}}
+            "dynamic_resources": {"lds_config": _source(directory, "lds.json"),
+                                  "cds_config": _source(directory, "cds.json")}}
 
 
 def _replace(path: Path, text: str) -> bool:
@@ -367,34 +385,74 @@ def _replace(path: Path, text: str) -> bool:
 
 @dataclass(frozen=True)
 class Change:
-    """One sidecar whose files changed: the versions it must report, and its previous files."""
+    """One sidecar whose files changed: the versions it must report (:func:`versions`), and its previous files."""
 
     program: str
     admin: str
-    versions: tuple[str, str]
+    versions: Mapping[str, str]
     previous: Mapping[Path, str | None]
+
+
+@dataclass(frozen=True)
+class _File:
+    """A file of a sidecar, and the version the Envoy reports once it runs it (``stat``: cds, lds, rds NAME)."""
+
+    path: Path
+    text: str
+    stat: str | None = None
+    version: str = ""
+
+
+def _resource_file(path: Path, kind: str, items: list[Config], stat: str) -> _File:
+    version, body = _discovery(kind, items)
+    return _File(path, json.dumps(body, indent=1) + "\n", stat, version)
+
+
+def _files(cfg: LabConfig, each: Rendered, clusters: list[Config] | None = None) -> list[_File]:
+    """The files of ``each`` in the order they are replaced: clusters, routes, listeners, bootstrap."""
+    directory = _dir(cfg) / each.program
+    return [
+        _resource_file(directory / "cds.json", "clusters", each.clusters if clusters is None else clusters, "cds"),
+        *(_resource_file(directory / _routes_file(r["name"]), "routes", [r], f"rds {r['name']}") for r in each.routes),
+        _resource_file(directory / "lds.json", "listeners", each.listeners, "lds"),
+        _File(directory / "bootstrap.json", json.dumps(_bootstrap(each, directory), indent=1) + "\n"),
+    ]
+
+
+def _write(each: Rendered, files: Sequence[_File]) -> Change | None:
+    """Replace the files of ``files`` that differ; the change, or None when every one was already so."""
+    files[0].path.parent.mkdir(parents=True, exist_ok=True)
+    previous = {f.path: (f.path.read_text() if f.path.is_file() else None) for f in files}
+    changed = [_replace(f.path, f.text) for f in files]
+    if not any(changed):
+        return None
+    return Change(each.program, each.admin, {f.stat: f.version for f in files if f.stat is not None}, previous)
 
 
 def write(cfg: LabConfig, mesh: Mesh, running: Sequence[Component],
           rendered: Sequence[Rendered] | None = None) -> list[Change]:
     """Render every sidecar from ``mesh`` and replace its files that changed; the sidecars whose files did."""
     rendered = render_all(cfg, mesh, running) if rendered is None else rendered
-    changes = []
-    for each in rendered:
-        directory = _dir(cfg) / each.program
-        directory.mkdir(parents=True, exist_ok=True)
-        cds_version, cds = _discovery("clusters", each.clusters)
-        lds_version, lds = _discovery("listeners", each.listeners)
-        files = {directory / "cds.json": json.dumps(cds, indent=1) + "\n",
-                 directory / "lds.json": json.dumps(lds, indent=1) + "\n",
-                 directory / "bootstrap.json": json.dumps(_bootstrap(each, directory), indent=1) + "\n"}
-        previous = {p: (p.read_text() if p.is_file() else None) for p in files}
-        # Clusters first: a new listener's routes may name a new cluster.
-        changed = [_replace(path, text) for path, text in files.items()]
-        if any(changed):
-            changes.append(Change(each.program, each.admin, (cds_version, lds_version), previous))
+    changes = [change for each in rendered if (change := _write(each, _files(cfg, each))) is not None]
     _save(cfg, mesh)
     return changes
+
+
+def _stages(cfg: LabConfig, rendered: Sequence[Rendered]) -> list[list[tuple[Rendered, list[_File]]]]:
+    """What :func:`apply` replaces, in steps each Envoy takes in turn: the clusters the new routes name
+    beside those the running routes still name, then routes and listeners, then the clusters alone."""
+    steps: list[list[tuple[Rendered, list[_File]]]] = [[], [], []]
+    for each in rendered:
+        cds = _dir(cfg) / each.program / "cds.json"
+        running = json.loads(cds.read_text())["resources"] if cds.is_file() else []
+        names = {c["name"] for c in each.clusters}
+        both = [*each.clusters, *({k: v for k, v in c.items() if k != "@type"} for c in running
+                                 if c["name"] not in names)]
+        files = _files(cfg, each, both)
+        steps[0].append((each, files[:1]))
+        steps[1].append((each, files))
+        steps[2].append((each, _files(cfg, each)[:1]))
+    return steps
 
 
 def ensure(cfg: LabConfig, running: Sequence[Component]) -> None:
@@ -411,16 +469,34 @@ def stats(admin: str, pattern: str) -> dict[str, str]:
     return {name: value.strip() for name, _, value in (line.partition(": ") for line in text.splitlines())}
 
 
-def versions(admin: str) -> tuple[str, str]:
-    """The (clusters, listeners) versions an Envoy runs, as its admin API reports them."""
-    found = stats(admin, r"^(cluster_manager\.cds|listener_manager\.lds)\.version_text$")
-    return (found.get("cluster_manager.cds.version_text", "").strip('"'),
-            found.get("listener_manager.lds.version_text", "").strip('"'))
+_XDS = r"^(cluster_manager\.cds|listener_manager\.lds|http\..*\.rds\..*)\."
 
 
-def _rejected(admin: str) -> int:
-    found = stats(admin, r"^(cluster_manager\.cds|listener_manager\.lds)\.update_rejected$")
-    return sum(int(v) for v in found.values() if v.isdigit())
+def _xds(name: str, stat: str) -> str:
+    """``cds``, ``lds`` or ``rds NAME`` for the stat ``name`` of a subscription (``http.<prefix>.rds.NAME.<stat>``)."""
+    if name.startswith("cluster_manager.cds."):
+        return "cds"
+    if name.startswith("listener_manager.lds."):
+        return "lds"
+    return "rds " + name.partition(".rds.")[2].removesuffix(f".{stat}")
+
+
+def versions(admin: str) -> dict[str, str]:
+    """The versions an Envoy runs, as its admin API reports them: of its clusters (``cds``), its
+    listeners (``lds``) and each route configuration (``rds NAME``)."""
+    return {_xds(name, "version_text"): value.strip('"')
+            for name, value in stats(admin, _XDS + r"version_text$").items()}
+
+
+def _rejected(admin: str) -> dict[str, int]:
+    """How many updates each of its subscriptions refused (Envoy's ``update_rejected``)."""
+    return {_xds(name, "update_rejected"): int(value)
+            for name, value in stats(admin, _XDS + r"update_rejected$").items() if value.isdigit()}
+
+
+def _runs(admin: str, wanted: Mapping[str, str]) -> bool:
+    found = versions(admin)
+    return all(found.get(key) == version for key, version in wanted.items())
 
 
 def apply(cfg: LabConfig, mesh: Mesh, running: Sequence[Component], *, timeout: float = APPLY_TIMEOUT) -> list[str]:
@@ -434,24 +510,32 @@ def apply(cfg: LabConfig, mesh: Mesh, running: Sequence[Component], *, timeout: 
     comps = _by_name(running)
     rendered = render_all(cfg, mesh, running)  # every problem before any file changes
     rejected_before = {each.program: _rejected(each.admin) for each in rendered if _running(comps, each.program)}
-    changes = write(cfg, mesh, running, rendered)
-    pending = [c for c in changes if c.program in rejected_before]
+    changes: dict[str, Change] = {}
+    before: dict[Path, str | None] = {}
+    pending: list[Change] = []
 
     def settled() -> bool:
         for change in list(pending):
-            if versions(change.admin) == change.versions:
+            if _runs(change.admin, change.versions):
                 pending.remove(change)
-            elif _rejected(change.admin) > rejected_before[change.program]:
+            elif any(n > rejected_before[change.program].get(xds, 0) for xds, n in _rejected(change.admin).items()):
                 raise _Refused(change)
         return not pending
 
     try:
-        until(settled, timeout, 0.1, "every sidecar to run the new mesh configuration", ignoring=(httpx.HTTPError,))
+        for step in _stages(cfg, rendered):
+            for each, files in step:
+                if (change := _write(each, files)) is not None:
+                    changes.setdefault(change.program, change)
+                    before |= {path: text for path, text in change.previous.items() if path not in before}
+                    pending += [change] if change.program in rejected_before else []
+            until(settled, timeout, 0.1, "every sidecar to run the new mesh configuration",
+                  ignoring=(httpx.HTTPError,))
+        _save(cfg, mesh)
     except (_Refused, TimeoutExpired) as exc:
-        for change in changes:
-            for path, text in change.previous.items():
-                if text is not None:
-                    _replace(path, text)
+        for path, text in before.items():
+            if text is not None:
+                _replace(path, text)
         _save(cfg, previous)
         if isinstance(exc, _Refused):
             name = exc.change.program.rpartition("-")[0]
@@ -462,9 +546,8 @@ def apply(cfg: LabConfig, mesh: Mesh, running: Sequence[Component], *, timeout: 
             why = f"{', '.join(c.program for c in pending)} did not take it within {timeout:g} s"
         raise LabError(f"Envoy refused the new mesh configuration ({why}): the previous one stays in force",
                        hint="fix the resource and apply again") from None
-    progress(f"mesh applied: {len(changes)} sidecar(s) changed" + (
-        f" ({', '.join(c.program for c in changes)})" if changes else ""))
-    return [c.program for c in changes]
+    progress(f"mesh applied: {len(changes)} sidecar(s) changed" + (f" ({', '.join(changes)})" if changes else ""))
+    return list(changes)
 
 
 def settle(cfg: LabConfig, running: Sequence[Component], *, timeout: float = APPLY_TIMEOUT) -> None:
@@ -472,9 +555,9 @@ def settle(cfg: LabConfig, running: Sequence[Component], *, timeout: float = APP
     and no listener it replaced is still draining: a kept-alive connection of one would carry a request
     under the previous configuration (a replica's fault just injected would miss it)."""
     comps = _by_name(running)
-    wanted = {each.admin: (_discovery("clusters", each.clusters)[0], _discovery("listeners", each.listeners)[0])
+    wanted = {each.admin: {f.stat: f.version for f in _files(cfg, each) if f.stat is not None}
               for each in render_all(cfg, current(cfg), running) if _running(comps, each.program)}
-    until(lambda: all(versions(admin) == version and _draining(admin) == 0 for admin, version in wanted.items()),
+    until(lambda: all(_runs(admin, version) and _draining(admin) == 0 for admin, version in wanted.items()),
           timeout, 0.1, "every sidecar to run the configuration rendered for it", ignoring=(httpx.HTTPError,))
 
 
