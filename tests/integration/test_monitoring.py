@@ -13,6 +13,7 @@ from labkit import platform
 from labkit.clients.prometheus import Prometheus
 from labkit.core.config import LabConfig
 from labkit.core.errors import PrometheusError
+from labkit.platform import mesh
 from labkit.platform.layers import monitoring
 from labkit.platform.layers.monitoring import alerting
 from labkit.targets.local.labdir import LabDir
@@ -82,9 +83,11 @@ def test_a_down_prometheus_is_a_clear_retryable_error() -> None:
 def test_prometheus_scrapes_only_the_layers_brought_up(local_lab: LocalTarget) -> None:
     local_lab.up(["monitoring"])
     prom = Prometheus(local_lab.endpoint("prometheus"), timeout=5)
-    monitoring_jobs = platform.scrape_jobs(["monitoring"])
+    monitoring_jobs = local_lab.scrape_jobs(["monitoring"])
     assert set(prom.wait_for_targets(monitoring_jobs, timeout=30)["job"]) == set(monitoring_jobs)
     local_lab.up(["apis"])  # a later layer joins the scrape config (Prometheus reloads it)
-    # ... and the key path's probe (the gateway is up; no PoP is, so no PoP is probed).
-    jobs = {*platform.scrape_jobs(["monitoring", "apis"]), "blackbox"}
+    # ... with the APIs' sidecars when the mesh is on (their job envoy-stats), and the key path's probe
+    # (the gateway is up; no PoP is, so no PoP is probed).
+    jobs = {*local_lab.scrape_jobs(["monitoring", "apis"]), platform.PROBE_JOB}
+    assert (mesh.STATS_JOB in jobs) == (local_lab.cfg.mesh != "off")
     assert set(prom.wait_for_targets(sorted(jobs), timeout=60)["job"]) == jobs
