@@ -533,7 +533,7 @@ def apply(cfg: LabConfig, mesh: Mesh, running: Sequence[Component], *, timeout: 
                   ignoring=(httpx.HTTPError,))
         _save(cfg, mesh)
     except (_Refused, TimeoutExpired) as exc:
-        for path, text in before.items():
+        for path, text in reversed(before.items()):  # routes back before the clusters they name
             if text is not None:
                 _replace(path, text)
         _save(cfg, previous)
