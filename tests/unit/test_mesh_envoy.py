@@ -242,3 +242,12 @@ def test_the_admin_interface_is_on_loopback(ca: identity.LabCA, tmp_path: Path) 
     assert bootstrap["admin"]["address"] == {"socket_address": {"address": "127.0.0.1", "port_value": 9900}}
     assert bootstrap["node"]["cluster"] == "license"
     assert envoy.write(bootstrap, tmp_path / "license.json").read_text().startswith("{")
+
+
+def test_the_watchdogs_do_not_wake_an_idle_sidecar_ten_times_a_second(ca: identity.LabCA) -> None:
+    """Envoy's watchdogs wake every thread at half the shortest timeout: 100 ms by default, 2.5 s here."""
+    watchdogs = render(ca, STRICT)["watchdogs"]
+    assert set(watchdogs) == {"main_thread_watchdog", "worker_watchdog"}
+    for dog in watchdogs.values():
+        shortest = min(float(dog[k].removesuffix("s")) for k in ("miss_timeout", "megamiss_timeout"))
+        assert shortest >= 5.0
