@@ -10,6 +10,7 @@ previous configuration in force, and v2 cannot stop while it still gets requests
 
 from __future__ import annotations
 
+import http.client
 import math
 from collections import Counter
 from collections.abc import Iterator
@@ -94,3 +95,43 @@ def test_bad_routes_are_refused_and_the_previous_one_stays(lab: LocalTarget) -> 
     with pytest.raises(MeshConfigError, match="the subset 'v2' of 'catalog' selects no pod"):
         lab.apply_mesh(resources.load().replaced(releases.split("catalog", {"v1": 90, "v2": 10}, resources.load())))
     assert lab.mesh() == resources.load()
+
+
+def test_a_kept_connection_takes_the_new_route_on_its_next_request(lab: LocalTarget) -> None:
+    """Routes come by RDS: a connection a sidecar already holds takes a route change on its next request.
+
+    Routes inline in a replaced listener stayed with the connections it had accepted while it
+    drained: back from 50/50 to v1, such a connection's next request took the old route to the v2
+    cluster already removed (Envoy's 503). Here one connection to the gateway's sidecar carries
+    every request, before and after, and the sidecar's listeners never change.
+    """
+    committed = lab.mesh()
+    assert lab.start_version("catalog", "v2").healthy
+    gateway = Sidecar(lab.mesh_sidecar("gateway"))
+    port = lab.component(local_mesh.GATEWAY_PROXY).local_port(lab.cfg, "out-catalog")
+    connection = http.client.HTTPConnection(lab.cfg.host, port, timeout=10)
+
+    def answers(n: int) -> Counter[str]:
+        seen: Counter[str] = Counter()
+        for _ in range(n):
+            connection.request("GET", "/titles")
+            response = connection.getresponse()
+            response.read()
+            seen[f"{response.status} {response.getheader('x-ott-version')}"] += 1
+        return seen
+
+    try:
+        lab.apply_mesh(committed.replaced(releases.split("catalog", {"v1": 50, "v2": 50}, committed)))
+        split = answers(40)
+        assert split["200 v1"] + split["200 v2"] == 40 and split["200 v2"] > 0, split
+        assert connection.sock is not None
+        kept, before = connection.sock.getsockname(), local_mesh.versions(gateway.url)
+        lab.apply_mesh(committed)
+        assert answers(40) == Counter({"200 v1": 40})
+        assert connection.sock is not None and connection.sock.getsockname() == kept  # one connection all along
+        after = local_mesh.versions(gateway.url)
+        assert after["lds"] == before["lds"] and after["rds catalog"] != before["rds catalog"]
+    finally:
+        connection.close()
+        lab.apply_mesh(committed)
+        lab.stop_version("catalog", "v2")

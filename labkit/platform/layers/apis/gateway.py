@@ -124,10 +124,9 @@ def render(
     for route in ROUTES:
         lines.append(f"  upstream {route.service} {{")
         lines += [f"    server {peer} max_fails=0;" for peer in _peers(upstreams[route.service], route)]
-        # No connections kept to the gateway's sidecar: a kept connection stays on the listener (and its
-        # routes) it was accepted by, so after a mesh change its next request would still take the
-        # replaced route, to a cluster that may be gone (Envoy's 503). A new connection takes the new one.
-        lines += ([] if route.service in meshed else ["    keepalive 16;"]) + ["  }"]
+        # Connections kept to the gateway's sidecar too: its routes come by RDS, so a mesh change reaches
+        # the connections its listeners already hold (their next request takes the new route).
+        lines += ["    keepalive 16;", "  }"]
     lines += [
         "  server {",
         f"    listen {listen};",
