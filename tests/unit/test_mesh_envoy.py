@@ -191,8 +191,8 @@ def test_permissive_takes_tls_and_plaintext(ca: identity.LabCA) -> None:
 
 def test_an_authorization_policy_becomes_rbac_with_spiffe_principals_and_a_403_naming_it(ca: identity.LabCA) -> None:
     config = hcm(inbound(ca, STRICT, POLICY)["filter_chains"][0])
-    (rbac, router) = config["http_filters"]
-    assert router["name"] == "envoy.filters.http.router"
+    (rbac, fault, router) = config["http_filters"]
+    assert fault["name"] == envoy.FAULT_FILTER and router["name"] == "envoy.filters.http.router"
     rules = rbac["typed_config"]["rules"]
     assert rules["action"] == "ALLOW"
     assert rules["policies"] == {
@@ -217,7 +217,7 @@ def test_deny_policies_come_first_and_allow_nothing_denies_everything(ca: identi
     nothing = {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
                "metadata": {"name": "allow-nothing", "namespace": "ottlab"}, "spec": {}}
     filters = hcm(inbound(ca, STRICT, deny, nothing)["filter_chains"][0])["http_filters"]
-    assert [f["typed_config"]["rules"]["action"] for f in filters[:-1]] == ["DENY", "ALLOW"]
+    assert [f["typed_config"]["rules"]["action"] for f in filters[:-2]] == ["DENY", "ALLOW"]
     assert filters[1]["typed_config"]["rules"]["policies"] == {}
 
 

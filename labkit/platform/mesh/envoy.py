@@ -291,9 +291,12 @@ def _inbound_listener(mesh: Mesh, sidecar: Sidecar) -> Config:
         "set_current_client_cert_details": {"uri": True},
         "route_config": {"name": f"inbound|{port}", "virtual_hosts": [{
             "name": "inbound", "domains": ["*"],
-            "routes": [{"match": {"prefix": "/"}, "route": {"cluster": f"inbound|{port}||", "timeout": "0s"}}],
+            "routes": [{"match": {"prefix": "/"}, "route": {"cluster": f"inbound|{port}||", "timeout": "0s"},
+                        # A replica's own fault is its route's (a route change, not a listener's: routes_by_rds).
+                        **({"typed_per_filter_config": {FAULT_FILTER: inbound_fault(
+                            sidecar.fault, sidecar.workload)["typed_config"]}} if sidecar.fault else {})}],
         }]},
-        "http_filters": [*filters, *([inbound_fault(sidecar.fault, sidecar.workload)] if sidecar.fault else []),
+        "http_filters": [*filters, {"name": FAULT_FILTER, "typed_config": {"@type": _TYPES["fault"]}},
                          {"name": "envoy.filters.http.router", "typed_config": {"@type": _TYPES["router"]}}],
         # The only local 403 on this listener is RBAC's: say which policy refused whom.
         "local_reply_config": {"mappers": [{
