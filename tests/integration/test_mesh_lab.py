@@ -75,12 +75,14 @@ def test_the_lab_runs_with_the_mesh_on(lab: LocalTarget) -> None:
         # The app listens on its socket only: its sidecar holds the service's port.
         assert (lab.cfg.run_dir / "mesh" / f"{service}-0.sock").is_socket()
     assert names[local_mesh.GATEWAY_PROXY].healthy and names[local_mesh.TOOLS_PROXY].healthy
-    # A later command that does not say OTTLAB_MESH sees the lab as it runs; switching it needs a down.
+    # A later command sees the lab as it runs, whatever mode it asked; switching it needs a down: `up`
+    # refuses a mode asked on purpose (not the default) that is not the lab's.
     later = LocalTarget(lab.cfg.with_(mesh="off"), platform.components(), platform.layers())
     assert later.cfg.mesh == "strict"
     assert later.endpoint("auth") == lab.endpoint("auth") != lab.component("auth").url(lab.cfg)
-    with pytest.raises(ConfigError, match="runs with OTTLAB_MESH=strict, not permissive"):
-        LocalTarget(lab.cfg.with_(mesh="permissive"), platform.components(), platform.layers()).up(["apis"])
+    for asked in ("off", "permissive"):
+        with pytest.raises(ConfigError, match=f"runs with OTTLAB_MESH=strict, not {asked}"):
+            LocalTarget(lab.cfg.with_(mesh=asked), platform.components(), platform.layers()).up(["apis"])
 
 
 def test_a_viewer_plays_through_the_mesh(lab: LocalTarget, tmp_path: Path) -> None:
