@@ -36,10 +36,21 @@ import nbformat
 import pytest
 import yaml
 from _scrape import relabel, targets
+from click.testing import CliRunner
 from test_kube_mesh import resource, with_istio
-from test_kube_target import POD_REPLY, PODS, FakeCluster, apis_target, pod, running_fake_cluster, settle_deployments
+from test_kube_target import (
+    POD_REPLY,
+    PODS,
+    FakeCluster,
+    apis_target,
+    pod,
+    running_fake_cluster,
+    settle_deployments,
+    write_kubeconfig,
+)
 
 from labkit import platform
+from labkit.cli import main
 from labkit.clients.sidecar import Sidecar, spiffe_uri
 from labkit.core.config import LabConfig, repo_root
 from labkit.core.errors import ConfigError, KubeError, MissingCapabilityError, NotRunningError
@@ -266,6 +277,23 @@ def test_up_of_every_layer_with_the_default_mesh_without_istio_sends_nothing_and
     assert "ottlab addons install istio-base istiod" in said
     assert "OTTLAB_MESH=off ottlab up --target kube" in said
     assert [r for r in fake.requests() if r.method != "GET"] == []   # not even the Namespace
+
+
+def test_ottlab_up_on_kube_without_istio_exits_1_before_applying_anything(
+    fake: FakeCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The command as a participant types it, with nothing said about the mesh, against a cluster without Istio."""
+    monkeypatch.setenv("KUBECONFIG", str(write_kubeconfig(tmp_path / "kubeconfig", fake.url)))
+    monkeypatch.setenv("OTTLAB_HOME", str(tmp_path / "lab"))
+    monkeypatch.delenv("OTTLAB_MESH", raising=False)
+
+    result = CliRunner().invoke(main, ["up", "--target", "kube"])
+
+    said = " ".join(result.output.split())
+    assert result.exit_code == 1, result.output
+    assert "ottlab: error: the lab runs with the service mesh (OTTLAB_MESH=strict, the default)" in said
+    assert "OTTLAB_MESH=off ottlab up --target kube" in said
+    assert [r for r in fake.requests() if r.method != "GET"] == []
 
 
 def test_up_with_the_mesh_refuses_pods_istio_did_not_inject(istio: FakeCluster, lab_cfg: LabConfig) -> None:
