@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import pytest
@@ -55,6 +56,28 @@ def test_second_holder_of_the_lock_is_told_who_holds_it(tmp_path: Path) -> None:
     assert info.value.retryable
     with lab.lock():  # released after the block
         pass
+
+
+def test_a_waiting_holder_takes_the_lock_once_it_is_let_go_and_gives_up_after_its_bound(tmp_path: Path) -> None:
+    lab = _labdir(tmp_path / "lab")
+    held = threading.Event()
+    release = threading.Event()
+
+    def hold() -> None:
+        with _labdir(tmp_path / "lab").lock():
+            held.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert held.wait(10)
+    with pytest.raises(LabBusyError, match=r"pid \d+"), lab.lock(wait=0.3):
+        pass
+    # Let go while the second command waits: it takes the lock instead of failing.
+    threading.Timer(0.2, release.set).start()
+    with lab.lock(wait=10):
+        assert release.is_set()  # taken only once the holder let go
+    holder.join(10)
 
 
 def test_purge_removes_an_ottlab_directory(tmp_path: Path) -> None:

@@ -16,7 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from labkit.core.config import LabConfig
-from labkit.core.errors import LabBusyError, LabDirError
+from labkit.core.errors import LabBusyError, LabDirError, TimeoutExpired
+from labkit.core.wait import until
 
 MARKER = ".ottlab.json"
 LOCK = ".ottlab.lock"
@@ -73,16 +74,21 @@ class LabDir:
             return ""
 
     @contextlib.contextmanager
-    def lock(self) -> Iterator[None]:
-        """Hold the lab's lock for the block; another holder makes this raise :class:`LabBusyError`."""
+    def lock(self, wait: float = 0.0) -> Iterator[None]:
+        """Hold the lab's lock for the block; another holder makes this raise :class:`LabBusyError`, at once or,
+        with ``wait``, when it still holds the lock after that many seconds (``down`` waits for the
+        autoscaler's scale in progress to end rather than leave a running lab behind)."""
         self.ensure()
         path = self.path / LOCK
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise LabBusyError(str(self.path), _read_pid(path)) from None
+            if not _take(fd):
+                if wait <= 0:
+                    raise LabBusyError(str(self.path), _read_pid(path))
+                try:
+                    until(lambda: _take(fd), wait, 0.1, f"the lock of {self.path} (pid {_read_pid(path)})")
+                except TimeoutExpired:
+                    raise LabBusyError(str(self.path), _read_pid(path)) from None
             os.ftruncate(fd, 0)
             os.write(fd, f"{os.getpid()}\n".encode())
             yield
@@ -106,6 +112,15 @@ class LabDir:
         if not self.marker.exists() and any(self.path.iterdir()):
             raise LabDirError(str(self.path), "is not ottlab's: refusing to delete it")
         shutil.rmtree(self.path)
+
+
+def _take(fd: int) -> bool:
+    """Take the lock on ``fd`` if no one holds it; whether it was taken."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
 
 
 def _read_pid(path: Path) -> int | None:

@@ -133,7 +133,9 @@ class LocalTarget(Target):
             return
         self.labdir.check()
         if self.labdir.exists():
-            with self.labdir.lock():
+            # A command changing the lab (the autoscaler's scale waits for its replicas) ends within a start's
+            # bound: wait for it, else the lab would stay running, its directory maybe purged under it.
+            with self.labdir.lock(wait=self.cfg.ready_timeout + 30):
                 self._stop_autoscaler()
                 (self.cfg.run_dir / "autoscaler.json").unlink(missing_ok=True)
                 if self.supervisor.pid() is not None:
