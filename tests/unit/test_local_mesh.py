@@ -247,3 +247,25 @@ def test_apply_keeps_the_clusters_running_routes_name_until_the_new_routes_are_i
     assert names == [[[*new, old["name"]]], [[*new, old["name"]]], [new]]
     assert [f.path.name for f in steps[1][0][1]][-2:] == ["lds.json", "bootstrap.json"]
     assert len(steps[0][0][1]) == len(steps[2][0][1]) == 1
+
+
+def test_a_replica_scale_is_starting_has_its_sidecar_files_but_no_peer_routes_to_it_yet(tmp_path: Path) -> None:
+    """`scale` renders with ``serving``: a Service lists a pod once it is ready. Routed to while still
+    starting, Envoy's connection failures to it had outlier detection eject it (five in a row) for 30 s:
+    catalog's new replicas served nothing while the autoscaler's load ran."""
+    lab = cfg(tmp_path)
+    running = [dataclasses.replace(c, replicas=2) if c.name in ("catalog", "catalog-proxy") else c
+               for c in local_mesh.components(lab, platform.components()) if c.layer == "apis"]
+    catalog = next(c for c in running if c.name == "catalog")
+    ports = [catalog.local_port(lab, "http", r) for r in range(2)]
+
+    def endpoints(rendered: list[local_mesh.Rendered]) -> list[int]:
+        (gateway,) = [r for r in rendered if r.program == "gateway-proxy-0"]
+        (cluster,) = [c for c in gateway.clusters if c["name"] == "outbound|8000|v1|catalog.ottlab.svc.cluster.local"]
+        return [e["endpoint"]["address"]["socket_address"]["port_value"]
+                for group in cluster["load_assignment"]["endpoints"] for e in group["lb_endpoints"]]
+
+    starting = local_mesh.render_all(lab, local_mesh.current(lab), running, serving={"catalog": 1})
+    assert endpoints(starting) == ports[:1]
+    assert "catalog-proxy-1" in {r.program for r in starting}   # its own files, to start with
+    assert endpoints(local_mesh.render_all(lab, local_mesh.current(lab), running)) == ports

@@ -293,13 +293,20 @@ def _by_name(running: Iterable[Component]) -> dict[str, Component]:
     return {c.name: c for c in running}
 
 
-def render_all(cfg: LabConfig, mesh: Mesh, running: Sequence[Component]) -> list[Rendered]:
-    """Every sidecar replica of ``running``, rendered from ``mesh``; :class:`MeshConfigError` naming a problem."""
+def render_all(cfg: LabConfig, mesh: Mesh, running: Sequence[Component], *,
+               serving: Mapping[str, int] | None = None) -> list[Rendered]:
+    """Every sidecar replica of ``running``, rendered from ``mesh``; :class:`MeshConfigError` naming a problem.
+
+    ``serving``: for a service, how many of its replicas its peers route to, when fewer than run (a
+    replica ``scale`` is starting: a Service lists a pod once it is ready, else Envoy's connection
+    failures to it would have outlier detection eject it before it ever served).
+    """
     comps = _by_name(running)
     ca = identity.LabCA.ensure(_dir(cfg) / "ca")
     certs = _dir(cfg) / "ca" / "workloads"
+    listed = {s: min(comps[s].replicas, (serving or {}).get(s, comps[s].replicas)) for s in MESHED if s in comps}
     instances = [Instance(s, s, Address(port=comps[s].local_port(cfg, "http", r)))
-                 for s in MESHED if s in comps for r in range(comps[s].replicas)]
+                 for s, count in listed.items() for r in range(count)]
     # Declared by the resources, not behind sidecars here (or their layer is not up): named, never routed to.
     instances += [Instance(s, s, Address(port=9)) for s in SERVICE_PORTS if s not in MESHED or s not in comps]
     # Pods labelled by their release (catalog's: version v1), then those of a release started beside them.
@@ -430,9 +437,9 @@ def _write(each: Rendered, files: Sequence[_File]) -> Change | None:
 
 
 def write(cfg: LabConfig, mesh: Mesh, running: Sequence[Component],
-          rendered: Sequence[Rendered] | None = None) -> list[Change]:
+          rendered: Sequence[Rendered] | None = None, *, serving: Mapping[str, int] | None = None) -> list[Change]:
     """Render every sidecar from ``mesh`` and replace its files that changed; the sidecars whose files did."""
-    rendered = render_all(cfg, mesh, running) if rendered is None else rendered
+    rendered = render_all(cfg, mesh, running, serving=serving) if rendered is None else rendered
     changes = [change for each in rendered if (change := _write(each, _files(cfg, each))) is not None]
     _save(cfg, mesh)
     return changes
@@ -455,9 +462,10 @@ def _stages(cfg: LabConfig, rendered: Sequence[Rendered]) -> list[list[tuple[Ren
     return steps
 
 
-def ensure(cfg: LabConfig, running: Sequence[Component]) -> None:
-    """The sidecars' files for ``running`` from the resources in force (``up`` and ``scale``)."""
-    write(cfg, current(cfg), running)
+def ensure(cfg: LabConfig, running: Sequence[Component], *, serving: Mapping[str, int] | None = None) -> None:
+    """The sidecars' files for ``running`` from the resources in force (``up`` and ``scale``; ``serving``
+    as :func:`render_all` says)."""
+    write(cfg, current(cfg), running, serving=serving)
 
 
 # -- applying ----------------------------------------------------------------------------------

@@ -179,15 +179,22 @@ class LocalTarget(Target):
         self._require_supervisor()
         followers = [c for c in self.components if c.follows == comp.name]
         with self.labdir.lock():
+            before = self.replicas(comp.name)
             counts = self._replica_overrides()
             for each in (comp, *followers):
                 counts[each.name] = replicas
             self._replicas_file.write_text(json.dumps(counts))
-            # The configs first (a new PoP needs its own), then the new replicas and their helpers.
-            self._write_layer_configs()
+            # The configs first (a new PoP needs its own, a new replica's sidecar its files; the mesh's
+            # peers route to it once it is ready), then the new replicas and their helpers.
+            self._write_layer_configs(serving={comp.name: min(before, replicas)})
             self._start_all([comp, *followers], replicas)
-            # New replicas join the gateway and Prometheus before old ones leave: no request is lost.
+            # New replicas join the gateway, the sidecars and Prometheus before old ones leave: no request is lost.
             self._reload_configs()
+            if self.cfg.mesh != "off":
+                from labkit.targets.local import mesh as local_mesh
+
+                active = set(self._active_layers())
+                local_mesh.settle(self.cfg, [c for c in self._scaled_components() if c.layer in active])
             for each in (comp, *followers):
                 for program in program_names(each)[replicas:]:
                     self.supervisor.stop_program(program)
@@ -626,7 +633,7 @@ class LocalTarget(Target):
             if comp.resolve_binary() is None:
                 raise MissingBinaryError(comp.binary, comp.package)
 
-    def _write_layer_configs(self) -> None:
+    def _write_layer_configs(self, serving: Mapping[str, int] | None = None) -> None:
         # Only the layers brought up: Prometheus must not scrape (and alert on) what was never started.
         active = set(self._active_layers())
         # With the settings `set_env` gave them: a layer may render one (the edge's capacity).
@@ -641,7 +648,7 @@ class LocalTarget(Target):
             from labkit.targets.local import mesh as local_mesh
 
             # Each sidecar's certificate and Envoy files, from the mesh's resources in force.
-            local_mesh.ensure(self.cfg, running)
+            local_mesh.ensure(self.cfg, running, serving=serving)
 
     def _active_layers(self) -> list[str]:
         try:
