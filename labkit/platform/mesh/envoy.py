@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -644,13 +644,15 @@ def render(mesh: Mesh, sidecar: Sidecar, instances: Sequence[Instance], ports: M
     }
 
 
-def routes_by_rds(listeners: Sequence[Config], source: Callable[[str], Config]) -> tuple[list[Config], list[Config]]:
+def routes_by_rds(listeners: Sequence[Config], source: Callable[[str], Config],
+                  inline: Collection[str] = ()) -> tuple[list[Config], list[Config]]:
     """``listeners`` whose HTTP connection managers take their routes by RDS, and those route configurations.
 
     As Istio delivers routes: each inline ``route_config`` is replaced by ``rds`` (its name, and the
     ConfigSource ``source(name)`` says where it comes from), so a route change updates the routes of
     connections already accepted instead of replacing the listener (whose kept connections would
-    keep the old routes while it drains). One configuration per name, in the order first met.
+    keep the old routes while it drains). One configuration per name, in the order first met; those named
+    in ``inline`` (routes that never change) stay in their listeners.
     """
     out = copy.deepcopy(list(listeners))
     routes: dict[str, Config] = {}
@@ -658,7 +660,8 @@ def routes_by_rds(listeners: Sequence[Config], source: Callable[[str], Config]) 
         for chain in listener.get("filter_chains", []):
             for network_filter in chain.get("filters", []):
                 hcm = network_filter.get("typed_config", {})
-                if hcm.get("@type") != _TYPES["hcm"] or "route_config" not in hcm:
+                if (hcm.get("@type") != _TYPES["hcm"] or "route_config" not in hcm
+                        or hcm["route_config"].get("name") in inline):
                     continue
                 route_config = hcm.pop("route_config")
                 routes.setdefault(route_config["name"], route_config)

@@ -321,8 +321,12 @@ def render_all(cfg: LabConfig, mesh: Mesh, running: Sequence[Component], *,
         bootstrap = envoy.render(mesh, sidecar, instances, SERVICE_PORTS, clients=[TOOLS_ACCOUNT])
         static = bootstrap.pop("static_resources")
         directory = _dir(cfg) / program
+        # Each RDS subscription costs the Envoy an inotify instance (its file's watcher), out of the user's 128
+        # (fs.inotify.max_user_instances' default) shared by every sidecar of every lab the user runs: the
+        # health port's routes, which never change, stay in its listener.
         listeners, routes = envoy.routes_by_rds([*static["listeners"], *extra],
-                                                lambda name: _source(directory, _routes_file(name)))
+                                                lambda name: _source(directory, _routes_file(name)),
+                                                inline=("health",))
         rendered.append(Rendered(program, f"http://{sidecar.admin}", bootstrap, listeners, static["clusters"], routes))
 
     flaky = replica_faults.load(cfg)
