@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 from _labs import running_lab
 
@@ -38,6 +39,11 @@ LOAD_REQUESTS = 20000
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalTarget]:
     with running_lab(tmp_path_factory.mktemp("autoscaling"), BASE_PORT, ["monitoring", "apis"]) as target:
         yield target
+
+
+def _gateway_workers(target: LocalTarget) -> set[int]:
+    master = int(str(target.supervisor.all_info()["gateway"]["pid"]))
+    return {p.pid for p in psutil.Process(master).children()}
 
 
 def _replicas(target: LocalTarget) -> int:
@@ -69,6 +75,7 @@ def test_load_raises_catalog_replicas_and_they_fall_after_the_window(lab: LocalT
     assert all(s.active for s in statuses)
     assert _replicas(lab) == 1
     gateway = lab.endpoint("gateway")
+    workers = _gateway_workers(lab)
     seen = [1]
     sent = 0
     started = time.monotonic()
@@ -84,6 +91,10 @@ def test_load_raises_catalog_replicas_and_they_fall_after_the_window(lab: LocalT
     status = next(s for s in lab.autoscale_status() if s.target == "catalog")
     ups = [d for d in status.decisions if (d["desired"] or 0) > (d["current"] or 0)]
     assert ups and "above target" in ups[0]["message"], status.decisions
+    # With the mesh the gateway's upstream is its sidecar whatever catalog runs: its nginx is not reloaded
+    # (a reload closes the clients' kept-alive connections; one sending a request then gets no answer).
+    # Without the mesh its upstreams are catalog's replicas: reloaded with them.
+    assert (_gateway_workers(lab) == workers) is (lab.cfg.mesh != "off")
     # Idle now: the request rate falls out of the adapter rule's 1-minute window, then after the
     # shortened stabilization window the replicas go (one per 60 s, the object's scaleDown policy).
     def scaled_down() -> list[dict[str, Any]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -724,7 +725,15 @@ class LocalTarget(Target):
             if comp.binary == "nginx":
                 for program in program_names(comp):
                     if info.get(program, {}).get("statename") == "RUNNING":
-                        _reload_nginx(self.supervisor, program, int(str(info[program]["pid"])))
+                        pid = int(str(info[program]["pid"]))
+                        # A reload closes its clients' kept-alive connections (one sending a request just then
+                        # gets no answer): an nginx whose configuration did not change since it loaded it (the
+                        # gateway's, with the mesh, when catalog scales) is left alone.
+                        loaded = self.cfg.run_dir / f"{program}.loaded-config"
+                        now = _nginx_config(pid)
+                        if now is None or not loaded.exists() or loaded.read_text() != now:
+                            _reload_nginx(self.supervisor, program, pid)
+                            self._note_nginx_config(program, pid)
         self._reload_prometheus()
 
     def _ports_of(self, comp: Component) -> list[int]:
@@ -751,12 +760,24 @@ class LocalTarget(Target):
             for comp in comps
             for replica, program in enumerate(program_names(comp)[: comp.replicas if replicas is None else replicas])
         ]
+        started = set()
         for _, _, program in wanted:
             if self.supervisor.info(program)["statename"] != "RUNNING":
                 progress(f"starting {program}")
                 self.supervisor.start_program(program)
+                started.add(program)
         for comp, replica, program in wanted:
             self._wait_ready(comp, program, replica)
+            if comp.binary == "nginx" and program in started:
+                self._note_nginx_config(program, int(str(self.supervisor.info(program)["pid"])))
+
+    def _note_nginx_config(self, program: str, master_pid: int) -> None:
+        """Remember the configuration this nginx runs (it just started or reloaded): see :meth:`_reload_configs`."""
+        loaded = self.cfg.run_dir / f"{program}.loaded-config"
+        if (digest := _nginx_config(master_pid)) is None:
+            loaded.unlink(missing_ok=True)
+        else:
+            loaded.write_text(digest)
 
     def _wait_ready(self, comp: Component, program: str, replica: int) -> None:
         url = comp.url(self.cfg, comp.readiness.port, replica)
@@ -891,6 +912,19 @@ def _running_mesh(cfg: LabConfig) -> str:
     except OSError:
         return "off"
     return mode if mode in MESH_MODES else "off"
+
+
+def _nginx_config(master_pid: int) -> str | None:
+    """A digest of this nginx's configuration directory (``-c``'s) as it is now; None when unknown."""
+    try:
+        args = psutil.Process(master_pid).cmdline()
+        directory = Path(args[args.index("-c") + 1]).parent
+        digest = hashlib.sha256()
+        for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+            digest.update(str(path.relative_to(directory)).encode() + b"\0" + path.read_bytes() + b"\0")
+    except (psutil.Error, ValueError, IndexError, OSError):
+        return None
+    return digest.hexdigest()
 
 
 def _reload_nginx(supervisor: Supervisor, program: str, master_pid: int, timeout: float = 10.0) -> None:
