@@ -296,7 +296,8 @@ class Target(abc.ABC):
 
     @abc.abstractmethod
     def describe(self) -> str:
-        """Where this target keeps the platform, in words: ``lab directory /…/var``, ``namespace ottlab at …``."""
+        """Which target and where it keeps the platform, in words: ``local target: lab directory /…/var``,
+        ``kube target: namespace ottlab at …``."""
 
     @abc.abstractmethod
     def signing_secret(self) -> str:

@@ -704,7 +704,7 @@ def test_the_signing_secret_is_read_from_the_secret_up_created(fake_cluster: Fak
 
     # The raw secret license signs with: a notebook's own signed URL then matches the PoPs' check.
     assert target.signing_secret() == secret_data(fake_cluster, URL_SIGNING)["secret"].decode()
-    assert target.describe() == f"namespace {NAMESPACE} at {fake_cluster.url}"
+    assert target.describe() == f"kube target: namespace {NAMESPACE} at {fake_cluster.url}"
 
 
 @pytest.mark.parametrize(("call", "says"), [

@@ -20,7 +20,7 @@ def target(tmp_path: Path) -> LocalTarget:
 
 
 def test_it_describes_itself_by_its_lab_directory(target: LocalTarget) -> None:
-    assert target.describe() == f"lab directory {target.cfg.home}"
+    assert target.describe() == f"local target: lab directory {target.cfg.home}"
 
 
 def test_the_signing_secret_is_the_file_the_platform_wrote(target: LocalTarget) -> None:

@@ -829,7 +829,7 @@ class KubeTarget(Target):
         return {s.name: s.replicas * min(1.0, limits.get(s.name, 1.0)) for s in self.status() if s.replicas}
 
     def describe(self) -> str:
-        return f"namespace {self.namespace} at {self._cluster.host}"
+        return f"kube target: namespace {self.namespace} at {self._cluster.host}"
 
     def signing_secret(self) -> str:
         """The lab's URL-signing secret, from the Secret ``labkit.targets.kube.secrets`` created at ``up``."""

@@ -293,7 +293,7 @@ class LocalTarget(Target):
     # -- capabilities ----------------------------------------------------------------------
 
     def describe(self) -> str:
-        return f"lab directory {self.cfg.home}"
+        return f"local target: lab directory {self.cfg.home}"
 
     def signing_secret(self) -> str:
         """The secret license and the PoPs share: a file of the lab directory, written when the platform came up."""
@@ -729,7 +729,7 @@ class LocalTarget(Target):
                         # A reload closes its clients' kept-alive connections (one sending a request just then
                         # gets no answer): an nginx whose configuration did not change since it loaded it (the
                         # gateway's, with the mesh, when catalog scales) is left alone.
-                        loaded = self.cfg.run_dir / f"{program}.loaded-config"
+                        loaded = self._nginx_loaded(program)
                         now = _nginx_config(pid)
                         if now is None or not loaded.exists() or loaded.read_text() != now:
                             _reload_nginx(self.supervisor, program, pid)
@@ -771,9 +771,13 @@ class LocalTarget(Target):
             if comp.binary == "nginx" and program in started:
                 self._note_nginx_config(program, int(str(self.supervisor.info(program)["pid"])))
 
+    def _nginx_loaded(self, program: str) -> Path:
+        """Where the digest of the configuration nginx ``program`` last loaded is kept."""
+        return self.cfg.run_dir / f"{program}.loaded-config"
+
     def _note_nginx_config(self, program: str, master_pid: int) -> None:
         """Remember the configuration this nginx runs (it just started or reloaded): see :meth:`_reload_configs`."""
-        loaded = self.cfg.run_dir / f"{program}.loaded-config"
+        loaded = self._nginx_loaded(program)
         if (digest := _nginx_config(master_pid)) is None:
             loaded.unlink(missing_ok=True)
         else:
