@@ -96,12 +96,8 @@ class LabDir:
             os.close(fd)
 
     def write_file(self, relative: str, text: str) -> Path:
-        """Write a generated file under ``conf/`` atomically; return its path. A file already holding ``text``
-        is left as it is (its modification time says when its content last changed: whether nginx must reload)."""
+        """Write a generated file under ``conf/`` atomically; return its path."""
         target = self.cfg.conf_dir / relative
-        with contextlib.suppress(OSError, UnicodeDecodeError):
-            if target.read_text() == text:
-                return target
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(target.name + ".tmp")
         tmp.write_text(text)
